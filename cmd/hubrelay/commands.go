@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/hubrelay/hubrelay/relay"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func runVersion(e env) error {
+	fmt.Fprintf(e.stdout, "hubrelay %s\n", version)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		fmt.Fprintf(e.stdout, "go: %s\nmodule: %s %s\n", bi.GoVersion, bi.Main.Path, bi.Main.Version)
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision", "vcs.time", "vcs.modified", "GOOS", "GOARCH", "CGO_ENABLED":
+				fmt.Fprintf(e.stdout, "%s: %s\n", s.Key, s.Value)
+			}
+		}
+	}
+	return nil
+}
+
+// runCheck validates a config: every problem on its own line as FILE:LINE:COL: path: what to
+// fix, exit 1 if any; a one-line summary and exit 0 when valid.
+func runCheck(args []string, e env) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	cfg, err := loadConfig(*cfgPath, env{getenv: e.getenv, stdout: e.stdout, stderr: e.stdout})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s: ok: %d app(s), %d sink(s), %d rule(s)\n", *cfgPath, len(cfg.Apps), len(cfg.Sinks), cfg.Rules.Len())
+	return nil
+}
+
+// routeLine is one line of `hubrelay route -json`.
+type routeLine struct {
+	ID      string   `json:"id"`
+	App     string   `json:"app"`
+	Object  string   `json:"object"`
+	Field   string   `json:"field"`
+	Verb    *string  `json:"verb"`
+	EntryID string   `json:"entry_id"`
+	Rules   []string `json:"rules"`
+	Sinks   []string `json:"sinks"`
+}
+
+// runRoute decodes a payload file and prints, for each change, the rules and sinks it matches.
+// It delivers nothing and touches no spool.
+func runRoute(args []string, e env) error {
+	fs := flag.NewFlagSet("route", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
+	asJSON := fs.Bool("json", false, "one JSON object per change per line")
+	appName := fs.String("app", "", "app the payload is for (default: the first app)")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(e.stderr, "usage: hubrelay route -config FILE [-json] [-app NAME] PAYLOAD.json")
+		return errUsage
+	}
+	cfg, err := loadConfig(*cfgPath, e)
+	if err != nil {
+		return err
+	}
+	app := ""
+	for _, a := range cfg.Apps {
+		if *appName == "" || a.Name == *appName {
+			app = a.Name
+			break
+		}
+	}
+	if app == "" {
+		return fmt.Errorf("no app named %q in %s", *appName, *cfgPath)
+	}
+	body, err := readPayload(fs.Arg(0), e)
+	if err != nil {
+		return err
+	}
+	events, err := relay.Decode(body, app, time.Now(), relay.Limits{MaxChanges: cfg.Server.MaxChanges, MaxDepth: cfg.Server.MaxJSONDepth})
+	if err != nil {
+		return fmt.Errorf("decode %s: %w", fs.Arg(0), err)
+	}
+	router := relay.NewRouter(cfg.Rules, rawSinks(cfg))
+	enc := json.NewEncoder(e.stdout)
+	for i := range events {
+		ev := &events[i]
+		ev.ID = relay.Key(ev)
+		rt := router.Route(ev, func(rule string, err error) {
+			fmt.Fprintf(e.stderr, "rule %s: %v\n", rule, err)
+		})
+		sinks := append(append([]string{}, rt.Sinks...), rt.Raw...)
+		if *asJSON {
+			line := routeLine{ID: ev.ID, App: ev.App, Object: ev.Object, Field: ev.Field, EntryID: ev.Entry.ID,
+				Rules: nonNil(rt.Rules), Sinks: nonNil(sinks)}
+			if ev.Verb != "" {
+				line.Verb = &ev.Verb
+			}
+			if err := enc.Encode(line); err != nil {
+				return err
+			}
+			continue
+		}
+		verb := ev.Verb
+		if verb == "" {
+			verb = "-"
+		}
+		fmt.Fprintf(e.stdout, "%s %s %s entry=%s id=%s rules=[%s] sinks=[%s]\n", ev.Object, ev.Field, verb,
+			ev.Entry.ID, ev.ID, strings.Join(rt.Rules, ","), strings.Join(sinks, ","))
+	}
+	if !*asJSON {
+		fmt.Fprintf(e.stderr, "%d change(s)\n", len(events))
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// readPayload reads a payload file, "-" for standard input.
+func readPayload(path string, e env) ([]byte, error) {
+	if path == "-" {
+		return io.ReadAll(e.stdin)
+	}
+	return os.ReadFile(path)
+}
+
+// runSend signs a payload's exact bytes as Meta does and POSTs it, printing status and body.
+func runSend(ctx context.Context, args []string, e env) error {
+	fs := flag.NewFlagSet("send", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	url := fs.String("url", "", "webhook `URL` of the relay, e.g. http://127.0.0.1:8080/webhooks")
+	secret := fs.String("secret", "", "app `secret` to sign with (visible in ps: prefer -secret-env)")
+	secretEnv := fs.String("secret-env", "HUBRELAY_APP_SECRET", "environment `variable` holding the app secret, used when -secret is empty")
+	sha1 := fs.Bool("sha1", false, "also send the legacy X-Hub-Signature: sha1= header")
+	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if *url == "" || fs.NArg() != 1 {
+		fmt.Fprintln(e.stderr, "usage: hubrelay send -url URL [-secret S | -secret-env VAR] PAYLOAD.json")
+		return errUsage
+	}
+	key := *secret
+	if key == "" {
+		key = e.getenv(*secretEnv)
+	}
+	if key == "" {
+		return fmt.Errorf("no app secret: pass -secret or set %s", *secretEnv)
+	}
+	body, err := readPayload(fs.Arg(0), e)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, *url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "hubrelay-send")
+	req.Header.Set("X-Hub-Signature-256", relay.Sign(body, key))
+	if *sha1 {
+		req.Header.Set("X-Hub-Signature", relay.SignSHA1(body, key))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	respBody, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	fmt.Fprintf(e.stdout, "%s\n", resp.Status)
+	if len(respBody) > 0 {
+		fmt.Fprintf(e.stdout, "%s\n", bytes.TrimRight(respBody, "\n"))
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: status %d", errReported, resp.StatusCode)
+	}
+	return nil
+}

@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hubrelay/hubrelay/config"
+	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/relay/deadletter"
+	"github.com/hubrelay/hubrelay/relay/spool"
+)
+
+// spoolFile is the name of the spool inside storage.dir.
+const spoolFile = "spool.db"
+
+func runServe(ctx context.Context, args []string, e env) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
+	logFormat := fs.String("log-format", "", "json or text (overrides log.format)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	cfg, err := loadConfig(*cfgPath, e)
+	if err != nil {
+		return err
+	}
+	if *logFormat != "" {
+		cfg.Log.Format = *logFormat
+	}
+	if *logLevel != "" {
+		cfg.Log.Level = *logLevel
+	}
+	log, err := newLogger(cfg.Log, e.stderr)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, *cfgPath, log, e)
+}
+
+// loadConfig loads the config and prints every problem; a config with problems is errReported.
+func loadConfig(path string, e env) (*config.Config, error) {
+	cfg, err := config.Load(path, e.getenv)
+	if err == nil {
+		return cfg, nil
+	}
+	var probs config.Problems
+	if errors.As(err, &probs) {
+		for _, p := range probs {
+			fmt.Fprintln(e.stderr, p.Error())
+		}
+		return nil, errReported
+	}
+	return nil, err
+}
+
+func newLogger(c config.Log, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", c.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch c.Format {
+	case "json", "":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: use json or text", c.Format)
+}
+
+// server is one running relay: everything serve wires together.
+type server struct {
+	log      *slog.Logger
+	cfgPath  string
+	getenv   func(string) string
+	spool    *spool.Spool
+	dl       *deadletter.Dir
+	engine   *relay.Engine
+	router   *relay.Router
+	recv     *relay.Receiver
+	sinks    *sinkSet
+	http     *http.Server
+	ready    func() error
+	shutdown time.Duration
+}
+
+func serve(ctx context.Context, cfg *config.Config, cfgPath string, log *slog.Logger, e env) error {
+	s := &server{log: log, cfgPath: cfgPath, getenv: e.getenv, shutdown: cfg.Server.ShutdownTimeout}
+	spoolPath := filepath.Join(cfg.Storage.Dir, spoolFile)
+	sp, err := spool.Open(spoolPath, spool.Options{
+		MaxBatchDelay: cfg.Storage.MaxBatchDelay,
+		DedupWindow:   cfg.Storage.DedupWindow,
+		Logger:        log.With("component", "spool"),
+	})
+	if err != nil {
+		return fmt.Errorf("open spool: %w", err)
+	}
+	s.spool = sp
+	defer sp.Close()
+	if s.dl, err = deadletter.Open(cfg.DeadLetter.Dir); err != nil {
+		return fmt.Errorf("open dead-letter dir: %w", err)
+	}
+	s.sinks = newSinkSet(log)
+	defer s.sinks.closeAll()
+	sinkCfgs, err := s.sinks.update(cfg.Sinks)
+	if err != nil {
+		return err
+	}
+	s.engine = relay.NewEngine(sp, s.dl, nil, log)
+	s.engine.Start()
+	if err := s.engine.SetSinks(sinkCfgs); err != nil {
+		return err
+	}
+	s.router = relay.NewRouter(cfg.Rules, rawSinks(cfg))
+	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, nil, log)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := sp.Check(r.Context()); err != nil {
+			log.Warn("not ready", "err", err)
+			http.Error(w, "spool not writable", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("/", s.recv)
+
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		ReadTimeout:       cfg.Server.ReadTimeout,
+		WriteTimeout:      cfg.Server.WriteTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.http.Serve(ln) }()
+	log.Info("hubrelay listening", "addr", ln.Addr().String(), "paths", s.recv.Paths(),
+		"spool", spoolPath, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len())
+
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	go s.maintain(bg)
+	rp := &relay.Replayer{DL: s.dl, Spool: sp, Notify: s.engine.Notify, Log: log.With("component", "replay")}
+	go rp.Run(bg, time.Second)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			s.reload(ctx)
+			continue
+		case err := <-serveErr:
+			stopBG()
+			s.drain()
+			return fmt.Errorf("http server: %w", err)
+		case <-ctx.Done():
+		}
+		break
+	}
+	log.Info("shutting down", "timeout", s.shutdown)
+	stopBG()
+	shutCtx, cancel := context.WithTimeout(context.Background(), s.shutdown)
+	defer cancel()
+	if err := s.http.Shutdown(shutCtx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	s.drainCtx(shutCtx)
+	log.Info("stopped")
+	return nil
+}
+
+func (s *server) drain() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.shutdown)
+	defer cancel()
+	s.drainCtx(ctx)
+}
+
+// drainCtx lets in-flight deliveries finish (until ctx ends) before the spool closes.
+func (s *server) drainCtx(ctx context.Context) {
+	if err := s.engine.Close(ctx); err != nil {
+		s.log.Warn("deliveries still in flight at shutdown were cancelled; they resume on restart", "err", err)
+	}
+}
+
+// maintain expires old dedup keys in small transactions.
+func (s *server) maintain(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		for {
+			n, err := s.spool.ExpireDedup(time.Now(), 5000)
+			if err != nil {
+				s.log.Error("expire dedup keys", "err", err)
+			}
+			if n < 5000 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// reload re-reads the config; a valid one replaces apps, rules and sinks, an invalid one is
+// reported and the running config stays.
+func (s *server) reload(ctx context.Context) {
+	cfg, err := config.Load(s.cfgPath, s.getenv)
+	if err != nil {
+		var probs config.Problems
+		if errors.As(err, &probs) {
+			for _, p := range probs {
+				s.log.Error("config reload rejected", "problem", p.Error())
+			}
+		} else {
+			s.log.Error("config reload rejected", "err", err)
+		}
+		return
+	}
+	sinkCfgs, err := s.sinks.update(cfg.Sinks)
+	if err != nil {
+		s.log.Error("config reload rejected", "err", err)
+		return
+	}
+	if err := s.engine.SetSinks(sinkCfgs); err != nil {
+		s.log.Error("config reload: sinks", "err", err)
+	}
+	s.sinks.closeRetired()
+	s.router.Swap(cfg.Rules, rawSinks(cfg))
+	s.recv.Configure(receiverConfig(cfg))
+	s.log.Info("config reloaded", "rules", cfg.Rules.Len(), "sinks", len(cfg.Sinks), "apps", len(cfg.Apps))
+}
+
+func rawSinks(cfg *config.Config) []string {
+	var out []string
+	for _, sk := range cfg.Sinks {
+		if sk.Type == config.SinkHTTP && sk.Body == "raw" {
+			out = append(out, sk.Name)
+		}
+	}
+	return out
+}
+
+func receiverConfig(cfg *config.Config) relay.ReceiverConfig {
+	rc := relay.ReceiverConfig{
+		MaxBodyBytes: cfg.Server.MaxBodyBytes,
+		Limits:       relay.Limits{MaxChanges: cfg.Server.MaxChanges, MaxDepth: cfg.Server.MaxJSONDepth},
+		LogPayloads:  cfg.Log.Payloads,
+	}
+	for _, a := range cfg.Apps {
+		rc.Apps = append(rc.Apps, relay.App{
+			Name:        a.Name,
+			Path:        a.Path,
+			VerifyToken: a.VerifyToken,
+			Verifier:    relay.NewVerifier(a.AppSecrets, a.AllowSHA1),
+		})
+	}
+	return rc
+}

@@ -1,0 +1,141 @@
+package config
+
+import (
+	"time"
+
+	"github.com/hubrelay/hubrelay/rules"
+)
+
+// Config is a loaded, validated hubrelay configuration. Every field has its default applied
+// (see Default); durations and sizes are parsed; ${ENV} references and *_file keys are
+// resolved; every rule's `when` and every Slack `text` is compiled.
+type Config struct {
+	// File is the path the config was loaded from.
+	File       string
+	Server     Server
+	Admin      Admin
+	Log        Log
+	Apps       []App
+	Storage    Storage
+	DeadLetter DeadLetter
+	Sinks      []Sink
+	// Rules is the compiled rule set, ready to match changes.
+	Rules *rules.Set
+}
+
+// Server configures the public listener that Meta posts to.
+type Server struct {
+	Listen            string        // host:port, default 127.0.0.1:8080
+	Path              string        // default /webhooks; apps may override with their own path
+	MaxBodyBytes      int64         // default 8 MiB
+	ReadHeaderTimeout time.Duration // default 10s
+	ReadTimeout       time.Duration // default 30s (whole request, body included)
+	WriteTimeout      time.Duration // default 30s
+	IdleTimeout       time.Duration // default 120s
+	ShutdownTimeout   time.Duration // default 30s: drain in-flight requests on SIGTERM
+	MaxChanges        int           // cap on changes per POST, default 5000 (Meta sends up to 1000)
+	MaxJSONDepth      int           // default 64
+	MaxConcurrent     int           // global concurrent requests, default 256
+	MaxConcurrentIP   int           // concurrent requests per client IP, default 64
+	MaxEventAge       time.Duration // 0 = off: reject notifications whose entry.time is older
+	TLS               *TLS          // nil = plain HTTP
+	TrustedProxy      *TrustedProxy // nil = off
+}
+
+// TLS configures native HTTPS and optional mutual TLS.
+type TLS struct {
+	CertFile          string
+	KeyFile           string
+	ClientCAFile      string   // empty = no client certificate required
+	ClientCommonNames []string // default [client.webhooks.fbclientcerts.com] when ClientCAFile is set
+}
+
+// TrustedProxy accepts the client-certificate subject a load balancer vouches for.
+type TrustedProxy struct {
+	SubjectHeader string   // default X-Amzn-Mtls-Clientcert-Subject
+	CommonNames   []string // default [client.webhooks.fbclientcerts.com]; YAML key common_name (string or list)
+	From          []string // CIDRs of the proxies; required, non-empty
+}
+
+// Admin configures the optional separate listener for /metrics, /healthz, /readyz.
+type Admin struct {
+	Listen string // empty = serve them on the main listener
+}
+
+// Log configures logging.
+type Log struct {
+	Level    string // debug | info | warn | error, default info
+	Format   string // json | text, default json
+	Payloads bool   // log message text and phone numbers; default false
+}
+
+// App is one Meta app whose notifications the relay accepts.
+type App struct {
+	Name        string
+	Path        string // default Server.Path; two apps may share a path (tried in order)
+	VerifyToken string
+	AppSecrets  []string // at least one; several while rotating
+	AllowSHA1   bool     // accept the legacy X-Hub-Signature: sha1= header when no sha256 header
+}
+
+// Storage configures the spool.
+type Storage struct {
+	Dir           string        // default ./data
+	DedupWindow   time.Duration // default 168h
+	MaxBatchDelay time.Duration // group-commit delay, default 1ms
+}
+
+// DeadLetter configures where abandoned deliveries are written.
+type DeadLetter struct {
+	Dir string // default <storage.dir>/dead-letter
+}
+
+// Sink types.
+const (
+	SinkHTTP  = "http"
+	SinkSlack = "slack"
+	SinkFile  = "file"
+)
+
+// Sink is one configured destination. Which fields apply depends on Type.
+type Sink struct {
+	Name        string
+	Type        string // http | slack | file
+	Concurrency int    // parallel deliveries, default 4 (file: 1)
+	Retry       Retry
+	Batch       Batch
+
+	// http
+	URL        string
+	Method     string            // default POST
+	Headers    map[string]string // values may hold secrets: never log them
+	Timeout    time.Duration     // per attempt, default 10s
+	Body       string            // envelope (default) | raw
+	SignSecret string            // adds X-Hubrelay-Signature-256 when set
+
+	// slack (Timeout applies too)
+	WebhookURL string
+	Text       *rules.Template // compiled `text` expression; default a short summary
+	Blocks     *rules.Template // optional compiled `blocks` expression returning a list
+
+	// file
+	Path     string
+	MaxBytes int64 // rotate when the file would exceed this; 0 = never, default 100 MiB
+	MaxFiles int   // rotated files to keep, default 10
+}
+
+// Retry is a sink's retry budget.
+type Retry struct {
+	MaxAttempts int           // total attempts before dead-lettering, default 10
+	MinBackoff  time.Duration // default 1s
+	MaxBackoff  time.Duration // default 5m
+	MaxAge      time.Duration // give up when the change is older than this, default 24h
+	InProcess   int           // quick in-process retries inside one attempt, default 2
+}
+
+// Batch groups several changes into one request (http) or one write (file). Zero = off.
+type Batch struct {
+	MaxChanges int
+	MaxBytes   int64
+	MaxWait    time.Duration
+}

@@ -1,0 +1,608 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/hubrelay/hubrelay/relay/deadletter"
+	"github.com/hubrelay/hubrelay/relay/spool"
+)
+
+// RetryPolicy is a sink's retry budget across attempts (each attempt may itself make a few
+// quick in-process retries inside the sink).
+type RetryPolicy struct {
+	MaxAttempts int           // attempts before the delivery is dead-lettered
+	MinBackoff  time.Duration // delay before the second attempt; doubles each attempt
+	MaxBackoff  time.Duration // cap of that delay
+	MaxAge      time.Duration // dead-letter once the change is older than this (0 = no limit)
+}
+
+// SinkConfig is one sink as the engine runs it.
+type SinkConfig struct {
+	Sink        Sink
+	Concurrency int
+	Retry       RetryPolicy
+}
+
+// Queue is what the delivery engine needs of the spool.
+type Queue interface {
+	Ready(sink string, after uint64, max int) ([]spool.Delivery, error)
+	Done(sink string, seqs ...uint64) error
+	Reschedule(sink string, seq uint64, at time.Time, attempt int, history []byte) error
+	Promote(now time.Time) (map[string]uint64, error)
+	NextScheduled() (time.Time, bool, error)
+	Sinks() ([]string, error)
+}
+
+// DeadLetters is what the engine needs of the dead-letter directory.
+type DeadLetters interface {
+	Write(l *deadletter.Letter) error
+}
+
+// DeliveryObserver receives what the engine does, for metrics. Methods must be cheap and safe
+// for concurrent use.
+type DeliveryObserver interface {
+	// Attempt is called after every attempt; outcome is "ok", "retry" or "permanent".
+	Attempt(sink, outcome string, d time.Duration)
+	// Delivered is called once per delivered change, with the attempts it took and the time
+	// from acceptance to delivery.
+	Delivered(sink string, attempts int, sinceAccept time.Duration)
+	// DeadLettered is called once per abandoned delivery.
+	DeadLettered(sink string)
+}
+
+// maxHistory bounds the attempt log kept with a delivery (the first attempt and the latest
+// ones are kept), so a long outage does not grow spool records without limit.
+const maxHistory = 20
+
+// readyBatch is how many deliveries a dispatcher reads from the spool at a time.
+const readyBatch = 256
+
+// Engine delivers spooled changes to sinks. Each sink has a dispatcher reading its queue in
+// acceptance order, Concurrency workers, and a committer that removes finished deliveries from
+// the spool in batches. A failed attempt is rescheduled in the spool with exponential backoff
+// and jitter, so a failing change never blocks the changes behind it nor another sink; a
+// delivery out of budget goes to the dead-letter directory before it leaves the spool.
+type Engine struct {
+	q   Queue
+	dl  DeadLetters
+	obs DeliveryObserver
+	log *slog.Logger
+	now func() time.Time
+
+	mu      sync.Mutex
+	runners map[string]*runner
+	closed  bool
+
+	promote chan struct{} // wakes the promoter early (a reschedule may be due soon)
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// NewEngine returns an engine over q; call Start, then SetSinks.
+func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) *Engine {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Engine{
+		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now,
+		runners: map[string]*runner{},
+		promote: make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Start runs the promoter, which makes rescheduled deliveries ready when their time comes.
+func (e *Engine) Start() {
+	go e.promoter()
+}
+
+// Notify wakes the dispatchers of sinks that have new deliveries. It never blocks.
+func (e *Engine) Notify(sinks []string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range sinks {
+		if r := e.runners[s]; r != nil {
+			r.poke()
+		}
+	}
+}
+
+// SetSinks makes the engine run exactly cfgs: new sinks start, sinks whose configuration is
+// replaced finish their in-flight attempts and restart with the new one, removed sinks stop.
+// Deliveries left in the spool for a sink that is not configured are dead-lettered with the
+// reason "sink not configured", so they can be replayed once it is back.
+func (e *Engine) SetSinks(cfgs []SinkConfig) error {
+	want := map[string]SinkConfig{}
+	for _, c := range cfgs {
+		want[c.Sink.Name()] = c
+	}
+	pending, err := e.q.Sinks()
+	if err != nil {
+		return fmt.Errorf("list spooled sinks: %w", err)
+	}
+	for _, name := range pending {
+		if _, ok := want[name]; !ok {
+			e.log.Warn("deliveries pending for a sink not in the config: dead-lettering them", "sink", name)
+			want[name] = SinkConfig{Sink: orphanSink(name), Concurrency: 1, Retry: RetryPolicy{MaxAttempts: 1}}
+		}
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return errors.New("engine closed")
+	}
+	var stopping []*runner
+	for name, r := range e.runners {
+		if c, ok := want[name]; !ok || c.Sink != r.cfg.Sink || c.Concurrency != r.cfg.Concurrency || c.Retry != r.cfg.Retry {
+			stopping = append(stopping, r)
+			delete(e.runners, name)
+		}
+	}
+	e.mu.Unlock()
+	for _, r := range stopping {
+		r.close(context.Background())
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for name, c := range want {
+		if _, ok := e.runners[name]; ok {
+			continue
+		}
+		r := newRunner(e, c)
+		e.runners[name] = r
+		r.start()
+	}
+	return nil
+}
+
+// Close stops dispatching, lets in-flight attempts finish until ctx is done (then cancels
+// them; they are retried after restart), and commits what finished. Deliveries not attempted
+// stay in the spool.
+func (e *Engine) Close(ctx context.Context) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	rs := make([]*runner, 0, len(e.runners))
+	for _, r := range e.runners {
+		rs = append(rs, r)
+	}
+	e.runners = map[string]*runner{}
+	e.mu.Unlock()
+	close(e.stop)
+	<-e.done
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.close(ctx) }()
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+func (e *Engine) wakePromoter() {
+	select {
+	case e.promote <- struct{}{}:
+	default:
+	}
+}
+
+// promoter moves due scheduled deliveries back to their ready queues and rewinds the sinks'
+// dispatchers to them.
+func (e *Engine) promoter() {
+	defer close(e.done)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		case <-e.promote:
+		}
+		wait := time.Second
+		promoted, err := e.q.Promote(e.now())
+		if err != nil {
+			e.log.Error("promote scheduled deliveries", "err", err)
+		}
+		if len(promoted) > 0 {
+			e.mu.Lock()
+			for sink, seq := range promoted {
+				if r := e.runners[sink]; r != nil {
+					r.rewind(seq)
+				}
+			}
+			e.mu.Unlock()
+			wait = 0
+		} else if next, ok, err := e.q.NextScheduled(); err == nil && ok {
+			if d := next.Sub(e.now()); d < wait {
+				wait = max(d, time.Millisecond)
+			}
+		}
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(wait)
+	}
+}
+
+// runner delivers one sink's queue.
+type runner struct {
+	e    *Engine
+	cfg  SinkConfig
+	name string
+	log  *slog.Logger
+
+	wake  chan struct{}
+	jobs  chan spool.Delivery
+	dones chan uint64
+	stop  chan struct{}
+
+	attemptCtx context.Context
+	cancel     context.CancelFunc
+
+	mu        sync.Mutex
+	inflight  map[uint64]struct{}
+	rewindTo  uint64 // lowest promoted seq not yet rewound to; 0 = none
+	failures  int    // consecutive failed attempts, for the sink-level pause
+	pauseTill time.Time
+
+	dispatchWG, workWG, commitWG sync.WaitGroup
+}
+
+func newRunner(e *Engine, c SinkConfig) *runner {
+	if c.Concurrency < 1 {
+		c.Concurrency = 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	name := c.Sink.Name()
+	return &runner{
+		e: e, cfg: c, name: name, log: e.log.With("sink", name),
+		wake:       make(chan struct{}, 1),
+		jobs:       make(chan spool.Delivery),
+		dones:      make(chan uint64, readyBatch),
+		stop:       make(chan struct{}),
+		attemptCtx: ctx, cancel: cancel,
+		inflight: map[uint64]struct{}{},
+	}
+}
+
+func (r *runner) start() {
+	r.commitWG.Add(1)
+	go r.committer()
+	r.workWG.Add(r.cfg.Concurrency)
+	for range r.cfg.Concurrency {
+		go r.worker()
+	}
+	r.dispatchWG.Add(1)
+	go r.dispatch()
+}
+
+// close stops dispatching, waits for in-flight attempts (cancelling them when ctx ends), and
+// flushes the committer.
+func (r *runner) close(ctx context.Context) {
+	close(r.stop)
+	r.dispatchWG.Wait()
+	close(r.jobs)
+	finished := make(chan struct{})
+	go func() { r.workWG.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		r.cancel()
+		<-finished
+	}
+	r.cancel()
+	close(r.dones)
+	r.commitWG.Wait()
+}
+
+func (r *runner) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *runner) rewind(seq uint64) {
+	r.mu.Lock()
+	if r.rewindTo == 0 || seq < r.rewindTo {
+		r.rewindTo = seq
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+// dispatch reads the sink's ready queue in Seq order and hands deliveries to the workers. The
+// cursor only moves back when the promoter makes older deliveries ready again; deliveries
+// already in flight are skipped.
+func (r *runner) dispatch() {
+	defer r.dispatchWG.Done()
+	var cursor uint64
+	for {
+		r.mu.Lock()
+		if r.rewindTo != 0 {
+			cursor = min(cursor, r.rewindTo-1)
+			r.rewindTo = 0
+		}
+		pause := time.Until(r.pauseTill)
+		r.mu.Unlock()
+		if pause > 0 && !r.sleep(pause) {
+			return
+		}
+		ds, err := r.e.q.Ready(r.name, cursor, readyBatch)
+		if err != nil {
+			r.log.Error("read ready deliveries", "err", err)
+			if !r.sleep(time.Second) {
+				return
+			}
+			continue
+		}
+		for _, d := range ds {
+			cursor = max(cursor, d.Seq)
+			r.mu.Lock()
+			_, busy := r.inflight[d.Seq]
+			if !busy {
+				r.inflight[d.Seq] = struct{}{}
+			}
+			r.mu.Unlock()
+			if busy {
+				continue
+			}
+			select {
+			case r.jobs <- d:
+			case <-r.stop:
+				return
+			}
+		}
+		if len(ds) == readyBatch {
+			continue
+		}
+		select {
+		case <-r.wake:
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// sleep waits d or until the runner stops; it reports whether to go on.
+func (r *runner) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.stop:
+		return false
+	case <-r.wake:
+		return true
+	}
+}
+
+func (r *runner) worker() {
+	defer r.workWG.Done()
+	for d := range r.jobs {
+		r.handle(d)
+	}
+}
+
+// committer removes delivered changes from the spool, many per transaction.
+func (r *runner) committer() {
+	defer r.commitWG.Done()
+	batch := make([]uint64, 0, readyBatch)
+	for seq := range r.dones {
+		batch = append(batch[:0], seq)
+	drain:
+		for len(batch) < cap(batch) {
+			select {
+			case s, ok := <-r.dones:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, s)
+			default:
+				break drain
+			}
+		}
+		if err := r.e.q.Done(r.name, batch...); err != nil {
+			// The deliveries stay in the spool and are delivered again after a restart: at
+			// least once, never lost.
+			r.log.Error("remove delivered changes from spool", "err", err, "count", len(batch))
+		}
+		r.release(batch...)
+	}
+}
+
+func (r *runner) release(seqs ...uint64) {
+	r.mu.Lock()
+	for _, s := range seqs {
+		delete(r.inflight, s)
+	}
+	r.mu.Unlock()
+}
+
+// handle makes one attempt of one delivery and records its outcome.
+func (r *runner) handle(d spool.Delivery) {
+	var ev Event
+	if err := UnmarshalBinary(d.Data, &ev); err != nil {
+		r.deadLetter(d, nil, d.History, fmt.Sprintf("corrupt spool record: %v", err))
+		return
+	}
+	start := r.e.now()
+	err := r.cfg.Sink.Deliver(r.attemptCtx, &ev)
+	took := r.e.now().Sub(start)
+	if err == nil {
+		r.succeeded()
+		if r.e.obs != nil {
+			r.e.obs.Attempt(r.name, "ok", took)
+			r.e.obs.Delivered(r.name, d.Attempt+1, r.e.now().Sub(d.FirstAt))
+		}
+		r.log.Debug("change delivered", "change_id", ev.ID, "seq", d.Seq, "attempt", d.Attempt+1, "duration", took)
+		r.dones <- d.Seq
+		return
+	}
+	if r.attemptCtx.Err() != nil {
+		// Shutting down: the attempt did not count; the delivery stays ready in the spool.
+		r.release(d.Seq)
+		return
+	}
+	attempt := d.Attempt + 1
+	history := appendHistory(d.History, deadletter.Attempt{At: start.UTC(), Status: statusOf(err), Error: err.Error()})
+	log := r.log.With("change_id", ev.ID, "seq", d.Seq, "attempt", attempt, "status", statusOf(err))
+	if errors.Is(err, ErrPermanent) {
+		if r.e.obs != nil {
+			r.e.obs.Attempt(r.name, "permanent", took)
+		}
+		log.Warn("delivery rejected permanently", "err", err)
+		r.deadLetter(d, &ev, history, "permanent: "+err.Error())
+		return
+	}
+	if r.e.obs != nil {
+		r.e.obs.Attempt(r.name, "retry", took)
+	}
+	r.failed()
+	pol := r.cfg.Retry
+	next := r.e.now().Add(backoff(pol, attempt))
+	switch {
+	case pol.MaxAttempts > 0 && attempt >= pol.MaxAttempts:
+		log.Warn("delivery failed, giving up", "err", err)
+		r.deadLetter(d, &ev, history, fmt.Sprintf("giving up after %d attempt(s): %v", attempt, err))
+	case pol.MaxAge > 0 && next.Sub(d.FirstAt) > pol.MaxAge:
+		log.Warn("delivery failed, too old to retry", "err", err)
+		r.deadLetter(d, &ev, history, fmt.Sprintf("max age %s exceeded after %d attempt(s): %v", pol.MaxAge, attempt, err))
+	default:
+		log.Info("delivery failed, rescheduled", "err", err, "retry_at", next)
+		r.reschedule(d.Seq, next, attempt, history)
+	}
+}
+
+func (r *runner) reschedule(seq uint64, at time.Time, attempt int, history []byte) {
+	if err := r.e.q.Reschedule(r.name, seq, at, attempt, history); err != nil {
+		// It stays ready in the spool: retried after restart.
+		r.log.Error("reschedule delivery", "seq", seq, "err", err)
+	}
+	r.release(seq)
+	r.e.wakePromoter()
+}
+
+// deadLetter writes the letter first and removes the delivery from the spool only after the
+// letter is on disk; if the letter cannot be written the delivery is retried later instead.
+func (r *runner) deadLetter(d spool.Delivery, ev *Event, history []byte, reason string) {
+	l := &deadletter.Letter{
+		Sink:    r.name,
+		Seq:     d.Seq,
+		Reason:  reason,
+		FirstAt: d.FirstAt.UTC(),
+		DeadAt:  r.e.now().UTC(),
+	}
+	if err := json.Unmarshal(history, &l.Attempts); len(history) > 0 && err != nil {
+		r.log.Warn("unreadable attempt history", "seq", d.Seq, "err", err)
+	}
+	if ev != nil {
+		l.ChangeID = ev.ID
+		l.Rules = ev.Rules
+		l.Change = AppendEnvelope(nil, ev)
+		if ev.Source == SourceRaw {
+			l.Signature = ev.Signature
+		}
+	} else {
+		b, _ := json.Marshal(d.Data) // unreadable record: keep its bytes (base64) so nothing is lost
+		l.Change = json.RawMessage(`{"corrupt_record_base64":` + string(b) + `}`)
+	}
+	if err := r.e.dl.Write(l); err != nil {
+		r.log.Error("write dead letter, will retry the delivery", "seq", d.Seq, "err", err)
+		pol := r.cfg.Retry
+		r.reschedule(d.Seq, r.e.now().Add(max(pol.MaxBackoff, time.Second)), d.Attempt, history)
+		return
+	}
+	if r.e.obs != nil {
+		r.e.obs.DeadLettered(r.name)
+	}
+	r.log.Warn("delivery dead-lettered", "change_id", l.ChangeID, "seq", d.Seq, "reason", reason, "dead_letter", l.ID)
+	r.dones <- d.Seq
+}
+
+// succeeded and failed track consecutive failures: while a sink keeps failing, its dispatcher
+// pauses between deliveries (exponentially, up to MaxBackoff) instead of burning every queued
+// change's retry budget against a sink that is down.
+func (r *runner) succeeded() {
+	r.mu.Lock()
+	r.failures = 0
+	r.pauseTill = time.Time{}
+	r.mu.Unlock()
+}
+
+func (r *runner) failed() {
+	r.mu.Lock()
+	r.failures++
+	if r.failures >= r.cfg.Concurrency {
+		r.pauseTill = r.e.now().Add(backoff(r.cfg.Retry, r.failures-r.cfg.Concurrency+1))
+	}
+	r.mu.Unlock()
+}
+
+// backoff is the delay after the given attempt (1-based): MinBackoff doubled per attempt,
+// capped at MaxBackoff, with ±20% jitter so retries of a batch do not arrive together.
+func backoff(p RetryPolicy, attempt int) time.Duration {
+	minB, maxB := p.MinBackoff, p.MaxBackoff
+	if minB <= 0 {
+		minB = time.Second
+	}
+	if maxB < minB {
+		maxB = minB
+	}
+	d := minB
+	for i := 1; i < attempt && d < maxB; i++ {
+		d *= 2
+	}
+	d = min(d, maxB)
+	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
+	return max(d+jitter, time.Millisecond)
+}
+
+// statusOf returns the HTTP status recorded in err, 0 when none.
+func statusOf(err error) int {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Status
+	}
+	return 0
+}
+
+// appendHistory appends a to the JSON attempt log, keeping the first attempt and the most
+// recent ones.
+func appendHistory(history []byte, a deadletter.Attempt) []byte {
+	var list []deadletter.Attempt
+	if len(history) > 0 {
+		_ = json.Unmarshal(history, &list)
+	}
+	list = append(list, a)
+	if len(list) > maxHistory {
+		list = append(list[:1], list[len(list)-maxHistory+1:]...)
+	}
+	b, _ := json.Marshal(list)
+	return b
+}
+
+// orphanSink stands in for a sink that has spooled deliveries but is no longer configured.
+type orphanSink string
+
+func (o orphanSink) Name() string { return string(o) }
+
+func (o orphanSink) Deliver(context.Context, *Event) error {
+	return fmt.Errorf("sink %q is not configured: %w", string(o), ErrPermanent)
+}

@@ -1,0 +1,38 @@
+package relay
+
+import (
+	"context"
+	"errors"
+)
+
+// Sink is a destination of deliveries. The delivery engine calls Deliver once per attempt of
+// one (change, sink) pair; several goroutines may call it at once when the sink's concurrency
+// is above one.
+//
+// Deliver returns nil when the destination has taken the change. Delivery is at least once: the
+// same Event (same ID) may be delivered again after a crash or a lost answer, so destinations
+// should use Event.ID to drop repeats. An error wrapping ErrPermanent means retrying cannot
+// help (the destination rejected the change); the delivery is dead-lettered at once. Any other
+// error is retried later with backoff until the sink's retry budget is spent. Deliver must
+// honour ctx: when it is cancelled the attempt is abandoned and retried after restart.
+type Sink interface {
+	Name() string
+	Deliver(ctx context.Context, ev *Event) error
+}
+
+// ErrPermanent marks a delivery error that retrying cannot fix. Wrap it:
+// fmt.Errorf("orders: status 400: %w", relay.ErrPermanent).
+var ErrPermanent = errors.New("permanent failure")
+
+// StatusError is returned by sinks that speak HTTP, so the engine and dead letters can record
+// the status of an attempt.
+type StatusError struct {
+	Status int    // HTTP status code of the last response, 0 when none arrived
+	Msg    string // short, secret-free description
+	Perm   bool   // true when retrying cannot help
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// Is reports whether target is ErrPermanent and the error is permanent.
+func (e *StatusError) Is(target error) bool { return target == ErrPermanent && e.Perm }

@@ -1,0 +1,402 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hubrelay/hubrelay/relay/spool"
+)
+
+// App is one Meta app as the receiver sees it.
+type App struct {
+	Name        string
+	Path        string
+	VerifyToken string
+	Verifier    *Verifier
+}
+
+// Spooler is what the receiver needs of the spool: a durable, deduplicating accept.
+type Spooler interface {
+	Accept(ctx context.Context, items []spool.Item, now time.Time) (dup []bool, err error)
+}
+
+// Outcome is the result of one request, as logged and counted.
+type Outcome string
+
+// Request outcomes.
+const (
+	OutcomeAccepted     Outcome = "accepted"      // at least one new change stored
+	OutcomeDuplicate    Outcome = "duplicate"     // every change was a repeat
+	OutcomeEmpty        Outcome = "empty"         // a valid envelope with no changes
+	OutcomeVerified     Outcome = "verified"      // GET subscribe answered
+	OutcomeBadToken     Outcome = "bad_token"     // GET with a wrong mode or token
+	OutcomeBadSignature Outcome = "bad_signature" // missing or wrong signature
+	OutcomeMalformed    Outcome = "malformed"     // signed, but not a Meta envelope
+	OutcomeTooLarge     Outcome = "too_large"     // body over max_body_bytes
+	OutcomeTooMany      Outcome = "too_many"      // more changes than allowed
+	OutcomeSpoolError   Outcome = "spool_error"   // could not commit: 503
+	OutcomeBadMethod    Outcome = "bad_method"    // neither GET nor POST
+	OutcomeNotFound     Outcome = "not_found"     // no app on this path
+	OutcomeReadError    Outcome = "read_error"    // the client's body could not be read
+)
+
+// Observer receives what the receiver does, for metrics. Every method must be cheap and safe
+// for concurrent use. A nil Observer in ReceiverConfig means none.
+type Observer interface {
+	Request(app string, o Outcome, d time.Duration)
+	Change(ev *Event, rt *Route, dup bool)
+	RuleError(rule string)
+}
+
+// ReceiverConfig is the part of the configuration the receiver uses; it can be replaced at run
+// time with Configure.
+type ReceiverConfig struct {
+	Apps         []App
+	MaxBodyBytes int64
+	Limits       Limits
+	// LogPayloads allows logging change values; off, logs carry identifiers only.
+	LogPayloads bool
+}
+
+type receiverState struct {
+	cfg    ReceiverConfig
+	byPath map[string][]*App
+}
+
+// Receiver is the HTTP endpoint Meta talks to: it answers the subscription challenge and accepts
+// notifications: verify, decode, key, route, spool, and only then 200.
+type Receiver struct {
+	state  atomic.Pointer[receiverState]
+	spool  Spooler
+	router *Router
+	notify func(sinks []string)
+	log    *slog.Logger
+	obs    Observer
+	now    func() time.Time
+	bufs   sync.Pool
+}
+
+// NewReceiver returns a Receiver. notify is called with the sinks that got new deliveries after
+// each commit (it must not block); obs may be nil.
+func NewReceiver(cfg ReceiverConfig, sp Spooler, router *Router, notify func(sinks []string), obs Observer, log *slog.Logger) *Receiver {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if notify == nil {
+		notify = func([]string) {}
+	}
+	rc := &Receiver{spool: sp, router: router, notify: notify, obs: obs, log: log.With("component", "ingest"), now: time.Now}
+	rc.Configure(cfg)
+	return rc
+}
+
+// Configure swaps the receiver's configuration; requests in flight finish with the old one.
+func (rc *Receiver) Configure(cfg ReceiverConfig) {
+	st := &receiverState{cfg: cfg, byPath: map[string][]*App{}}
+	for i := range cfg.Apps {
+		a := &st.cfg.Apps[i]
+		st.byPath[a.Path] = append(st.byPath[a.Path], a)
+	}
+	rc.state.Store(st)
+}
+
+// Paths lists the URL paths the receiver answers on.
+func (rc *Receiver) Paths() []string {
+	st := rc.state.Load()
+	out := make([]string, 0, len(st.byPath))
+	for p := range st.byPath {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ServeHTTP answers GET verification and POST notifications on the configured app paths.
+func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := rc.state.Load()
+	apps := st.byPath[r.URL.Path]
+	if len(apps) == 0 {
+		rc.finish(w, "", OutcomeNotFound, http.StatusNotFound, time.Now())
+		return
+	}
+	switch r.Method {
+	case http.MethodPost:
+		rc.receive(w, r, st, apps)
+	case http.MethodGet, http.MethodHead:
+		rc.verify(w, r, apps)
+	default:
+		w.Header().Set("Allow", "GET, HEAD, POST")
+		rc.finish(w, "", OutcomeBadMethod, http.StatusMethodNotAllowed, time.Now())
+	}
+}
+
+// verify answers Meta's subscription challenge. The query string holds the verify token, so it
+// is never logged.
+func (rc *Receiver) verify(w http.ResponseWriter, r *http.Request, apps []*App) {
+	start := time.Now()
+	q := r.URL.Query()
+	token := []byte(q.Get("hub.verify_token"))
+	matched := ""
+	for _, a := range apps { // no early exit: the time taken does not tell which app matched
+		if subtle.ConstantTimeCompare(token, []byte(a.VerifyToken)) == 1 && matched == "" {
+			matched = a.Name
+		}
+	}
+	if q.Get("hub.mode") != "subscribe" || matched == "" {
+		rc.log.Warn("verification refused", "reason", verifyReason(q.Get("hub.mode"), matched), "remote", r.RemoteAddr)
+		rc.finish(w, "", OutcomeBadToken, http.StatusForbidden, start)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, q.Get("hub.challenge"))
+	rc.log.Info("verification answered", "app", matched, "remote", r.RemoteAddr)
+	rc.observe(matched, OutcomeVerified, start)
+}
+
+func verifyReason(mode, matched string) string {
+	if mode != "subscribe" {
+		return "hub.mode is not subscribe"
+	}
+	return "verify token matches no app"
+}
+
+func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiverState, apps []*App) {
+	start := rc.now()
+	log := rc.log
+	max := st.cfg.MaxBodyBytes
+	if max > 0 && r.ContentLength > max {
+		log.Warn("notification refused", "reason", "body too large", "content_length", r.ContentLength, "max_body_bytes", max, "remote", r.RemoteAddr)
+		rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
+		return
+	}
+	buf := rc.getBuf()
+	defer rc.putBuf(buf)
+	body, err := readBody(buf, r, max)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			log.Warn("notification refused", "reason", "body too large", "max_body_bytes", max, "remote", r.RemoteAddr)
+			rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
+			return
+		}
+		log.Warn("notification refused", "reason", "read body", "err", err, "remote", r.RemoteAddr)
+		rc.finish(w, "", OutcomeReadError, http.StatusBadRequest, start)
+		return
+	}
+
+	// verify: the exact bytes received, before any decoding.
+	sig256 := r.Header.Get("X-Hub-Signature-256")
+	sig1 := r.Header.Get("X-Hub-Signature")
+	var app *App
+	var sigErr error
+	for _, a := range apps {
+		if err := a.Verifier.Verify(body, sig256, sig1); err == nil {
+			app = a
+			break
+		} else {
+			sigErr = err
+		}
+	}
+	if app == nil {
+		log.Warn("notification refused", "reason", sigErr.Error(), "bytes", len(body), "remote", r.RemoteAddr)
+		rc.finish(w, "", OutcomeBadSignature, http.StatusUnauthorized, start)
+		return
+	}
+	log = log.With("app", app.Name)
+
+	// decode
+	events, err := Decode(body, app.Name, start, st.cfg.Limits)
+	if err != nil {
+		outcome, status := OutcomeMalformed, http.StatusBadRequest
+		if errors.Is(err, ErrTooMany) {
+			outcome, status = OutcomeTooMany, http.StatusRequestEntityTooLarge
+		}
+		log.Warn("notification refused", "reason", err.Error(), "bytes", len(body), "remote", r.RemoteAddr)
+		rc.finish(w, app.Name, outcome, status, start)
+		return
+	}
+	if len(events) == 0 {
+		log.Info("notification empty", "bytes", len(body))
+		rc.finish(w, app.Name, OutcomeEmpty, http.StatusOK, start)
+		return
+	}
+
+	// key + route, then one encoding buffer for every item of the request.
+	table := rc.router.snapshot()
+	onErr := func(rule string, err error) {
+		log.Warn("rule evaluation failed", "rule", rule, "err", err)
+		if rc.obs != nil {
+			rc.obs.RuleError(rule)
+		}
+	}
+	routes := make([]Route, len(events))
+	var raw []string
+	var data []byte
+	offs := make([]int, len(events)+1)
+	for i := range events {
+		ev := &events[i]
+		ev.ID = Key(ev)
+		routes[i] = table.route(ev, onErr)
+		ev.Rules = routes[i].Rules
+		raw = appendMissing(raw, routes[i].Raw...)
+		offs[i] = len(data)
+		data = AppendBinary(data, ev)
+	}
+	offs[len(events)] = len(data)
+	items := make([]spool.Item, len(events), len(events)+1)
+	for i := range events {
+		items[i] = spool.Item{Key: events[i].ID, Data: data[offs[i]:offs[i+1]:offs[i+1]], Sinks: routes[i].Sinks}
+	}
+	if len(raw) > 0 {
+		rawEv := rawEvent(events, body, sig256, start)
+		items = append(items, spool.Item{Key: rawEv.ID, Data: AppendBinary(nil, &rawEv), Sinks: raw})
+	}
+
+	// spool: durable before 200.
+	dup, err := rc.spool.Accept(r.Context(), items, start)
+	if err != nil {
+		log.Error("spool commit failed", "err", err, "changes", len(events))
+		rc.finish(w, app.Name, OutcomeSpoolError, http.StatusServiceUnavailable, start)
+		return
+	}
+	var fresh int
+	var wake []string
+	for i := range items {
+		if dup[i] {
+			continue
+		}
+		wake = appendMissing(wake, items[i].Sinks...)
+	}
+	for i := range events {
+		ev := &events[i]
+		if rc.obs != nil {
+			rc.obs.Change(ev, &routes[i], dup[i])
+		}
+		if dup[i] {
+			log.Debug("change duplicate", "change_id", ev.ID, "object", ev.Object, "field", ev.Field)
+			continue
+		}
+		fresh++
+		attrs := []any{"change_id", ev.ID, "object", ev.Object, "field", ev.Field, "verb", ev.Verb, "entry_id", ev.Entry.ID}
+		if st.cfg.LogPayloads {
+			attrs = append(attrs, "value", string(ev.Value))
+		}
+		rt := &routes[i]
+		if len(rt.Rules) == 0 {
+			log.Info("change unmatched", attrs...)
+			continue
+		}
+		log.Info("change routed", append(attrs, "rules", rt.Rules, "sinks", append(rt.Sinks[:len(rt.Sinks):len(rt.Sinks)], rt.Raw...))...)
+	}
+	if len(wake) > 0 {
+		rc.notify(wake)
+	}
+	outcome := OutcomeAccepted
+	if fresh == 0 {
+		outcome = OutcomeDuplicate
+	}
+	log.Info("notification accepted", "object", events[0].Object, "changes", len(events), "new", fresh,
+		"duplicates", len(events)-fresh, "bytes", len(body), "duration", time.Since(start))
+	rc.finish(w, app.Name, outcome, http.StatusOK, start)
+}
+
+// rawEvent is the whole notification as one change, for body: raw sinks. Its key is derived
+// from the keys of the changes it carries, so an identical retry is dropped as a repeat.
+func rawEvent(events []Event, body []byte, sig string, at time.Time) Event {
+	h := sha256.New()
+	keys := make([]string, len(events))
+	for i := range events {
+		keys[i] = events[i].ID
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+	}
+	first := &events[0]
+	return Event{
+		ID:         "raw:" + first.App + ":" + hex.EncodeToString(h.Sum(nil)[:16]),
+		App:        first.App,
+		Object:     first.Object,
+		Entry:      first.Entry,
+		Source:     SourceRaw,
+		Value:      body,
+		Signature:  sig,
+		ReceivedAt: at,
+	}
+}
+
+func appendMissing(dst []string, names ...string) []string {
+next:
+	for _, n := range names {
+		for _, d := range dst {
+			if d == n {
+				continue next
+			}
+		}
+		dst = append(dst, n)
+	}
+	return dst
+}
+
+func (rc *Receiver) finish(w http.ResponseWriter, app string, o Outcome, status int, start time.Time) {
+	if status != http.StatusOK {
+		http.Error(w, http.StatusText(status), status)
+	} else {
+		w.WriteHeader(status)
+	}
+	rc.observe(app, o, start)
+}
+
+func (rc *Receiver) observe(app string, o Outcome, start time.Time) {
+	if rc.obs != nil {
+		rc.obs.Request(app, o, time.Since(start))
+	}
+}
+
+// putBuf returns buf to the pool unless it grew past 1 MiB, so one huge body does not pin
+// memory for ever.
+func (rc *Receiver) putBuf(buf *bytes.Buffer) {
+	if buf.Cap() <= 1<<20 {
+		rc.bufs.Put(buf)
+	}
+}
+
+func (rc *Receiver) getBuf() *bytes.Buffer {
+	if b, ok := rc.bufs.Get().(*bytes.Buffer); ok {
+		b.Reset()
+		return b
+	}
+	return new(bytes.Buffer)
+}
+
+// readBody reads the whole body, refusing more than max bytes (max <= 0: no limit). The body
+// is never cut short: a body over the limit is an error, not a truncated body.
+func readBody(buf *bytes.Buffer, r *http.Request, max int64) ([]byte, error) {
+	var src io.Reader = r.Body
+	if max > 0 {
+		src = http.MaxBytesReader(nil, r.Body, max)
+		if r.ContentLength > 0 && r.ContentLength <= max {
+			buf.Grow(int(r.ContentLength) + 1)
+		}
+	}
+	if _, err := buf.ReadFrom(src); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,358 @@
+package relay
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"hash"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// maxKeyLen bounds a natural key; longer ones are hashed so the dedup index stays small.
+const maxKeyLen = 200
+
+// Key returns the dedup key of a change, the value the receiver stores as Event.ID. Equal
+// changes get equal keys whatever batch they arrive in and whatever their entry.time, so a
+// change Meta sends again is recognised. Keys include the app, so two apps subscribed to the
+// same account each get their own copy. The forms are:
+//
+//	wa:msg:<app>:<id>[,<id>…]                 WhatsApp messages (ids sorted)
+//	wa:st:<app>:<id>:<status>[,…]             WhatsApp statuses (sent, delivered, read… differ)
+//	mid:<app>:<object>:<field>:<verb>:<mid>   messaging/standby message, echo, postback
+//	n:<32 hex>                                a natural key above 200 bytes, hashed
+//	h:<32 hex>                                anything else
+//
+// The h: form is SHA-256 over the app, object, entry id, field, verb, source and the value with
+// insignificant whitespace removed, so a re-indented copy of a change matches too. Reactions,
+// edits, deliveries and reads use it, since their mids name another message. A changed_fields
+// change has no value at all, so its hash also covers entry.time: without it, a second change
+// of the same field by the same user within the dedup window would be dropped as a repeat (a
+// retried changed_fields notification may then be delivered twice, which at-least-once allows).
+//
+// Key reads only the few members it needs from Value and never fails: a value it cannot read
+// falls back to the hash form.
+func Key(ev *Event) string {
+	switch ev.Source {
+	case SourceChanges:
+		if ev.Object == "whatsapp_business_account" && ev.Field == "messages" {
+			if k := whatsAppKey(ev); k != "" {
+				return k
+			}
+		}
+	case SourceMessaging, SourceStandby:
+		if k := midKey(ev); k != "" {
+			return k
+		}
+	}
+	return hashKey(ev)
+}
+
+// waStatus is one WhatsApp status: the message it is about and what happened to it.
+type waStatus struct{ id, status []byte }
+
+// whatsAppKey builds a wa: key from value.messages[].id or value.statuses[].{id,status}; ""
+// when the value has neither, both, or an element without them.
+func whatsAppKey(ev *Event) string {
+	var msgBuf [4][]byte
+	var stBuf [4]waStatus
+	msgs, sts := msgBuf[:0], stBuf[:0]
+	s := jsonScan{b: ev.Value, maxDepth: hardMaxDepth}
+	ok := s.members(func(key []byte) (bool, error) {
+		switch string(key) {
+		case "messages":
+			return true, s.elements(func() (bool, error) {
+				var id []byte
+				err := s.members(func(key []byte) (bool, error) {
+					if string(key) == "id" {
+						id = s.plainString()
+						return true, nil
+					}
+					return false, nil
+				})
+				if len(id) == 0 {
+					return false, errNoKey
+				}
+				msgs = append(msgs, id)
+				return true, err
+			})
+		case "statuses":
+			return true, s.elements(func() (bool, error) {
+				var st waStatus
+				err := s.members(func(key []byte) (bool, error) {
+					switch string(key) {
+					case "id":
+						st.id = s.plainString()
+						return true, nil
+					case "status":
+						st.status = s.plainString()
+						return true, nil
+					}
+					return false, nil
+				})
+				if len(st.id) == 0 || len(st.status) == 0 {
+					return false, errNoKey
+				}
+				sts = append(sts, st)
+				return true, err
+			})
+		}
+		return false, nil
+	}) == nil
+	if !ok || (len(msgs) == 0) == (len(sts) == 0) {
+		return ""
+	}
+	var b strings.Builder
+	if len(msgs) > 0 {
+		slices.SortFunc(msgs, func(x, y []byte) int { return strings.Compare(string(x), string(y)) })
+		n := len("wa:msg::") + len(ev.App)
+		for _, id := range msgs {
+			n += len(id) + 1
+		}
+		b.Grow(n)
+		b.WriteString("wa:msg:")
+		b.WriteString(ev.App)
+		b.WriteByte(':')
+		for i, id := range msgs {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(id)
+		}
+	} else {
+		slices.SortFunc(sts, func(x, y waStatus) int {
+			if c := strings.Compare(string(x.id), string(y.id)); c != 0 {
+				return c
+			}
+			return strings.Compare(string(x.status), string(y.status))
+		})
+		n := len("wa:st::") + len(ev.App)
+		for _, st := range sts {
+			n += len(st.id) + len(st.status) + 2
+		}
+		b.Grow(n)
+		b.WriteString("wa:st:")
+		b.WriteString(ev.App)
+		b.WriteByte(':')
+		for i, st := range sts {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(st.id)
+			b.WriteByte(':')
+			b.Write(st.status)
+		}
+	}
+	return boundKey(b.String())
+}
+
+// midKey builds a mid: key for message, echo and postback events that carry a mid; "" else.
+func midKey(ev *Event) string {
+	var holder string
+	switch ev.Verb {
+	case "message", "echo":
+		holder = "message"
+	case "postback":
+		holder = "postback"
+	default:
+		return ""
+	}
+	var mid []byte
+	s := jsonScan{b: ev.Value, maxDepth: hardMaxDepth}
+	err := s.members(func(key []byte) (bool, error) {
+		if string(key) != holder || s.peek() != '{' {
+			return false, nil
+		}
+		return true, s.members(func(key []byte) (bool, error) {
+			if string(key) == "mid" {
+				mid = s.plainString()
+				return true, nil
+			}
+			return false, nil
+		})
+	})
+	if err != nil || len(mid) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.Grow(len("mid:::::") + len(ev.App) + len(ev.Object) + len(ev.Field) + len(ev.Verb) + len(mid))
+	b.WriteString("mid:")
+	b.WriteString(ev.App)
+	b.WriteByte(':')
+	b.WriteString(ev.Object)
+	b.WriteByte(':')
+	b.WriteString(ev.Field)
+	b.WriteByte(':')
+	b.WriteString(ev.Verb)
+	b.WriteByte(':')
+	b.Write(mid)
+	return boundKey(b.String())
+}
+
+// boundKey hashes natural keys longer than maxKeyLen.
+func boundKey(k string) string {
+	if len(k) <= maxKeyLen {
+		return k
+	}
+	sum := sha256.Sum256([]byte(k))
+	return "n:" + hex.EncodeToString(sum[:16])
+}
+
+// keyHasher is the reusable state of hashKey.
+type keyHasher struct {
+	h   hash.Hash
+	buf []byte
+	sum [sha256.Size]byte
+}
+
+var keyHashers = sync.Pool{New: func() any { return &keyHasher{h: sha256.New()} }}
+
+// hashKey returns "h:" and 32 hex digits of SHA-256 over the change's identity.
+func hashKey(ev *Event) string {
+	kh := keyHashers.Get().(*keyHasher)
+	b := kh.buf[:0]
+	b = append(b, "hubrelay-key-v1"...)
+	b = appendField(b, ev.App)
+	b = appendField(b, ev.Object)
+	b = appendField(b, ev.Entry.ID)
+	b = appendField(b, ev.Field)
+	b = appendField(b, ev.Verb)
+	b = append(b, byte(ev.Source))
+	if ev.Source == SourceChangedFields {
+		b = strconv.AppendInt(b, ev.Entry.Time, 10)
+	}
+	b = append(b, 0)
+	b = appendCompact(b, ev.Value)
+	kh.h.Reset()
+	kh.h.Write(b)
+	sum := kh.h.Sum(kh.sum[:0])
+	var out [2 + 32]byte
+	copy(out[:], "h:")
+	hex.Encode(out[2:], sum[:16])
+	if cap(b) <= 64<<10 {
+		kh.buf = b
+	}
+	keyHashers.Put(kh)
+	return string(out[:])
+}
+
+// appendField appends s with its length, so adjacent fields cannot run into each other.
+func appendField(b []byte, s string) []byte {
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	b = append(b, ':')
+	return append(b, s...)
+}
+
+// appendCompact appends v without the whitespace between JSON tokens (as json.Compact, but it
+// never fails: bytes that are not JSON are appended as they come, outside-string spaces aside).
+func appendCompact(b, v []byte) []byte {
+	inString, escaped := false, false
+	start := 0
+	for i, c := range v {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case ' ', '\t', '\n', '\r':
+			b = append(b, v[start:i]...)
+			start = i + 1
+		}
+	}
+	return append(b, v[start:]...)
+}
+
+// errNoKey stops a key scan whose natural id is missing.
+var errNoKey = &DecodeError{Reason: "no natural key"}
+
+// members calls fn for each member of the object at s.i, with s positioned at the member's
+// value. fn returns true when it consumed the value, false to have it skipped. A value that is
+// not an object is skipped without calls.
+func (s *jsonScan) members(fn func(key []byte) (bool, error)) error {
+	if s.peek() != '{' {
+		return s.skip()
+	}
+	if err := s.enter(); err != nil {
+		return err
+	}
+	for first := true; ; {
+		more, err := s.more('}', &first)
+		if err != nil || !more {
+			return err
+		}
+		key, err := s.key()
+		if err != nil {
+			return err
+		}
+		used, err := fn(key)
+		if err != nil {
+			return err
+		}
+		if !used {
+			if err := s.skip(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// elements calls fn for each element of the array at s.i, with s positioned at the element;
+// fn returns true when it consumed it. A value that is not an array is skipped without calls.
+func (s *jsonScan) elements(fn func() (bool, error)) error {
+	if s.peek() != '[' {
+		return s.skip()
+	}
+	if err := s.enter(); err != nil {
+		return err
+	}
+	for first := true; ; {
+		more, err := s.more(']', &first)
+		if err != nil || !more {
+			return err
+		}
+		used, err := fn()
+		if err != nil {
+			return err
+		}
+		if !used {
+			if err := s.skip(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// plainString consumes the value at s.i and returns it decoded when it is a string, nil
+// otherwise. Strings without escapes are returned as sub-slices, without a copy.
+func (s *jsonScan) plainString() []byte {
+	if s.peek() != '"' {
+		if s.skip() != nil {
+			s.i = len(s.b)
+		}
+		return nil
+	}
+	start, end, plain, err := s.str()
+	switch {
+	case err != nil:
+		s.i = len(s.b)
+		return nil
+	case !plain:
+		var v string
+		if json.Unmarshal(s.b[start-1:end+1], &v) != nil {
+			return nil
+		}
+		return []byte(v)
+	}
+	return s.b[start:end]
+}

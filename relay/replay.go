@@ -1,0 +1,99 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hubrelay/hubrelay/relay/deadletter"
+	"github.com/hubrelay/hubrelay/relay/spool"
+)
+
+// LetterEvent rebuilds the change held by a dead letter.
+func LetterEvent(l *deadletter.Letter) (Event, error) {
+	var ev Event
+	if err := json.Unmarshal(l.Change, &ev); err != nil {
+		return ev, fmt.Errorf("dead letter %s: read change: %w", l.ID, err)
+	}
+	ev.Source = SourceChanges
+	switch {
+	case l.Signature != "":
+		ev.Source, ev.Signature = SourceRaw, l.Signature
+	case ev.Field == "messaging":
+		ev.Source = SourceMessaging
+	case ev.Field == "standby":
+		ev.Source = SourceStandby
+	case len(ev.Value) == 0:
+		ev.Source = SourceChangedFields
+	}
+	if ev.ID == "" {
+		ev.ID = l.ChangeID
+	}
+	return ev, nil
+}
+
+// ReplayItem is the spool item that delivers a dead letter's change to its sink again. It has
+// no dedup key: a replay is always delivered.
+func ReplayItem(l *deadletter.Letter) (spool.Item, error) {
+	ev, err := LetterEvent(l)
+	if err != nil {
+		return spool.Item{}, err
+	}
+	return spool.Item{Data: AppendBinary(nil, &ev), Sinks: []string{l.Sink}}, nil
+}
+
+// Replayer hands dead letters queued with `hubrelay deadletter replay` (in the dead-letter
+// directory's replay/ folder) back to the spool of the running relay. A letter's file is
+// removed only after its new delivery is committed.
+type Replayer struct {
+	DL     *deadletter.Dir
+	Spool  Spooler
+	Notify func(sinks []string)
+	Log    *slog.Logger
+}
+
+// Run polls the replay folder every interval until ctx is done.
+func (rp *Replayer) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := rp.Once(ctx); err != nil {
+			rp.Log.Error("replay dead letters", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Once replays every queued letter and returns how many it put back.
+func (rp *Replayer) Once(ctx context.Context) (int, error) {
+	letters, err := rp.DL.Pending()
+	if len(letters) == 0 {
+		return 0, err
+	}
+	n := 0
+	for _, l := range letters {
+		it, ierr := ReplayItem(l)
+		if ierr != nil {
+			rp.Log.Error("replay dead letter", "dead_letter", l.ID, "err", ierr)
+			continue
+		}
+		if _, aerr := rp.Spool.Accept(ctx, []spool.Item{it}, time.Now()); aerr != nil {
+			return n, fmt.Errorf("spool replayed letter %s: %w", l.ID, aerr)
+		}
+		if aerr := rp.DL.Ack(l.ID); aerr != nil {
+			return n, fmt.Errorf("remove replayed letter %s: %w", l.ID, aerr)
+		}
+		rp.Log.Info("dead letter replayed", "dead_letter", l.ID, "sink", l.Sink, "change_id", l.ChangeID)
+		if rp.Notify != nil {
+			rp.Notify(it.Sinks)
+		}
+		n++
+	}
+	return n, err
+}

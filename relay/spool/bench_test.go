@@ -1,0 +1,97 @@
+package spool
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// benchItem returns a 1 KB item with two sinks and a unique key.
+func benchItem(n uint64, data []byte) Item {
+	return Item{Key: fmt.Sprintf("wamid.%016x", n), Data: data, Sinks: []string{"orders", "archive"}}
+}
+
+// BenchmarkAccept_1 measures one caller at a time: every Accept waits for its own commit.
+func BenchmarkAccept_1(b *testing.B) {
+	s, _ := openTest(b, Options{})
+	data := make([]byte, 1024)
+	var n uint64
+	b.ResetTimer()
+	for b.Loop() {
+		n++
+		if _, err := s.Accept(context.Background(), []Item{benchItem(n, data)}, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
+}
+
+// BenchmarkAccept_Parallel64 measures about 64 concurrent callers sharing commits, for several
+// MaxBatchDelay values.
+func BenchmarkAccept_Parallel64(b *testing.B) {
+	for _, delay := range []time.Duration{500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond} {
+		b.Run("delay="+delay.String(), func(b *testing.B) {
+			s, _ := openTest(b, Options{MaxBatchDelay: delay})
+			var commits atomic.Int64
+			var last atomic.Int64
+			s.acceptHook = func(txid int) {
+				if last.Swap(int64(txid)) != int64(txid) {
+					commits.Add(1)
+				}
+			}
+			data := make([]byte, 1024)
+			var n atomic.Uint64
+			b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := s.Accept(context.Background(), []Item{benchItem(n.Add(1), data)}, time.Now()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
+			if c := commits.Load(); c > 0 {
+				b.ReportMetric(float64(b.N)/float64(c), "items/commit")
+			}
+		})
+	}
+}
+
+// BenchmarkReadyDone measures the delivery side: read a page of ready deliveries and mark
+// them done in one call.
+func BenchmarkReadyDone(b *testing.B) {
+	s, _ := openTest(b, Options{})
+	data := make([]byte, 1024)
+	const page = 100
+	items := make([]Item, page)
+	var n uint64
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		for i := range items {
+			n++
+			items[i] = Item{Key: fmt.Sprint(n), Data: data, Sinks: []string{"orders"}}
+		}
+		if _, err := s.Accept(context.Background(), items, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		ds, err := s.Ready("orders", 0, page)
+		if err != nil || len(ds) != page {
+			b.Fatalf("Ready = %d, %v", len(ds), err)
+		}
+		seqs := make([]uint64, len(ds))
+		for i, d := range ds {
+			seqs[i] = d.Seq
+		}
+		if err := s.Done("orders", seqs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*page)/b.Elapsed().Seconds(), "deliveries/s")
+}

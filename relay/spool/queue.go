@@ -1,0 +1,376 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Delivery is one pending (item, sink) pair as Ready returns it.
+type Delivery struct {
+	// Sink is the sink the delivery is for.
+	Sink string
+	// Seq is the global acceptance sequence of the item; it never changes, even when the
+	// delivery is rescheduled and promoted again.
+	Seq uint64
+	// Data is the item's data, a copy that stays valid after the call.
+	Data []byte
+	// Attempt is the number of attempts made so far, 0 for a new delivery.
+	Attempt int
+	// FirstAt is when the item was accepted.
+	FirstAt time.Time
+	// History is whatever the engine last stored with Reschedule (its attempt log); nil at
+	// first.
+	History []byte
+}
+
+// Ready returns up to max deliveries of sink that are due now, with Seq greater than after,
+// in Seq order. Deliveries parked by Reschedule are not returned until Promote moves them
+// back. max <= 0 returns nothing.
+func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
+	if max <= 0 || after == math.MaxUint64 {
+		return nil, nil
+	}
+	var out []Delivery
+	err := s.view(func(tx *bolt.Tx) error {
+		b := openBuckets(tx)
+		rb := b.ready.Bucket([]byte(sink))
+		if rb == nil {
+			return nil
+		}
+		c := rb.Cursor()
+		for k, v := c.Seek(encUint(after + 1)); k != nil && len(out) < max; k, v = c.Next() {
+			seq := decUint(k)
+			attempt, firstAt, history, err := decMeta(v)
+			if err != nil {
+				return fmt.Errorf("delivery %d: %w", seq, err)
+			}
+			data := b.items.Get(k)
+			if data == nil {
+				return fmt.Errorf("delivery %d: item data missing", seq)
+			}
+			out = append(out, Delivery{
+				Sink:    sink,
+				Seq:     seq,
+				Data:    append([]byte{}, data...),
+				Attempt: attempt,
+				FirstAt: firstAt,
+				History: cloneBytes(history),
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ready %s: %w", sink, err)
+	}
+	return out, nil
+}
+
+// Done removes deliveries of sink, ready or scheduled, once they were delivered or
+// dead-lettered, in one transaction shared with concurrent callers. An item's data is deleted
+// when no delivery needs it any more. Sequence numbers without a pending delivery are ignored,
+// so Done is idempotent.
+func (s *Spool) Done(sink string, seqs ...uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	err := s.batch(func(tx *bolt.Tx) error {
+		b := openBuckets(tx)
+		var dReady, dSched int64
+		rb := b.ready.Bucket([]byte(sink))
+		sb := b.sched.Bucket([]byte(sink))
+		ib := b.schedIdx.Bucket([]byte(sink))
+		for _, seq := range seqs {
+			k := encUint(seq)
+			switch {
+			case rb != nil && rb.Get(k) != nil:
+				if err := rb.Delete(k); err != nil {
+					return fmt.Errorf("delete delivery: %w", err)
+				}
+				dReady--
+			case ib != nil && ib.Get(k) != nil:
+				if err := unschedule(sb, ib, k); err != nil {
+					return err
+				}
+				dSched--
+			default:
+				continue
+			}
+			if err := release(b, k); err != nil {
+				return err
+			}
+		}
+		if dReady == 0 && dSched == 0 {
+			return nil
+		}
+		return addCounts(b.stats, sink, dReady, dSched)
+	})
+	if err != nil {
+		return fmt.Errorf("done %s: %w", sink, err)
+	}
+	return nil
+}
+
+// Reschedule records a failed attempt of a pending delivery of sink: it is parked until at,
+// with its attempt count and history replaced, and Promote makes it ready again from then on.
+// It shares its commit with concurrent callers and returns ErrNotFound when the sink has no
+// pending delivery seq.
+func (s *Spool) Reschedule(sink string, seq uint64, at time.Time, attempt int, history []byte) error {
+	if attempt < 0 {
+		return fmt.Errorf("reschedule %s %d: negative attempt %d", sink, seq, attempt)
+	}
+	if int64(len(history)) > bolt.MaxValueSize-64 {
+		return fmt.Errorf("reschedule %s %d: history is %d bytes, too long", sink, seq, len(history))
+	}
+	var notFound bool
+	err := s.batch(func(tx *bolt.Tx) error {
+		notFound = false
+		b := openBuckets(tx)
+		name := []byte(sink)
+		k := encUint(seq)
+		var firstAt time.Time
+		var dReady, dSched int64
+		rb := b.ready.Bucket(name)
+		if v := getBucket(rb, k); v != nil {
+			_, first, _, err := decMeta(v)
+			if err != nil {
+				return fmt.Errorf("delivery %d: %w", seq, err)
+			}
+			firstAt = first
+			if err := rb.Delete(k); err != nil {
+				return fmt.Errorf("delete delivery: %w", err)
+			}
+			dReady, dSched = -1, 1
+		} else if due := getBucket(b.schedIdx.Bucket(name), k); due != nil {
+			sb := b.sched.Bucket(name)
+			_, first, _, err := decMeta(getBucket(sb, schedKey(due, k)))
+			if err != nil {
+				return fmt.Errorf("delivery %d: %w", seq, err)
+			}
+			firstAt = first
+			if err := unschedule(sb, b.schedIdx.Bucket(name), k); err != nil {
+				return err
+			}
+		} else {
+			notFound = true
+			return nil
+		}
+		sb, err := b.sched.CreateBucketIfNotExists(name)
+		if err != nil {
+			return fmt.Errorf("create sched bucket: %w", err)
+		}
+		ib, err := b.schedIdx.CreateBucketIfNotExists(name)
+		if err != nil {
+			return fmt.Errorf("create sched index bucket: %w", err)
+		}
+		due := encTime(at)
+		if err := sb.Put(schedKey(due, k), encMeta(nil, attempt, firstAt, history)); err != nil {
+			return fmt.Errorf("put scheduled delivery: %w", err)
+		}
+		if err := ib.Put(k, due); err != nil {
+			return fmt.Errorf("put sched index: %w", err)
+		}
+		if dReady == 0 && dSched == 0 {
+			return nil
+		}
+		return addCounts(b.stats, sink, dReady, dSched)
+	})
+	if err == nil && notFound {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("reschedule %s %d: %w", sink, seq, err)
+	}
+	return nil
+}
+
+// Promote makes scheduled deliveries whose time has come (due at or before now) ready again,
+// keeping their Seq, attempt count and history, and returns for each sink the lowest promoted
+// Seq so the engine can rewind its cursor. One call moves at most 1000 deliveries in one small
+// transaction; when more were due, NextScheduled still reports a time not after now and the
+// caller should call Promote again.
+func (s *Spool) Promote(now time.Time) (map[string]uint64, error) {
+	var lowest map[string]uint64
+	limit := timeBits(now)
+	err := s.update(func(tx *bolt.Tx) error {
+		lowest = map[string]uint64{}
+		b := openBuckets(tx)
+		var names [][]byte
+		if err := b.sched.ForEachBucket(func(k []byte) error {
+			names = append(names, append([]byte{}, k...))
+			return nil
+		}); err != nil {
+			return err
+		}
+		moved := 0
+		for _, name := range names {
+			if moved >= s.promoteLimit {
+				break
+			}
+			sb := b.sched.Bucket(name)
+			type entry struct{ key, meta []byte }
+			var due []entry
+			c := sb.Cursor()
+			for k, v := c.First(); k != nil && moved+len(due) < s.promoteLimit; k, v = c.Next() {
+				if len(k) != 16 || binary.BigEndian.Uint64(k) > limit {
+					break
+				}
+				due = append(due, entry{append([]byte{}, k...), append([]byte{}, v...)})
+			}
+			if len(due) == 0 {
+				continue
+			}
+			rb, err := b.ready.CreateBucketIfNotExists(name)
+			if err != nil {
+				return fmt.Errorf("create ready bucket: %w", err)
+			}
+			ib := b.schedIdx.Bucket(name)
+			low := uint64(math.MaxUint64)
+			for _, e := range due {
+				seqB := e.key[8:]
+				if err := sb.Delete(e.key); err != nil {
+					return fmt.Errorf("delete scheduled delivery: %w", err)
+				}
+				if ib != nil {
+					if err := ib.Delete(seqB); err != nil {
+						return fmt.Errorf("delete sched index: %w", err)
+					}
+				}
+				if err := rb.Put(seqB, e.meta); err != nil {
+					return fmt.Errorf("put delivery: %w", err)
+				}
+				low = min(low, decUint(seqB))
+			}
+			lowest[string(name)] = low
+			n := int64(len(due))
+			if err := addCounts(b.stats, string(name), n, -n); err != nil {
+				return err
+			}
+			moved += len(due)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("promote: %w", err)
+	}
+	return lowest, nil
+}
+
+// NextScheduled returns the earliest time any scheduled delivery becomes due; ok is false if
+// none is scheduled.
+func (s *Spool) NextScheduled() (t time.Time, ok bool, err error) {
+	var best uint64
+	err = s.view(func(tx *bolt.Tx) error {
+		sched := tx.Bucket(bucketSched)
+		return sched.ForEachBucket(func(name []byte) error {
+			k, _ := sched.Bucket(name).Cursor().First()
+			if len(k) != 16 {
+				return nil
+			}
+			if due := binary.BigEndian.Uint64(k); !ok || due < best {
+				best, ok = due, true
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("next scheduled: %w", err)
+	}
+	if !ok {
+		return time.Time{}, false, nil
+	}
+	return bitsTime(best), true, nil
+}
+
+// unschedule deletes the scheduled delivery seqB from the sched bucket sb and its index ib.
+func unschedule(sb, ib *bolt.Bucket, seqB []byte) error {
+	due := ib.Get(seqB)
+	if due == nil {
+		return nil
+	}
+	if sb != nil {
+		if err := sb.Delete(schedKey(due, seqB)); err != nil {
+			return fmt.Errorf("delete scheduled delivery: %w", err)
+		}
+	}
+	if err := ib.Delete(seqB); err != nil {
+		return fmt.Errorf("delete sched index: %w", err)
+	}
+	return nil
+}
+
+// release drops one reference to item seqB and deletes the item when none is left.
+func release(b buckets, seqB []byte) error {
+	v := b.refs.Get(seqB)
+	n, w := binary.Uvarint(v)
+	if w <= 0 || n <= 1 {
+		if err := b.refs.Delete(seqB); err != nil {
+			return fmt.Errorf("delete refs: %w", err)
+		}
+		if err := b.items.Delete(seqB); err != nil {
+			return fmt.Errorf("delete item: %w", err)
+		}
+		return nil
+	}
+	if err := b.refs.Put(seqB, binary.AppendUvarint(nil, n-1)); err != nil {
+		return fmt.Errorf("put refs: %w", err)
+	}
+	return nil
+}
+
+// schedKey is the sched key: 8-byte due time followed by the 8-byte seq.
+func schedKey(due, seqB []byte) []byte {
+	k := make([]byte, 0, 16)
+	return append(append(k, due...), seqB...)
+}
+
+// getBucket is b.Get(k) that tolerates a missing bucket.
+func getBucket(b *bolt.Bucket, k []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return b.Get(k)
+}
+
+// metaVersion1 tags the delivery meta encoding.
+const metaVersion1 = 1
+
+var errBadMeta = errors.New("malformed delivery record")
+
+// encMeta appends a delivery record: version, attempt (uvarint), first accepted time (8
+// bytes), then the history bytes to the end.
+func encMeta(dst []byte, attempt int, firstAt time.Time, history []byte) []byte {
+	dst = append(dst, metaVersion1)
+	dst = binary.AppendUvarint(dst, uint64(attempt))
+	dst = binary.BigEndian.AppendUint64(dst, timeBits(firstAt))
+	return append(dst, history...)
+}
+
+// decMeta decodes a record written by encMeta; history aliases v.
+func decMeta(v []byte) (attempt int, firstAt time.Time, history []byte, err error) {
+	if len(v) < 1 || v[0] != metaVersion1 {
+		return 0, time.Time{}, nil, errBadMeta
+	}
+	a, n := binary.Uvarint(v[1:])
+	if n <= 0 || a > math.MaxInt32 || len(v) < 1+n+8 {
+		return 0, time.Time{}, nil, errBadMeta
+	}
+	rest := v[1+n:]
+	firstAt = bitsTime(binary.BigEndian.Uint64(rest))
+	if h := rest[8:]; len(h) > 0 {
+		history = h
+	}
+	return int(a), firstAt, history, nil
+}
+
+// cloneBytes copies b, keeping nil as nil.
+func cloneBytes(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append([]byte{}, b...)
+}

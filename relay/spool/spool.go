@@ -1,0 +1,280 @@
+package spool
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// Default option values, used when the corresponding Options field is zero.
+const (
+	DefaultMaxBatchDelay = time.Millisecond
+	DefaultMaxBatchSize  = 1000
+	DefaultDedupWindow   = 168 * time.Hour
+	DefaultOpenTimeout   = time.Second
+)
+
+// MaxKeyLen is the longest dedup key Accept takes, in bytes.
+const MaxKeyLen = 4096
+
+// MaxSinkLen is the longest sink name Accept takes, in bytes.
+const MaxSinkLen = 1024
+
+// formatVersion is the on-disk layout version stored in the meta bucket.
+const formatVersion = 1
+
+// maxPromote bounds the deliveries one Promote call moves, so it never holds the writer long.
+const maxPromote = 1000
+
+var (
+	// ErrLocked is returned by Open when another process (or another Spool in this process)
+	// holds the spool file.
+	ErrLocked = errors.New("spool is locked by another process")
+
+	// ErrClosed is returned by every method called after Close.
+	ErrClosed = errors.New("spool is closed")
+
+	// ErrNotFound is returned by Reschedule when the sink has no pending delivery with that
+	// sequence number.
+	ErrNotFound = errors.New("delivery not found")
+)
+
+var (
+	bucketItems    = []byte("items")
+	bucketRefs     = []byte("refs")
+	bucketReady    = []byte("ready")
+	bucketSched    = []byte("sched")
+	bucketSchedIdx = []byte("schedidx")
+	bucketDedup    = []byte("dedup")
+	bucketDedupT   = []byte("dedupt")
+	bucketStats    = []byte("stats")
+	bucketMeta     = []byte("meta")
+
+	topBuckets = [][]byte{
+		bucketItems, bucketRefs, bucketReady, bucketSched, bucketSchedIdx,
+		bucketDedup, bucketDedupT, bucketStats, bucketMeta,
+	}
+
+	metaVersion   = []byte("version")
+	metaDedupN    = []byte("dedupn")
+	metaHeartbeat = []byte("heartbeat")
+)
+
+// Options tunes a Spool. The zero value is usable: every zero field takes its default.
+type Options struct {
+	// MaxBatchDelay is how long a commit waits for concurrent Accept, Done and Reschedule
+	// calls to join it. Default 1ms.
+	MaxBatchDelay time.Duration
+	// MaxBatchSize is the number of calls that triggers a commit before MaxBatchDelay.
+	// Default 1000.
+	MaxBatchSize int
+	// DedupWindow is how long an accepted dedup key keeps repeats out. Default 168h.
+	DedupWindow time.Duration
+	// OpenTimeout is how long Open waits for the file lock before returning ErrLocked.
+	// Default 1s.
+	OpenTimeout time.Duration
+	// Logger receives the spool's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Spool is a durable queue of deliveries and an index of dedup keys, backed by one bbolt
+// file. Its methods are safe for concurrent use.
+type Spool struct {
+	db     *bolt.DB
+	path   string
+	window time.Duration
+	log    *slog.Logger
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+
+	// promoteLimit bounds the deliveries one Promote call moves (maxPromote; tests lower it).
+	promoteLimit int
+
+	// acceptHook, when set by tests, receives the ID of the transaction that committed each
+	// successful Accept call.
+	acceptHook func(txid int)
+}
+
+// Open opens the spool file at path, creating it and its directory if needed. It returns
+// ErrLocked if the file stays locked by another process for opt.OpenTimeout. Every commit is
+// fsync'd.
+func Open(path string, opt Options) (*Spool, error) {
+	if opt.MaxBatchDelay <= 0 {
+		opt.MaxBatchDelay = DefaultMaxBatchDelay
+	}
+	if opt.MaxBatchSize <= 0 {
+		opt.MaxBatchSize = DefaultMaxBatchSize
+	}
+	if opt.DedupWindow <= 0 {
+		opt.DedupWindow = DefaultDedupWindow
+	}
+	if opt.OpenTimeout <= 0 {
+		opt.OpenTimeout = DefaultOpenTimeout
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "spool")
+
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("open spool: create directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        opt.OpenTimeout,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+	})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("open spool %s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	db.MaxBatchDelay = opt.MaxBatchDelay
+	db.MaxBatchSize = opt.MaxBatchSize
+
+	var seq uint64
+	var dedupN uint64
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range topBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(metaVersion); v == nil {
+			if err := meta.Put(metaVersion, encUint(formatVersion)); err != nil {
+				return err
+			}
+		} else if got := decUint(v); got != formatVersion {
+			return fmt.Errorf("unsupported format version %d (want %d)", got, formatVersion)
+		}
+		seq = tx.Bucket(bucketItems).Sequence()
+		dedupN = decUint(meta.Get(metaDedupN))
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
+		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
+	return &Spool{db: db, path: path, window: opt.DedupWindow, log: log, promoteLimit: maxPromote}, nil
+}
+
+// Close waits for running transactions and closes the file. Calls after the first return
+// the first call's result.
+func (s *Spool) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close spool: %w", err)
+			return
+		}
+		s.log.Info("spool closed", "path", s.path)
+	})
+	return s.closeErr
+}
+
+// Check reports whether the spool can commit: it writes a heartbeat key in a tiny transaction.
+// It returns when the commit is on disk or ctx is done, whichever comes first.
+func (s *Spool) Check(ctx context.Context) error {
+	if s.closed.Load() {
+		return fmt.Errorf("check spool: %w", ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("check spool: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- s.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(metaHeartbeat, encTime(time.Now()))
+		})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("check spool: %w", s.mapErr(err))
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("check spool: %w", ctx.Err())
+	}
+}
+
+// mapErr turns bbolt's "database not open" into ErrClosed.
+func (s *Spool) mapErr(err error) error {
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return err
+}
+
+// view runs fn in a read transaction, failing with ErrClosed after Close.
+func (s *Spool) view(fn func(*bolt.Tx) error) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.mapErr(s.db.View(fn))
+}
+
+// update runs fn in its own write transaction, failing with ErrClosed after Close.
+func (s *Spool) update(fn func(*bolt.Tx) error) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.mapErr(s.db.Update(fn))
+}
+
+// batch runs fn in a write transaction shared with concurrent callers (group commit). fn may
+// run more than once and must reset anything it reports at its start.
+func (s *Spool) batch(fn func(*bolt.Tx) error) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.mapErr(s.db.Batch(fn))
+}
+
+// encUint encodes v as 8 big-endian bytes.
+func encUint(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// decUint decodes 8 big-endian bytes; anything shorter decodes as 0.
+func decUint(b []byte) uint64 {
+	if len(b) < 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+// timeBits maps t to a uint64 that sorts like t (nanoseconds with the sign bit flipped).
+func timeBits(t time.Time) uint64 {
+	return uint64(t.UnixNano()) ^ (1 << 63)
+}
+
+// bitsTime is the inverse of timeBits.
+func bitsTime(u uint64) time.Time {
+	return time.Unix(0, int64(u^(1<<63)))
+}
+
+// encTime encodes t as 8 sortable bytes.
+func encTime(t time.Time) []byte { return encUint(timeBits(t)) }
+
+// decTime decodes 8 sortable bytes written by encTime.
+func decTime(b []byte) time.Time { return bitsTime(decUint(b)) }

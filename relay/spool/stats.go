@@ -1,0 +1,184 @@
+package spool
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SinkStats describes the pending deliveries of one sink.
+type SinkStats struct {
+	// Ready is the number of deliveries due now.
+	Ready int
+	// Scheduled is the number of deliveries parked by Reschedule until a later time.
+	Scheduled int
+	// Oldest is when the oldest pending delivery's item was accepted; zero if none is pending.
+	Oldest time.Time
+}
+
+// counts is a pair of per-sink counters or counter deltas.
+type counts struct{ ready, sched int64 }
+
+// addCounts adds deltas to the stored counters of sink.
+func addCounts(stats *bolt.Bucket, sink string, dReady, dSched int64) error {
+	key := []byte(sink)
+	c := decCounts(stats.Get(key))
+	c.ready = max(c.ready+dReady, 0)
+	c.sched = max(c.sched+dSched, 0)
+	v := make([]byte, 16)
+	binary.BigEndian.PutUint64(v, uint64(c.ready))
+	binary.BigEndian.PutUint64(v[8:], uint64(c.sched))
+	if err := stats.Put(key, v); err != nil {
+		return fmt.Errorf("put stats: %w", err)
+	}
+	return nil
+}
+
+// decCounts decodes a stats value; anything malformed decodes as zero.
+func decCounts(v []byte) counts {
+	if len(v) != 16 {
+		return counts{}
+	}
+	return counts{int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:]))}
+}
+
+// Stats returns the pending deliveries of every sink that ever had one. It reads maintained
+// counters and the head of each queue, so its cost does not grow with the queue length.
+func (s *Spool) Stats() (map[string]SinkStats, error) {
+	out := map[string]SinkStats{}
+	err := s.view(func(tx *bolt.Tx) error {
+		b := openBuckets(tx)
+		return b.stats.ForEach(func(k, v []byte) error {
+			c := decCounts(v)
+			st := SinkStats{Ready: int(c.ready), Scheduled: int(c.sched)}
+			oldest, err := oldestPending(b, k)
+			if err != nil {
+				return fmt.Errorf("sink %s: %w", k, err)
+			}
+			st.Oldest = oldest
+			out[string(k)] = st
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stats: %w", err)
+	}
+	return out, nil
+}
+
+// oldestPending returns the FirstAt of the sink's pending delivery with the lowest Seq, ready
+// or scheduled; zero if there is none.
+func oldestPending(b buckets, sink []byte) (time.Time, error) {
+	var oldest time.Time
+	consider := func(meta []byte) error {
+		if meta == nil {
+			return nil
+		}
+		_, first, _, err := decMeta(meta)
+		if err != nil {
+			return err
+		}
+		if oldest.IsZero() || first.Before(oldest) {
+			oldest = first
+		}
+		return nil
+	}
+	if rb := b.ready.Bucket(sink); rb != nil {
+		if _, v := rb.Cursor().First(); v != nil {
+			if err := consider(v); err != nil {
+				return time.Time{}, err
+			}
+		}
+	}
+	if ib := b.schedIdx.Bucket(sink); ib != nil {
+		if seqB, due := ib.Cursor().First(); seqB != nil {
+			if err := consider(getBucket(b.sched.Bucket(sink), schedKey(due, seqB))); err != nil {
+				return time.Time{}, err
+			}
+		}
+	}
+	return oldest, nil
+}
+
+// Sinks returns, in name order, the sinks that have pending (ready or scheduled) deliveries.
+func (s *Spool) Sinks() ([]string, error) {
+	var out []string
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketStats).ForEach(func(k, v []byte) error {
+			if c := decCounts(v); c.ready+c.sched > 0 {
+				out = append(out, string(k))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sinks: %w", err)
+	}
+	return out, nil
+}
+
+// ExpireDedup deletes up to max dedup keys accepted at least the dedup window before now
+// (those no longer count as seen) and returns how many it deleted. It works in one small
+// transaction so that it never holds up Accept for long; call it periodically, and again at
+// once while it returns max. max <= 0 deletes nothing.
+func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
+	if max <= 0 {
+		return 0, nil
+	}
+	cutoff := timeBits(now.Add(-s.window))
+	var n int
+	err := s.update(func(tx *bolt.Tx) error {
+		n = 0
+		b := openBuckets(tx)
+		var old [][]byte
+		c := b.dedupT.Cursor()
+		for k, _ := c.First(); k != nil && len(old) < max; k, _ = c.Next() {
+			if len(k) < 8 || binary.BigEndian.Uint64(k) > cutoff {
+				break
+			}
+			old = append(old, append([]byte{}, k...))
+		}
+		if len(old) == 0 {
+			return nil
+		}
+		var removed int64
+		for _, k := range old {
+			if err := b.dedupT.Delete(k); err != nil {
+				return fmt.Errorf("delete dedup time: %w", err)
+			}
+			key := k[8:]
+			// Delete the key only if it still carries this time; a key accepted again
+			// later has a newer time and its own index entry.
+			if v := b.dedup.Get(key); v != nil && string(v) == string(k[:8]) {
+				if err := b.dedup.Delete(key); err != nil {
+					return fmt.Errorf("delete dedup key: %w", err)
+				}
+				removed++
+			}
+		}
+		n = len(old)
+		return addDedupN(b.meta, -removed)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("expire dedup: %w", err)
+	}
+	if n > 0 {
+		s.log.Debug("dedup keys expired", "count", n)
+	}
+	return n, nil
+}
+
+// DedupLen returns the number of dedup keys stored, expired or not.
+func (s *Spool) DedupLen() (int, error) {
+	var n uint64
+	err := s.view(func(tx *bolt.Tx) error {
+		n = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("dedup len: %w", err)
+	}
+	return int(n), nil
+}

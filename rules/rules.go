@@ -1,0 +1,335 @@
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/vm"
+)
+
+// Entry is what `entry` means in expressions: the envelope entry a change came from.
+type Entry struct {
+	ID   string `expr:"id"`
+	UID  string `expr:"uid"`
+	Time int64  `expr:"time"`
+}
+
+// Env is what a `when` expression or a Slack text template sees for one change.
+type Env struct {
+	Object string `expr:"object"`
+	Field  string `expr:"field"`
+	Verb   string `expr:"verb"`
+	// Value is the change value decoded from JSON (map[string]any, []any, float64, string,
+	// bool), or nil when the change has none or the caller did not decode it (see
+	// Set.NeedsValue).
+	Value      any       `expr:"value"`
+	Entry      Entry     `expr:"entry"`
+	App        string    `expr:"app"`
+	ReceivedAt time.Time `expr:"received_at"`
+}
+
+// Spec is one rule as written in config. Positions in the config file are the config
+// package's business; errors from Compile name the rule by index.
+type Spec struct {
+	Name string
+	// Objects, Fields and Verbs list the accepted values, compared as exact strings. An empty
+	// list accepts any value.
+	Objects, Fields, Verbs []string
+	// When is an optional boolean expression; "" means always.
+	When string
+	// Sinks names the sinks a matching change goes to; at least one.
+	Sinks []string
+}
+
+// Match is the outcome of matching one change.
+type Match struct {
+	// Rules holds the names of the matching rules, in config order.
+	Rules []string
+	// Sinks holds the sinks of the matching rules, deduplicated, in first-seen order.
+	Sinks []string
+}
+
+// rule is one compiled Spec.
+type rule struct {
+	name    string
+	objects []string
+	fields  []string
+	verbs   []string
+	when    *vm.Program // nil = always
+	sinks   []string    // deduplicated
+	alone   Match       // the Match returned when this rule is the only one to match
+}
+
+// Set is a compiled, immutable rule set. It is safe for concurrent use.
+type Set struct {
+	rules []rule
+	// byObject lists, for every object some rule names, the rules that may match it (those
+	// naming it and those accepting any object) in config order. Objects no rule names use
+	// anyObject.
+	byObject   map[string][]int
+	anyObject  []int
+	needsValue bool
+}
+
+// CompileError reports one invalid rule. Compile returns one per problem, joined with
+// errors.Join when there are several.
+type CompileError struct {
+	// Index is the rule's position in the specs given to Compile.
+	Index int
+	// Name is the rule's name (possibly empty).
+	Name string
+	// Part is what is wrong: "name", "when" or "sinks".
+	Part string
+	// Err describes the problem; for Part "when" it is an *ExprError.
+	Err error
+}
+
+// Error implements error.
+func (e *CompileError) Error() string {
+	return fmt.Sprintf("rules[%d] %q: %s: %v", e.Index, e.Name, e.Part, e.Err)
+}
+
+// Unwrap returns the underlying error.
+func (e *CompileError) Unwrap() error { return e.Err }
+
+// vmPool recycles expression virtual machines so that evaluation does not allocate a new
+// stack per call. A vm.VM is not safe for concurrent use; a pooled one belongs to one
+// goroutine between Get and Put.
+var vmPool = sync.Pool{New: func() any { return new(vm.VM) }}
+
+// run evaluates program against env on a pooled virtual machine.
+func run(program *vm.Program, env *Env) (out any, err error) {
+	m := vmPool.Get().(*vm.VM)
+	out, err = m.Run(program, env)
+	// Drop references to the change so a pooled VM does not keep a payload alive.
+	clear(m.Stack[:cap(m.Stack)])
+	m.Stack = m.Stack[:0]
+	clear(m.Variables)
+	vmPool.Put(m)
+	if err != nil {
+		return nil, exprError(err)
+	}
+	return out, nil
+}
+
+// Compile compiles rule specs into a Set. It checks every rule and reports every problem:
+// an empty or duplicate name, a rule without sinks, or a `when` that does not compile or is
+// not boolean. The error is a *CompileError, or several joined with errors.Join.
+func Compile(specs []Spec) (*Set, error) {
+	s := &Set{
+		rules:    make([]rule, 0, len(specs)),
+		byObject: make(map[string][]int),
+	}
+	var errs []error
+	seen := make(map[string]bool, len(specs))
+	for i, sp := range specs {
+		fail := func(part string, err error) {
+			errs = append(errs, &CompileError{Index: i, Name: sp.Name, Part: part, Err: err})
+		}
+		switch {
+		case sp.Name == "":
+			fail("name", errors.New("missing rule name"))
+		case seen[sp.Name]:
+			fail("name", errors.New("duplicate rule name"))
+		}
+		seen[sp.Name] = true
+		r := rule{
+			name:    sp.Name,
+			objects: clone(sp.Objects),
+			fields:  clone(sp.Fields),
+			verbs:   clone(sp.Verbs),
+		}
+		for _, sk := range sp.Sinks {
+			if sk == "" {
+				fail("sinks", errors.New("empty sink name"))
+				continue
+			}
+			if !contains(r.sinks, sk) {
+				r.sinks = append(r.sinks, sk)
+			}
+		}
+		if len(sp.Sinks) == 0 {
+			fail("sinks", errors.New("a rule needs at least one sink"))
+		}
+		if sp.When != "" {
+			p, err := CompileWhen(sp.When)
+			if err != nil {
+				fail("when", err)
+			} else {
+				r.when = p
+				if refersToValue(p) {
+					s.needsValue = true
+				}
+			}
+		}
+		r.alone = Match{Rules: []string{r.name}, Sinks: r.sinks}
+		s.rules = append(s.rules, r)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	s.index()
+	return s, nil
+}
+
+// index fills byObject and anyObject.
+func (s *Set) index() {
+	for i, r := range s.rules {
+		if len(r.objects) == 0 {
+			s.anyObject = append(s.anyObject, i)
+			continue
+		}
+		for _, o := range r.objects {
+			s.byObject[o] = nil
+		}
+	}
+	for o := range s.byObject {
+		var idx []int
+		for i, r := range s.rules {
+			if len(r.objects) == 0 || contains(r.objects, o) {
+				idx = append(idx, i)
+			}
+		}
+		s.byObject[o] = idx
+	}
+}
+
+// Len returns the number of rules.
+func (s *Set) Len() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.rules)
+}
+
+// NeedsValue reports whether any rule's `when` refers to `value`. When it does not, callers
+// may skip decoding change values before calling Match.
+func (s *Set) NeedsValue() bool { return s != nil && s.needsValue }
+
+// Match returns the rules whose object, field and verb lists accept the change and whose
+// `when` is true, with their sinks. A `when` that fails at run time (for instance `value.x`
+// when the change has no value, or a type mismatch) counts as no match and is reported to
+// onErr, if not nil, with the rule's name; the error is one line but may quote parts of the
+// payload, so log it at debug level or with payload logging enabled.
+//
+// Match allocates nothing when no rule or a single rule matches: the slices of the returned
+// Match may then be shared with the Set and must not be modified.
+func (s *Set) Match(env *Env, onErr func(rule string, err error)) Match {
+	if s == nil {
+		return Match{}
+	}
+	idx, ok := s.byObject[env.Object]
+	if !ok {
+		idx = s.anyObject
+	}
+	first := -1
+	var m Match
+	for _, i := range idx {
+		r := &s.rules[i]
+		if !accepts(r.fields, env.Field) || !accepts(r.verbs, env.Verb) {
+			continue
+		}
+		if r.when != nil {
+			out, err := run(r.when, env)
+			if err != nil {
+				if onErr != nil {
+					onErr(r.name, err)
+				}
+				continue
+			}
+			if b, _ := out.(bool); !b {
+				continue
+			}
+		}
+		if first < 0 {
+			first = i
+			continue
+		}
+		if m.Rules == nil {
+			f := &s.rules[first]
+			// One allocation backs both slices; full slice expressions keep an append to
+			// one from overwriting the other.
+			buf := make([]string, 4+max(4, len(f.sinks)+len(r.sinks)))
+			m.Rules = append(buf[:0:4], f.name)
+			m.Sinks = append(buf[4:4:len(buf)], f.sinks...)
+		}
+		m.Rules = append(m.Rules, r.name)
+		for _, sk := range r.sinks {
+			if !contains(m.Sinks, sk) {
+				m.Sinks = append(m.Sinks, sk)
+			}
+		}
+	}
+	if m.Rules == nil && first >= 0 {
+		return s.rules[first].alone
+	}
+	return m
+}
+
+// accepts reports whether list, where empty means any, accepts v.
+func accepts(list []string, v string) bool {
+	return len(list) == 0 || contains(list, v)
+}
+
+func contains(list []string, v string) bool {
+	for _, s := range list {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+func clone(list []string) []string {
+	if len(list) == 0 {
+		return nil
+	}
+	return append([]string(nil), list...)
+}
+
+// CompileWhen compiles a `when` expression against Env. It fails, with an *ExprError, if the
+// expression does not parse, names an unknown variable or function, or is not boolean. An
+// expression whose type is only known at run time (such as `value.is_echo`) compiles, and
+// evaluating it fails if the result is not a bool.
+func CompileWhen(src string) (*vm.Program, error) {
+	if err := expectKind(src, reflect.Bool, "boolean"); err != nil {
+		return nil, err
+	}
+	return compile(src, expr.AsBool())
+}
+
+// expectKind compiles src without an expected type and fails with a clear message if its
+// static type is known and is not kind.
+func expectKind(src string, kind reflect.Kind, what string) error {
+	p, err := compile(src)
+	if err != nil {
+		return err
+	}
+	if t := p.Node().Type(); t != nil && t.Kind() != kind && t.Kind() != reflect.Interface {
+		return &ExprError{Msg: fmt.Sprintf("must be a %s expression, got %s", what, t)}
+	}
+	return nil
+}
+
+// compile compiles src against Env with extra options, turning a panic inside the compiler
+// into an error and expr's multi-line errors into *ExprError.
+func compile(src string, opts ...expr.Option) (p *vm.Program, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			p, err = nil, &ExprError{Msg: fmt.Sprintf("invalid expression: %v", r)}
+		}
+	}()
+	if src == "" {
+		return nil, &ExprError{Msg: "empty expression"}
+	}
+	opts = append([]expr.Option{expr.Env(Env{})}, opts...)
+	p, err = expr.Compile(src, opts...)
+	if err != nil {
+		return nil, exprError(err)
+	}
+	return p, nil
+}

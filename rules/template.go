@@ -1,0 +1,94 @@
+package rules
+
+import (
+	"fmt"
+	"reflect"
+
+	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
+	"github.com/expr-lang/expr/vm"
+)
+
+// Template is a compiled non-boolean expression evaluated against one change, such as the
+// text of a Slack message. It is immutable and safe for concurrent use.
+type Template struct {
+	src        string
+	program    *vm.Program
+	needsValue bool
+}
+
+// CompileText compiles an expression that must produce a string, such as
+// `"New " + field + " on page " + entry.id`. It fails, with an *ExprError, if the expression
+// does not compile or its type is known not to be a string; an expression whose type is only
+// known at run time (such as `value.text`) compiles, and String fails if the result is not a
+// string.
+func CompileText(src string) (*Template, error) {
+	if err := expectKind(src, reflect.String, "string"); err != nil {
+		return nil, err
+	}
+	p, err := compile(src, expr.AsKind(reflect.String))
+	if err != nil {
+		return nil, err
+	}
+	return &Template{src: src, program: p, needsValue: refersToValue(p)}, nil
+}
+
+// CompileAny compiles an expression with a result of any type, such as a list of Slack
+// blocks built from maps and lists. It fails, with an *ExprError, if the expression does not
+// compile.
+func CompileAny(src string) (*Template, error) {
+	p, err := compile(src)
+	if err != nil {
+		return nil, err
+	}
+	return &Template{src: src, program: p, needsValue: refersToValue(p)}, nil
+}
+
+// Eval evaluates the template against env. A run-time failure is returned as an *ExprError.
+func (t *Template) Eval(env *Env) (any, error) {
+	return run(t.program, env)
+}
+
+// String evaluates the template against env and returns its string result; a result that is
+// not a string is an error.
+func (t *Template) String(env *Env) (string, error) {
+	out, err := run(t.program, env)
+	if err != nil {
+		return "", err
+	}
+	s, ok := out.(string)
+	if !ok {
+		return "", &ExprError{Msg: fmt.Sprintf("expected string, got %T", out)}
+	}
+	return s, nil
+}
+
+// Source returns the expression as written.
+func (t *Template) Source() string { return t.src }
+
+// NeedsValue reports whether the template refers to `value`, so that callers may skip
+// decoding change values when it does not.
+func (t *Template) NeedsValue() bool { return t.needsValue }
+
+// refersToValue reports whether a compiled program reads the `value` variable, directly or
+// through `$env`.
+func refersToValue(p *vm.Program) bool {
+	v := &valueFinder{}
+	node := p.Node()
+	ast.Walk(&node, v)
+	return v.found
+}
+
+type valueFinder struct{ found bool }
+
+// Visit implements ast.Visitor.
+func (v *valueFinder) Visit(node *ast.Node) {
+	switch n := (*node).(type) {
+	case *ast.IdentifierNode:
+		if n.Value == "value" || n.Value == "$env" {
+			v.found = true
+		}
+	case *ast.MemberNode:
+		// $env.value and $env["value"] compile to members of $env, seen above.
+	}
+}

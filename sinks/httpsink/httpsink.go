@@ -1,0 +1,179 @@
+package httpsink
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/sinks/internal/webhook"
+)
+
+// Header names the sink sets.
+const (
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderChangeID       = "X-Hubrelay-Change-Id"
+	HeaderSignature      = "X-Hubrelay-Signature-256"
+	HeaderMetaSignature  = "X-Hub-Signature-256"
+)
+
+// Options configures a Sink. The command fills it from the sink's config.
+type Options struct {
+	// Name is the sink name, used in errors and logs.
+	Name string
+	// URL is the endpoint (http or https). Userinfo and query values are treated as secrets.
+	URL string
+	// Method is the HTTP method, POST when empty.
+	Method string
+	// Headers are sent with every request; their values are treated as secrets. They cannot
+	// replace the headers the sink sets itself.
+	Headers map[string]string
+	// Timeout bounds each request; zero means Client's timeout or 10s.
+	Timeout time.Duration
+	// Raw sends ev.Value (the whole original notification) with Meta's X-Hub-Signature-256
+	// (ev.Signature) instead of the envelope.
+	Raw bool
+	// SignSecret, when set, adds X-Hubrelay-Signature-256: sha256=<hex HMAC-SHA256 of the body>.
+	SignSecret string
+	// InProcessRetries is the number of quick retries inside one Deliver call.
+	InProcessRetries int
+	// MinBackoff and MaxBackoff bound the waits between quick retries (zero: 200ms and 30s);
+	// MaxBackoff also caps a Retry-After.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives per-attempt logs, secrets removed; nil discards them.
+	Logger *slog.Logger
+	// Client is an optional base client (tests, TLS); nil means a pooled transport sized for
+	// concurrent deliveries.
+	Client *http.Client
+}
+
+// Sink posts changes to one HTTP endpoint. It is safe for concurrent use.
+type Sink struct {
+	name    string
+	raw     bool
+	secret  []byte
+	headers http.Header // user headers, canonical keys; shared read-only by every request
+	client  *webhook.Client
+}
+
+var _ relay.Sink = (*Sink)(nil)
+
+// fixed header values, shared read-only by every request.
+var (
+	valJSON      = []string{"application/json"}
+	valUserAgent = []string{"hubrelay"}
+)
+
+// reserved are the headers the sink sets itself.
+var reserved = map[string]bool{
+	"Content-Type": true, "User-Agent": true, "Content-Length": true,
+	HeaderIdempotencyKey: true, HeaderChangeID: true, HeaderSignature: true, HeaderMetaSignature: true,
+}
+
+// New checks o and returns a Sink.
+func New(o Options) (*Sink, error) {
+	s := &Sink{name: o.Name, raw: o.Raw, headers: make(http.Header, len(o.Headers))}
+	secrets := make([]string, 0, len(o.Headers)+1)
+	for k, v := range o.Headers {
+		if !validHeaderName(k) {
+			return nil, fmt.Errorf("%s: invalid header name %q", o.Name, k)
+		}
+		ck := http.CanonicalHeaderKey(k)
+		if reserved[ck] {
+			return nil, fmt.Errorf("%s: header %s is set by the sink", o.Name, ck)
+		}
+		if strings.ContainsAny(v, "\r\n\x00") {
+			return nil, fmt.Errorf("%s: header %s: value holds a line break or NUL", o.Name, ck)
+		}
+		s.headers[ck] = []string{v}
+		secrets = append(secrets, v)
+	}
+	if o.SignSecret != "" {
+		s.secret = []byte(o.SignSecret)
+		secrets = append(secrets, o.SignSecret)
+	}
+	c, err := webhook.New(webhook.Config{
+		Name:       o.Name,
+		Method:     o.Method,
+		URL:        o.URL,
+		Secrets:    secrets,
+		Timeout:    o.Timeout,
+		Retries:    o.InProcessRetries,
+		MinBackoff: o.MinBackoff,
+		MaxBackoff: o.MaxBackoff,
+		Logger:     o.Logger,
+		Client:     o.Client,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.client = c
+	return s, nil
+}
+
+// Name returns the sink name.
+func (s *Sink) Name() string { return s.name }
+
+// Deliver sends ev in one request, retried quickly as configured. It returns nil once the
+// endpoint answered 2xx. Sending the same change again is harmless only if the endpoint
+// drops repeats by Idempotency-Key. Errors: a *relay.StatusError, permanent (wrapping
+// relay.ErrPermanent) for 4xx other than 408 and 429; an error wrapping ctx.Err() when ctx
+// ends first.
+func (s *Sink) Deliver(ctx context.Context, ev *relay.Event) error {
+	var body []byte
+	h := make(http.Header, len(s.headers)+7)
+	for k, v := range s.headers {
+		h[k] = v
+	}
+	if s.raw {
+		if len(ev.Value) == 0 {
+			return &relay.StatusError{Msg: s.name + ": raw body: change " + ev.ID + " holds no notification", Perm: true}
+		}
+		body = ev.Value
+		if ev.Signature != "" {
+			h[HeaderMetaSignature] = []string{ev.Signature}
+		}
+	} else {
+		body = relay.AppendEnvelope(make([]byte, 0, len(ev.Value)+256+len(ev.ID)), ev)
+	}
+	h["Content-Type"] = valJSON
+	h["User-Agent"] = valUserAgent
+	id := []string{ev.ID}
+	h[HeaderIdempotencyKey] = id
+	h[HeaderChangeID] = id
+	if s.secret != nil {
+		h[HeaderSignature] = []string{Sign(s.secret, body)}
+	}
+	return s.client.Do(ctx, h, body)
+}
+
+// Sign returns the X-Hubrelay-Signature-256 value of body: "sha256=" and the lowercase hex
+// HMAC-SHA256 of body keyed with secret.
+func Sign(secret, body []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write(body)
+	var sum [sha256.Size]byte
+	out := make([]byte, 0, len("sha256=")+2*sha256.Size)
+	out = append(out, "sha256="...)
+	return string(hex.AppendEncode(out, m.Sum(sum[:0])))
+}
+
+// validHeaderName reports whether k is an RFC 9110 token.
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
