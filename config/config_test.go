@@ -431,3 +431,34 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParse_Limits checks that aliases expanding to millions of values and thousands of
+// problems end in a bounded list of problems, quickly.
+func TestParse_Limits(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("x: &l [" + strings.Repeat("a, ", 3000) + "a]\nrules: [")
+	for range 3000 {
+		b.WriteString("{name: r, object: *l, sinks: *l}, ")
+	}
+	b.WriteString("]\n")
+	_, err := Parse("p.yaml", []byte(b.String()), noEnv)
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("Parse = %v", err)
+	}
+	if len(ps) != maxProblems+1 || !strings.Contains(ps[len(ps)-1].Msg, "too many problems") {
+		t.Errorf("got %d problems, last %v", len(ps), ps[len(ps)-1])
+	}
+
+	b.Reset()
+	b.WriteString("apps: [{name: a, verify_token: t, app_secrets: [s]}]\nsinks: [{name: a, type: file, path: x}]\n")
+	b.WriteString("x: &l [" + strings.Repeat("a, ", 2000) + "a]\nrules: [")
+	for range 2000 {
+		b.WriteString("{name: r, object: *l, sinks: *l}, ")
+	}
+	b.WriteString("]\n")
+	_, err = Parse("p.yaml", []byte(b.String()), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "too many values") {
+		t.Errorf("Parse of 8 million values: %.300v", err)
+	}
+}

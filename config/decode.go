@@ -13,16 +13,45 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
+// Limits that keep a hostile or broken file (such as aliases nested to expand
+// exponentially) from taking unbounded time or memory.
+const (
+	maxValues   = 1_000_000 // mapping entries and list items visited, aliases expanded
+	maxProblems = 1000
+)
+
 // decoder walks the YAML node tree of one file, collecting every problem it finds.
 type decoder struct {
 	file   string
 	getenv func(string) string
 	env    *envRefs
 	probs  Problems
+	values int  // mapping entries and list items visited
+	stop   bool // a limit was reached: decode nothing more
+	// truncated is set when problems were dropped after maxProblems.
+	truncated bool
+}
+
+// visit counts n values and reports whether decoding may go on.
+func (d *decoder) visit(n *yaml.Node, path string, count int) bool {
+	if d.stop {
+		return false
+	}
+	d.values += count
+	if d.values > maxValues {
+		d.problem(n, path, "too many values (more than %d, aliases expanded): stopping here", maxValues)
+		d.stop = true
+		return false
+	}
+	return true
 }
 
 // problem records a problem at node n.
 func (d *decoder) problem(n *yaml.Node, path, format string, args ...any) {
+	if len(d.probs) >= maxProblems {
+		d.stop, d.truncated = true, true
+		return
+	}
 	line, col := 1, 1
 	if n != nil && n.Line > 0 {
 		line, col = n.Line, n.Column
@@ -138,7 +167,8 @@ func (f fields) has(key string) bool {
 
 // mapping reads a mapping node whose keys must be among allowed. It reports a node that is
 // not a mapping, unknown keys (suggesting the nearest allowed one) and repeated keys, and
-// returns the remaining keys. A null node is an empty mapping.
+// returns the remaining keys. A null node is an empty mapping. YAML merge keys
+// ("<<: *defaults") are supported: keys written in the mapping win over merged ones.
 func (d *decoder) mapping(n *yaml.Node, path string, allowed ...string) (fields, bool) {
 	n = resolve(n)
 	if n == nil || isNull(n) {
@@ -149,17 +179,37 @@ func (d *decoder) mapping(n *yaml.Node, path string, allowed ...string) (fields,
 		return nil, false
 	}
 	f := make(fields, len(n.Content)/2)
+	d.addPairs(f, n, path, allowed, 0)
+	return f, !d.stop
+}
+
+// addPairs adds the keys of mapping n to f. Keys written in n must be new; merged keys (at
+// depth > 0) only fill keys not yet set.
+func (d *decoder) addPairs(f fields, n *yaml.Node, path string, allowed []string, depth int) {
+	if !d.visit(n, path, len(n.Content)/2) {
+		return
+	}
+	var merges []*yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := resolve(n.Content[i]), n.Content[i+1]
 		if k.Kind != yaml.ScalarNode {
 			d.problem(k, path, "keys must be single values, not %s", kindName(k))
 			continue
 		}
+		if k.Tag == "!!merge" {
+			merges = append(merges, v)
+			continue
+		}
 		name := d.env.restore(k.Value)
 		p := join(path, name)
 		if prev, dup := f[name]; dup {
-			d.problem(k, p, "duplicate key %q (first at line %d)", name, prev.key.Line)
+			if depth == 0 {
+				d.problem(k, p, "duplicate key %q (first at line %d)", name, prev.key.Line)
+			}
 			continue
+		}
+		if path == "" && strings.HasPrefix(name, "x-") {
+			continue // a top-level extension key, a place for anchors
 		}
 		if !contains(allowed, name) {
 			d.problem(k, p, "unknown key %q%s", name, suggest(name, allowed))
@@ -167,7 +217,24 @@ func (d *decoder) mapping(n *yaml.Node, path string, allowed ...string) (fields,
 		}
 		f[name] = kv{key: k, val: v}
 	}
-	return f, true
+	for _, m := range merges {
+		m = resolve(m)
+		srcs := []*yaml.Node{m}
+		if m.Kind == yaml.SequenceNode {
+			srcs = m.Content
+		}
+		for _, src := range srcs {
+			src = resolve(src)
+			switch {
+			case src.Kind != yaml.MappingNode:
+				d.problem(src, path, "<< must merge a mapping or a list of mappings, not %s", kindName(src))
+			case depth >= 10:
+				d.problem(src, path, "<< merges nested too deeply")
+			default:
+				d.addPairs(f, src, path, allowed, depth+1)
+			}
+		}
+	}
 }
 
 // sequence reads a list node. A null node is an empty list.
@@ -178,6 +245,9 @@ func (d *decoder) sequence(n *yaml.Node, path string) ([]*yaml.Node, bool) {
 	}
 	if n.Kind != yaml.SequenceNode {
 		d.problem(n, path, "must be a list, not %s", kindName(n))
+		return nil, false
+	}
+	if !d.visit(n, path, len(n.Content)) {
 		return nil, false
 	}
 	items := make([]*yaml.Node, len(n.Content))

@@ -17,6 +17,9 @@
 // app_secrets_file with one secret per line, sign_secret_file, webhook_url_file); its
 // trailing newline is dropped.
 //
+// YAML anchors, aliases and merge keys ("<<: *defaults") work as usual; top-level keys that
+// start with "x-" are ignored, as a place to define anchors.
+//
 // Defaults come from Default and DefaultSink. Relative paths are relative to the current
 // directory of the process, not to the config file; dead_letter.dir defaults to
 // <storage.dir>/dead-letter.

@@ -40,6 +40,11 @@ func Parse(file string, data []byte, getenv func(string) string) (*Config, error
 	}
 	if len(d.probs) > 0 {
 		d.probs.sort()
+		if d.truncated {
+			last := d.probs[len(d.probs)-1]
+			d.probs = append(d.probs, Problem{File: file, Line: last.Line, Col: last.Col,
+				Msg: fmt.Sprintf("too many problems: stopped after %d", maxProblems)})
+		}
 		return nil, d.probs
 	}
 	return &cfg, nil

@@ -198,6 +198,9 @@ func (d *decoder) headers(n *yaml.Node, path string) map[string]string {
 		d.problem(n, path, "must be a mapping of header names to values, not %s", kindName(n))
 		return nil
 	}
+	if !d.visit(n, path, len(n.Content)/2) {
+		return nil
+	}
 	h := make(map[string]string, len(n.Content)/2)
 	lines := make(map[string]int)
 	for i := 0; i+1 < len(n.Content); i += 2 {
