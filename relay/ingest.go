@@ -239,7 +239,12 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	// key + route, then one encoding buffer for every item of the request.
 	table := rc.router.snapshot()
 	onErr := func(rule string, err error) {
-		log.Warn("rule evaluation failed", "rule", rule, "err", err)
+		// An evaluation error can quote the payload: its text only with log.payloads.
+		if st.cfg.LogPayloads {
+			log.Warn("rule evaluation failed", "rule", rule, "err", err)
+		} else {
+			log.Warn("rule evaluation failed", "rule", rule)
+		}
 		if rc.obs != nil {
 			rc.obs.RuleError(rule)
 		}
