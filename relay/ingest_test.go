@@ -173,4 +173,3 @@ func TestReceiver_Verification(t *testing.T) {
 		}
 	}
 }
-

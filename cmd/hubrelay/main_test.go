@@ -41,10 +41,12 @@ func (s *syncBuffer) String() string {
 
 // collector is an HTTP sink endpoint that records every envelope it is sent.
 type collector struct {
-	mu   sync.Mutex
-	got  []map[string]any
-	fail int // answer 503 to this many requests first
-	srv  *httptest.Server
+	mu     sync.Mutex
+	got    []map[string]any
+	fail   int  // answer 503 to this many requests first
+	reject bool // answer 400 (a permanent failure) to everything
+	calls  int
+	srv    *httptest.Server
 }
 
 func newCollector(t *testing.T) *collector {
@@ -53,6 +55,11 @@ func newCollector(t *testing.T) *collector {
 		body, _ := io.ReadAll(r.Body)
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		c.calls++
+		if c.reject {
+			http.Error(w, "no such order", http.StatusBadRequest)
+			return
+		}
 		if c.fail > 0 {
 			c.fail--
 			http.Error(w, "try later", http.StatusServiceUnavailable)
@@ -458,4 +465,95 @@ func TestSend_SignsExactBytes(t *testing.T) {
 	if !strings.Contains(out.String(), "200 OK") {
 		t.Errorf("output %q", out.String())
 	}
+}
+
+func (c *collector) setReject(v bool) {
+	c.mu.Lock()
+	c.reject = v
+	c.mu.Unlock()
+}
+
+func (c *collector) callCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls
+}
+
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(context.Background(), args, testGetenv, strings.NewReader(""), &out, &out)
+	return out.String(), err
+}
+
+// TestServe_DeadLetterReplayAndRestart: a permanent failure is dead-lettered, listed, shown
+// and replayed through the running relay; after a restart a repeat of the change is still
+// recognised and not delivered again; replay also works with no relay running.
+func TestServe_DeadLetterReplayAndRestart(t *testing.T) {
+	sink := newCollector(t)
+	sink.setReject(true)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, freeAddr(t), sink.srv.URL)
+	r := startRelay(t, dir, cfg)
+	wa, _ := os.ReadFile("testdata/whatsapp_text_message.json")
+	if st, _ := post(t, r.url+"/webhooks", wa, relay.Sign(wa, testSecret)); st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	dlDir := filepath.Join(dir, "data", "dead-letter")
+	waitFor(t, "dead letter", func() bool {
+		m, _ := filepath.Glob(filepath.Join(dlDir, "orders-*.json"))
+		return len(m) == 1
+	})
+	out, err := cli(t, "deadletter", "list", "-config", cfg)
+	if err != nil || !strings.Contains(out, "orders") || !strings.Contains(out, "permanent") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	m, _ := filepath.Glob(filepath.Join(dlDir, "orders-*.json"))
+	id := strings.TrimSuffix(filepath.Base(m[0]), ".json")
+	out, err = cli(t, "deadletter", "show", "-config", cfg, id)
+	if err != nil || !strings.Contains(out, `"whatsapp_business_account"`) || !strings.Contains(out, "Does it come in another color?") {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	if strings.Contains(out, testSecret) {
+		t.Error("dead letter holds the app secret")
+	}
+
+	sink.setReject(false)
+	out, err = cli(t, "deadletter", "replay", "-config", cfg, "-sink", "orders")
+	if err != nil || !strings.Contains(out, "queued for the running relay") {
+		t.Fatalf("replay: %v\n%s", err, out)
+	}
+	waitFor(t, "replayed delivery", func() bool { return len(sink.ids()) == 1 })
+	r.stop(t)
+
+	// Restart on the same data: the repeat is recognised from the persisted dedup window.
+	r = startRelay(t, dir, cfg)
+	calls := sink.callCount()
+	if st, _ := post(t, r.url+"/webhooks", wa, relay.Sign(wa, testSecret)); st != 200 {
+		t.Fatalf("repeat status %d", st)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := sink.callCount(); n != calls {
+		t.Errorf("a repeat after restart was delivered again (%d calls, want %d)", n, calls)
+	}
+
+	// A permanent failure with the relay stopped: replay opens the spool itself.
+	sink.setReject(true)
+	inbound := bytes.Replace(wa, []byte("wamid.HBgL"), []byte("wamid.NEW1"), 1)
+	if st, _ := post(t, r.url+"/webhooks", inbound, relay.Sign(inbound, testSecret)); st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	waitFor(t, "second dead letter", func() bool {
+		m, _ := filepath.Glob(filepath.Join(dlDir, "orders-*.json"))
+		return len(m) == 1
+	})
+	r.stop(t)
+	out, err = cli(t, "deadletter", "replay", "-config", cfg, "-all")
+	if err != nil || !strings.Contains(out, "1 dead letter(s) replayed into the spool") {
+		t.Fatalf("offline replay: %v\n%s", err, out)
+	}
+	sink.setReject(false)
+	before := len(sink.ids())
+	startRelay(t, dir, cfg)
+	waitFor(t, "offline-replayed delivery", func() bool { return len(sink.ids()) == before+1 })
 }
