@@ -94,11 +94,11 @@ type changeChildren struct {
 }
 
 type sinkChildren struct {
-	label                             string
+	label                                string
 	attemptOK, attemptRetry, attemptPerm prometheus.Counter
-	attemptDuration                   prometheus.Observer
-	delivered, deadLettered           prometheus.Counter
-	latency, attempts                 prometheus.Observer
+	attemptDuration                      prometheus.Observer
+	delivered, deadLettered              prometheus.Counter
+	latency, attempts                    prometheus.Observer
 }
 
 // New creates the relay's metrics and registers them on reg, together with the Go runtime and

@@ -23,17 +23,22 @@ const (
 
 // Reasons logged (as "reason") when a guard refuses a request.
 const (
-	ReasonNoClientCert     = "no client certificate"
-	ReasonUntrustedChain   = "untrusted chain"
-	ReasonWrongCommonName  = "wrong common name" // followed by the name presented
-	ReasonUntrustedPeer    = "peer not a trusted proxy"
-	ReasonNoSubject        = "no client certificate subject"
-	ReasonBadSubject       = "malformed client certificate subject"
-	ReasonOverloaded       = "too many concurrent requests"
-	ReasonRateLimited      = "too many concurrent requests from one address"
-	DefaultSubjectHeader   = "X-Amzn-Mtls-Clientcert-Subject"
-	defaultRefusalLogEvery = time.Second
+	ReasonNoClientCert    = "no client certificate"
+	ReasonUntrustedChain  = "untrusted chain"
+	ReasonWrongCommonName = "wrong common name" // followed by the name presented
+	ReasonUntrustedPeer   = "peer not a trusted proxy"
+	ReasonNoSubject       = "no client certificate subject"
+	ReasonBadSubject      = "malformed client certificate subject"
+	ReasonOverloaded      = "too many concurrent requests"
+	ReasonRateLimited     = "too many concurrent requests from one address"
 )
+
+// DefaultSubjectHeader is the header AWS Application Load Balancers in mutual TLS verify mode
+// put the client certificate's subject in.
+const DefaultSubjectHeader = "X-Amzn-Mtls-Clientcert-Subject"
+
+// refusalLogEvery is how often one kind of refusal is logged at most.
+const refusalLogEvery = time.Second
 
 // ClientCertOptions configures RequireClientCert.
 type ClientCertOptions struct {
@@ -59,19 +64,20 @@ func RequireClientCert(next http.Handler, o ClientCertOptions) http.Handler {
 	if len(names) == 0 {
 		names = []string{MetaClientCommonName}
 	}
-	ref := newRefuser(o.Logger, o.Observer, "client certificate refused")
+	ref := newRefuser(o.Logger, o.Observer, "client certificate refused",
+		ReasonNoClientCert, ReasonUntrustedChain, ReasonWrongCommonName)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		switch {
 		case r.TLS == nil || len(r.TLS.PeerCertificates) == 0:
-			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonNoClientCert)
+			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonNoClientCert, "")
 		case len(r.TLS.VerifiedChains) == 0:
-			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonUntrustedChain,
+			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonUntrustedChain, "",
 				"cn", r.TLS.PeerCertificates[0].Subject.CommonName)
 		default:
 			cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
 			if !nameIn(cn, names) {
-				ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonWrongCommonName+" "+cn, "cn", cn)
+				ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonWrongCommonName, cn, "cn", cn)
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -125,29 +131,30 @@ func TrustedProxy(next http.Handler, o ProxyOptions) (http.Handler, error) {
 	if len(names) == 0 {
 		names = []string{MetaClientCommonName}
 	}
-	ref := newRefuser(o.Logger, o.Observer, "client certificate refused")
+	ref := newRefuser(o.Logger, o.Observer, "client certificate refused",
+		ReasonUntrustedPeer, ReasonNoSubject, ReasonBadSubject, ReasonWrongCommonName)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		if !ipIn(peerAddr(r.RemoteAddr), from) {
-			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonUntrustedPeer)
+			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonUntrustedPeer, "")
 			return
 		}
 		vals := r.Header[header]
 		if len(vals) == 0 || vals[0] == "" {
-			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonNoSubject, "header", header)
+			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonNoSubject, "", "header", header)
 			return
 		}
 		if len(vals) > 1 {
-			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonBadSubject, "header", header, "err", "header repeated")
+			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonBadSubject, "", "header", header, "err", "header repeated")
 			return
 		}
 		cn, err := SubjectCommonName(vals[0])
 		if err != nil {
-			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonBadSubject, "header", header, "err", err)
+			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonBadSubject, "", "header", header, "err", err)
 			return
 		}
 		if !nameIn(cn, names) {
-			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonWrongCommonName+" "+cn, "cn", cn)
+			ref.refuse(w, r, start, http.StatusForbidden, OutcomeForbidden, ReasonWrongCommonName, cn, "cn", cn)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -419,13 +426,12 @@ func Limit(next http.Handler, o LimitOptions) http.Handler {
 		}
 	}
 	return &limiter{
-		next:       next,
-		max:        int64(o.MaxConcurrent),
-		maxPerIP:   o.MaxConcurrentPerIP,
-		clientIP:   clientIP,
-		perIP:      map[string]int{},
-		overloaded: newRefuser(o.Logger, o.Observer, "request refused"),
-		limited:    newRefuser(o.Logger, o.Observer, "request refused"),
+		next:     next,
+		max:      int64(o.MaxConcurrent),
+		maxPerIP: o.MaxConcurrentPerIP,
+		clientIP: clientIP,
+		perIP:    map[string]int{},
+		refuse:   newRefuser(o.Logger, o.Observer, "request refused", ReasonOverloaded, ReasonRateLimited),
 	}
 }
 
@@ -440,7 +446,7 @@ type limiter struct {
 	mu    sync.Mutex
 	perIP map[string]int // addresses with requests in flight; entries at zero are deleted
 
-	overloaded, limited *refuser
+	refuse *refuser
 }
 
 func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -453,7 +459,7 @@ func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if n >= l.maxPerIP {
 			l.mu.Unlock()
 			w.Header().Set("Retry-After", "1")
-			l.limited.refuse(w, r, start, http.StatusTooManyRequests, OutcomeRateLimited, ReasonRateLimited, "client", ip)
+			l.refuse.refuse(w, r, start, http.StatusTooManyRequests, OutcomeRateLimited, ReasonRateLimited, "", "client", ip)
 			return
 		}
 		l.perIP[ip] = n + 1
@@ -464,7 +470,7 @@ func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if l.inFlight.Add(1) > l.max {
 			l.inFlight.Add(-1)
 			w.Header().Set("Retry-After", "1")
-			l.overloaded.refuse(w, r, start, http.StatusServiceUnavailable, OutcomeOverloaded, ReasonOverloaded)
+			l.refuse.refuse(w, r, start, http.StatusServiceUnavailable, OutcomeOverloaded, ReasonOverloaded, "")
 			return
 		}
 		defer l.inFlight.Add(-1)
@@ -482,37 +488,50 @@ func (l *limiter) release(ip string) {
 	l.mu.Unlock()
 }
 
-// refuser answers, counts and logs refusals. Logs are sampled: under a flood, one line a
-// second says how many refusals went unlogged, so the log cannot become the bottleneck.
+// refuser answers, counts and logs refusals. Logs are sampled per reason: under a flood, one
+// line a second says how many refusals of that kind went unlogged, so the log cannot become
+// the bottleneck, while one refusal of another kind is still logged at once.
 type refuser struct {
-	log        *slog.Logger
-	obs        Observer
-	msg        string
-	every      time.Duration
-	last       atomic.Int64 // unix nanoseconds of the last line logged
+	log *slog.Logger
+	obs Observer
+	msg string
+	by  map[string]*sampler // by reason; fixed at construction, so read without a lock
+}
+
+type sampler struct {
+	last       atomic.Int64 // unix nanoseconds of the last line logged; 0 = never
 	suppressed atomic.Int64
 }
 
-func newRefuser(lg *slog.Logger, obs Observer, msg string) *refuser {
+func newRefuser(lg *slog.Logger, obs Observer, msg string, reasons ...string) *refuser {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	return &refuser{log: lg, obs: obs, msg: msg, every: defaultRefusalLogEvery}
+	f := &refuser{log: lg, obs: obs, msg: msg, by: make(map[string]*sampler, len(reasons))}
+	for _, r := range reasons {
+		f.by[r] = new(sampler)
+	}
+	return f
 }
 
-func (f *refuser) refuse(w http.ResponseWriter, r *http.Request, start time.Time, status int, o Outcome, reason string, attrs ...any) {
+// refuse answers status, reports o and logs reason, followed by detail when there is one.
+func (f *refuser) refuse(w http.ResponseWriter, r *http.Request, start time.Time, status int, o Outcome, reason, detail string, attrs ...any) {
 	http.Error(w, http.StatusText(status), status)
 	if f.obs != nil {
 		f.obs.Request("", o, time.Since(start))
 	}
+	s := f.by[reason] // every reason passed here was registered in newRefuser
 	now := start.UnixNano()
-	last := f.last.Load()
-	if now-last < int64(f.every) || !f.last.CompareAndSwap(last, now) {
-		f.suppressed.Add(1)
+	last := s.last.Load()
+	if last != 0 && now-last < int64(refusalLogEvery) || !s.last.CompareAndSwap(last, now) {
+		s.suppressed.Add(1)
 		return
 	}
+	if detail != "" {
+		reason += " " + detail
+	}
 	all := append([]any{"reason", reason, "status", status, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr}, attrs...)
-	if n := f.suppressed.Swap(0); n > 0 {
+	if n := s.suppressed.Swap(0); n > 0 {
 		all = append(all, "unlogged_refusals", n)
 	}
 	f.log.Warn(f.msg, all...)

@@ -274,4 +274,3 @@ func certificateRefusal(errText string) (string, bool) {
 	}
 	return "", false
 }
-
