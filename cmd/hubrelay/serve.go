@@ -30,6 +30,7 @@ func runServe(ctx context.Context, args []string, e env) error {
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
 	logFormat := fs.String("log-format", "", "json or text (overrides log.format)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
+	watch := fs.Duration("watch", 0, "also reload when the config file changes, checking every `interval` (e.g. 2s; 0 = only on SIGHUP)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -47,7 +48,7 @@ func runServe(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, *cfgPath, log, e)
+	return serve(ctx, cfg, *cfgPath, *watch, log, e)
 }
 
 // loadConfig loads the config and prints every problem; a config with problems is errReported.
@@ -93,17 +94,18 @@ type server struct {
 	recv     *relay.Receiver
 	sinks    *sinkSet
 	http     *http.Server
+	admin    *http.Server
 	ready    func() error
 	shutdown time.Duration
 }
 
-func serve(ctx context.Context, cfg *config.Config, cfgPath string, log *slog.Logger, e env) error {
+func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.Duration, log *slog.Logger, e env) error {
 	s := &server{log: log, cfgPath: cfgPath, getenv: e.getenv, shutdown: cfg.Server.ShutdownTimeout}
 	spoolPath := filepath.Join(cfg.Storage.Dir, spoolFile)
 	sp, err := spool.Open(spoolPath, spool.Options{
 		MaxBatchDelay: cfg.Storage.MaxBatchDelay,
 		DedupWindow:   cfg.Storage.DedupWindow,
-		Logger:        log.With("component", "spool"),
+		Logger:        log,
 	})
 	if err != nil {
 		return fmt.Errorf("open spool: %w", err)
@@ -127,30 +129,39 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, log *slog.Lo
 	s.router = relay.NewRouter(cfg.Rules, rawSinks(cfg))
 	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, nil, log)
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := sp.Check(r.Context()); err != nil {
+	admin := http.NewServeMux()
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	admin.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := sp.Check(ctx); err != nil {
 			log.Warn("not ready", "err", err)
 			http.Error(w, "spool not writable", http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")
 	})
+	mux := http.NewServeMux()
+	if cfg.Admin.Listen == "" {
+		mux.Handle("/healthz", admin)
+		mux.Handle("/readyz", admin)
+	}
 	mux.Handle("/", s.recv)
 
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	s.http = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-		ReadTimeout:       cfg.Server.ReadTimeout,
-		WriteTimeout:      cfg.Server.WriteTimeout,
-		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
+	s.http = newHTTPServer(cfg, mux, log)
+	if cfg.Admin.Listen != "" {
+		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen admin: %w", err)
+		}
+		s.admin = newHTTPServer(cfg, admin, log)
+		go s.admin.Serve(aln)
+		log.Info("admin listening", "addr", aln.Addr().String())
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.http.Serve(ln) }()
@@ -166,10 +177,15 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, log *slog.Lo
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	changed := watchFile(bg, cfgPath, watch)
 	for {
 		select {
 		case <-hup:
-			s.reload(ctx)
+			s.reload()
+			continue
+		case <-changed:
+			log.Info("config file changed")
+			s.reload()
 			continue
 		case err := <-serveErr:
 			stopBG()
@@ -185,6 +201,9 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, log *slog.Lo
 	defer cancel()
 	if err := s.http.Shutdown(shutCtx); err != nil {
 		log.Warn("http shutdown", "err", err)
+	}
+	if s.admin != nil {
+		s.admin.Close()
 	}
 	s.drainCtx(shutCtx)
 	log.Info("stopped")
@@ -228,7 +247,7 @@ func (s *server) maintain(ctx context.Context) {
 
 // reload re-reads the config; a valid one replaces apps, rules and sinks, an invalid one is
 // reported and the running config stays.
-func (s *server) reload(ctx context.Context) {
+func (s *server) reload() {
 	cfg, err := config.Load(s.cfgPath, s.getenv)
 	if err != nil {
 		var probs config.Problems
@@ -280,4 +299,53 @@ func receiverConfig(cfg *config.Config) relay.ReceiverConfig {
 		})
 	}
 	return rc
+}
+
+func newHTTPServer(cfg *config.Config, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		ReadTimeout:       cfg.Server.ReadTimeout,
+		WriteTimeout:      cfg.Server.WriteTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
+	}
+}
+
+// watchFile reports on the returned channel when path's size or modification time changes,
+// checking every interval (0: never). Polling keeps it dependency-free and works for files
+// replaced by rename (editors, Kubernetes ConfigMap symlink swaps).
+func watchFile(ctx context.Context, path string, interval time.Duration) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	if interval <= 0 {
+		return ch
+	}
+	stamp := func() string {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return "missing"
+		}
+		return fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
+	}
+	go func() {
+		last := stamp()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if now := stamp(); now != last {
+				last = now
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return ch
 }
