@@ -16,7 +16,7 @@
 //
 //	| metric | type | labels | meaning |
 //	|---|---|---|---|
-//	| hubrelay_requests_total | counter | app, outcome | webhook requests answered; outcome is accepted, duplicate, empty, verified, bad_token, bad_signature, malformed, too_large, too_many, spool_error, bad_method, not_found or read_error |
+//	| hubrelay_requests_total | counter | app, outcome | webhook requests answered; outcome is accepted, duplicate, empty, verified, bad_token, bad_signature, malformed, too_large, too_many, spool_error, bad_method, not_found, read_error, overloaded, rate_limited, forbidden_client or stale |
 //	| hubrelay_ack_duration_seconds | histogram | outcome | time from the start of a request to its response (1 ms–5 s; Meta wants the median under 250 ms and < 1% over 1 s) |
 //	| hubrelay_changes_total | counter | object, field, result | changes decoded from signed notifications; result is accepted or duplicate |
 //	| hubrelay_rule_matches_total | counter | rule | accepted changes each rule matched |

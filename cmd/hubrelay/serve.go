@@ -15,7 +15,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/hubrelay/hubrelay/config"
+	"github.com/hubrelay/hubrelay/metrics"
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
@@ -95,6 +98,7 @@ type server struct {
 	sinks    *sinkSet
 	http     *http.Server
 	admin    *http.Server
+	metrics  *metrics.Metrics
 	ready    func() error
 	shutdown time.Duration
 }
@@ -121,30 +125,27 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	if err != nil {
 		return err
 	}
-	s.engine = relay.NewEngine(sp, s.dl, nil, log)
+	reg := prometheus.NewRegistry()
+	s.metrics = metrics.New(reg)
+	s.metrics.SetBuildInfo(version)
+	s.metrics.WatchSpool(sp.Stats, sp.DedupLen, s.dl.Count, s.sinks.names)
+	s.engine = relay.NewEngine(sp, s.dl, s.metrics, log)
 	s.engine.Start()
 	if err := s.engine.SetSinks(sinkCfgs); err != nil {
 		return err
 	}
 	s.router = relay.NewRouter(cfg.Rules, rawSinks(cfg))
-	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, nil, log)
+	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, s.metrics, log)
 
 	admin := http.NewServeMux()
 	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	admin.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := sp.Check(ctx); err != nil {
-			log.Warn("not ready", "err", err)
-			http.Error(w, "spool not writable", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
+	admin.Handle("GET /readyz", readyHandler(sp.Check, log))
+	admin.Handle("GET /metrics", s.metrics.Handler(reg))
 	mux := http.NewServeMux()
 	if cfg.Admin.Listen == "" {
 		mux.Handle("/healthz", admin)
 		mux.Handle("/readyz", admin)
+		mux.Handle("/metrics", admin)
 	}
 	mux.Handle("/", s.recv)
 
@@ -250,6 +251,7 @@ func (s *server) maintain(ctx context.Context) {
 func (s *server) reload() {
 	cfg, err := config.Load(s.cfgPath, s.getenv)
 	if err != nil {
+		s.metrics.Reload(false)
 		var probs config.Problems
 		if errors.As(err, &probs) {
 			for _, p := range probs {
@@ -262,6 +264,7 @@ func (s *server) reload() {
 	}
 	sinkCfgs, err := s.sinks.update(cfg.Sinks)
 	if err != nil {
+		s.metrics.Reload(false)
 		s.log.Error("config reload rejected", "err", err)
 		return
 	}
@@ -271,6 +274,7 @@ func (s *server) reload() {
 	s.sinks.closeRetired()
 	s.router.Swap(cfg.Rules, rawSinks(cfg))
 	s.recv.Configure(receiverConfig(cfg))
+	s.metrics.Reload(true)
 	s.log.Info("config reloaded", "rules", cfg.Rules.Len(), "sinks", len(cfg.Sinks), "apps", len(cfg.Apps))
 }
 
@@ -328,8 +332,8 @@ func watchFile(ctx context.Context, path string, interval time.Duration) <-chan 
 		}
 		return fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
 	}
+	last := stamp()
 	go func() {
-		last := stamp()
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
@@ -348,4 +352,19 @@ func watchFile(ctx context.Context, path string, interval time.Duration) <-chan 
 		}
 	}()
 	return ch
+}
+
+// readyHandler answers 200 while check (a tiny spool write) succeeds, else 503: a relay whose
+// spool cannot commit would answer Meta 503 anyway, so it should get no traffic.
+func readyHandler(check func(context.Context) error, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := check(ctx); err != nil {
+			log.Warn("not ready", "err", err)
+			http.Error(w, "spool not writable", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
 }

@@ -87,6 +87,17 @@ func (ss *sinkSet) closeRetired() {
 	ss.retired = nil
 }
 
+// names lists the configured sinks (for metrics).
+func (ss *sinkSet) names() []string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]string, 0, len(ss.current))
+	for n := range ss.current {
+		out = append(out, n)
+	}
+	return out
+}
+
 func (ss *sinkSet) closeAll() {
 	ss.closeRetired()
 	ss.mu.Lock()
