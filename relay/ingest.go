@@ -67,6 +67,9 @@ type ReceiverConfig struct {
 	Limits       Limits
 	// LogPayloads allows logging change values; off, logs carry identifiers only.
 	LogPayloads bool
+	// MaxEventAge refuses notifications whose every entry.time is older (0 = off): replays of
+	// captured old notifications.
+	MaxEventAge time.Duration
 }
 
 type receiverState struct {
@@ -228,6 +231,11 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		}
 		log.Warn("notification refused", "reason", err.Error(), "bytes", len(body), "remote", r.RemoteAddr)
 		rc.finish(w, app.Name, outcome, status, start)
+		return
+	}
+	if st.cfg.MaxEventAge > 0 && StaleCutoff(events, st.cfg.MaxEventAge, start) {
+		log.Warn("notification refused", "reason", "stale", "max_event_age", st.cfg.MaxEventAge, "remote", r.RemoteAddr)
+		rc.finish(w, app.Name, OutcomeStale, http.StatusBadRequest, start)
 		return
 	}
 	if len(events) == 0 {

@@ -147,13 +147,29 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 		mux.Handle("/readyz", admin)
 		mux.Handle("/metrics", admin)
 	}
-	mux.Handle("/", s.recv)
+	webhook, err := guard(cfg, s.recv, s.metrics, log)
+	if err != nil {
+		return err
+	}
+	mux.Handle("/", webhook)
 
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	s.http = newHTTPServer(cfg, mux, log)
+	var certs *relay.CertReloader
+	if t := cfg.Server.TLS; t != nil {
+		tlsLog := log.With("component", "tls")
+		if certs, err = relay.NewCertReloader(t.CertFile, t.KeyFile, tlsLog); err != nil {
+			ln.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+		if s.http.TLSConfig, err = relay.ServerTLSConfig(relay.TLSOptions{Certs: certs, ClientCAFile: t.ClientCAFile, Logger: tlsLog}); err != nil {
+			ln.Close()
+			return fmt.Errorf("tls: %w", err)
+		}
+	}
 	if cfg.Admin.Listen != "" {
 		aln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
@@ -165,8 +181,15 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 		log.Info("admin listening", "addr", aln.Addr().String())
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- s.http.Serve(ln) }()
-	log.Info("hubrelay listening", "addr", ln.Addr().String(), "paths", s.recv.Paths(),
+	useTLS := s.http.TLSConfig != nil // read before Serve starts mutating the server
+	go func() {
+		if useTLS {
+			serveErr <- s.http.ServeTLS(ln, "", "") // certificates come from the reloader
+		} else {
+			serveErr <- s.http.Serve(ln)
+		}
+	}()
+	log.Info("hubrelay listening", "addr", ln.Addr().String(), "tls", useTLS, "paths", s.recv.Paths(),
 		"spool", spoolPath, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len())
 
 	bg, stopBG := context.WithCancel(context.Background())
@@ -182,6 +205,9 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	for {
 		select {
 		case <-hup:
+			if certs != nil {
+				certs.Reload() // logs its own errors and keeps the old pair
+			}
 			s.reload()
 			continue
 		case <-changed:
@@ -293,6 +319,7 @@ func receiverConfig(cfg *config.Config) relay.ReceiverConfig {
 		MaxBodyBytes: cfg.Server.MaxBodyBytes,
 		Limits:       relay.Limits{MaxChanges: cfg.Server.MaxChanges, MaxDepth: cfg.Server.MaxJSONDepth},
 		LogPayloads:  cfg.Log.Payloads,
+		MaxEventAge:  cfg.Server.MaxEventAge,
 	}
 	for _, a := range cfg.Apps {
 		rc.Apps = append(rc.Apps, relay.App{
@@ -313,7 +340,7 @@ func newHTTPServer(cfg *config.Config, h http.Handler, log *slog.Logger) *http.S
 		WriteTimeout:      cfg.Server.WriteTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
+		ErrorLog:          relay.HTTPErrorLog(log.With("component", "http")),
 	}
 }
 
@@ -367,4 +394,36 @@ func readyHandler(check func(context.Context) error, log *slog.Logger) http.Hand
 		}
 		io.WriteString(w, "ready\n")
 	})
+}
+
+// guard wraps the webhook receiver in the request guards, outermost first: concurrency limits
+// (global, per client address), then the caller's identity — Meta's client certificate when
+// hubrelay terminates mutual TLS, or the subject a trusted load balancer vouches for. Health
+// and metrics endpoints stay outside.
+func guard(cfg *config.Config, recv http.Handler, obs relay.Observer, log *slog.Logger) (http.Handler, error) {
+	h := recv
+	var trusted []*net.IPNet
+	mtlsLog := log.With("component", "mtls")
+	switch {
+	case cfg.Server.TLS != nil && cfg.Server.TLS.ClientCAFile != "":
+		h = relay.RequireClientCert(h, relay.ClientCertOptions{
+			CommonNames: cfg.Server.TLS.ClientCommonNames, Logger: mtlsLog, Observer: obs})
+	case cfg.Server.TrustedProxy != nil:
+		tp := cfg.Server.TrustedProxy
+		var err error
+		if trusted, err = relay.ParseCIDRs(tp.From); err != nil {
+			return nil, fmt.Errorf("trusted_proxy.from: %w", err)
+		}
+		if h, err = relay.TrustedProxy(h, relay.ProxyOptions{SubjectHeader: tp.SubjectHeader,
+			CommonNames: tp.CommonNames, From: tp.From, Logger: mtlsLog, Observer: obs}); err != nil {
+			return nil, err
+		}
+	}
+	return relay.Limit(h, relay.LimitOptions{
+		MaxConcurrent:      cfg.Server.MaxConcurrent,
+		MaxConcurrentPerIP: cfg.Server.MaxConcurrentIP,
+		ClientIP:           func(r *http.Request) string { return relay.ClientIP(r, trusted) },
+		Logger:             log.With("component", "ingest"),
+		Observer:           obs,
+	}), nil
 }
