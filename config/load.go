@@ -215,6 +215,9 @@ func (d *decoder) server(n *yaml.Node, path string, s *Server) {
 	}
 	if e, ok := f["trusted_proxy"]; ok {
 		s.TrustedProxy = d.trustedProxy(e.val, join(path, "trusted_proxy"))
+		if s.TrustedProxy != nil && s.TLS != nil && s.TLS.ClientCAFile != "" {
+			d.problem(e.key, join(path, "trusted_proxy"), "use either tls.client_ca_file (hubrelay checks Meta's certificate) or trusted_proxy (a load balancer does), not both")
+		}
 	}
 }
 

@@ -23,11 +23,20 @@ type RetryPolicy struct {
 	MaxAge      time.Duration // dead-letter once the change is older than this (0 = no limit)
 }
 
+// BatchPolicy groups deliveries of a BatchSink into one call. MaxChanges <= 1 means no
+// batching.
+type BatchPolicy struct {
+	MaxChanges int           // changes per call at most
+	MaxBytes   int           // spooled bytes per call at most (0 = no limit)
+	MaxWait    time.Duration // how long a partial batch may wait for more changes
+}
+
 // SinkConfig is one sink as the engine runs it.
 type SinkConfig struct {
 	Sink        Sink
 	Concurrency int
 	Retry       RetryPolicy
+	Batch       BatchPolicy // used only when Sink is a BatchSink
 }
 
 // Queue is what the delivery engine needs of the spool.
@@ -141,7 +150,7 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 	}
 	var stopping []*runner
 	for name, r := range e.runners {
-		if c, ok := want[name]; !ok || c.Sink != r.cfg.Sink || c.Concurrency != r.cfg.Concurrency || c.Retry != r.cfg.Retry {
+		if c, ok := want[name]; !ok || c.Sink != r.cfg.Sink || c.Concurrency != r.cfg.Concurrency || c.Retry != r.cfg.Retry || c.Batch != r.cfg.Batch {
 			stopping = append(stopping, r)
 			delete(e.runners, name)
 		}
@@ -247,7 +256,8 @@ type runner struct {
 	log  *slog.Logger
 
 	wake  chan struct{}
-	jobs  chan spool.Delivery
+	jobs  chan []spool.Delivery
+	batch BatchSink // non-nil when deliveries go out in batches
 	dones chan uint64
 	stop  chan struct{}
 
@@ -269,10 +279,15 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	name := c.Sink.Name()
+	var bs BatchSink
+	if b, ok := c.Sink.(BatchSink); ok && c.Batch.MaxChanges > 1 {
+		bs = b
+	}
 	return &runner{
-		e: e, cfg: c, name: name, log: e.log.With("sink", name),
+		batch: bs,
+		e:     e, cfg: c, name: name, log: e.log.With("sink", name),
 		wake:       make(chan struct{}, 1),
-		jobs:       make(chan spool.Delivery),
+		jobs:       make(chan []spool.Delivery),
 		dones:      make(chan uint64, readyBatch),
 		stop:       make(chan struct{}),
 		attemptCtx: ctx, cancel: cancel,
@@ -326,12 +341,14 @@ func (r *runner) rewind(seq uint64) {
 	r.poke()
 }
 
-// dispatch reads the sink's ready queue in Seq order and hands deliveries to the workers. The
-// cursor only moves back when the promoter makes older deliveries ready again; deliveries
-// already in flight are skipped.
+// dispatch reads the sink's ready queue in Seq order and hands deliveries to the workers, one
+// at a time or, for a batching sink, in batches. The cursor only moves back when the promoter
+// makes older deliveries ready again; deliveries already in flight are skipped.
 func (r *runner) dispatch() {
 	defer r.dispatchWG.Done()
 	var cursor uint64
+	var held []spool.Delivery // a partial batch waiting up to MaxWait for company
+	var heldSince time.Time
 	for {
 		r.mu.Lock()
 		if r.rewindTo != 0 {
@@ -362,13 +379,38 @@ func (r *runner) dispatch() {
 			if busy {
 				continue
 			}
-			select {
-			case r.jobs <- d:
-			case <-r.stop:
-				return
+			if r.batch == nil {
+				if !r.send([]spool.Delivery{d}) {
+					return
+				}
+				continue
+			}
+			if len(held) == 0 {
+				heldSince = time.Now()
+			}
+			held = append(held, d)
+			if r.batchFull(held) {
+				if !r.send(held) {
+					return
+				}
+				held = nil
 			}
 		}
 		if len(ds) == readyBatch {
+			continue
+		}
+		if len(held) > 0 {
+			// The queue is empty for now: a partial batch waits for more changes at most MaxWait.
+			if wait := r.cfg.Batch.MaxWait - time.Since(heldSince); wait > 0 {
+				if !r.sleep(wait) {
+					return
+				}
+				continue
+			}
+			if !r.send(held) {
+				return
+			}
+			held = nil
 			continue
 		}
 		select {
@@ -376,6 +418,37 @@ func (r *runner) dispatch() {
 		case <-r.stop:
 			return
 		}
+	}
+}
+
+// batchFull reports whether held should go out now.
+func (r *runner) batchFull(held []spool.Delivery) bool {
+	if len(held) >= r.cfg.Batch.MaxChanges {
+		return true
+	}
+	if r.cfg.Batch.MaxBytes > 0 {
+		n := 0
+		for _, d := range held {
+			n += len(d.Data)
+		}
+		return n >= r.cfg.Batch.MaxBytes
+	}
+	return false
+}
+
+// send hands a job to a worker; false when the runner stops first (the job's deliveries stay
+// in the spool, ready).
+func (r *runner) send(job []spool.Delivery) bool {
+	select {
+	case r.jobs <- job:
+		return true
+	case <-r.stop:
+		seqs := make([]uint64, len(job))
+		for i, d := range job {
+			seqs[i] = d.Seq
+		}
+		r.release(seqs...)
+		return false
 	}
 }
 
@@ -395,8 +468,8 @@ func (r *runner) sleep(d time.Duration) bool {
 
 func (r *runner) worker() {
 	defer r.workWG.Done()
-	for d := range r.jobs {
-		r.handle(d)
+	for job := range r.jobs {
+		r.handle(job)
 	}
 }
 
@@ -435,31 +508,70 @@ func (r *runner) release(seqs ...uint64) {
 	r.mu.Unlock()
 }
 
-// handle makes one attempt of one delivery and records its outcome.
-func (r *runner) handle(d spool.Delivery) {
-	var ev Event
-	if err := UnmarshalBinary(d.Data, &ev); err != nil {
-		r.deadLetter(d, nil, d.History, fmt.Sprintf("corrupt spool record: %v", err))
+// handle makes one attempt of a job (one delivery, or a batch for a BatchSink) and records
+// the outcome of each delivery.
+func (r *runner) handle(job []spool.Delivery) {
+	ds := make([]spool.Delivery, 0, len(job))
+	evs := make([]*Event, 0, len(job))
+	for _, d := range job {
+		ev := new(Event)
+		if err := UnmarshalBinary(d.Data, ev); err != nil {
+			r.deadLetter(d, nil, d.History, fmt.Sprintf("corrupt spool record: %v", err))
+			continue
+		}
+		ds, evs = append(ds, d), append(evs, ev)
+	}
+	if len(ds) == 0 {
 		return
 	}
 	start := r.e.now()
-	err := r.cfg.Sink.Deliver(r.attemptCtx, &ev)
+	var err error
+	if r.batch != nil {
+		err = r.batch.DeliverBatch(r.attemptCtx, evs)
+	} else {
+		err = r.cfg.Sink.Deliver(r.attemptCtx, evs[0])
+	}
 	took := r.e.now().Sub(start)
-	if err == nil {
+	switch {
+	case err == nil:
 		r.succeeded()
 		if r.e.obs != nil {
 			r.e.obs.Attempt(r.name, "ok", took)
-			r.e.obs.Delivered(r.name, d.Attempt+1, r.e.now().Sub(d.FirstAt))
 		}
-		r.log.Debug("change delivered", "change_id", ev.ID, "seq", d.Seq, "attempt", d.Attempt+1, "duration", took)
-		r.dones <- d.Seq
-		return
+		for i, d := range ds {
+			if r.e.obs != nil {
+				r.e.obs.Delivered(r.name, d.Attempt+1, r.e.now().Sub(d.FirstAt))
+			}
+			r.log.Debug("change delivered", "change_id", evs[i].ID, "seq", d.Seq, "attempt", d.Attempt+1, "duration", took, "batch", len(ds))
+			r.dones <- d.Seq
+		}
+	case r.attemptCtx.Err() != nil:
+		// Shutting down: the attempt did not count; the deliveries stay ready in the spool.
+		for _, d := range ds {
+			r.release(d.Seq)
+		}
+	case len(ds) > 1 && errors.Is(err, ErrPermanent):
+		// One bad change must not dead-letter its neighbours: try each alone.
+		r.log.Warn("batch rejected permanently, retrying its changes one by one", "err", err, "batch", len(ds))
+		if r.e.obs != nil {
+			r.e.obs.Attempt(r.name, "permanent", took)
+		}
+		for _, d := range ds {
+			r.handle([]spool.Delivery{d})
+		}
+	default:
+		if !errors.Is(err, ErrPermanent) {
+			r.sinkFailed() // once per attempt, however many changes it carried
+		}
+		for i, d := range ds {
+			r.failed(d, evs[i], err, start, took)
+		}
 	}
-	if r.attemptCtx.Err() != nil {
-		// Shutting down: the attempt did not count; the delivery stays ready in the spool.
-		r.release(d.Seq)
-		return
-	}
+}
+
+// failed records a failed attempt of one delivery: dead letter when permanent or out of
+// budget, else a reschedule with backoff.
+func (r *runner) failed(d spool.Delivery, ev *Event, err error, start time.Time, took time.Duration) {
 	attempt := d.Attempt + 1
 	history := appendHistory(d.History, deadletter.Attempt{At: start.UTC(), Status: statusOf(err), Error: err.Error()})
 	log := r.log.With("change_id", ev.ID, "seq", d.Seq, "attempt", attempt, "status", statusOf(err))
@@ -468,22 +580,21 @@ func (r *runner) handle(d spool.Delivery) {
 			r.e.obs.Attempt(r.name, "permanent", took)
 		}
 		log.Warn("delivery rejected permanently", "err", err)
-		r.deadLetter(d, &ev, history, "permanent: "+err.Error())
+		r.deadLetter(d, ev, history, "permanent: "+err.Error())
 		return
 	}
 	if r.e.obs != nil {
 		r.e.obs.Attempt(r.name, "retry", took)
 	}
-	r.failed()
 	pol := r.cfg.Retry
 	next := r.e.now().Add(backoff(pol, attempt))
 	switch {
 	case pol.MaxAttempts > 0 && attempt >= pol.MaxAttempts:
 		log.Warn("delivery failed, giving up", "err", err)
-		r.deadLetter(d, &ev, history, fmt.Sprintf("giving up after %d attempt(s): %v", attempt, err))
+		r.deadLetter(d, ev, history, fmt.Sprintf("giving up after %d attempt(s): %v", attempt, err))
 	case pol.MaxAge > 0 && next.Sub(d.FirstAt) > pol.MaxAge:
 		log.Warn("delivery failed, too old to retry", "err", err)
-		r.deadLetter(d, &ev, history, fmt.Sprintf("max age %s exceeded after %d attempt(s): %v", pol.MaxAge, attempt, err))
+		r.deadLetter(d, ev, history, fmt.Sprintf("max age %s exceeded after %d attempt(s): %v", pol.MaxAge, attempt, err))
 	default:
 		log.Info("delivery failed, rescheduled", "err", err, "retry_at", next)
 		r.reschedule(d.Seq, next, attempt, history)
@@ -536,7 +647,7 @@ func (r *runner) deadLetter(d spool.Delivery, ev *Event, history []byte, reason 
 	r.dones <- d.Seq
 }
 
-// succeeded and failed track consecutive failures: while a sink keeps failing, its dispatcher
+// succeeded and sinkFailed track consecutive failures: while a sink keeps failing, its dispatcher
 // pauses between deliveries (exponentially, up to MaxBackoff) instead of burning every queued
 // change's retry budget against a sink that is down.
 func (r *runner) succeeded() {
@@ -546,7 +657,7 @@ func (r *runner) succeeded() {
 	r.mu.Unlock()
 }
 
-func (r *runner) failed() {
+func (r *runner) sinkFailed() {
 	r.mu.Lock()
 	r.failures++
 	if r.failures >= r.cfg.Concurrency {

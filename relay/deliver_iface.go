@@ -36,3 +36,12 @@ func (e *StatusError) Error() string { return e.Msg }
 
 // Is reports whether target is ErrPermanent and the error is permanent.
 func (e *StatusError) Is(target error) bool { return target == ErrPermanent && e.Perm }
+
+// BatchSink is a Sink that can take several changes in one call. DeliverBatch delivers evs in
+// order as one unit: nil means every change was taken; an error means none may be assumed
+// taken (the engine retries the batch, and on a permanent error retries each change alone so
+// one bad change never dead-letters its neighbours). len(evs) >= 1.
+type BatchSink interface {
+	Sink
+	DeliverBatch(ctx context.Context, evs []*Event) error
+}

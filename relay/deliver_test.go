@@ -143,6 +143,26 @@ func (h *harness) accept(n int, sinks ...string) []string {
 	return ids
 }
 
+// acceptValues spools one change per value for sink, in one request.
+func (h *harness) acceptValues(sink string, values ...string) []string {
+	h.t.Helper()
+	var ids []string
+	var items []spool.Item
+	for i, v := range values {
+		ev := relay.Event{
+			ID: fmt.Sprintf("h:%s:v%d", strings.ReplaceAll(h.t.Name(), "/", "_"), i), App: "shop", Object: "page",
+			Entry: relay.Entry{ID: "1"}, Field: "feed", Source: relay.SourceChanges, Value: json.RawMessage(v), ReceivedAt: time.Now(),
+		}
+		ids = append(ids, ev.ID)
+		items = append(items, spool.Item{Key: ev.ID, Data: relay.AppendBinary(nil, &ev), Sinks: []string{sink}})
+	}
+	if _, err := h.spool.Accept(context.Background(), items, time.Now()); err != nil {
+		h.t.Fatal(err)
+	}
+	h.engine.Notify([]string{sink})
+	return ids
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)

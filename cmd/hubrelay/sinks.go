@@ -64,6 +64,11 @@ func (ss *sinkSet) update(cfgs []config.Sink) ([]relay.SinkConfig, error) {
 				MaxBackoff:  c.Retry.MaxBackoff,
 				MaxAge:      c.Retry.MaxAge,
 			},
+			Batch: relay.BatchPolicy{
+				MaxChanges: c.Batch.MaxChanges,
+				MaxBytes:   int(c.Batch.MaxBytes),
+				MaxWait:    c.Batch.MaxWait,
+			},
 		}}
 		next[c.Name] = b
 		out = append(out, b.cfg)
