@@ -133,7 +133,7 @@ func fingerprint(c config.Sink) string {
 }
 
 func buildSink(c config.Sink, log *slog.Logger) (relay.Sink, error) {
-	l := log.With("component", "sink", "sink", c.Name)
+	l := log.With("component", "sink") // each sink adds its own name
 	switch c.Type {
 	case config.SinkHTTP:
 		return httpsink.New(httpsink.Options{
