@@ -185,6 +185,9 @@ func (d *decoder) httpSink(n *yaml.Node, f fields, path string, s *Sink) {
 	}
 	d.setOneOf(f, path, "body", &s.Body, BodyEnvelope, BodyRaw)
 	d.setPair(n, f, path, "sign_secret", "sign secret", false, &s.SignSecret)
+	if e, ok := f["batch"]; ok && s.Body == BodyRaw && s.Batch.MaxChanges > 1 {
+		d.problem(e.key, join(path, "batch"), "a body: raw sink forwards each Meta notification with its own signature and cannot batch: remove batch or use body: envelope")
+	}
 }
 
 // headers decodes a mapping of header names to values. Values may hold secrets and are never

@@ -7,6 +7,14 @@
 //	file      append each change's envelope to a JSON Lines file, fsynced with group commit,
 //	          with size-based rotation
 //
+// httpsink and file also implement relay.BatchSink (DeliverBatch), which the engine uses when
+// a sink's batch.max_changes is above one. A batch is delivered as a unit, in order: httpsink
+// POSTs a JSON array of the envelopes with X-Hubrelay-Batch-Size and Idempotency-Key
+// "batch:<hex SHA-256 of the ids joined by \n>" (receivers dedup per element id); file
+// appends the lines in one write and one fsync and never rotates in the middle of a batch
+// that fits in a file. Raw HTTP sinks send a batch change by change. Slack does not batch:
+// one message per change.
+//
 // The HTTP sinks share sinks/internal/webhook: quick retries inside one Deliver call through
 // go-retryablehttp (connection errors, 408, 429, 5xx; Retry-After honoured), 4xx as permanent
 // errors wrapping relay.ErrPermanent, and secrets (URL credentials, header values, signing

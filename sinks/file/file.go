@@ -77,11 +77,12 @@ type Sink struct {
 	syncs atomic.Int64 // fsyncs of the file, for tests
 }
 
-var _ relay.Sink = (*Sink)(nil)
+var _ relay.BatchSink = (*Sink)(nil)
 
-// waiter is one Deliver call waiting for its line to be committed.
+// waiter is one Deliver or DeliverBatch call waiting for its lines to be committed.
 type waiter struct {
-	line []byte
+	line []byte      // one or more complete lines, written together
+	ends []int       // for a batch of several changes, the end offset of each line in line
 	ch   chan result // capacity 1: exactly one result or lead handoff is ever sent
 }
 
@@ -142,11 +143,44 @@ func (s *Sink) Deliver(ctx context.Context, ev *relay.Event) error {
 	}
 	w := waiters.Get().(*waiter)
 	w.line = appendLine(w.line[:0], ev)
+	return s.commitPooled(ctx, w)
+}
+
+// DeliverBatch appends the envelopes of evs as consecutive lines, in order, in one write, and
+// returns once they are fsynced: it joins the same group commit as Deliver, so concurrent
+// callers still share one fsync. Rotation never splits a batch across files, unless the
+// batch alone is larger than MaxBytes: it is then written line by line as single changes
+// would be, filling each file. Errors are those of Deliver; after an error any of the lines
+// may have been written, and they are written again on retry. An empty evs is a no-op.
+func (s *Sink) DeliverBatch(ctx context.Context, evs []*relay.Event) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", s.name, err)
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	w := waiters.Get().(*waiter)
+	w.line = w.line[:0]
+	for _, ev := range evs {
+		w.line = appendLine(w.line, ev)
+		if len(evs) > 1 {
+			w.ends = append(w.ends, len(w.line))
+		}
+	}
+	return s.commitPooled(ctx, w)
+}
+
+// commitPooled commits w and puts it back in the pool when no batch can still reference it.
+func (s *Sink) commitPooled(ctx context.Context, w *waiter) error {
 	reusable, err := s.commit(ctx, w)
 	if reusable {
 		if cap(w.line) > maxPooledLine {
 			w.line = nil
 		}
+		if cap(w.ends) > maxPooledLine/64 {
+			w.ends = nil
+		}
+		w.ends = w.ends[:0]
 		waiters.Put(w)
 	}
 	return err
@@ -233,8 +267,9 @@ func (s *Sink) commit(ctx context.Context, w *waiter) (reusable bool, err error)
 	return true, err
 }
 
-// write appends the lines of batch, rotating first where a line would overflow MaxBytes, and
-// fsyncs. Only the leader calls it.
+// write appends the lines of batch, rotating first where a waiter's lines would overflow
+// MaxBytes, and fsyncs. A waiter's lines stay in one file unless they alone exceed MaxBytes;
+// then they are placed line by line. Only the leader calls it.
 func (s *Sink) write(batch []*waiter) error {
 	if s.f == nil { // a previous rotation failed to open the new file
 		if err := s.open(); err != nil {
@@ -242,25 +277,45 @@ func (s *Sink) write(batch []*waiter) error {
 		}
 	}
 	buf := s.wbuf[:0]
+	var err error
 	for _, w := range batch {
-		if s.maxBytes > 0 && s.size+int64(len(buf)) > 0 && s.size+int64(len(buf)+len(w.line)) > s.maxBytes {
-			if err := s.flush(buf); err != nil {
-				return err
+		if s.maxBytes > 0 && len(w.ends) > 1 && int64(len(w.line)) > s.maxBytes {
+			start := 0
+			for _, end := range w.ends {
+				if buf, err = s.place(buf, w.line[start:end]); err != nil {
+					return err
+				}
+				start = end
 			}
-			buf = buf[:0]
-			if err := s.rotate(); err != nil {
-				return err
-			}
+			continue
 		}
-		buf = append(buf, w.line...)
+		if buf, err = s.place(buf, w.line); err != nil {
+			return err
+		}
 	}
-	err := s.flush(buf)
+	err = s.flush(buf)
 	if cap(buf) <= maxKeptBuf {
 		s.wbuf = buf[:0]
 	} else {
 		s.wbuf = nil
 	}
 	return err
+}
+
+// place appends lines, which must stay in one file, to buf (the bytes pending for the current
+// file). When the current file is not empty and lines would make it exceed MaxBytes, it
+// first flushes buf and rotates.
+func (s *Sink) place(buf, lines []byte) ([]byte, error) {
+	if s.maxBytes > 0 && s.size+int64(len(buf)) > 0 && s.size+int64(len(buf)+len(lines)) > s.maxBytes {
+		if err := s.flush(buf); err != nil {
+			return buf, err
+		}
+		buf = buf[:0]
+		if err := s.rotate(); err != nil {
+			return buf, err
+		}
+	}
+	return append(buf, lines...), nil
 }
 
 // flush writes buf and fsyncs the file. On failure it cuts the file back to its last synced

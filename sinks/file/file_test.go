@@ -385,3 +385,210 @@ func benchmarkDeliver(b *testing.B, parallelism int) {
 	})
 	b.ReportMetric(float64(s.syncs.Load())/float64(b.N), "fsyncs/op")
 }
+
+// batchOf returns n changes with ids prefix-000, prefix-001, …
+func batchOf(prefix string, n int) []*relay.Event {
+	evs := make([]*relay.Event, n)
+	for i := range evs {
+		evs[i] = testEvent(fmt.Sprintf("%s-%03d", prefix, i))
+	}
+	return evs
+}
+
+func ids(evs []*relay.Event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.ID
+	}
+	return out
+}
+
+// filesOldestFirst returns path.k … path.1, path: the files that exist, oldest first.
+func filesOldestFirst(s *Sink) []string {
+	var files []string
+	for i := s.maxFiles; i >= 1; i-- {
+		if _, err := os.Stat(s.rotated(i)); err == nil {
+			files = append(files, s.rotated(i))
+		}
+	}
+	return append(files, s.path)
+}
+
+func TestSink_DeliverBatch(t *testing.T) {
+	tests := []struct {
+		name string
+		n    int
+	}{
+		{"one change", 1},
+		{"several changes", 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSink(t, Options{})
+			evs := batchOf("b", tt.n)
+			evs[0].Value = json.RawMessage("{\n \"pretty\": true\n}")
+			if err := s.DeliverBatch(context.Background(), evs); err != nil {
+				t.Fatalf("DeliverBatch: %v", err)
+			}
+			var want []byte
+			for _, ev := range evs {
+				want = appendLine(want, ev)
+			}
+			got, err := os.ReadFile(s.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("file:\n%s\nwant:\n%s", got, want)
+			}
+			if fmt.Sprint(readIDs(t, s.path)) != fmt.Sprint(ids(evs)) {
+				t.Errorf("ids %v, want %v", readIDs(t, s.path), ids(evs))
+			}
+			if n := s.syncs.Load(); n != 1 {
+				t.Errorf("%d fsyncs, want 1", n)
+			}
+		})
+	}
+}
+
+func TestSink_DeliverBatchEdges(t *testing.T) {
+	s := newSink(t, Options{})
+	if err := s.DeliverBatch(context.Background(), nil); err != nil {
+		t.Errorf("empty batch: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.DeliverBatch(ctx, batchOf("x", 2)); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: err = %v, want context.Canceled", err)
+	}
+	if fi, err := os.Stat(s.path); err != nil || fi.Size() != 0 {
+		t.Errorf("file after empty and cancelled batches: %v, %v; want empty", fi, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeliverBatch(context.Background(), batchOf("y", 2)); !errors.Is(err, ErrClosed) || errors.Is(err, relay.ErrPermanent) {
+		t.Errorf("after Close: err = %v, want non-permanent ErrClosed", err)
+	}
+}
+
+func TestSink_ConcurrentDeliverBatch(t *testing.T) {
+	const callers, each = 3, 100
+	s := newSink(t, Options{})
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			if err := s.DeliverBatch(context.Background(), batchOf(fmt.Sprintf("c%d", c), each)); err != nil {
+				t.Errorf("DeliverBatch: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	got := readIDs(t, s.path)
+	if len(got) != callers*each {
+		t.Fatalf("got %d lines, want %d", len(got), callers*each)
+	}
+	// Each batch is contiguous and in order.
+	for i := 0; i < len(got); i += each {
+		prefix, _, _ := strings.Cut(got[i], "-")
+		if want := ids(batchOf(prefix, each)); fmt.Sprint(got[i:i+each]) != fmt.Sprint(want) {
+			t.Errorf("lines %d…%d = %v, want batch %s whole and in order", i, i+each-1, got[i:i+each], prefix)
+		}
+	}
+	syncs := s.syncs.Load()
+	t.Logf("%d batches of %d, %d fsyncs", callers, each, syncs)
+	if syncs > callers {
+		t.Errorf("%d fsyncs for %d batches, want at most one per batch", syncs, callers)
+	}
+}
+
+func TestSink_RotationBatches(t *testing.T) {
+	lineLen := int64(len(appendLine(nil, testEvent("b00-000"))))
+	maxBytes := 10*lineLen + lineLen/2 // ten lines per file
+	type call struct {
+		prefix string
+		n      int
+	}
+	tests := []struct {
+		name  string
+		calls []call
+		whole bool // every batch in one file
+	}{
+		// 4+4 fit, the third batch of 4 would make 12 lines: rotate before it.
+		{"batches stay whole", []call{{"b00", 4}, {"b01", 4}, {"b02", 4}, {"b03", 1}, {"b04", 4}, {"b05", 4}, {"b06", 10}, {"b07", 3}}, true},
+		// 25 lines exceed MaxBytes alone: split line by line, filling each file.
+		{"oversized batch is split", []call{{"b00", 3}, {"b01", 25}, {"b02", 2}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSink(t, Options{MaxBytes: maxBytes, MaxFiles: 100})
+			var want []string
+			for _, c := range tt.calls {
+				evs := batchOf(c.prefix, c.n)
+				want = append(want, ids(evs)...)
+				if err := s.DeliverBatch(context.Background(), evs); err != nil {
+					t.Fatalf("DeliverBatch: %v", err)
+				}
+			}
+			files := filesOldestFirst(s)
+			var got []string
+			batchFile := map[string]int{} // batch prefix → file index holding it
+			for i, f := range files {
+				fi, err := os.Stat(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Size() > maxBytes {
+					t.Errorf("%s holds %d bytes, more than MaxBytes %d", f, fi.Size(), maxBytes)
+				}
+				for _, id := range readIDs(t, f) {
+					got = append(got, id)
+					prefix, _, _ := strings.Cut(id, "-")
+					if j, ok := batchFile[prefix]; ok && j != i && tt.whole {
+						t.Errorf("batch %s split across %s and %s", prefix, files[j], f)
+					}
+					batchFile[prefix] = i
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("lines across files:\n got %v\nwant %v", got, want)
+			}
+			t.Logf("%d files", len(files))
+			if len(files) < 3 {
+				t.Errorf("got %d files: the test did not rotate", len(files))
+			}
+		})
+	}
+}
+
+// BenchmarkDeliverBatch_100 compares one DeliverBatch of 100 changes with 100 Deliver calls,
+// one after the other (each waiting for its fsync).
+func BenchmarkDeliverBatch_100(b *testing.B) {
+	const n = 100
+	evs := batchOf("wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=", n)
+	run := func(b *testing.B, deliver func(s *Sink) error) {
+		s := newSink(b, Options{Path: filepath.Join(b.TempDir(), "events.jsonl")})
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := deliver(s); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "changes/s")
+		b.ReportMetric(float64(s.syncs.Load())/float64(n*b.N), "fsyncs/change")
+	}
+	ctx := context.Background()
+	b.Run("DeliverBatch", func(b *testing.B) {
+		run(b, func(s *Sink) error { return s.DeliverBatch(ctx, evs) })
+	})
+	b.Run("100xDeliver", func(b *testing.B) {
+		run(b, func(s *Sink) error {
+			for _, ev := range evs {
+				if err := s.Deliver(ctx, ev); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
+}

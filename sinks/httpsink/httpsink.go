@@ -5,9 +5,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,7 +23,12 @@ const (
 	HeaderChangeID       = "X-Hubrelay-Change-Id"
 	HeaderSignature      = "X-Hubrelay-Signature-256"
 	HeaderMetaSignature  = "X-Hub-Signature-256"
+	HeaderBatchSize      = "X-Hubrelay-Batch-Size"
 )
+
+// BatchKeyPrefix starts the Idempotency-Key of a batch request: "batch:" and the lowercase hex
+// SHA-256 of the batch's change ids joined by "\n" (see BatchKey).
+const BatchKeyPrefix = "batch:"
 
 // Options configures a Sink. The command fills it from the sink's config.
 type Options struct {
@@ -62,7 +69,7 @@ type Sink struct {
 	client  *webhook.Client
 }
 
-var _ relay.Sink = (*Sink)(nil)
+var _ relay.BatchSink = (*Sink)(nil)
 
 // fixed header values, shared read-only by every request.
 var (
@@ -74,6 +81,7 @@ var (
 var reserved = map[string]bool{
 	"Content-Type": true, "User-Agent": true, "Content-Length": true,
 	HeaderIdempotencyKey: true, HeaderChangeID: true, HeaderSignature: true, HeaderMetaSignature: true,
+	HeaderBatchSize: true,
 }
 
 // New checks o and returns a Sink.
@@ -151,6 +159,85 @@ func (s *Sink) Deliver(ctx context.Context, ev *relay.Event) error {
 		h[HeaderSignature] = []string{Sign(s.secret, body)}
 	}
 	return s.client.Do(ctx, h, body)
+}
+
+// DeliverBatch sends evs, in order, in one request whose body is the JSON array of their
+// envelopes, and returns nil once the endpoint answered 2xx: every change was taken. A single
+// change still goes out as a one-element array, so a receiver sees one format whatever the
+// batch size. The request carries X-Hubrelay-Batch-Size: len(evs) and Idempotency-Key:
+// BatchKey(evs), but no X-Hubrelay-Change-Id (the receiver finds each change's id in its
+// element and should drop repeats by it); with Options.SignSecret the signature covers the
+// whole array. Retries and errors are those of Deliver, for the batch as a unit: an error
+// means no change of it may be assumed taken.
+//
+// A raw sink (Options.Raw) does not batch: a notification is only verifiable as the exact
+// bytes Meta signed. DeliverBatch then sends each change with Deliver, in order, and stops at
+// the first error, which it returns (the changes before it were taken and will be sent again
+// if the engine retries the batch). An empty evs is delivered trivially.
+func (s *Sink) DeliverBatch(ctx context.Context, evs []*relay.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	if s.raw {
+		for _, ev := range evs {
+			if err := s.Deliver(ctx, ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	size := 2 + len(evs) - 1
+	for _, ev := range evs {
+		size += len(ev.Value) + 256 + len(ev.ID)
+	}
+	body := make([]byte, 0, size)
+	body = append(body, '[')
+	for i, ev := range evs {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = relay.AppendEnvelope(body, ev)
+	}
+	body = append(body, ']')
+
+	h := make(http.Header, len(s.headers)+6)
+	for k, v := range s.headers {
+		h[k] = v
+	}
+	h["Content-Type"] = valJSON
+	h["User-Agent"] = valUserAgent
+	h[HeaderIdempotencyKey] = []string{BatchKey(evs)}
+	h[HeaderBatchSize] = []string{strconv.Itoa(len(evs))}
+	if s.secret != nil {
+		h[HeaderSignature] = []string{Sign(s.secret, body)}
+	}
+	err := s.client.Do(ctx, h, body)
+	if se, ok := errors.AsType[*relay.StatusError](err); ok {
+		se.Msg += " (batch of " + strconv.Itoa(len(evs)) + " changes)"
+	}
+	return err
+}
+
+// BatchKey returns the Idempotency-Key of a batch request: BatchKeyPrefix and the lowercase
+// hex SHA-256 of the ids of evs joined by "\n". The same changes in the same order give the
+// same key, so a retried batch can be recognised; receivers should still drop repeats per
+// change id, since the engine may later regroup the same changes differently.
+func BatchKey(evs []*relay.Event) string {
+	n := len(evs) - 1
+	for _, ev := range evs {
+		n += len(ev.ID)
+	}
+	joined := make([]byte, 0, n)
+	for i, ev := range evs {
+		if i > 0 {
+			joined = append(joined, '\n')
+		}
+		joined = append(joined, ev.ID...)
+	}
+	sum := sha256.Sum256(joined)
+	out := make([]byte, 0, len(BatchKeyPrefix)+2*sha256.Size)
+	out = append(out, BatchKeyPrefix...)
+	return string(hex.AppendEncode(out, sum[:]))
 }
 
 // Sign returns the X-Hubrelay-Signature-256 value of body: "sha256=" and the lowercase hex

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -465,4 +467,277 @@ func BenchmarkSink_Deliver(b *testing.B) {
 			}
 		})
 	}
+}
+
+// batchEvents returns n changes with distinct ids b0, b1, …
+func batchEvents(n int) []*relay.Event {
+	evs := make([]*relay.Event, n)
+	for i := range evs {
+		ev := testEvent()
+		ev.ID = fmt.Sprintf("b%d", i)
+		ev.Value = json.RawMessage(fmt.Sprintf(`{"n":%d,"text":"caf\u00e9 café"}`, i))
+		evs[i] = ev
+	}
+	return evs
+}
+
+// wantBatchKey computes the batch Idempotency-Key independently of BatchKey.
+func wantBatchKey(ids ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(ids, "\n")))
+	return "batch:" + hex.EncodeToString(sum[:])
+}
+
+func TestSink_DeliverBatch(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d changes", n), func(t *testing.T) {
+			rec := newRecorder(t, status(http.StatusOK))
+			s := newSink(t, rec.srv.URL, nil, func(o *Options) {
+				o.SignSecret = testSignSecret
+				o.Headers = map[string]string{"Authorization": "Bearer t0k3n"}
+			})
+			evs := batchEvents(n)
+			ids := make([]string, n)
+			want := []byte{'['}
+			for i, ev := range evs {
+				ids[i] = ev.ID
+				if i > 0 {
+					want = append(want, ',')
+				}
+				want = relay.AppendEnvelope(want, ev)
+			}
+			want = append(want, ']')
+
+			if err := s.DeliverBatch(context.Background(), evs); err != nil {
+				t.Fatalf("DeliverBatch: %v", err)
+			}
+			reqs := rec.requests()
+			if len(reqs) != 1 {
+				t.Fatalf("got %d requests, want 1", len(reqs))
+			}
+			r := reqs[0]
+			if !bytes.Equal(r.body, want) {
+				t.Errorf("body:\n got %s\nwant %s", r.body, want)
+			}
+			var got []struct {
+				ID    string          `json:"id"`
+				Value json.RawMessage `json:"value"`
+			}
+			if err := json.Unmarshal(r.body, &got); err != nil {
+				t.Fatalf("body is not a JSON array: %v", err)
+			}
+			if len(got) != n {
+				t.Fatalf("array holds %d elements, want %d", len(got), n)
+			}
+			for i, el := range got {
+				if el.ID != evs[i].ID || !bytes.Equal(el.Value, evs[i].Value) {
+					t.Errorf("element %d: id %q value %s, want %q %s", i, el.ID, el.Value, evs[i].ID, evs[i].Value)
+				}
+			}
+			for k, want := range map[string]string{
+				"Content-Type":  "application/json",
+				"User-Agent":    "hubrelay",
+				"Authorization": "Bearer t0k3n",
+				HeaderBatchSize: fmt.Sprint(n),
+				// Independent of BatchKey: "batch:" + hex SHA-256 of the ids joined by "\n".
+				HeaderIdempotencyKey: wantBatchKey(ids...),
+				HeaderChangeID:       "",
+				HeaderMetaSignature:  "",
+			} {
+				if got := r.header.Get(k); got != want {
+					t.Errorf("header %s = %q, want %q", k, got, want)
+				}
+			}
+			sig := []byte(r.header.Get(HeaderSignature))
+			if want := Sign([]byte(testSignSecret), r.body); !hmac.Equal(sig, []byte(want)) {
+				t.Errorf("signature %q does not verify over the array (want %q)", sig, want)
+			}
+		})
+	}
+}
+
+func TestBatchKey(t *testing.T) {
+	evs := batchEvents(3)
+	key := BatchKey(evs)
+	if want := wantBatchKey("b0", "b1", "b2"); key != want {
+		t.Fatalf("BatchKey = %q, want %q", key, want)
+	}
+	tests := []struct {
+		name string
+		evs  []*relay.Event
+		same bool
+	}{
+		{"same changes again", batchEvents(3), true},
+		{"other order", []*relay.Event{evs[1], evs[0], evs[2]}, false},
+		{"fewer changes", evs[:2], false},
+		{"one change", evs[:1], false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := BatchKey(tt.evs); (got == key) != tt.same {
+				t.Errorf("BatchKey = %q, key of b0,b1,b2 = %q, want same = %v", got, key, tt.same)
+			}
+		})
+	}
+	if one := BatchKey(evs[:1]); one == evs[0].ID || !strings.HasPrefix(one, BatchKeyPrefix) {
+		t.Errorf("one-change batch key %q must differ from Deliver's key %q and start with %q", one, evs[0].ID, BatchKeyPrefix)
+	}
+}
+
+func TestSink_DeliverBatchRetriedAsUnit(t *testing.T) {
+	rec := newRecorder(t, retryAfter(http.StatusServiceUnavailable, "0"), status(http.StatusOK))
+	s := newSink(t, rec.srv.URL, nil, func(o *Options) { o.SignSecret = testSignSecret })
+	if err := s.DeliverBatch(context.Background(), batchEvents(5)); err != nil {
+		t.Fatalf("DeliverBatch: %v", err)
+	}
+	reqs := rec.requests()
+	if len(reqs) != 2 {
+		t.Fatalf("got %d requests, want 2 (503, then 200)", len(reqs))
+	}
+	if !bytes.Equal(reqs[0].body, reqs[1].body) {
+		t.Errorf("retry body differs:\n%s\n%s", reqs[0].body, reqs[1].body)
+	}
+	for _, k := range []string{HeaderIdempotencyKey, HeaderSignature, HeaderBatchSize} {
+		if a, b := reqs[0].header.Get(k), reqs[1].header.Get(k); a != b || a == "" {
+			t.Errorf("header %s: first %q, retry %q, want equal and set", k, a, b)
+		}
+	}
+}
+
+func TestSink_DeliverBatchStatusErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		answer   func(http.ResponseWriter, *http.Request)
+		status   int
+		perm     bool
+		requests int
+	}{
+		{"400 permanent", status(http.StatusBadRequest), 400, true, 1},
+		{"413 permanent", status(http.StatusRequestEntityTooLarge), 413, true, 1},
+		{"500 forever", status(http.StatusInternalServerError), 500, false, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := newRecorder(t, tt.answer)
+			s := newSink(t, rec.srv.URL+"/hook", nil, nil)
+			err := s.DeliverBatch(context.Background(), batchEvents(3))
+			se, ok := errors.AsType[*relay.StatusError](err)
+			if !ok {
+				t.Fatalf("err = %T %v, want *relay.StatusError", err, err)
+			}
+			if se.Status != tt.status || se.Perm != tt.perm || errors.Is(err, relay.ErrPermanent) != tt.perm {
+				t.Errorf("status %d perm %v, want %d %v", se.Status, se.Perm, tt.status, tt.perm)
+			}
+			if want := "(batch of 3 changes)"; !strings.HasSuffix(err.Error(), want) {
+				t.Errorf("err = %q, want it to end with %q", err, want)
+			}
+			if n := len(rec.requests()); n != tt.requests {
+				t.Errorf("got %d requests, want %d", n, tt.requests)
+			}
+		})
+	}
+}
+
+func TestSink_DeliverBatchContextCancelled(t *testing.T) {
+	rec := newRecorder(t, status(http.StatusOK))
+	s := newSink(t, rec.srv.URL, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.DeliverBatch(ctx, batchEvents(2)); !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+	if err := s.DeliverBatch(context.Background(), nil); err != nil {
+		t.Errorf("empty batch: err = %v, want nil", err)
+	}
+	if n := len(rec.requests()); n != 0 {
+		t.Errorf("got %d requests, want none", n)
+	}
+}
+
+func TestSink_DeliverBatchRaw(t *testing.T) {
+	notif := func(i int) []byte { return []byte(fmt.Sprintf(`{"object":"page","entry":[{"id":"%d"}]}`, i)) }
+	evs := make([]*relay.Event, 3)
+	for i := range evs {
+		evs[i] = &relay.Event{ID: fmt.Sprintf("raw-%d", i), Source: relay.SourceRaw, Value: notif(i), Signature: fmt.Sprintf("sha256=%02x", i)}
+	}
+	tests := []struct {
+		name     string
+		script   []func(http.ResponseWriter, *http.Request)
+		requests int
+		perm     bool // want a permanent error; false with requests == 3 means success
+	}{
+		{"all taken", []func(http.ResponseWriter, *http.Request){status(http.StatusOK)}, 3, false},
+		{"stops at the first error", []func(http.ResponseWriter, *http.Request){status(http.StatusOK), status(http.StatusBadRequest)}, 2, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := newRecorder(t, tt.script...)
+			s := newSink(t, rec.srv.URL, nil, func(o *Options) { o.Raw = true })
+			err := s.DeliverBatch(context.Background(), evs)
+			if tt.perm != errors.Is(err, relay.ErrPermanent) || (!tt.perm && err != nil) {
+				t.Fatalf("err = %v, want permanent %v", err, tt.perm)
+			}
+			reqs := rec.requests()
+			if len(reqs) != tt.requests {
+				t.Fatalf("got %d requests, want %d", len(reqs), tt.requests)
+			}
+			for i, r := range reqs {
+				if !bytes.Equal(r.body, evs[i].Value) {
+					t.Errorf("request %d body %s, want %s", i, r.body, evs[i].Value)
+				}
+				if got := r.header.Get(HeaderMetaSignature); got != evs[i].Signature {
+					t.Errorf("request %d %s = %q, want %q", i, HeaderMetaSignature, got, evs[i].Signature)
+				}
+				if got := r.header.Get(HeaderIdempotencyKey); got != evs[i].ID {
+					t.Errorf("request %d Idempotency-Key = %q, want %q", i, got, evs[i].ID)
+				}
+				if got := r.header.Get(HeaderBatchSize); got != "" {
+					t.Errorf("request %d carries %s: %q", i, HeaderBatchSize, got)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDeliverBatch_100 compares one DeliverBatch of 100 changes with 100 Deliver calls,
+// one after the other, on a loopback server.
+func BenchmarkDeliverBatch_100(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	const n = 100
+	evs := make([]*relay.Event, n)
+	for i := range evs {
+		ev := testEvent()
+		ev.ID = fmt.Sprintf("%s-%03d", ev.ID, i)
+		evs[i] = ev
+	}
+	s, err := New(Options{Name: "bench", URL: srv.URL, SignSecret: testSignSecret})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	run := func(b *testing.B, deliver func() error) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := deliver(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "changes/s")
+	}
+	b.Run("DeliverBatch", func(b *testing.B) {
+		run(b, func() error { return s.DeliverBatch(ctx, evs) })
+	})
+	b.Run("100xDeliver", func(b *testing.B) {
+		run(b, func() error {
+			for _, ev := range evs {
+				if err := s.Deliver(ctx, ev); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
 }
