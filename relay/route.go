@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"encoding/json"
 	"sync/atomic"
 
 	"github.com/hubrelay/hubrelay/rules"
@@ -45,7 +44,8 @@ type Route struct {
 func (r *Router) snapshot() *routeTable { return r.table.Load() }
 
 // RuleEnv is the expression environment of one change: what `when` expressions and Slack
-// templates see. The value is decoded from its JSON only when withValue is set.
+// templates see. The value is decoded from its JSON only when withValue is set, and then
+// lazily: rules.Set.Match decodes it only for a rule that could match and reads it.
 func RuleEnv(ev *Event, withValue bool) *rules.Env {
 	env := &rules.Env{
 		Object:     ev.Object,
@@ -56,9 +56,13 @@ func RuleEnv(ev *Event, withValue bool) *rules.Env {
 		ReceivedAt: ev.ReceivedAt,
 	}
 	if withValue && len(ev.Value) > 0 {
-		var v any
-		if err := json.Unmarshal(ev.Value, &v); err == nil {
-			env.Value = v
+		raw := ev.Value
+		env.LoadValue = func() any {
+			v, err := parseValue(raw)
+			if err != nil {
+				return nil
+			}
+			return v
 		}
 	}
 	return env

@@ -30,6 +30,10 @@ type Env struct {
 	Entry      Entry     `expr:"entry"`
 	App        string    `expr:"app"`
 	ReceivedAt time.Time `expr:"received_at"`
+	// LoadValue, when set and Value is nil, decodes the value on first use: Match calls it at
+	// most once, and only if a rule that could match reads `value`, so changes no such rule
+	// looks at are never decoded. Expressions cannot see it.
+	LoadValue func() any `expr:"-"`
 }
 
 // Spec is one rule as written in config. Positions in the config file are the config
@@ -60,6 +64,7 @@ type rule struct {
 	fields  []string
 	verbs   []string
 	when    *vm.Program // nil = always
+	value   bool        // when reads `value`
 	sinks   []string    // deduplicated
 	alone   Match       // the Match returned when this rule is the only one to match
 }
@@ -162,6 +167,7 @@ func Compile(specs []Spec) (*Set, error) {
 			} else {
 				r.when = p
 				if refersToValue(p) {
+					r.value = true
 					s.needsValue = true
 				}
 			}
@@ -234,6 +240,9 @@ func (s *Set) Match(env *Env, onErr func(rule string, err error)) Match {
 			continue
 		}
 		if r.when != nil {
+			if r.value && env.Value == nil && env.LoadValue != nil {
+				env.Value, env.LoadValue = env.LoadValue(), nil
+			}
 			out, err := run(r.when, env)
 			if err != nil {
 				if onErr != nil {

@@ -362,3 +362,46 @@ func TestSet_MatchMany(t *testing.T) {
 		t.Errorf("results share memory: %q %q", m.Rules, m.Sinks)
 	}
 }
+
+// TestMatch_LoadValueLazily: the value is decoded only for a candidate rule that reads it, and
+// at most once.
+func TestMatch_LoadValueLazily(t *testing.T) {
+	set, err := Compile([]Spec{
+		{Name: "feed-photos", Objects: []string{"page"}, Fields: []string{"feed"}, When: `value.item == "photo"`, Sinks: []string{"a"}},
+		{Name: "feed-verb", Objects: []string{"page"}, Fields: []string{"feed"}, When: `value.verb == "add"`, Sinks: []string{"b"}},
+		{Name: "users", Objects: []string{"user"}, Sinks: []string{"c"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		object, field string
+		loads         int
+		rules         []string
+	}{
+		{"user", "photos", 0, []string{"users"}},
+		{"page", "leadgen", 0, nil},
+		{"page", "feed", 1, []string{"feed-photos", "feed-verb"}},
+	}
+	for _, c := range cases {
+		loads := 0
+		env := &Env{Object: c.object, Field: c.field, LoadValue: func() any {
+			loads++
+			return map[string]any{"item": "photo", "verb": "add"}
+		}}
+		m := set.Match(env, func(rule string, err error) { t.Errorf("%s: %v", rule, err) })
+		if loads != c.loads {
+			t.Errorf("%s/%s: value decoded %d times, want %d", c.object, c.field, loads, c.loads)
+		}
+		if fmt.Sprint(m.Rules) != fmt.Sprint(c.rules) {
+			t.Errorf("%s/%s: rules %v, want %v", c.object, c.field, m.Rules, c.rules)
+		}
+	}
+	tpl, err := CompileText(`"item " + value.item`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := tpl.String(&Env{LoadValue: func() any { return map[string]any{"item": "photo"} }}); err != nil || s != "item photo" {
+		t.Errorf("template with lazy value: %q, %v", s, err)
+	}
+}

@@ -46,12 +46,21 @@ func CompileAny(src string) (*Template, error) {
 
 // Eval evaluates the template against env. A run-time failure is returned as an *ExprError.
 func (t *Template) Eval(env *Env) (any, error) {
+	t.load(env)
 	return run(t.program, env)
+}
+
+// load decodes env's value through LoadValue when the template reads it.
+func (t *Template) load(env *Env) {
+	if t.needsValue && env.Value == nil && env.LoadValue != nil {
+		env.Value, env.LoadValue = env.LoadValue(), nil
+	}
 }
 
 // String evaluates the template against env and returns its string result; a result that is
 // not a string is an error.
 func (t *Template) String(env *Env) (string, error) {
+	t.load(env)
 	out, err := run(t.program, env)
 	if err != nil {
 		return "", err

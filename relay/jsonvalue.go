@@ -1,0 +1,291 @@
+package relay
+
+import (
+	"errors"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// errValue reports a value that is not valid JSON.
+var errValue = errors.New("invalid JSON value")
+
+// maxValueDepth bounds recursion; Decode already refuses deeper notifications.
+const maxValueDepth = 10000
+
+// parseValue decodes one JSON value into the types encoding/json uses for an interface{}:
+// map[string]any, []any, string, float64, bool and nil — so expressions see exactly what they
+// would see with json.Unmarshal, at a fraction of the cost (no reflection, no separate
+// validation pass). Rules evaluate `when` against every routed change, so this is hot.
+func parseValue(b []byte) (any, error) {
+	p := valueParser{b: b}
+	v, err := p.value(0)
+	if err != nil {
+		return nil, err
+	}
+	p.ws()
+	if p.i != len(p.b) {
+		return nil, errValue
+	}
+	return v, nil
+}
+
+type valueParser struct {
+	b []byte
+	i int
+}
+
+func (p *valueParser) ws() {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ' ', '\n', '\r', '\t':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+func (p *valueParser) value(depth int) (any, error) {
+	if depth > maxValueDepth {
+		return nil, errValue
+	}
+	p.ws()
+	if p.i >= len(p.b) {
+		return nil, errValue
+	}
+	switch c := p.b[p.i]; {
+	case c == '{':
+		p.i++
+		m := make(map[string]any, 8)
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == '}' {
+			p.i++
+			return m, nil
+		}
+		for {
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != '"' {
+				return nil, errValue
+			}
+			k, err := p.str()
+			if err != nil {
+				return nil, err
+			}
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != ':' {
+				return nil, errValue
+			}
+			p.i++
+			v, err := p.value(depth + 1)
+			if err != nil {
+				return nil, err
+			}
+			m[k] = v
+			p.ws()
+			if p.i >= len(p.b) {
+				return nil, errValue
+			}
+			if p.b[p.i] == ',' {
+				p.i++
+				continue
+			}
+			if p.b[p.i] == '}' {
+				p.i++
+				return m, nil
+			}
+			return nil, errValue
+		}
+	case c == '[':
+		p.i++
+		a := make([]any, 0, 4)
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == ']' {
+			p.i++
+			return a, nil
+		}
+		for {
+			v, err := p.value(depth + 1)
+			if err != nil {
+				return nil, err
+			}
+			a = append(a, v)
+			p.ws()
+			if p.i >= len(p.b) {
+				return nil, errValue
+			}
+			if p.b[p.i] == ',' {
+				p.i++
+				continue
+			}
+			if p.b[p.i] == ']' {
+				p.i++
+				return a, nil
+			}
+			return nil, errValue
+		}
+	case c == '"':
+		return p.str()
+	case c == 't':
+		return true, p.lit("true")
+	case c == 'f':
+		return false, p.lit("false")
+	case c == 'n':
+		return nil, p.lit("null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number()
+	}
+	return nil, errValue
+}
+
+func (p *valueParser) lit(word string) error {
+	if len(p.b)-p.i < len(word) || string(p.b[p.i:p.i+len(word)]) != word {
+		return errValue
+	}
+	p.i += len(word)
+	return nil
+}
+
+// number accepts exactly JSON's number grammar and converts it as encoding/json does.
+func (p *valueParser) number() (any, error) {
+	start, b := p.i, p.b
+	i := p.i
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	default:
+		return nil, errValue
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return nil, errValue
+		}
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return nil, errValue
+		}
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	}
+	p.i = i
+	f, err := strconv.ParseFloat(string(b[start:i]), 64)
+	if err != nil {
+		return nil, errValue // out of range, as encoding/json refuses it
+	}
+	return f, nil
+}
+
+// str reads a string at p.i (which holds '"'), unescaping as encoding/json does: invalid UTF-8
+// and lone surrogates become U+FFFD.
+func (p *valueParser) str() (string, error) {
+	b := p.b
+	start := p.i + 1
+	i := start
+	for i < len(b) {
+		c := b[i]
+		if c == '"' {
+			p.i = i + 1
+			return string(b[start:i]), nil
+		}
+		if c == '\\' || c >= utf8.RuneSelf || c < 0x20 {
+			break
+		}
+		i++
+	}
+	// Slow path: escapes, non-ASCII or an error.
+	out := make([]byte, 0, i-start+16)
+	out = append(out, b[start:i]...)
+	for i < len(b) {
+		c := b[i]
+		switch {
+		case c == '"':
+			p.i = i + 1
+			return string(out), nil
+		case c < 0x20:
+			return "", errValue
+		case c == '\\':
+			if i+1 >= len(b) {
+				return "", errValue
+			}
+			switch b[i+1] {
+			case '"', '\\', '/':
+				out = append(out, b[i+1])
+				i += 2
+			case 'b':
+				out, i = append(out, '\b'), i+2
+			case 'f':
+				out, i = append(out, '\f'), i+2
+			case 'n':
+				out, i = append(out, '\n'), i+2
+			case 'r':
+				out, i = append(out, '\r'), i+2
+			case 't':
+				out, i = append(out, '\t'), i+2
+			case 'u':
+				r, ok := hex4(b, i+2)
+				if !ok {
+					return "", errValue
+				}
+				i += 6
+				if utf16.IsSurrogate(r) {
+					r2, ok2 := rune(-1), false
+					if i+1 < len(b) && b[i] == '\\' && b[i+1] == 'u' {
+						r2, ok2 = hex4(b, i+2)
+					}
+					if dec := utf16.DecodeRune(r, r2); ok2 && dec != utf8.RuneError {
+						r = dec
+						i += 6
+					} else {
+						r = utf8.RuneError
+					}
+				}
+				out = utf8.AppendRune(out, r)
+			default:
+				return "", errValue
+			}
+		case c < utf8.RuneSelf:
+			out, i = append(out, c), i+1
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			out, i = utf8.AppendRune(out, r), i+size // invalid bytes become U+FFFD
+		}
+	}
+	return "", errValue
+}
+
+func hex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[i : i+4] {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
