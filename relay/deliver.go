@@ -73,6 +73,9 @@ const maxHistory = 20
 // readyBatch is how many deliveries a dispatcher reads from the spool at a time.
 const readyBatch = 256
 
+// replaceTimeout bounds how long a reload waits for a replaced sink's attempts in flight.
+const replaceTimeout = 10 * time.Second
+
 // Engine delivers spooled changes to sinks. Each sink has a dispatcher reading its queue in
 // acceptance order, Concurrency workers, and a committer that removes finished deliveries from
 // the spool in batches. A failed attempt is rescheduled in the spool with exponential backoff
@@ -85,13 +88,15 @@ type Engine struct {
 	log *slog.Logger
 	now func() time.Time
 
-	mu      sync.Mutex
-	runners map[string]*runner
-	closed  bool
+	mu         sync.Mutex
+	runners    map[string]*runner
+	configured map[string]bool // sinks of the last SetSinks: never orphans, even mid-replacement
+	closed     bool
 
-	promote chan struct{} // wakes the promoter early (a reschedule may be due soon)
-	stop    chan struct{}
-	done    chan struct{}
+	promote   chan struct{} // wakes the promoter early (a reschedule may be due soon)
+	startOnce sync.Once
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 // NewEngine returns an engine over q; call Start, then SetSinks.
@@ -110,24 +115,38 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 
 // Start runs the promoter, which makes rescheduled deliveries ready when their time comes.
 func (e *Engine) Start() {
-	go e.promoter()
+	e.startOnce.Do(func() { go e.promoter() })
 }
 
-// Notify wakes the dispatchers of sinks that have new deliveries. It never blocks.
+// Notify wakes the dispatchers of sinks that have new deliveries. It never blocks. A sink the
+// engine does not run (a request routed with rules older than a reload that removed it) gets
+// a runner that dead-letters its deliveries, as SetSinks does for leftovers.
 func (e *Engine) Notify(sinks []string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, s := range sinks {
-		if r := e.runners[s]; r != nil {
+		r := e.runners[s]
+		if r == nil && !e.closed && !e.configured[s] {
+			r = newRunner(e, orphanConfig(s))
+			e.runners[s] = r
+			r.start()
+		}
+		if r != nil {
 			r.poke()
 		}
 	}
 }
 
+// orphanConfig runs a sink that has spooled deliveries but is not configured: every delivery
+// is dead-lettered with the reason, to be replayed once the sink is back.
+func orphanConfig(name string) SinkConfig {
+	return SinkConfig{Sink: orphanSink(name), Concurrency: 1, Retry: RetryPolicy{MaxAttempts: 1}}
+}
+
 // SetSinks makes the engine run exactly cfgs: new sinks start, sinks whose configuration is
-// replaced finish their in-flight attempts and restart with the new one, removed sinks stop.
-// Deliveries left in the spool for a sink that is not configured are dead-lettered with the
-// reason "sink not configured", so they can be replayed once it is back.
+// replaced finish their in-flight attempts (for up to 10s) and restart with the new one,
+// removed sinks stop. Deliveries left in the spool for a sink that is not configured are
+// dead-lettered ("permanent: sink "x" is not configured"), to be replayed once it is back.
 func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 	want := map[string]SinkConfig{}
 	for _, c := range cfgs {
@@ -140,13 +159,17 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 	for _, name := range pending {
 		if _, ok := want[name]; !ok {
 			e.log.Warn("deliveries pending for a sink not in the config: dead-lettering them", "sink", name)
-			want[name] = SinkConfig{Sink: orphanSink(name), Concurrency: 1, Retry: RetryPolicy{MaxAttempts: 1}}
+			want[name] = orphanConfig(name)
 		}
 	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
 		return errors.New("engine closed")
+	}
+	e.configured = map[string]bool{}
+	for _, c := range cfgs {
+		e.configured[c.Sink.Name()] = true
 	}
 	var stopping []*runner
 	for name, r := range e.runners {
@@ -156,11 +179,18 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 		}
 	}
 	e.mu.Unlock()
+	// A replaced sink finishes its attempts in flight, within bounds: an attempt cut short is
+	// not counted and is made again by the new runner.
+	ctx, cancel := context.WithTimeout(context.Background(), replaceTimeout)
+	defer cancel()
 	for _, r := range stopping {
-		r.close(context.Background())
+		r.close(ctx)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("engine closed")
+	}
 	for name, c := range want {
 		if _, ok := e.runners[name]; ok {
 			continue
@@ -189,6 +219,7 @@ func (e *Engine) Close(ctx context.Context) error {
 	e.runners = map[string]*runner{}
 	e.mu.Unlock()
 	close(e.stop)
+	e.Start() // so that done is closed even if Start was never called
 	<-e.done
 	var wg sync.WaitGroup
 	for _, r := range rs {
@@ -264,9 +295,17 @@ type runner struct {
 	attemptCtx context.Context
 	cancel     context.CancelFunc
 
-	mu        sync.Mutex
-	inflight  map[uint64]struct{}
-	rewindTo  uint64 // lowest promoted seq not yet rewound to; 0 = none
+	mu sync.Mutex
+	// inflight holds the deliveries handed to workers. A finished delivery leaves it only at
+	// the dispatcher's next read of the queue (finished collects them till then): a read
+	// taken while it was in flight may still list it, and must not send it again.
+	inflight map[uint64]struct{}
+	finished []uint64
+	// skipped holds deliveries the dispatcher passed over because they were in flight; when
+	// one of them is released still pending (a failed Done or Reschedule, or a race with the
+	// promoter), the dispatcher rewinds to it so it is not stranded behind the cursor.
+	skipped   map[uint64]struct{}
+	rewindTo  uint64 // lowest seq to re-read from; 0 = none
 	failures  int    // consecutive failed attempts, for the sink-level pause
 	pauseTill time.Time
 
@@ -292,6 +331,7 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 		stop:       make(chan struct{}),
 		attemptCtx: ctx, cancel: cancel,
 		inflight: map[uint64]struct{}{},
+		skipped:  map[uint64]struct{}{},
 	}
 }
 
@@ -355,6 +395,10 @@ func (r *runner) dispatch() {
 			cursor = min(cursor, r.rewindTo-1)
 			r.rewindTo = 0
 		}
+		for _, seq := range r.finished {
+			delete(r.inflight, seq)
+		}
+		r.finished = r.finished[:0]
 		pause := time.Until(r.pauseTill)
 		r.mu.Unlock()
 		if pause > 0 && !r.sleep(pause) {
@@ -372,7 +416,9 @@ func (r *runner) dispatch() {
 			cursor = max(cursor, d.Seq)
 			r.mu.Lock()
 			_, busy := r.inflight[d.Seq]
-			if !busy {
+			if busy {
+				r.skipped[d.Seq] = struct{}{}
+			} else {
 				r.inflight[d.Seq] = struct{}{}
 			}
 			r.mu.Unlock()
@@ -447,7 +493,7 @@ func (r *runner) send(job []spool.Delivery) bool {
 		for i, d := range job {
 			seqs[i] = d.Seq
 		}
-		r.release(seqs...)
+		r.release(true, seqs...)
 		return false
 	}
 }
@@ -491,21 +537,37 @@ func (r *runner) committer() {
 				break drain
 			}
 		}
-		if err := r.e.q.Done(r.name, batch...); err != nil {
-			// The deliveries stay in the spool and are delivered again after a restart: at
-			// least once, never lost.
+		err := r.e.q.Done(r.name, batch...)
+		if err != nil {
+			// The deliveries stay in the spool and are delivered again: at least once, never
+			// lost.
 			r.log.Error("remove delivered changes from spool", "err", err, "count", len(batch))
 		}
-		r.release(batch...)
+		r.release(err != nil, batch...)
 	}
 }
 
-func (r *runner) release(seqs ...uint64) {
+// release ends the flight of finished deliveries (see inflight). pending reports that they
+// may still be in the ready queue (an attempt abandoned, or a spool update that failed).
+func (r *runner) release(pending bool, seqs ...uint64) {
 	r.mu.Lock()
+	r.finished = append(r.finished, seqs...)
+	rewind := uint64(0)
 	for _, s := range seqs {
-		delete(r.inflight, s)
+		if _, ok := r.skipped[s]; ok || pending {
+			delete(r.skipped, s)
+			if rewind == 0 || s < rewind {
+				rewind = s
+			}
+		}
+	}
+	if rewind != 0 && (r.rewindTo == 0 || rewind < r.rewindTo) {
+		r.rewindTo = rewind
 	}
 	r.mu.Unlock()
+	if rewind != 0 {
+		r.poke()
+	}
 }
 
 // handle makes one attempt of a job (one delivery, or a batch for a BatchSink) and records
@@ -548,7 +610,7 @@ func (r *runner) handle(job []spool.Delivery) {
 	case r.attemptCtx.Err() != nil:
 		// Shutting down: the attempt did not count; the deliveries stay ready in the spool.
 		for _, d := range ds {
-			r.release(d.Seq)
+			r.release(true, d.Seq)
 		}
 	case len(ds) > 1 && errors.Is(err, ErrPermanent):
 		// One bad change must not dead-letter its neighbours: try each alone.
@@ -602,11 +664,12 @@ func (r *runner) failed(d spool.Delivery, ev *Event, err error, start time.Time,
 }
 
 func (r *runner) reschedule(seq uint64, at time.Time, attempt int, history []byte) {
-	if err := r.e.q.Reschedule(r.name, seq, at, attempt, history); err != nil {
-		// It stays ready in the spool: retried after restart.
+	err := r.e.q.Reschedule(r.name, seq, at, attempt, history)
+	if err != nil {
+		// It stays ready in the spool and is tried again.
 		r.log.Error("reschedule delivery", "seq", seq, "err", err)
 	}
-	r.release(seq)
+	r.release(err != nil, seq)
 	r.e.wakePromoter()
 }
 
@@ -629,6 +692,7 @@ func (r *runner) deadLetter(d spool.Delivery, ev *Event, history []byte, reason 
 		l.Change = AppendEnvelope(nil, ev)
 		if ev.Source == SourceRaw {
 			l.Signature = ev.Signature
+			l.Body = string(ev.Value) // the exact bytes Meta signed
 		}
 	} else {
 		b, _ := json.Marshal(d.Data) // unreadable record: keep its bytes (base64) so nothing is lost

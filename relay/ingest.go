@@ -276,7 +276,11 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		items[i] = spool.Item{Key: events[i].ID, Data: data[offs[i]:offs[i+1]:offs[i+1]], Sinks: routes[i].Sinks}
 	}
 	if len(raw) > 0 {
-		rawEv := rawEvent(events, body, sig256, start)
+		sig := sig256
+		if sig == "" {
+			sig = sig1 // verified with the legacy header (allow_sha1): forward that one
+		}
+		rawEv := rawEvent(events, body, sig, start)
 		items = append(items, spool.Item{Key: rawEv.ID, Data: AppendBinary(nil, &rawEv), Sinks: raw})
 	}
 

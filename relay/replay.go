@@ -17,10 +17,16 @@ func LetterEvent(l *deadletter.Letter) (Event, error) {
 	if err := json.Unmarshal(l.Change, &ev); err != nil {
 		return ev, fmt.Errorf("dead letter %s: read change: %w", l.ID, err)
 	}
+	if ev.Object == "" {
+		return ev, fmt.Errorf("dead letter %s: the change has no object (an unreadable spool record?): not replayable", l.ID)
+	}
 	ev.Source = SourceChanges
 	switch {
 	case l.Signature != "":
 		ev.Source, ev.Signature = SourceRaw, l.Signature
+		if l.Body != "" {
+			ev.Value = []byte(l.Body) // byte for byte, so Meta's signature still holds
+		}
 	case ev.Field == "messaging":
 		ev.Source = SourceMessaging
 	case ev.Field == "standby":

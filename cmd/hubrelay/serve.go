@@ -294,8 +294,13 @@ func (s *server) reload() {
 		s.log.Error("config reload rejected", "err", err)
 		return
 	}
+	// Sinks first, then rules: a change routed with the new rules always finds its sink
+	// running; one routed with the old rules to a sink just removed is dead-lettered (the
+	// engine runs a stand-in for it), to be replayed.
 	if err := s.engine.SetSinks(sinkCfgs); err != nil {
+		s.metrics.Reload(false)
 		s.log.Error("config reload: sinks", "err", err)
+		return
 	}
 	s.sinks.closeRetired()
 	s.router.Swap(cfg.Rules, rawSinks(cfg))

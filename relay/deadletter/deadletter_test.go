@@ -124,6 +124,31 @@ func TestDir_WriteGet(t *testing.T) {
 	}
 }
 
+// TestDir_IDsNeverCollide: sink names that sanitize alike, and a sequence number reused by a
+// new spool, each keep their own letter.
+func TestDir_IDsNeverCollide(t *testing.T) {
+	d := openDir(t)
+	a, b := letter("crm v2", 7), letter("crm_v2", 7)
+	c := letter("crm v2", 7)
+	c.ChangeID = "another-change-same-seq"
+	for _, l := range []*deadletter.Letter{a, b, c} {
+		write(t, d, l)
+	}
+	ids := map[string]bool{a.ID: true, b.ID: true, c.ID: true}
+	if len(ids) != 3 {
+		t.Fatalf("ids %q %q %q collide", a.ID, b.ID, c.ID)
+	}
+	all, err := d.List(deadletter.Filter{})
+	if err != nil || len(all) != 3 {
+		t.Fatalf("%d letters (%v), want 3", len(all), err)
+	}
+	again := letter("crm v2", 7) // the same change again: replaces its own letter
+	write(t, d, again)
+	if again.ID != a.ID {
+		t.Errorf("rewriting a letter got id %q, want %q", again.ID, a.ID)
+	}
+}
+
 func TestDir_WriteDefaults(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -133,10 +158,10 @@ func TestDir_WriteDefaults(t *testing.T) {
 	}{
 		{"plain", "orders", 42, "orders-00000000000000000042"},
 		{"max seq", "orders", ^uint64(0), "orders-18446744073709551615"},
-		{"path characters", "../etc/passwd", 1, "_._etc_passwd-00000000000000000001"},
-		{"unicode and spaces", "ops é 1", 2, "ops____1-00000000000000000002"},
+		{"path characters", "../etc/passwd", 1, "_._etc_passwd.62dab22f-00000000000000000001"},
+		{"unicode and spaces", "ops é 1", 2, "ops____1.5633ee62-00000000000000000002"},
 		{"dotted", "orders.v2", 3, "orders.v2-00000000000000000003"},
-		{"long", strings.Repeat("s", 500), 4, strings.Repeat("s", 179) + "-00000000000000000004"},
+		{"long", strings.Repeat("s", 500), 4, strings.Repeat("s", 170) + ".85ab8949-00000000000000000004"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

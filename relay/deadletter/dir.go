@@ -66,7 +66,7 @@ func (d *Dir) Write(l *Letter) error {
 		return fmt.Errorf("write dead letter: version %d, this build writes version %d", l.Version, Version)
 	}
 	if l.ID == "" {
-		l.ID = generateID(l.Sink, l.Seq)
+		l.ID = d.freeID(l)
 	}
 	if err := checkID(l.ID); err != nil {
 		return fmt.Errorf("write dead letter: %w", err)
@@ -82,6 +82,28 @@ func (d *Dir) Write(l *Letter) error {
 		return fmt.Errorf("write dead letter %s: %w", l.ID, err)
 	}
 	return nil
+}
+
+// freeID returns the generated id of l, or, when a letter of another change already has it (a
+// spool started anew reuses sequence numbers), the same id with a counter: a letter never
+// replaces another change's letter. The same change's letter is replaced (Write is idempotent).
+func (d *Dir) freeID(l *Letter) string {
+	base := generateID(l.Sink, l.Seq)
+	id := base
+	for n := 2; n <= 1000; n++ {
+		old, err := d.Get(id)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return id
+		case errors.Is(err, ErrInvalidID):
+			return base // too long for a counter: Write reports it, or replaces base
+		case err == nil && old.Sink == l.Sink && old.ChangeID == l.ChangeID:
+			return id
+		}
+		// Taken by another change's letter, or by an unreadable file: try the next name.
+		id = fmt.Sprintf("%s-%d", base, n)
+	}
+	return id
 }
 
 // Get reads the letter named id. The error wraps fs.ErrNotExist when there is none (a letter
@@ -185,7 +207,7 @@ func (d *Dir) Count(sink string) (int, error) {
 	}
 	prefix := ""
 	if sink != "" {
-		prefix = sanitizeSink(sink) + "-"
+		prefix = sinkPrefix(sink) + "-"
 	}
 	n := 0
 	for _, e := range entries {

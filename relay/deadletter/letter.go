@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"strings"
@@ -25,7 +26,7 @@ const maxLetterBytes = 64 << 20
 const maxIDLen = 200
 
 // maxSinkIDLen bounds the sink part of a generated id ("<sink>-<20 digits>").
-const maxSinkIDLen = maxIDLen - 21
+const maxSinkIDLen = maxIDLen - 21 - 9 // room for "-"+20 digits and "."+8 hex digits
 
 // ErrCorrupt is wrapped by errors about files that cannot be read as dead letters of this
 // Version: malformed JSON, a missing version, sink or change, or a newer format.
@@ -61,14 +62,16 @@ type Letter struct {
 	ChangeID string `json:"change_id"`
 	// Rules names the rules that routed the change to the sink.
 	Rules []string `json:"rules,omitempty"`
-	// Reason says why delivery stopped: "permanent: status 400", "max attempts (10) reached",
-	// "max age 24h exceeded", "sink removed".
+	// Reason says why delivery stopped, with the last error: "permanent: …",
+	// "giving up after 10 attempt(s): …", "max age 24h0m0s exceeded after 7 attempt(s): …",
+	// "permanent: sink "x" is not configured: …".
 	Reason string `json:"reason"`
 	// FirstAt is when the change was accepted.
 	FirstAt time.Time `json:"first_at"`
 	// DeadAt is when the delivery was abandoned; Write sets it to now when zero.
 	DeadAt time.Time `json:"dead_at"`
-	// Attempts lists every failed attempt, oldest first.
+	// Attempts lists the failed attempts, oldest first: the first one and the 19 most recent
+	// when there were more than 20.
 	Attempts []Attempt `json:"attempts"`
 	// Change is the change envelope as JSON. In the file it is indented with the rest of the
 	// letter; letters read back hold it compacted, so compact JSON round-trips byte for byte.
@@ -76,12 +79,29 @@ type Letter struct {
 	// Signature is Meta's X-Hub-Signature-256 header, kept only for raw-body changes so a
 	// replay can forward it. It is a MAC of the body, not the app secret.
 	Signature string `json:"signature,omitempty"`
+	// Body is, for raw-body changes only, the notification exactly as Meta sent it, as a JSON
+	// string: Change shows it readably, but indentation rewrites its bytes, and Meta's
+	// signature covers the exact bytes, so a replay forwards Body.
+	Body string `json:"body,omitempty"`
 }
 
-// generateID returns the default id of a delivery of seq to sink: the sanitized sink name, a
-// dash and seq as 20 zero-padded digits, so ids sort by sequence within a sink.
+// generateID returns the default id of a delivery of seq to sink: the sink's id prefix, a dash
+// and seq as 20 zero-padded digits, so ids sort by sequence within a sink.
 func generateID(sink string, seq uint64) string {
-	return fmt.Sprintf("%s-%020d", sanitizeSink(sink), seq)
+	return fmt.Sprintf("%s-%020d", sinkPrefix(sink), seq)
+}
+
+// sinkPrefix is the part of generated ids that names the sink: the name itself when it is made
+// of id characters only, else the sanitized name and a short hash of the real one, so two sinks
+// whose names sanitize alike ("crm v2", "crm_v2") never share ids.
+func sinkPrefix(sink string) string {
+	clean := sanitizeSink(sink)
+	if clean == sink {
+		return clean
+	}
+	h := fnv.New32a()
+	h.Write([]byte(sink))
+	return fmt.Sprintf("%s.%08x", clean, h.Sum32())
 }
 
 // sanitizeSink maps a sink name to the characters allowed in an id: ASCII letters, digits,

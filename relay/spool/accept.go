@@ -11,7 +11,7 @@ import (
 
 // Item is one change offered to Accept.
 type Item struct {
-	// Key is the dedup key; "" means the item is never deduplicated (replays, raw forwards).
+	// Key is the dedup key; "" means the item is never deduplicated (dead-letter replays).
 	Key string
 	// Data is the encoded change, stored once however many sinks need it.
 	Data []byte

@@ -144,7 +144,10 @@ func (s *Sink) Deliver(ctx context.Context, ev *relay.Event) error {
 			return &relay.StatusError{Msg: s.name + ": raw body: change " + ev.ID + " holds no notification", Perm: true}
 		}
 		body = ev.Value
-		if ev.Signature != "" {
+		if strings.HasPrefix(ev.Signature, "sha1=") {
+			// The notification was verified with the legacy header only (allow_sha1).
+			h["X-Hub-Signature"] = []string{ev.Signature}
+		} else if ev.Signature != "" {
 			h[HeaderMetaSignature] = []string{ev.Signature}
 		}
 	} else {
@@ -179,12 +182,13 @@ func (s *Sink) DeliverBatch(ctx context.Context, evs []*relay.Event) error {
 		return nil
 	}
 	if s.raw {
-		for _, ev := range evs {
-			if err := s.Deliver(ctx, ev); err != nil {
-				return err
-			}
+		// Each raw notification carries its own Meta signature, so raw sinks never batch (the
+		// config refuses it). A single change is delivered as such; more is a caller's bug,
+		// refused before anything is sent so that nothing is sent twice on a retry.
+		if len(evs) == 1 {
+			return s.Deliver(ctx, evs[0])
 		}
-		return nil
+		return &relay.StatusError{Msg: s.name + ": a raw sink cannot deliver batches", Perm: true}
 	}
 	size := 2 + len(evs) - 1
 	for _, ev := range evs {

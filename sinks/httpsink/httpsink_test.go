@@ -653,48 +653,43 @@ func TestSink_DeliverBatchContextCancelled(t *testing.T) {
 	}
 }
 
+// TestSink_DeliverBatchRaw: a raw sink forwards one notification with Meta's own signature;
+// a batch of one is that, a larger batch is refused before anything is sent.
 func TestSink_DeliverBatchRaw(t *testing.T) {
 	notif := func(i int) []byte { return []byte(fmt.Sprintf(`{"object":"page","entry":[{"id":"%d"}]}`, i)) }
 	evs := make([]*relay.Event, 3)
 	for i := range evs {
 		evs[i] = &relay.Event{ID: fmt.Sprintf("raw-%d", i), Source: relay.SourceRaw, Value: notif(i), Signature: fmt.Sprintf("sha256=%02x", i)}
 	}
-	tests := []struct {
-		name     string
-		script   []func(http.ResponseWriter, *http.Request)
-		requests int
-		perm     bool // want a permanent error; false with requests == 3 means success
-	}{
-		{"all taken", []func(http.ResponseWriter, *http.Request){status(http.StatusOK)}, 3, false},
-		{"stops at the first error", []func(http.ResponseWriter, *http.Request){status(http.StatusOK), status(http.StatusBadRequest)}, 2, true},
+	rec := newRecorder(t, status(http.StatusOK))
+	s := newSink(t, rec.srv.URL, nil, func(o *Options) { o.Raw = true })
+	if err := s.DeliverBatch(context.Background(), evs[:1]); err != nil {
+		t.Fatalf("batch of one: %v", err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rec := newRecorder(t, tt.script...)
-			s := newSink(t, rec.srv.URL, nil, func(o *Options) { o.Raw = true })
-			err := s.DeliverBatch(context.Background(), evs)
-			if tt.perm != errors.Is(err, relay.ErrPermanent) || (!tt.perm && err != nil) {
-				t.Fatalf("err = %v, want permanent %v", err, tt.perm)
-			}
-			reqs := rec.requests()
-			if len(reqs) != tt.requests {
-				t.Fatalf("got %d requests, want %d", len(reqs), tt.requests)
-			}
-			for i, r := range reqs {
-				if !bytes.Equal(r.body, evs[i].Value) {
-					t.Errorf("request %d body %s, want %s", i, r.body, evs[i].Value)
-				}
-				if got := r.header.Get(HeaderMetaSignature); got != evs[i].Signature {
-					t.Errorf("request %d %s = %q, want %q", i, HeaderMetaSignature, got, evs[i].Signature)
-				}
-				if got := r.header.Get(HeaderIdempotencyKey); got != evs[i].ID {
-					t.Errorf("request %d Idempotency-Key = %q, want %q", i, got, evs[i].ID)
-				}
-				if got := r.header.Get(HeaderBatchSize); got != "" {
-					t.Errorf("request %d carries %s: %q", i, HeaderBatchSize, got)
-				}
-			}
-		})
+	reqs := rec.requests()
+	if len(reqs) != 1 || !bytes.Equal(reqs[0].body, evs[0].Value) || reqs[0].header.Get(HeaderMetaSignature) != evs[0].Signature ||
+		reqs[0].header.Get(HeaderBatchSize) != "" {
+		t.Fatalf("batch of one not forwarded as the raw notification: %d requests", len(reqs))
+	}
+	if err := s.DeliverBatch(context.Background(), evs); !errors.Is(err, relay.ErrPermanent) {
+		t.Fatalf("batch of 3 on a raw sink: %v, want a permanent error", err)
+	}
+	if n := len(rec.requests()); n != 1 {
+		t.Errorf("%d requests after the refused batch, want still 1", n)
+	}
+}
+
+// TestSink_RawSHA1 forwards a notification that was verified with the legacy header only.
+func TestSink_RawSHA1(t *testing.T) {
+	rec := newRecorder(t, status(http.StatusOK))
+	s := newSink(t, rec.srv.URL, nil, func(o *Options) { o.Raw = true })
+	ev := &relay.Event{ID: "raw-1", Source: relay.SourceRaw, Value: []byte(`{"object":"page","entry":[]}`), Signature: "sha1=abcd"}
+	if err := s.Deliver(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	r := rec.requests()[0]
+	if r.header.Get("X-Hub-Signature") != "sha1=abcd" || r.header.Get(HeaderMetaSignature) != "" {
+		t.Errorf("headers %v", r.header)
 	}
 }
 
