@@ -59,6 +59,7 @@ Usage:
   hubrelay route -config FILE [-json] [-app NAME] PAYLOAD.json
   hubrelay send -url URL [-secret S | -secret-env VAR] [-sha1] PAYLOAD.json
   hubrelay deadletter list|show|replay -config FILE [filters]
+  hubrelay bench [-scenario throughput|outage] [-json] [-svg FILE]
   hubrelay version
 
 Run 'hubrelay COMMAND -h' for a command's flags.
@@ -84,6 +85,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		err = runSend(ctx, rest, e)
 	case "deadletter", "dead-letter":
 		err = runDeadLetter(ctx, rest, e)
+	case "bench":
+		err = runBench(ctx, rest, e)
+	case "bench-reference":
+		err = runBenchReference(ctx, rest, e)
 	case "version", "-version", "--version":
 		err = runVersion(e)
 	case "help", "-h", "-help", "--help":

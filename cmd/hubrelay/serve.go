@@ -37,6 +37,8 @@ func runServe(ctx context.Context, args []string, e env) error {
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
+	stopProfile := startCPUProfile(e) // HUBRELAY_CPUPROFILE=FILE, used by `hubrelay bench -cpuprofile`
+	defer stopProfile()
 	cfg, err := loadConfig(*cfgPath, e)
 	if err != nil {
 		return err
