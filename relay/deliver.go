@@ -401,7 +401,7 @@ func (r *runner) dispatch() {
 		r.finished = r.finished[:0]
 		pause := time.Until(r.pauseTill)
 		r.mu.Unlock()
-		if pause > 0 && !r.sleep(pause) {
+		if pause > 0 && !r.pause(pause) {
 			return
 		}
 		ds, err := r.e.q.Ready(r.name, cursor, readyBatch)
@@ -413,6 +413,9 @@ func (r *runner) dispatch() {
 			continue
 		}
 		for _, d := range ds {
+			if r.paused() {
+				break // the sink is failing: the rest of this read waits for the pause
+			}
 			cursor = max(cursor, d.Seq)
 			r.mu.Lock()
 			_, busy := r.inflight[d.Seq]
@@ -442,7 +445,7 @@ func (r *runner) dispatch() {
 				held = nil
 			}
 		}
-		if len(ds) == readyBatch {
+		if len(ds) == readyBatch || r.paused() {
 			continue
 		}
 		if len(held) > 0 {
@@ -494,6 +497,26 @@ func (r *runner) send(job []spool.Delivery) bool {
 			seqs[i] = d.Seq
 		}
 		r.release(true, seqs...)
+		return false
+	}
+}
+
+// paused reports whether the sink is in a failure pause.
+func (r *runner) paused() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return time.Now().Before(r.pauseTill)
+}
+
+// pause waits out a failing sink's pause: new changes arriving (wake) do not cut it short,
+// or every accepted notification would send another attempt to a sink that is down.
+func (r *runner) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.stop:
 		return false
 	}
 }

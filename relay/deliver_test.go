@@ -434,3 +434,35 @@ func TestReplayItem_RefusesChangeWithoutObject(t *testing.T) {
 		t.Error("a letter of an unreadable record was accepted for replay")
 	}
 }
+
+// TestEngine_DownSinkIsNotHammered: while a sink keeps failing, its queue pauses with backoff;
+// changes arriving meanwhile (each one waking the dispatcher) must not cut the pause short.
+func TestEngine_DownSinkIsNotHammered(t *testing.T) {
+	ep := newEndpoint(t)
+	ep.script = make([]int, 100000)
+	for i := range ep.script {
+		ep.script[i] = http.StatusServiceUnavailable
+	}
+	h := newHarness(t, t.TempDir())
+	pol := relay.RetryPolicy{MaxAttempts: 1000, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, MaxAge: time.Hour}
+	cfg := h.httpSink("down", ep.srv.URL, 0, pol)
+	cfg.Concurrency = 2
+	h.engine.SetSinks([]relay.SinkConfig{cfg})
+	// A backlog of 200 changes, then new ones trickling in (each waking the dispatcher).
+	values := make([]string, 200)
+	for i := range values {
+		values[i] = fmt.Sprintf(`{"n":%d}`, i)
+	}
+	h.acceptValues("down", values...)
+	for i := range 30 {
+		h.acceptValues("down", fmt.Sprintf(`{"late":%d}`, i))
+		time.Sleep(10 * time.Millisecond)
+	}
+	ep.mu.Lock()
+	calls := ep.calls
+	ep.mu.Unlock()
+	// Paused 50ms, 100ms, 200ms, 400ms… over ~300ms: a handful of attempts, not one per change.
+	if calls >= 50 {
+		t.Errorf("%d attempts against a down sink holding 230 changes: the pause is not honoured", calls)
+	}
+}

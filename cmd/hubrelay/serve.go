@@ -252,19 +252,26 @@ func (s *server) drainCtx(ctx context.Context) {
 	}
 }
 
-// maintain expires old dedup keys in small transactions.
+// maintain expires old dedup keys in small transactions (every minute) and hands the spool's
+// mapped pages back to the OS (every 5s), so resident memory stays flat however large the
+// backlog on disk grows.
 func (s *server) maintain(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
+	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
-	for {
-		for {
-			n, err := s.spool.ExpireDedup(time.Now(), 5000)
-			if err != nil {
-				s.log.Error("expire dedup keys", "err", err)
+	for tick := 0; ; tick++ {
+		if tick%12 == 0 {
+			for {
+				n, err := s.spool.ExpireDedup(time.Now(), 5000)
+				if err != nil {
+					s.log.Error("expire dedup keys", "err", err)
+				}
+				if n < 5000 {
+					break
+				}
 			}
-			if n < 5000 {
-				break
-			}
+		}
+		if err := s.spool.ReleaseMemory(); err != nil {
+			s.log.Warn("release spool memory", "err", err)
 		}
 		select {
 		case <-ctx.Done():
