@@ -43,7 +43,7 @@ func Default() Config {
 		Storage: Storage{
 			Dir:           storageDir,
 			DedupWindow:   168 * time.Hour,
-			MaxBatchDelay: time.Millisecond,
+			MaxBatchDelay: 0, // commit as soon as the previous commit ends
 		},
 		DeadLetter: DeadLetter{Dir: defaultDeadLetterDir(storageDir)},
 		Rules:      emptyRules,

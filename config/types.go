@@ -82,7 +82,7 @@ type App struct {
 type Storage struct {
 	Dir           string        // default ./data
 	DedupWindow   time.Duration // default 168h
-	MaxBatchDelay time.Duration // group-commit delay, default 1ms
+	MaxBatchDelay time.Duration // extra wait before each group commit, default 0
 }
 
 // DeadLetter configures where abandoned deliveries are written.

@@ -32,7 +32,7 @@ func BenchmarkAccept_1(b *testing.B) {
 // BenchmarkAccept_Parallel64 measures about 64 concurrent callers sharing commits, for several
 // MaxBatchDelay values.
 func BenchmarkAccept_Parallel64(b *testing.B) {
-	for _, delay := range []time.Duration{500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond} {
+	for _, delay := range []time.Duration{0, 500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond} {
 		b.Run("delay="+delay.String(), func(b *testing.B) {
 			s, _ := openTest(b, Options{MaxBatchDelay: delay})
 			var commits atomic.Int64

@@ -4,8 +4,9 @@
 // Accept is the only write on the request path. It stores, in a single transaction, the dedup
 // key of every item that was not seen within the dedup window, the item's data (once, however
 // many sinks need it) and one delivery per sink, each numbered with a global, increasing
-// sequence. Concurrent Accept calls share one transaction and therefore one fsync through
-// bbolt's DB.Batch (group commit); Accept returns only after that commit is on disk, so the
+// sequence. Concurrent Accept calls share one transaction and therefore one fsync (group
+// commit, commit.go: a commit starts as soon as the previous one ends and takes every call
+// that arrived meanwhile); Accept returns only after that commit is on disk, so the
 // caller may acknowledge the change to Meta as soon as it returns. If Accept fails, nothing of
 // the call is stored and the caller answers 503 so Meta retries.
 //

@@ -18,7 +18,7 @@ import (
 
 // Default option values, used when the corresponding Options field is zero.
 const (
-	DefaultMaxBatchDelay = time.Millisecond
+	DefaultMaxBatchDelay = 0 // commit as soon as the previous commit ends
 	DefaultMaxBatchSize  = 1000
 	DefaultDedupWindow   = 168 * time.Hour
 	DefaultOpenTimeout   = time.Second
@@ -72,11 +72,11 @@ var (
 
 // Options tunes a Spool. The zero value is usable: every zero field takes its default.
 type Options struct {
-	// MaxBatchDelay is how long a commit waits for concurrent Accept, Done and Reschedule
-	// calls to join it. Default 1ms.
+	// MaxBatchDelay is an extra wait before each commit for more Accept, Done and Reschedule
+	// calls to join it. Default 0: a commit starts as soon as the previous one ends, and the
+	// calls that arrived during that one (and its fsync) share it.
 	MaxBatchDelay time.Duration
-	// MaxBatchSize is the number of calls that triggers a commit before MaxBatchDelay.
-	// Default 1000.
+	// MaxBatchSize is the most calls one commit takes. Default 1000.
 	MaxBatchSize int
 	// DedupWindow is how long an accepted dedup key keeps repeats out. Default 168h.
 	DedupWindow time.Duration
@@ -90,10 +90,11 @@ type Options struct {
 // Spool is a durable queue of deliveries and an index of dedup keys, backed by one bbolt
 // file. Its methods are safe for concurrent use.
 type Spool struct {
-	db     *bolt.DB
-	path   string
-	window time.Duration
-	log    *slog.Logger
+	db      *bolt.DB
+	commits *committer
+	path    string
+	window  time.Duration
+	log     *slog.Logger
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -111,8 +112,8 @@ type Spool struct {
 // ErrLocked if the file stays locked by another process for opt.OpenTimeout. Every commit is
 // fsync'd.
 func Open(path string, opt Options) (*Spool, error) {
-	if opt.MaxBatchDelay <= 0 {
-		opt.MaxBatchDelay = DefaultMaxBatchDelay
+	if opt.MaxBatchDelay < 0 {
+		opt.MaxBatchDelay = 0
 	}
 	if opt.MaxBatchSize <= 0 {
 		opt.MaxBatchSize = DefaultMaxBatchSize
@@ -143,8 +144,6 @@ func Open(path string, opt Options) (*Spool, error) {
 		}
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
-	db.MaxBatchDelay = opt.MaxBatchDelay
-	db.MaxBatchSize = opt.MaxBatchSize
 
 	var seq uint64
 	var dedupN uint64
@@ -172,7 +171,8 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
 		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
-	return &Spool{db: db, path: path, window: opt.DedupWindow, log: log, promoteLimit: maxPromote}, nil
+	return &Spool{db: db, commits: newCommitter(db, opt.MaxBatchSize, opt.MaxBatchDelay), path: path,
+		window: opt.DedupWindow, log: log, promoteLimit: maxPromote}, nil
 }
 
 // Close waits for running transactions and closes the file. Calls after the first return
@@ -180,6 +180,7 @@ func Open(path string, opt Options) (*Spool, error) {
 func (s *Spool) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		s.commits.close()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close spool: %w", err)
 			return
@@ -245,7 +246,7 @@ func (s *Spool) batch(fn func(*bolt.Tx) error) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	return s.mapErr(s.db.Batch(fn))
+	return s.mapErr(s.commits.do(fn))
 }
 
 // encUint encodes v as 8 big-endian bytes.

@@ -877,7 +877,7 @@ func acceptBatchRetryRound(t *testing.T) (forced bool) {
 	var ranBefore atomic.Bool
 	wg.Go(func() {
 		<-start
-		errs[callers] = s.db.Batch(func(tx *bolt.Tx) error {
+		errs[callers] = s.batch(func(tx *bolt.Tx) error {
 			if tx.Bucket(bucketDedup).Get([]byte("shared")) != nil {
 				ranBefore.Store(true)
 			}
