@@ -15,8 +15,12 @@ type Tally struct {
 	Expected int `json:"expected"`
 	// Delivered is how many of the expected changes the sink received at least once.
 	Delivered int `json:"delivered"`
-	// Lost is how many expected changes the sink never received. It must be 0.
+	// Lost is how many expected changes the sink never received and the relay no longer holds
+	// (not pending in its spool, not dead-lettered). It must be 0.
 	Lost int `json:"lost"`
+	// Pending is how many expected changes the sink had not received when the bench stopped
+	// waiting but the relay still held, in its spool or as dead letters: not lost, late.
+	Pending int `json:"pending"`
 	// Duplicated counts deliveries beyond the first of each change: a change received twice
 	// counts 1, three times 2. At-least-once delivery allows them, but a healthy run has none.
 	Duplicated int `json:"duplicated"`
@@ -31,7 +35,11 @@ type Tally struct {
 // every change acknowledged with 200 (a repeated id counts once); got maps each id the sink
 // received to the number of times it arrived. A change that was sent but not acknowledged is
 // never lost, whether or not it arrived.
-func Account(acked []string, got map[string]int) Tally {
+func Account(acked []string, got map[string]int) Tally { return AccountHeld(acked, got, nil) }
+
+// AccountHeld is Account where held names the changes the relay still holds for the sink
+// (pending in its spool or dead-lettered): those count as Pending, not Lost.
+func AccountHeld(acked []string, got map[string]int, held map[string]bool) Tally {
 	var t Tally
 	seen := make(map[string]struct{}, len(acked))
 	for _, id := range acked {
@@ -42,6 +50,10 @@ func Account(acked []string, got map[string]int) Tally {
 		t.Expected++
 		if got[id] > 0 {
 			t.Delivered++
+			continue
+		}
+		if held[id] {
+			t.Pending++
 			continue
 		}
 		t.Lost++

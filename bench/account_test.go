@@ -105,3 +105,14 @@ func TestSummarize(t *testing.T) {
 		t.Errorf("summarize of one = %+v, want all 3", got)
 	}
 }
+
+// TestAccountHeld: a change the sink never got but the relay still holds (spooled or
+// dead-lettered when the bench stopped waiting) is pending, not lost.
+func TestAccountHeld(t *testing.T) {
+	acked := []string{"a", "b", "c", "d"}
+	got := map[string]int{"a": 1}
+	tl := AccountHeld(acked, got, map[string]bool{"b": true, "c": true})
+	if tl.Delivered != 1 || tl.Pending != 2 || tl.Lost != 1 || len(tl.LostIDs) != 1 || tl.LostIDs[0] != "d" {
+		t.Errorf("tally %+v, want 1 delivered, 2 pending, 1 lost (d)", tl)
+	}
+}

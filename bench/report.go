@@ -186,7 +186,7 @@ func (p *Phase) progressLine() string {
 	s := fmt.Sprintf("%-26s %-16s %8.0f req/s %9.0f changes/s  ack p50 %6.2fms p99 %7.2fms",
 		p.Label, p.Target, p.AckedPerSec, p.ChangesPerSec, p.AckLatency.P50, p.AckLatency.P99)
 	for _, s2 := range p.Sinks {
-		s += fmt.Sprintf("  %s %.0f/s lost %d dup %d", s2.Name, s2.DeliveredPerSec, s2.Lost, s2.Duplicated)
+		s += fmt.Sprintf("  %s %.0f/s lost %d pending %d dup %d", s2.Name, s2.DeliveredPerSec, s2.Lost, s2.Pending, s2.Duplicated)
 	}
 	if p.Failed > 0 {
 		s += fmt.Sprintf("  %d failed (%s)", p.Failed, p.FirstError)
@@ -359,11 +359,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 
 	fmt.Fprintln(ew, "\ndeliveries (relay phases): rate from the start of the load, end to end from the relay's received_at")
 	tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\ttarget\tsink\tdelivered/s\te2e p50 ms\tp90\tp99\tmax\tacked\tdelivered\tlost\tdup\tdrain s\t")
+	fmt.Fprintln(tw, "phase\ttarget\tsink\tdelivered/s\te2e p50 ms\tp90\tp99\tmax\tacked\tdelivered\tpending\tlost\tdup\tdrain s\t")
 	for _, p := range phases {
 		for _, s := range p.Sinks {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t\n", p.Label, p.Target, s.Name, s.DeliveredPerSec,
-				s.E2E.P50, s.E2E.P90, s.E2E.P99, s.E2E.Max, s.Expected, s.Delivered, s.Lost, s.Duplicated, p.DrainSeconds)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.1f\t\n", p.Label, p.Target, s.Name, s.DeliveredPerSec,
+				s.E2E.P50, s.E2E.P90, s.E2E.P99, s.E2E.Max, s.Expected, s.Delivered, s.Pending, s.Lost, s.Duplicated, p.DrainSeconds)
 		}
 	}
 	tw.Flush()

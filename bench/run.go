@@ -115,14 +115,18 @@ func (r *runner) phase(ctx context.Context, target string, spec phaseSpec) (Phas
 	selfBefore, selfErr := readProc(os.Getpid())
 	res := runLoad(ctx, r.loadSpec(t, gen, spec, r.opt.Duration, 0))
 	p.fromLoad(res)
+	var ids []string
 	if t.relay() {
-		r.settle(ctx, t, gen, res, res.start, &p)
+		ids = r.settle(ctx, t, gen, res, res.start, &p)
 	}
 	after, err := t.child.usage()
 	selfAfter, selfErr2 := readProc(os.Getpid())
 	p.setUsage(before, after, selfBefore, selfAfter, errors.Join(usageErr, err, selfErr, selfErr2))
 	if err := t.stop(); err != nil {
 		p.Problems = append(p.Problems, err.Error())
+	}
+	if t.relay() {
+		reconcile(t, dir, ids, &p)
 	}
 	return p, ctx.Err()
 }
@@ -148,7 +152,7 @@ func (r *runner) loadSpec(t *running, gen *generator, spec phaseSpec, d time.Dur
 
 // settle waits until both sinks have every acknowledged change (or the drain timeout passes),
 // then accounts for every sink. from is when the deliveries measured began.
-func (r *runner) settle(ctx context.Context, t *running, gen *generator, res *loadResult, from time.Time, p *Phase) {
+func (r *runner) settle(ctx context.Context, t *running, gen *generator, res *loadResult, from time.Time, p *Phase) (acked []string) {
 	want := int(res.acked+res.badAccepted) * gen.k
 	deadline := time.Now().Add(r.opt.DrainTimeout)
 	waiting := func() bool { return ctx.Err() == nil && !t.child.exited() && time.Now().Before(deadline) }
@@ -201,6 +205,7 @@ func (r *runner) settle(ctx context.Context, t *running, gen *generator, res *lo
 		}
 		p.Sinks = append(p.Sinks, sr)
 	}
+	return ids
 }
 
 // outage runs a short baseline with the sinks up, then posts the backlog with both sinks
@@ -256,7 +261,7 @@ func (r *runner) outage(ctx context.Context, rep *Report) error {
 	for _, rc := range t.recvs {
 		rc.failing.Store(false)
 	}
-	r.settle(ctx, t, gen, res, recovered, &p)
+	acked := r.settle(ctx, t, gen, res, recovered, &p)
 	o.DrainSeconds = time.Since(recovered).Seconds()
 	after, err := t.child.usage()
 	selfAfter, selfErr2 := readProc(os.Getpid())
@@ -265,6 +270,7 @@ func (r *runner) outage(ctx context.Context, rep *Report) error {
 	if err := t.stop(); err != nil {
 		p.Problems = append(p.Problems, err.Error())
 	}
+	reconcile(t, dir, acked, &p)
 	o.PeakRSSMB = p.PeakRSSMB
 	for _, s := range o.RSS {
 		o.PeakAnonMB = max(o.PeakAnonMB, s.AnonMB)
