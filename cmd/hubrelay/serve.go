@@ -253,13 +253,13 @@ func (s *server) drainCtx(ctx context.Context) {
 }
 
 // maintain expires old dedup keys in small transactions (every minute) and hands the spool's
-// mapped pages back to the OS (every 5s), so resident memory stays flat however large the
-// backlog on disk grows.
+// mapped pages back to the OS (every second: a sink draining a backlog reads tens of MiB of
+// spool a second), so resident memory stays flat however large the backlog on disk grows.
 func (s *server) maintain(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for tick := 0; ; tick++ {
-		if tick%12 == 0 {
+		if tick%60 == 0 {
 			for {
 				n, err := s.spool.ExpireDedup(time.Now(), 5000)
 				if err != nil {
