@@ -510,27 +510,25 @@ func (r *runner) paused() bool {
 
 // pause waits out a failing sink's pause: new changes arriving (wake) do not cut it short,
 // or every accepted notification would send another attempt to a sink that is down.
-func (r *runner) pause(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-r.stop:
-		return false
-	}
-}
+func (r *runner) pause(d time.Duration) bool { return r.wait(d, false) }
 
-// sleep waits d or until the runner stops; it reports whether to go on.
-func (r *runner) sleep(d time.Duration) bool {
+// sleep waits d, or less if the runner is woken; it reports whether to go on.
+func (r *runner) sleep(d time.Duration) bool { return r.wait(d, true) }
+
+// wait waits d or until the runner stops (false) or, with wakeable, is woken.
+func (r *runner) wait(d time.Duration, wakeable bool) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
+	var wake <-chan struct{}
+	if wakeable {
+		wake = r.wake
+	}
 	select {
 	case <-t.C:
 		return true
 	case <-r.stop:
 		return false
-	case <-r.wake:
+	case <-wake:
 		return true
 	}
 }
