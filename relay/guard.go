@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -530,7 +531,7 @@ func (f *refuser) refuse(w http.ResponseWriter, r *http.Request, start time.Time
 	if detail != "" {
 		reason += " " + detail
 	}
-	all := append([]any{"reason", reason, "status", status, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr}, attrs...)
+	all := append([]any{"reason", reason, "status", status, "method", r.Method, "path", r.URL.Path, "remote", RemoteAddr(r)}, attrs...)
 	if n := s.suppressed.Swap(0); n > 0 {
 		all = append(all, "unlogged_refusals", n)
 	}
@@ -563,4 +564,25 @@ func StaleCutoff(events []Event, maxAge time.Duration, now time.Time) (stale boo
 		}
 	}
 	return true
+}
+
+// clientIPKey is the context key of the client address WithClientIP records.
+type clientIPKey struct{}
+
+// WithClientIP records in each request's context the address of the client as ClientIP finds
+// it — the peer, or, when the peer is a trusted proxy, the address it forwarded — so that log
+// lines name the real caller, not the load balancer. Install it outermost.
+func WithClientIP(next http.Handler, trusted []*net.IPNet) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ip := ClientIP(r, trusted)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientIPKey{}, ip)))
+	})
+}
+
+// RemoteAddr returns the client address WithClientIP recorded for r, else r.RemoteAddr.
+func RemoteAddr(r *http.Request) string {
+	if ip, ok := r.Context().Value(clientIPKey{}).(string); ok && ip != "" {
+		return ip
+	}
+	return r.RemoteAddr
 }

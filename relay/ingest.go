@@ -157,7 +157,7 @@ func (rc *Receiver) verify(w http.ResponseWriter, r *http.Request, apps []*App) 
 		}
 	}
 	if q.Get("hub.mode") != "subscribe" || matched == "" {
-		rc.log.Warn("verification refused", "reason", verifyReason(q.Get("hub.mode"), matched), "remote", r.RemoteAddr)
+		rc.log.Warn("verification refused", "reason", verifyReason(q.Get("hub.mode"), matched), "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeBadToken, http.StatusForbidden, start)
 		return
 	}
@@ -167,7 +167,7 @@ func (rc *Receiver) verify(w http.ResponseWriter, r *http.Request, apps []*App) 
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	io.WriteString(w, q.Get("hub.challenge"))
-	rc.log.Info("verification answered", "app", matched, "remote", r.RemoteAddr)
+	rc.log.Info("verification answered", "app", matched, "remote", RemoteAddr(r))
 	rc.observe(matched, OutcomeVerified, start)
 }
 
@@ -183,7 +183,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	log := rc.log
 	max := st.cfg.MaxBodyBytes
 	if max > 0 && r.ContentLength > max {
-		log.Warn("notification refused", "reason", "body too large", "content_length", r.ContentLength, "max_body_bytes", max, "remote", r.RemoteAddr)
+		log.Warn("notification refused", "reason", "body too large", "content_length", r.ContentLength, "max_body_bytes", max, "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
 		return
 	}
@@ -193,11 +193,11 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			log.Warn("notification refused", "reason", "body too large", "max_body_bytes", max, "remote", r.RemoteAddr)
+			log.Warn("notification refused", "reason", "body too large", "max_body_bytes", max, "remote", RemoteAddr(r))
 			rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
 			return
 		}
-		log.Warn("notification refused", "reason", "read body", "err", err, "remote", r.RemoteAddr)
+		log.Warn("notification refused", "reason", "read body", "err", err, "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeReadError, http.StatusBadRequest, start)
 		return
 	}
@@ -216,7 +216,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		}
 	}
 	if app == nil {
-		log.Warn("notification refused", "reason", sigErr.Error(), "bytes", len(body), "remote", r.RemoteAddr)
+		log.Warn("notification refused", "reason", sigErr.Error(), "bytes", len(body), "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeBadSignature, http.StatusUnauthorized, start)
 		return
 	}
@@ -229,12 +229,12 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		if errors.Is(err, ErrTooMany) {
 			outcome, status = OutcomeTooMany, http.StatusRequestEntityTooLarge
 		}
-		log.Warn("notification refused", "reason", err.Error(), "bytes", len(body), "remote", r.RemoteAddr)
+		log.Warn("notification refused", "reason", err.Error(), "bytes", len(body), "remote", RemoteAddr(r))
 		rc.finish(w, app.Name, outcome, status, start)
 		return
 	}
 	if st.cfg.MaxEventAge > 0 && StaleCutoff(events, st.cfg.MaxEventAge, start) {
-		log.Warn("notification refused", "reason", "stale", "max_event_age", st.cfg.MaxEventAge, "remote", r.RemoteAddr)
+		log.Warn("notification refused", "reason", "stale", "max_event_age", st.cfg.MaxEventAge, "remote", RemoteAddr(r))
 		rc.finish(w, app.Name, OutcomeStale, http.StatusBadRequest, start)
 		return
 	}

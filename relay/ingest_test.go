@@ -2,10 +2,12 @@ package relay_test
 
 import (
 	"bytes"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,6 +172,37 @@ func TestReceiver_Verification(t *testing.T) {
 			if rec.Header().Get("X-Content-Type-Options") != "nosniff" {
 				t.Error("challenge answered without nosniff")
 			}
+		}
+	}
+}
+
+// TestReceiver_LogsClientBehindTrustedProxy: log lines name the client a trusted proxy
+// forwarded, and the peer itself for anyone else (whose X-Forwarded-For is ignored).
+func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
+	var logs bytes.Buffer
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	set, _ := rules.Compile(allToOrders)
+	rc := relay.NewReceiver(relay.ReceiverConfig{
+		Apps: []relay.App{{Name: "shop", Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)}},
+	}, sp, relay.NewRouter(set, nil), nil, nil, slog.New(slog.NewJSONHandler(&logs, nil)))
+	trusted, _ := relay.ParseCIDRs([]string{"10.0.0.0/8"})
+	h := relay.WithClientIP(rc, trusted)
+	cases := []struct{ peer, want string }{
+		{"10.1.2.3:5555", `"remote":"203.0.113.9"`},
+		{"198.51.100.7:4444", `"remote":"198.51.100.7"`},
+	}
+	for _, c := range cases {
+		logs.Reset()
+		req := httptest.NewRequest(http.MethodGet, "/webhooks?hub.mode=subscribe&hub.verify_token=wrong", nil)
+		req.RemoteAddr = c.peer
+		req.Header.Set("X-Forwarded-For", "203.0.113.9")
+		h.ServeHTTP(httptest.NewRecorder(), req)
+		if !strings.Contains(logs.String(), c.want) {
+			t.Errorf("peer %s: log %s lacks %s", c.peer, logs.String(), c.want)
 		}
 	}
 }

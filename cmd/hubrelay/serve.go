@@ -433,11 +433,14 @@ func guard(cfg *config.Config, recv http.Handler, obs relay.Observer, log *slog.
 			return nil, err
 		}
 	}
-	return relay.Limit(h, relay.LimitOptions{
+	h = relay.Limit(h, relay.LimitOptions{
 		MaxConcurrent:      cfg.Server.MaxConcurrent,
 		MaxConcurrentPerIP: cfg.Server.MaxConcurrentIP,
-		ClientIP:           func(r *http.Request) string { return relay.ClientIP(r, trusted) },
+		ClientIP:           relay.RemoteAddr,
 		Logger:             log.With("component", "ingest"),
 		Observer:           obs,
-	}), nil
+	})
+	// Outermost: the client address (X-Forwarded-For believed only from trusted proxies) for
+	// the per-address limit and every log line.
+	return relay.WithClientIP(h, trusted), nil
 }
