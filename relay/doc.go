@@ -3,15 +3,20 @@
 //
 // The flow of one POST, one file per stage:
 //
-//	ingest.go   HTTP: GET subscribe challenge; POST, size-capped, app chosen by path
-//	verify.go   X-Hub-Signature-256 over the exact bytes received, every secret of the app
-//	decode.go   notification envelope -> []Event (changes, changed_fields, messaging, standby)
-//	key.go      the dedup key of each change, independent of entry.time
-//	route.go    rules -> sink names for each change
-//	spool/      changes, deliveries and dedup keys committed in one fsync'd transaction;
-//	            only then does Meta get its 200
-//	deliver.go  per-sink workers pull deliveries, retry with backoff, reschedule in the spool
-//	deadletter/ a readable file per abandoned delivery, replayable
+//	guard.go      client address, mutual-TLS identity or trusted-proxy subject, concurrency
+//	              limits (per address and global), stale cutoff
+//	tlsconfig.go  the HTTPS listener's configuration and certificate reload
+//	ingest.go     HTTP: GET subscribe challenge; POST, size-capped, app chosen by path
+//	verify.go     X-Hub-Signature-256 over the exact bytes received, every secret of the app
+//	decode.go     notification envelope -> []Event (changes, changed_fields, messaging, standby)
+//	key.go        the dedup key of each change, independent of entry.time
+//	route.go      rules -> sink names for each change (jsonvalue.go decodes values for `when`)
+//	codec.go      the spool encoding of an Event
+//	spool/        changes, deliveries and dedup keys committed in one fsync'd transaction
+//	              (group commit); only then does Meta get its 200
+//	deliver.go    per-sink dispatcher and workers, batches, retries rescheduled in the spool
+//	deadletter/   a readable file per abandoned delivery; replay.go puts letters back
+//	envelope.go   the JSON envelope sinks send and dead letters hold
 //
 // Sinks live in their own packages under sinks/ and implement Sink, declared here.
 package relay
