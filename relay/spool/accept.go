@@ -1,9 +1,12 @@
 package spool
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,14 +23,17 @@ type Item struct {
 	Sinks []string
 }
 
-// Accept commits, in one transaction shared with concurrent callers, every item whose Key was
-// not seen within the dedup window (in the spool or earlier in this same call): the key with
-// time now, the data, and one delivery per sink numbered with a new global sequence number.
-// It returns only after the commit is fsync'd. dup[i] reports that items[i] was dropped as a
-// repeat. On error nothing of this call is stored.
+// Accept records, durably and in one journal frame shared with concurrent callers, every item
+// whose Key was not seen within the dedup window (in the spool or earlier in this same call):
+// the key with time now, the data, and one delivery per sink numbered with a new global
+// sequence number. It returns only after the frame is fsync'd; the frame is then applied to
+// the bbolt file in the background (journal.go), and Ready sees the deliveries at once.
+// dup[i] reports that items[i] was dropped as a repeat. On error nothing of this call is
+// stored.
 //
-// ctx is checked before the call joins a commit; once it has joined, Accept waits for the
-// commit so that its answer is never ambiguous.
+// ctx is checked before the call joins a frame and while the spool waits for the bbolt file
+// to catch up with the journal; once the call has joined a frame, Accept waits for it so that
+// its answer is never ambiguous.
 func (s *Spool) Accept(ctx context.Context, items []Item, now time.Time) (dup []bool, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("accept: %w", err)
@@ -38,77 +44,447 @@ func (s *Spool) Accept(ctx context.Context, items []Item, now time.Time) (dup []
 	if len(items) == 0 {
 		return []bool{}, nil
 	}
-	// Pre-compute the per-item sink lists without repeats, outside the transaction.
-	sinks := make([][]string, len(items))
-	for i, it := range items {
-		sinks[i] = uniqueSinks(it.Sinks)
+	if s.closed.Load() {
+		return nil, fmt.Errorf("accept: %w", ErrClosed)
 	}
-	nowB := encTime(now)
-	var txid int
-	err = s.batch(func(tx *bolt.Tx) error {
-		// The batch may run this function more than once: start from a clean slate.
-		dup = make([]bool, len(items))
-		txid = tx.ID()
-		return s.acceptTx(tx, items, sinks, now, nowB, dup)
-	})
-	if err != nil {
+	if err := s.waitBacklog(ctx); err != nil {
+		return nil, fmt.Errorf("accept: %w", err)
+	}
+	c := &acceptCall{items: items, now: now, err: make(chan error, 1)}
+	c.sinks = make([][]string, len(items))
+	for i, it := range items {
+		c.sinks[i] = uniqueSinks(it.Sinks)
+	}
+	s.jmu.Lock()
+	if s.jclosed {
+		s.jmu.Unlock()
+		return nil, fmt.Errorf("accept: %w", ErrClosed)
+	}
+	s.jqueue = append(s.jqueue, c)
+	s.jcond.Signal()
+	s.jmu.Unlock()
+	if err := <-c.err; err != nil {
 		return nil, fmt.Errorf("accept: %w", err)
 	}
 	if s.acceptHook != nil {
-		s.acceptHook(txid)
+		s.acceptHook(int(c.lsn))
 	}
-	return dup, nil
+	return c.dup, nil
 }
 
-// acceptTx does Accept's work inside tx, writing dup in place.
-func (s *Spool) acceptTx(tx *bolt.Tx, items []Item, sinks [][]string, now time.Time, nowB []byte, dup []bool) error {
+// acceptCall is one Accept call waiting for its journal frame.
+type acceptCall struct {
+	items []Item
+	sinks [][]string // items[i].Sinks without repeats
+	now   time.Time
+	dup   []bool
+	lsn   uint64 // the frame that holds the call's items
+	err   chan error
+}
+
+// pendingFrame is a journal frame not yet applied to the bbolt file.
+type pendingFrame struct {
+	lsn     uint64
+	items   []jItem
+	pitems  []*pendingItem // pitems[i] is items[i]'s pending item, nil if it has no delivery
+	bytes   int64
+	applied bool
+	// snap is what the apply writes, taken when it first runs: the items with only the
+	// sinks still waiting for them. From then on Done goes to the file (after the apply).
+	snap []jItem
+}
+
+// pendingKey is a dedup key of a pending frame: when it was accepted, and in which frame.
+type pendingKey struct {
+	at  int64
+	lsn uint64
+}
+
+// pendingItem is a delivery-bearing item of a pending frame, as Ready returns it.
+type pendingItem struct {
+	seq   uint64
+	at    time.Time
+	data  []byte
+	sinks []string // the sinks still waiting for it; Done removes them until the snapshot
+	frame *pendingFrame
+}
+
+// errApplyHeld makes a frame's apply fail without trying while an earlier frame's apply has
+// failed: frames are applied strictly in order, so that the bbolt file's applied LSN means
+// "every frame up to here".
+var errApplyHeld = errors.New("an earlier journal frame is not applied yet")
+
+// errBehind is returned by Accept when the bbolt file stays too far behind the journal.
+var errBehind = errors.New("the spool file is not keeping up with the journal")
+
+// maxPendingBytes bounds the data of accepted items not yet applied to the bbolt file, held in
+// memory for Ready; Accept waits (up to maxBacklogWait) while it is exceeded.
+const maxPendingBytes = 32 << 20
+
+// maxBacklogWait is how long Accept waits for the bbolt file to catch up before it fails.
+const maxBacklogWait = 5 * time.Second
+
+// waitBacklog waits while too much accepted data is not applied yet.
+func (s *Spool) waitBacklog(ctx context.Context) error {
+	s.pmu.Lock()
+	over := s.pendingBytes > maxPendingBytes
+	s.pmu.Unlock()
+	if !over {
+		return nil
+	}
+	deadline := time.Now().Add(maxBacklogWait)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		s.pmu.Lock()
+		over := s.pendingBytes > maxPendingBytes
+		s.pmu.Unlock()
+		if !over {
+			return nil
+		}
+		if s.closed.Load() {
+			return ErrClosed
+		}
+		if time.Now().After(deadline) {
+			return errBehind
+		}
+	}
+}
+
+// journalLoop writes the queued Accept calls, as many as MaxBatchSize at a time, one frame per
+// group. A group starts as soon as the previous one is synced, so groups grow with the load.
+func (s *Spool) journalLoop() {
+	defer close(s.jdone)
+	for {
+		s.jmu.Lock()
+		for len(s.jqueue) == 0 && !s.jclosed {
+			s.jcond.Wait()
+		}
+		if len(s.jqueue) == 0 {
+			s.jmu.Unlock()
+			return
+		}
+		if s.delay > 0 && len(s.jqueue) < s.maxBatch && !s.jclosed {
+			s.jmu.Unlock()
+			time.Sleep(s.delay)
+			s.jmu.Lock()
+		}
+		n := min(len(s.jqueue), s.maxBatch)
+		group := make([]*acceptCall, n)
+		copy(group, s.jqueue)
+		clear(s.jqueue[:n])
+		s.jqueue = append(s.jqueue[:0], s.jqueue[n:]...)
+		s.jmu.Unlock()
+		err := s.journalGroup(group)
+		for _, c := range group {
+			c.err <- err
+		}
+	}
+}
+
+// journalGroup dedups the group's items, writes the new ones as one frame, syncs it, and
+// queues the frame's apply to the bbolt file. It sets each call's dup and lsn.
+func (s *Spool) journalGroup(group []*acceptCall) error {
+	// Keys of frames not applied yet are checked first, the bbolt file after: a key leaves
+	// the pending set only once its apply is committed, so a key is always in one of them.
+	s.pmu.Lock()
+	for _, c := range group {
+		c.dup = make([]bool, len(c.items))
+		for i, it := range c.items {
+			if it.Key == "" {
+				continue
+			}
+			if pk, ok := s.pendingKeys[it.Key]; ok && c.now.Sub(time.Unix(0, pk.at)) < s.window {
+				c.dup[i] = true
+			}
+		}
+	}
+	s.pmu.Unlock()
+	err := s.view(func(tx *bolt.Tx) error {
+		dedup := tx.Bucket(bucketDedup)
+		seen := map[string]bool{}
+		for _, c := range group {
+			for i, it := range c.items {
+				if it.Key == "" || c.dup[i] {
+					continue
+				}
+				if seen[it.Key] {
+					c.dup[i] = true
+					continue
+				}
+				seen[it.Key] = true
+				if v := dedup.Get([]byte(it.Key)); v != nil && c.now.Sub(decTime(v)) < s.window {
+					c.dup[i] = true
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	size := 0
+	for _, c := range group {
+		for i, it := range c.items {
+			if !c.dup[i] {
+				size += len(it.Data)
+			}
+		}
+	}
+	arena := make([]byte, 0, size) // the pending items' data: the caller may reuse its buffers
+	frame := &jFrame{lsn: s.lastLSN + 1}
+	seq := s.lastSeq
+	for _, c := range group {
+		at := c.now.UnixNano()
+		for i, it := range c.items {
+			if c.dup[i] {
+				continue
+			}
+			ji := jItem{at: at, key: it.Key, sinks: c.sinks[i]}
+			if len(ji.sinks) > 0 {
+				seq++
+				ji.seq = seq
+				n := len(arena)
+				arena = append(arena, it.Data...)
+				ji.data = arena[n:len(arena):len(arena)]
+			}
+			frame.items = append(frame.items, ji)
+		}
+		c.lsn = frame.lsn
+	}
+	if len(frame.items) == 0 {
+		return nil // every item was a repeat: nothing to store
+	}
+	if err := s.jr.write(frame); err != nil {
+		return err
+	}
+	s.lastLSN, s.lastSeq = frame.lsn, seq
+
+	pf := &pendingFrame{lsn: frame.lsn, items: frame.items, pitems: make([]*pendingItem, len(frame.items)), bytes: int64(size)}
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	// The apply is queued before the items become visible to Ready, so any Done or
+	// Reschedule for them is queued after it and finds them in the bbolt file.
+	s.frames = append(s.frames, pf)
+	s.submitApply(pf)
+	for i := range pf.items {
+		it := &pf.items[i]
+		if it.key != "" {
+			s.pendingKeys[it.key] = pendingKey{at: it.at, lsn: pf.lsn}
+		}
+		if it.seq != 0 {
+			p := &pendingItem{seq: it.seq, at: time.Unix(0, it.at), data: it.data, sinks: slices.Clone(it.sinks), frame: pf}
+			pf.pitems[i] = p
+			s.pending = append(s.pending, p)
+		}
+	}
+	s.pendingBytes += pf.bytes
+	s.pendingLSN = frame.lsn
+	return nil
+}
+
+// submitApply queues pf's apply in the shared bbolt commit. Called with pmu held.
+func (s *Spool) submitApply(pf *pendingFrame) {
+	err := s.commits.submit(func(tx *bolt.Tx) error {
+		if s.applyHeld.Load() {
+			return errApplyHeld
+		}
+		if applyFault != nil {
+			if err := applyFault(); err != nil {
+				return err
+			}
+		}
+		return applyItems(tx, s.snapshot(pf), pf.lsn, s.window)
+	}, func(err error) { s.applied(pf, err) })
+	if err != nil {
+		// Closing: the frame stays in the journal and the next Open applies it.
+		s.log.Debug("journal frame left for the next open", "lsn", pf.lsn, "err", err)
+	}
+}
+
+// snapshot returns the items pf's apply writes: each with the sinks that have not taken it
+// yet. Deliveries done while the frame was pending never reach the file, only their keys do.
+// The first call fixes the snapshot, so an apply that runs again writes the same.
+func (s *Spool) snapshot(pf *pendingFrame) []jItem {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if pf.snap != nil {
+		return pf.snap
+	}
+	snap := make([]jItem, len(pf.items))
+	for i, it := range pf.items {
+		if p := pf.pitems[i]; p != nil {
+			it.sinks = p.sinks
+		}
+		snap[i] = it
+	}
+	pf.snap = snap
+	return snap
+}
+
+// donePending takes the deliveries of sink among seqs whose items are still pending and not
+// snapshotted: they are done in memory, and their frame's apply will not store them. It
+// returns the sequence numbers left for the file.
+func (s *Spool) donePending(sink string, seqs []uint64) []uint64 {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if len(s.pending) == 0 {
+		return seqs
+	}
+	rest := seqs[:0:0]
+	for _, seq := range seqs {
+		i, ok := slices.BinarySearchFunc(s.pending, seq, func(p *pendingItem, seq uint64) int {
+			return cmp.Compare(p.seq, seq)
+		})
+		if !ok || s.pending[i].frame.snap != nil {
+			rest = append(rest, seq)
+			continue
+		}
+		p := s.pending[i]
+		if j := slices.Index(p.sinks, sink); j >= 0 {
+			p.sinks = slices.Delete(slices.Clone(p.sinks), j, j+1)
+		}
+	}
+	return rest
+}
+
+// applied is the apply callback of pf: on success the frame's keys and items leave the pending
+// state and fully applied segments are deleted; on failure later frames are held and the
+// unapplied ones are queued again after a pause.
+func (s *Spool) applied(pf *pendingFrame, err error) {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if err != nil {
+		if !errors.Is(err, errApplyHeld) {
+			s.log.Error("apply journal frame to the spool file", "lsn", pf.lsn, "err", err)
+			s.applyErr = err
+		}
+		if !s.applyHeld.Swap(true) {
+			time.AfterFunc(applyRetryDelay, s.retryApply)
+		}
+		return
+	}
+	pf.applied = true
+	for i := range pf.items {
+		// A later frame may hold the key again (accepted anew after its window).
+		if k := pf.items[i].key; k != "" && s.pendingKeys[k].lsn == pf.lsn {
+			delete(s.pendingKeys, k)
+		}
+	}
+	n := 0
+	for n < len(s.pending) && s.pending[n].frame.applied {
+		n++
+	}
+	if n < len(s.pending) && slices.ContainsFunc(s.pending[n:], func(p *pendingItem) bool { return p.frame == pf }) {
+		s.pending = slices.DeleteFunc(s.pending, func(p *pendingItem) bool { return p.frame.applied })
+	} else {
+		clear(s.pending[:n])
+		s.pending = s.pending[n:]
+	}
+	s.pendingBytes -= pf.bytes
+	m := 0
+	for m < len(s.frames) && s.frames[m].applied {
+		s.appliedLSN = s.frames[m].lsn
+		m++
+	}
+	clear(s.frames[:m])
+	s.frames = s.frames[m:]
+	if len(s.frames) == 0 {
+		s.applyErr = nil
+	}
+	s.jr.removeApplied(s.appliedLSN)
+	s.pcond.Broadcast()
+}
+
+// applyRetryDelay is the pause before unapplied frames are queued again after a failure (a
+// variable so that tests can shorten it).
+var applyRetryDelay = time.Second
+
+// applyFault, when set by tests, is called at the start of every apply; an error fails it.
+var applyFault func() error
+
+// retryApply queues every unapplied frame again, in order.
+func (s *Spool) retryApply() {
+	if s.closed.Load() {
+		return
+	}
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	s.applyHeld.Store(false)
+	for _, pf := range s.frames {
+		if !pf.applied {
+			s.submitApply(pf)
+		}
+	}
+}
+
+// waitApplied waits until every frame written before the call is applied to the bbolt file,
+// or applying is failing, or the spool is closing.
+func (s *Spool) waitApplied() {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	target := s.pendingLSN
+	for s.appliedLSN < target && !s.applyHeld.Load() && !s.closed.Load() {
+		s.pcond.Wait()
+	}
+}
+
+// applyItems stores journalled items in tx: dedup keys with their time, data, refs and one
+// ready delivery per sink, with the sequence numbers the journal gave them. It records lsn as
+// the last applied frame. It is also Open's replay of an unapplied journal.
+func applyItems(tx *bolt.Tx, items []jItem, lsn uint64, window time.Duration) error {
 	b := openBuckets(tx)
 	var newKeys int64
 	deltas := map[string]*counts{}
 	readyBuckets := map[string]*bolt.Bucket{}
-	meta := encMeta(nil, 0, now, nil)
-	for i, it := range items {
-		if it.Key != "" {
-			key := []byte(it.Key)
-			seen, replaced, err := s.checkKey(b, key, now)
+	maxSeq := b.items.Sequence()
+	for i := range items {
+		it := &items[i]
+		at := time.Unix(0, it.at)
+		atB := encTime(at)
+		if it.key != "" {
+			key := []byte(it.key)
+			seen, replaced, err := checkKey(b, key, at, window)
 			if err != nil {
 				return err
 			}
-			if seen {
-				dup[i] = true
-				continue
-			}
-			if err := b.dedup.Put(key, nowB); err != nil {
-				return fmt.Errorf("put dedup key: %w", err)
-			}
-			if err := b.dedupT.Put(dedupTKey(nowB, key), nil); err != nil {
-				return fmt.Errorf("put dedup time: %w", err)
-			}
-			if !replaced {
-				newKeys++
+			if !seen {
+				if err := b.dedup.Put(key, atB); err != nil {
+					return fmt.Errorf("put dedup key: %w", err)
+				}
+				if err := b.dedupT.Put(dedupTKey(atB, key), nil); err != nil {
+					return fmt.Errorf("put dedup time: %w", err)
+				}
+				if !replaced {
+					newKeys++
+				}
 			}
 		}
-		if len(sinks[i]) == 0 {
+		maxSeq = max(maxSeq, it.seq)
+		if it.seq == 0 || len(it.sinks) == 0 {
 			continue
 		}
-		seq, err := b.items.NextSequence()
-		if err != nil {
-			return fmt.Errorf("next sequence: %w", err)
-		}
-		seqB := encUint(seq)
-		if err := b.items.Put(seqB, it.Data); err != nil {
+		seqB := encUint(it.seq)
+		if err := b.items.Put(seqB, it.data); err != nil {
 			return fmt.Errorf("put item: %w", err)
 		}
-		if err := b.refs.Put(seqB, binary.AppendUvarint(nil, uint64(len(sinks[i])))); err != nil {
+		if err := b.refs.Put(seqB, binary.AppendUvarint(nil, uint64(len(it.sinks)))); err != nil {
 			return fmt.Errorf("put refs: %w", err)
 		}
-		for _, sink := range sinks[i] {
+		meta := encMeta(nil, 0, at, nil)
+		for _, sink := range it.sinks {
 			rb := readyBuckets[sink]
 			if rb == nil {
+				var err error
 				rb, err = b.ready.CreateBucketIfNotExists([]byte(sink))
 				if err != nil {
 					return fmt.Errorf("create ready bucket: %w", err)
 				}
+				rb.FillPercent = appendFill
 				readyBuckets[sink] = rb
 			}
 			if err := rb.Put(seqB, meta); err != nil {
@@ -122,6 +498,11 @@ func (s *Spool) acceptTx(tx *bolt.Tx, items []Item, sinks [][]string, now time.T
 			c.ready++
 		}
 	}
+	if maxSeq > b.items.Sequence() {
+		if err := b.items.SetSequence(maxSeq); err != nil {
+			return fmt.Errorf("set sequence: %w", err)
+		}
+	}
 	if newKeys != 0 {
 		if err := addDedupN(b.meta, newKeys); err != nil {
 			return err
@@ -132,6 +513,11 @@ func (s *Spool) acceptTx(tx *bolt.Tx, items []Item, sinks [][]string, now time.T
 			return err
 		}
 	}
+	if lsn > decUint(b.meta.Get(metaJournalLSN)) {
+		if err := b.meta.Put(metaJournalLSN, encUint(lsn)); err != nil {
+			return fmt.Errorf("put journal lsn: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -139,13 +525,13 @@ func (s *Spool) acceptTx(tx *bolt.Tx, items []Item, sinks [][]string, now time.T
 // window that ExpireDedup has not removed yet is not seen; its time index entry is deleted so
 // the caller can record the key afresh, and replaced reports that the key already counts in
 // the dedup total.
-func (s *Spool) checkKey(b buckets, key []byte, now time.Time) (seen, replaced bool, err error) {
+func checkKey(b buckets, key []byte, now time.Time, window time.Duration) (seen, replaced bool, err error) {
 	v := b.dedup.Get(key)
 	if v == nil {
 		return false, false, nil
 	}
 	at := decTime(v)
-	if now.Sub(at) < s.window {
+	if now.Sub(at) < window {
 		return true, false, nil
 	}
 	if err := b.dedupT.Delete(dedupTKey(v, key)); err != nil {
@@ -221,7 +607,7 @@ type buckets struct {
 
 // openBuckets looks up the top-level buckets, which Open created.
 func openBuckets(tx *bolt.Tx) buckets {
-	return buckets{
+	b := buckets{
 		items:    tx.Bucket(bucketItems),
 		refs:     tx.Bucket(bucketRefs),
 		ready:    tx.Bucket(bucketReady),
@@ -232,4 +618,15 @@ func openBuckets(tx *bolt.Tx) buckets {
 		stats:    tx.Bucket(bucketStats),
 		meta:     tx.Bucket(bucketMeta),
 	}
+	if tx.Writable() {
+		// Keys of these grow with time, so new pages fill up: split them full rather
+		// than half-full (bbolt's default), which halves the pages a commit writes.
+		b.items.FillPercent = appendFill
+		b.refs.FillPercent = appendFill
+		b.dedupT.FillPercent = appendFill
+	}
+	return b
 }
+
+// appendFill is the FillPercent of buckets written mostly in key order.
+const appendFill = 0.95

@@ -8,19 +8,20 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// committer is the spool's group commit. One goroutine runs write transactions one after the
-// other; each takes every call queued when it starts (up to maxSize). A lone call commits at
-// once — no timer to wait for, unlike bbolt's DB.Batch — and calls that arrive while a commit
-// and its fsync run share the next one, so commits grow with the load by themselves.
-// delay, when set, makes each commit wait that long for company first (storage.max_batch_delay).
+// committer is the spool file's group commit. One goroutine runs write transactions one after
+// the other; each takes every call queued when it starts (up to maxSize). Calls that arrive
+// while a commit and its fsync run share the next one, so commits grow with the load by
+// themselves. No request waits for it (Accept waits for the journal only), so a commit starts
+// no sooner than interval after the previous one began: fewer, larger commits cost less CPU
+// and fewer fsyncs per change, and deliveries done within that time never reach the file.
 //
 // A call's function may run more than once: when one function of a shared transaction fails,
 // the transaction is rolled back, that function runs alone, and the others run again without
 // it. Functions must reset what they report at their start.
 type committer struct {
-	db      *bolt.DB
-	maxSize int
-	delay   time.Duration
+	db       *bolt.DB
+	maxSize  int
+	interval time.Duration
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -30,8 +31,8 @@ type committer struct {
 }
 
 type call struct {
-	fn  func(*bolt.Tx) error
-	err chan error
+	fn   func(*bolt.Tx) error
+	done func(error) // receives the call's result, on the committer's goroutine
 }
 
 // errCallFailed carries the call whose function failed out of a shared transaction.
@@ -42,8 +43,8 @@ type errCallFailed struct {
 
 func (e *errCallFailed) Error() string { return e.err.Error() }
 
-func newCommitter(db *bolt.DB, maxSize int, delay time.Duration) *committer {
-	c := &committer{db: db, maxSize: maxSize, delay: delay, done: make(chan struct{})}
+func newCommitter(db *bolt.DB, maxSize int, interval time.Duration) *committer {
+	c := &committer{db: db, maxSize: maxSize, interval: interval, done: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	go c.loop()
 	return c
@@ -52,16 +53,26 @@ func newCommitter(db *bolt.DB, maxSize int, delay time.Duration) *committer {
 // do runs fn in a shared write transaction and returns once that transaction is committed
 // (fsync'd) or has failed.
 func (c *committer) do(fn func(*bolt.Tx) error) error {
-	cl := &call{fn: fn, err: make(chan error, 1)}
+	ch := make(chan error, 1)
+	if err := c.submit(fn, func(err error) { ch <- err }); err != nil {
+		return err
+	}
+	return <-ch
+}
+
+// submit queues fn for a shared write transaction without waiting: done receives the result
+// on the committer's goroutine once the transaction is committed or has failed, and must not
+// block. Calls are run in the order they were submitted. submit returns ErrClosed (and never
+// calls done) after close.
+func (c *committer) submit(fn func(*bolt.Tx) error, done func(error)) error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed {
-		c.mu.Unlock()
 		return ErrClosed
 	}
-	c.queue = append(c.queue, cl)
+	c.queue = append(c.queue, &call{fn: fn, done: done})
 	c.cond.Signal()
-	c.mu.Unlock()
-	return <-cl.err
+	return nil
 }
 
 // close commits what is queued, then stops the loop. Calls after close get ErrClosed.
@@ -75,6 +86,7 @@ func (c *committer) close() {
 
 func (c *committer) loop() {
 	defer close(c.done)
+	var last time.Time
 	for {
 		c.mu.Lock()
 		for len(c.queue) == 0 && !c.closed {
@@ -84,11 +96,12 @@ func (c *committer) loop() {
 			c.mu.Unlock()
 			return
 		}
-		if c.delay > 0 && len(c.queue) < c.maxSize && !c.closed {
+		if wait := c.interval - time.Since(last); wait > 0 && len(c.queue) < c.maxSize && !c.closed {
 			c.mu.Unlock()
-			time.Sleep(c.delay)
+			time.Sleep(wait)
 			c.mu.Lock()
 		}
+		last = time.Now()
 		n := min(len(c.queue), c.maxSize)
 		batch := make([]*call, n)
 		copy(batch, c.queue)
@@ -112,12 +125,12 @@ func (c *committer) run(batch []*call) {
 		var failed *errCallFailed
 		if !errors.As(err, &failed) {
 			for _, cl := range batch {
-				cl.err <- err // nil, or a commit error every call shares
+				cl.done(err) // nil, or a commit error every call shares
 			}
 			return
 		}
 		// One function failed: it runs alone, the rest again without it.
-		failed.c.err <- c.db.Update(failed.c.fn)
+		failed.c.done(c.db.Update(failed.c.fn))
 		rest := batch[:0:0]
 		for _, cl := range batch {
 			if cl != failed.c {

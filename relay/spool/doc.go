@@ -1,14 +1,25 @@
-// Package spool is hubrelay's durable delivery queue and dedup index: one embedded bbolt file
-// that holds every accepted change until each of its sinks has taken it or given up on it.
+// Package spool is hubrelay's durable delivery queue and dedup index: an embedded bbolt file,
+// with a write-ahead journal in front of it, that holds every accepted change until each of
+// its sinks has taken it or given up on it.
 //
-// Accept is the only write on the request path. It stores, in a single transaction, the dedup
-// key of every item that was not seen within the dedup window, the item's data (once, however
-// many sinks need it) and one delivery per sink, each numbered with a global, increasing
-// sequence. Concurrent Accept calls share one transaction and therefore one fsync (group
-// commit, commit.go: a commit starts as soon as the previous one ends and takes every call
-// that arrived meanwhile); Accept returns only after that commit is on disk, so the
-// caller may acknowledge the change to Meta as soon as it returns. If Accept fails, nothing of
-// the call is stored and the caller answers 503 so Meta retries.
+// Accept is the only write on the request path, and it writes to a journal, not to the bbolt
+// file (journal.go). Concurrent Accept calls share one journal frame: the dedup check, a new
+// global, increasing sequence number per item that has sinks, one sequential write and one
+// fdatasync (group commit: a frame starts as soon as the previous one is synced and takes
+// every call that arrived meanwhile). Accept returns only after that sync, so the caller may
+// acknowledge the change to Meta as soon as it returns. If Accept fails, nothing of the call
+// is stored and the caller answers 503 so Meta retries.
+//
+// A frame's items are then applied to the bbolt file by the file's own group commit
+// (commit.go), which also records Done and Reschedule calls. Nothing waits for it on the
+// request path, so it commits at most every CommitInterval and in large batches; until then
+// the items are held in memory (bounded: Accept waits, and then fails, when too much is
+// unapplied) and Ready returns them from there. A delivery that is done before its frame is
+// applied never reaches the file; only its dedup key does. The file records the last frame
+// it applied, journal segments are deleted once every frame in them is applied, and Open
+// applies whatever frames a crash left behind, so an accepted item survives a crash whether
+// or not its frame was applied. A delivery done only in memory before a crash is delivered
+// again after it (at least once).
 //
 // The delivery engine reads a sink's due deliveries in sequence order with Ready, removes them
 // with Done once delivered or dead-lettered, and parks failed ones with Reschedule. Promote
@@ -30,8 +41,9 @@
 //	dedup              key -> accepted at
 //	dedupt             (accepted at, key) -> empty, scanned by ExpireDedup
 //	stats              sink -> (ready count, scheduled count)
-//	meta               format version, dedup key count, heartbeat
+//	meta               format version, dedup key count, heartbeat, last applied journal frame
 //
-// The sequence counter is the items bucket's own sequence. Times are stored as nanoseconds
-// since the Unix epoch with the sign bit flipped, so they sort correctly as bytes.
+// The sequence counter is the items bucket's own sequence (the highest applied). Times are
+// stored as nanoseconds since the Unix epoch with the sign bit flipped, so they sort
+// correctly as bytes.
 package spool

@@ -1,10 +1,12 @@
 package spool
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,6 +37,9 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 	if max <= 0 || after == math.MaxUint64 {
 		return nil, nil
 	}
+	// Items not applied to the file yet come from memory. They are read first: an item leaves
+	// memory only after its apply is committed, so it is in one place or both, never neither.
+	mem := s.pendingReady(sink, after, max)
 	var out []Delivery
 	err := s.view(func(tx *bolt.Tx) error {
 		b := openBuckets(tx)
@@ -67,7 +72,56 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ready %s: %w", sink, err)
 	}
-	return out, nil
+	if len(mem) == 0 {
+		return out, nil
+	}
+	return mergeDeliveries(out, mem, max), nil
+}
+
+// pendingReady returns up to max deliveries of sink with Seq greater than after among the
+// accepted items not yet applied to the file.
+func (s *Spool) pendingReady(sink string, after uint64, max int) []Delivery {
+	s.pmu.Lock()
+	i, _ := slices.BinarySearchFunc(s.pending, after+1, func(p *pendingItem, seq uint64) int {
+		return cmp.Compare(p.seq, seq)
+	})
+	var picked []*pendingItem
+	for ; i < len(s.pending) && len(picked) < max; i++ {
+		if p := s.pending[i]; slices.Contains(p.sinks, sink) {
+			picked = append(picked, p)
+		}
+	}
+	s.pmu.Unlock()
+	if len(picked) == 0 {
+		return nil
+	}
+	out := make([]Delivery, len(picked))
+	for i, p := range picked {
+		out[i] = Delivery{Sink: sink, Seq: p.seq, Data: append([]byte{}, p.data...), FirstAt: p.at}
+	}
+	return out
+}
+
+// mergeDeliveries merges two Seq-ordered lists into the first max in Seq order, keeping the
+// file's copy of a delivery that is in both.
+func mergeDeliveries(file, mem []Delivery, max int) []Delivery {
+	out := make([]Delivery, 0, min(len(file)+len(mem), max))
+	i, j := 0, 0
+	for len(out) < max && (i < len(file) || j < len(mem)) {
+		switch {
+		case j == len(mem) || (i < len(file) && file[i].Seq < mem[j].Seq):
+			out = append(out, file[i])
+			i++
+		case i == len(file) || mem[j].Seq < file[i].Seq:
+			out = append(out, mem[j])
+			j++
+		default: // the same delivery, applied meanwhile
+			out = append(out, file[i])
+			i++
+			j++
+		}
+	}
+	return out
 }
 
 // Done removes deliveries of sink, ready or scheduled, once they were delivered or
@@ -75,7 +129,10 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 // when no delivery needs it any more. Sequence numbers without a pending delivery are ignored,
 // so Done is idempotent.
 func (s *Spool) Done(sink string, seqs ...uint64) error {
-	if len(seqs) == 0 {
+	if s.closed.Load() {
+		return fmt.Errorf("done %s: %w", sink, ErrClosed)
+	}
+	if seqs = s.donePending(sink, seqs); len(seqs) == 0 {
 		return nil
 	}
 	err := s.batch(func(tx *bolt.Tx) error {

@@ -18,10 +18,11 @@ import (
 
 // Default option values, used when the corresponding Options field is zero.
 const (
-	DefaultMaxBatchDelay = 0 // commit as soon as the previous commit ends
-	DefaultMaxBatchSize  = 1000
-	DefaultDedupWindow   = 168 * time.Hour
-	DefaultOpenTimeout   = time.Second
+	DefaultMaxBatchDelay  = 0 // write a journal frame as soon as the previous one is synced
+	DefaultCommitInterval = 20 * time.Millisecond
+	DefaultMaxBatchSize   = 1000
+	DefaultDedupWindow    = 168 * time.Hour
+	DefaultOpenTimeout    = time.Second
 )
 
 // MaxKeyLen is the longest dedup key Accept takes, in bytes.
@@ -68,15 +69,20 @@ var (
 	metaVersion   = []byte("version")
 	metaDedupN    = []byte("dedupn")
 	metaHeartbeat = []byte("heartbeat")
+	// metaJournalLSN is the LSN of the last journal frame applied to the file.
+	metaJournalLSN = []byte("jlsn")
 )
 
 // Options tunes a Spool. The zero value is usable: every zero field takes its default.
 type Options struct {
-	// MaxBatchDelay is an extra wait before each commit for more Accept, Done and Reschedule
-	// calls to join it. Default 0: a commit starts as soon as the previous one ends, and the
-	// calls that arrived during that one (and its fsync) share it.
+	// CommitInterval is the least time between the starts of two commits of the spool file,
+	// which apply the journal and record Done and Reschedule calls. Default 20ms.
+	CommitInterval time.Duration
+	// MaxBatchDelay is an extra wait before each journal frame for more Accept calls to join
+	// it. Default 0: a frame is written as soon as the previous one is synced, and the calls
+	// that arrived during that write and sync share it.
 	MaxBatchDelay time.Duration
-	// MaxBatchSize is the most calls one commit takes. Default 1000.
+	// MaxBatchSize is the most calls one journal frame or one commit takes. Default 1000.
 	MaxBatchSize int
 	// DedupWindow is how long an accepted dedup key keeps repeats out. Default 168h.
 	DedupWindow time.Duration
@@ -88,13 +94,38 @@ type Options struct {
 }
 
 // Spool is a durable queue of deliveries and an index of dedup keys, backed by one bbolt
-// file. Its methods are safe for concurrent use.
+// file and a write-ahead journal in front of it. Its methods are safe for concurrent use.
 type Spool struct {
-	db      *bolt.DB
-	commits *committer
-	path    string
-	window  time.Duration
-	log     *slog.Logger
+	db       *bolt.DB
+	commits  *committer
+	path     string
+	window   time.Duration
+	log      *slog.Logger
+	delay    time.Duration
+	maxBatch int
+
+	// The journal's writer: Accept queues calls, journalLoop writes them.
+	jr      *journal
+	jmu     sync.Mutex
+	jcond   *sync.Cond
+	jqueue  []*acceptCall
+	jclosed bool
+	jdone   chan struct{}
+	lastLSN uint64 // last frame written (journalLoop only)
+	lastSeq uint64 // last sequence number given (journalLoop only)
+
+	// Frames written but not yet applied to the bbolt file, and what Ready and the dedup
+	// check need of them.
+	pmu          sync.Mutex
+	pcond        *sync.Cond // broadcast when a frame is applied
+	frames       []*pendingFrame
+	pending      []*pendingItem // in Seq order
+	pendingKeys  map[string]pendingKey
+	pendingBytes int64
+	pendingLSN   uint64 // last frame made pending
+	appliedLSN   uint64 // every frame up to this one is applied
+	applyHeld    atomic.Bool
+	applyErr     error
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -114,6 +145,9 @@ type Spool struct {
 func Open(path string, opt Options) (*Spool, error) {
 	if opt.MaxBatchDelay < 0 {
 		opt.MaxBatchDelay = 0
+	}
+	if opt.CommitInterval <= 0 {
+		opt.CommitInterval = DefaultCommitInterval
 	}
 	if opt.MaxBatchSize <= 0 {
 		opt.MaxBatchSize = DefaultMaxBatchSize
@@ -145,7 +179,7 @@ func Open(path string, opt Options) (*Spool, error) {
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
 
-	var seq uint64
+	var seq, jlsn uint64
 	var dedupN uint64
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range topBuckets {
@@ -161,8 +195,22 @@ func Open(path string, opt Options) (*Spool, error) {
 		} else if got := decUint(v); got != formatVersion {
 			return fmt.Errorf("unsupported format version %d (want %d)", got, formatVersion)
 		}
+		jlsn = decUint(meta.Get(metaJournalLSN))
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	jdir := journalDir(path)
+	jlsn, err = replayJournal(db, jdir, jlsn, opt.DedupWindow, log)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
 		seq = tx.Bucket(bucketItems).Sequence()
-		dedupN = decUint(meta.Get(metaDedupN))
+		dedupN = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))
 		return nil
 	})
 	if err != nil {
@@ -171,8 +219,72 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
 		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
-	return &Spool{db: db, commits: newCommitter(db, opt.MaxBatchSize, opt.MaxBatchDelay), path: path,
-		window: opt.DedupWindow, log: log, promoteLimit: maxPromote}, nil
+	s := &Spool{db: db, commits: newCommitter(db, opt.MaxBatchSize, opt.CommitInterval), path: path,
+		window: opt.DedupWindow, log: log, promoteLimit: maxPromote,
+		delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize,
+		jr:      &journal{dir: jdir, log: log},
+		jdone:   make(chan struct{}),
+		lastLSN: jlsn, lastSeq: seq, pendingLSN: jlsn, appliedLSN: jlsn,
+		pendingKeys: map[string]pendingKey{},
+	}
+	s.jcond = sync.NewCond(&s.jmu)
+	s.pcond = sync.NewCond(&s.pmu)
+	go s.journalLoop()
+	return s, nil
+}
+
+// replayJournal applies the frames of the journal in dir that come after the applied LSN, in
+// transactions of a bounded size, then deletes the journal's segments. It returns the last
+// LSN, from which the journal continues.
+func replayJournal(db *bolt.DB, dir string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
+	frames, paths, err := readSegments(dir, log)
+	if err != nil {
+		return 0, err
+	}
+	last := applied
+	var todo []*jFrame
+	nitems := 0
+	for _, f := range frames {
+		if f.lsn > applied {
+			todo = append(todo, f)
+			nitems += len(f.items)
+		}
+		last = max(last, f.lsn)
+	}
+	for len(todo) > 0 {
+		n, size := 0, 0
+		for n < len(todo) && (n == 0 || size+len(todo[n].items) <= 10000) {
+			size += len(todo[n].items)
+			n++
+		}
+		chunk := todo[:n]
+		todo = todo[n:]
+		err := db.Update(func(tx *bolt.Tx) error {
+			for _, f := range chunk {
+				if err := applyItems(tx, f.items, f.lsn, window); err != nil {
+					return fmt.Errorf("frame %d: %w", f.lsn, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("replay journal: %w", err)
+		}
+	}
+	if nitems > 0 {
+		log.Info("journal replayed", "items", nitems, "last_lsn", last)
+	}
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil {
+			return 0, fmt.Errorf("remove replayed journal segment: %w", err)
+		}
+	}
+	if len(paths) > 0 {
+		if err := syncDir(dir); err != nil {
+			return 0, fmt.Errorf("sync journal directory: %w", err)
+		}
+	}
+	return last, nil
 }
 
 // Close waits for running transactions and closes the file. Calls after the first return
@@ -180,7 +292,26 @@ func Open(path string, opt Options) (*Spool, error) {
 func (s *Spool) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		s.jmu.Lock()
+		s.jclosed = true
+		s.jcond.Broadcast()
+		s.jmu.Unlock()
+		<-s.jdone // queued Accept calls are written and their applies queued
 		s.commits.close()
+		s.pmu.Lock()
+		s.pcond.Broadcast()
+		s.pmu.Unlock()
+		s.jr.close()
+		s.pmu.Lock()
+		clean := s.appliedLSN == s.pendingLSN
+		s.pmu.Unlock()
+		if clean {
+			if paths, err := listSegments(s.jr.dir); err == nil {
+				for _, p := range paths {
+					_ = os.Remove(p)
+				}
+			}
+		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close spool: %w", err)
 			return
@@ -198,6 +329,12 @@ func (s *Spool) Check(ctx context.Context) error {
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("check spool: %w", err)
+	}
+	s.pmu.Lock()
+	applyErr := s.applyErr
+	s.pmu.Unlock()
+	if applyErr != nil {
+		return fmt.Errorf("check spool: applying the journal: %w", applyErr)
 	}
 	done := make(chan error, 1)
 	go func() {

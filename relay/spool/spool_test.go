@@ -82,9 +82,11 @@ func datasOf(ds []Delivery) []string {
 	return out
 }
 
-// itemCount counts stored item data records, to check the refcount.
+// itemCount counts stored item data records, to check the refcount, once every journal frame
+// written so far is applied to the file.
 func itemCount(t *testing.T, s *Spool) int {
 	t.Helper()
+	s.waitApplied()
 	n := 0
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketItems).Stats().KeyN
@@ -840,33 +842,30 @@ func TestTimeBits_Order(t *testing.T) {
 	}
 }
 
-// TestSpool_AcceptBatchRetry puts a failing function into the same bbolt batch as concurrent
-// Accept calls, so bbolt rolls the batch back and runs the Accept functions again; every Accept
-// must still succeed with correct repeat flags and nothing stored twice. Goroutine order
-// decides whether an Accept ran before the failing function, so rounds repeat until one did.
+// TestSpool_AcceptBatchRetry puts a failing function into the same bbolt transaction as the
+// applies of concurrent Accept calls' journal frames, so the transaction rolls back and the
+// applies run again; every Accept must still succeed with correct repeat flags and nothing
+// stored twice. A function that blocks the committer holds the applies back until the
+// failing one is queued behind them.
 func TestSpool_AcceptBatchRetry(t *testing.T) {
-	for round := range 20 {
-		forced := false
-		t.Run(fmt.Sprint("round", round), func(t *testing.T) { forced = acceptBatchRetryRound(t) })
-		if forced || t.Failed() {
-			return
-		}
-	}
-	t.Fatal("no round ran an Accept function before the failing one")
-}
-
-// acceptBatchRetryRound runs one round and reports whether an Accept function ran in the
-// failed transaction (and so had to run again).
-func acceptBatchRetryRound(t *testing.T) (forced bool) {
-	s, _ := openTest(t, Options{MaxBatchDelay: 50 * time.Millisecond})
+	s, _ := openTest(t, Options{})
 	const callers = 16
-	start := make(chan struct{})
+	release := make(chan struct{})
+	blocked := make(chan struct{})
+	blockErr := make(chan error, 1)
+	go func() {
+		blockErr <- s.batch(func(tx *bolt.Tx) error {
+			close(blocked)
+			<-release
+			return nil
+		})
+	}()
+	<-blocked
 	var wg sync.WaitGroup
 	dups := make([][]bool, callers)
 	errs := make([]error, callers+1)
 	for i := range callers {
 		wg.Go(func() {
-			<-start
 			items := []Item{
 				{Key: "shared", Data: []byte("shared"), Sinks: []string{"a"}},
 				{Key: fmt.Sprint(i), Data: fmt.Appendf(nil, "%d", i), Sinks: []string{"a"}},
@@ -874,18 +873,38 @@ func acceptBatchRetryRound(t *testing.T) (forced bool) {
 			dups[i], errs[i] = s.Accept(context.Background(), items, t0)
 		})
 	}
+	wg.Wait() // Accept returns once its frame is synced; the applies wait in the committer
+	s.commits.mu.Lock()
+	applies := len(s.commits.queue)
+	s.commits.mu.Unlock()
+	if applies == 0 {
+		t.Fatal("no apply is queued behind the blocking function")
+	}
 	var ranBefore atomic.Bool
-	wg.Go(func() {
-		<-start
+	failed := make(chan struct{})
+	go func() {
+		defer close(failed)
 		errs[callers] = s.batch(func(tx *bolt.Tx) error {
 			if tx.Bucket(bucketDedup).Get([]byte("shared")) != nil {
 				ranBefore.Store(true)
 			}
 			return errors.New("boom")
 		})
-	})
-	close(start)
-	wg.Wait()
+	}()
+	for queued := applies; queued == applies; { // wait until the failing function is queued
+		time.Sleep(time.Millisecond)
+		s.commits.mu.Lock()
+		queued = len(s.commits.queue)
+		s.commits.mu.Unlock()
+	}
+	close(release)
+	<-failed
+	if err := <-blockErr; err != nil {
+		t.Fatal(err)
+	}
+	if !ranBefore.Load() {
+		t.Fatal("no apply ran before the failing function in a shared transaction")
+	}
 	if errs[callers] == nil {
 		t.Fatal("failing batch function reported success")
 	}
@@ -911,5 +930,4 @@ func acceptBatchRetryRound(t *testing.T) (forced bool) {
 		t.Fatalf("DedupLen = %d, want %d", n, callers+1)
 	}
 	checkStats(t, s, map[string]SinkStats{"a": {Ready: callers + 1, Oldest: t0}})
-	return ranBefore.Load()
 }

@@ -47,6 +47,7 @@ func decCounts(v []byte) counts {
 // Stats returns the pending deliveries of every sink that ever had one. It reads maintained
 // counters and the head of each queue, so its cost does not grow with the queue length.
 func (s *Spool) Stats() (map[string]SinkStats, error) {
+	s.waitApplied()
 	out := map[string]SinkStats{}
 	err := s.view(func(tx *bolt.Tx) error {
 		b := openBuckets(tx)
@@ -104,6 +105,7 @@ func oldestPending(b buckets, sink []byte) (time.Time, error) {
 
 // Sinks returns, in name order, the sinks that have pending (ready or scheduled) deliveries.
 func (s *Spool) Sinks() ([]string, error) {
+	s.waitApplied()
 	var out []string
 	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketStats).ForEach(func(k, v []byte) error {
@@ -172,6 +174,7 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 
 // DedupLen returns the number of dedup keys stored, expired or not.
 func (s *Spool) DedupLen() (int, error) {
+	s.waitApplied()
 	var n uint64
 	err := s.view(func(tx *bolt.Tx) error {
 		n = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))

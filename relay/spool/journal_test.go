@@ -1,0 +1,418 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// holdCommits blocks the spool file's committer until the returned function is called, so
+// that journal frames written meanwhile stay unapplied.
+func holdCommits(t *testing.T, s *Spool) (release func()) {
+	t.Helper()
+	held, done := make(chan struct{}), make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- s.batch(func(*bolt.Tx) error {
+			close(held)
+			<-done
+			return nil
+		})
+	}()
+	<-held
+	var once atomic.Bool
+	release = func() {
+		if once.Swap(true) {
+			return
+		}
+		close(done)
+		if err := <-errc; err != nil {
+			t.Errorf("holding commit: %v", err)
+		}
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// copySpool copies the spool file and its journal, as a crash at this moment leaves them on
+// disk; call it while commits are held so that the file is not being written.
+func copySpool(t *testing.T, path string) string {
+	t.Helper()
+	to := filepath.Join(t.TempDir(), "copy.db")
+	copyFile(t, path, to)
+	paths, err := listSegments(journalDir(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(journalDir(to), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		copyFile(t, p, filepath.Join(journalDir(to), filepath.Base(p)))
+	}
+	return to
+}
+
+func TestFrame_RoundTripAndTornTail(t *testing.T) {
+	frames := []*jFrame{
+		{lsn: 1, items: []jItem{{seq: 1, at: t0.UnixNano(), key: "k1", data: []byte(`{"a":1}`), sinks: []string{"a", "b"}}}},
+		{lsn: 2, items: []jItem{{at: -5, key: "only-key"}, {seq: 2, at: 7, data: []byte{}, sinks: []string{"c"}}}},
+		{lsn: 3, items: []jItem{{seq: 3, at: 8, key: "", data: bytes.Repeat([]byte("x"), 5000), sinks: []string{"a"}}}},
+	}
+	var buf []byte
+	var ends []int
+	for _, f := range frames {
+		buf = appendFrame(buf, f)
+		ends = append(ends, len(buf))
+	}
+	read := func(b []byte) ([]*jFrame, error) {
+		r := frameReader{b: b}
+		var out []*jFrame
+		for {
+			f, err := r.next()
+			if err == io.EOF {
+				return out, nil
+			}
+			if err != nil {
+				return out, err
+			}
+			out = append(out, f)
+		}
+	}
+	got, err := read(buf)
+	if err != nil || len(got) != len(frames) {
+		t.Fatalf("read %d frames, %v; want %d", len(got), err, len(frames))
+	}
+	for i, f := range got {
+		w := frames[i]
+		if f.lsn != w.lsn || len(f.items) != len(w.items) {
+			t.Fatalf("frame %d = %+v, want %+v", i, f, w)
+		}
+		for j, it := range f.items {
+			wi := w.items[j]
+			if it.seq != wi.seq || it.at != wi.at || it.key != wi.key || !bytes.Equal(it.data, wi.data) || !slices.Equal(it.sinks, wi.sinks) {
+				t.Fatalf("frame %d item %d = %+v, want %+v", i, j, it, wi)
+			}
+		}
+	}
+	// Cut anywhere: the whole frames before the cut are read, and the torn one is reported.
+	for cut := range len(buf) {
+		got, err := read(buf[:cut])
+		whole := 0
+		for whole < len(ends) && ends[whole] <= cut {
+			whole++
+		}
+		if len(got) != whole {
+			t.Fatalf("cut at %d: read %d frames, want %d", cut, len(got), whole)
+		}
+		atEnd := cut == 0 || slices.Contains(ends, cut)
+		if atEnd != (err == nil) {
+			t.Fatalf("cut at %d: err = %v", cut, err)
+		}
+	}
+	// A flipped bit ends the segment at that frame.
+	bad := slices.Clone(buf)
+	bad[ends[0]+12] ^= 0x10
+	got, err = read(bad)
+	if len(got) != 1 || !errors.Is(err, errCorruptFrame) {
+		t.Fatalf("corrupt second frame: read %d frames, %v", len(got), err)
+	}
+}
+
+func FuzzJournalFrames(f *testing.F) {
+	f.Add(appendFrame(nil, &jFrame{lsn: 1, items: []jItem{{seq: 1, key: "k", data: []byte("d"), sinks: []string{"a"}}}}))
+	f.Add([]byte{0, 0, 0, 1, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := frameReader{b: b}
+		for range len(b) + 1 {
+			f, err := r.next()
+			if err != nil {
+				return
+			}
+			// Whatever decodes must encode back to the same bytes.
+			again := appendFrame(nil, f)
+			if _, err := (&frameReader{b: again}).next(); err != nil {
+				t.Fatalf("re-encoded frame does not decode: %v", err)
+			}
+		}
+		t.Fatal("reader did not stop")
+	})
+}
+
+// TestSpool_JournalReplay leaves frames unapplied (commits held), copies the spool as a crash
+// would leave it, and opens the copy: every accepted item, key and sequence number is back.
+func TestSpool_JournalReplay(t *testing.T) {
+	s, path := openTest(t, Options{})
+	mustAccept(t, s, t0, item("k0", "applied"))
+	s.waitApplied()
+	release := holdCommits(t, s)
+	mustAccept(t, s, t0, item("k1", "one"), Item{Key: "k2", Data: []byte("unrouted")})
+	mustAccept(t, s, t0.Add(time.Second), item("k3", "three"), item("", "keyless"))
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if n := tx.Bucket(bucketItems).Stats().KeyN; n != 1 {
+			return fmt.Errorf("file holds %d items while commits are held, want 1", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := datasOf(mustReady(t, s, "a", 0, 10)); !slices.Equal(got, []string{"applied", "one", "three", "keyless"}) {
+		t.Fatalf("Ready before the apply = %q", got)
+	}
+	cp := copySpool(t, path)
+	release()
+
+	var logs bytes.Buffer
+	c, err := Open(cp, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("open crashed copy: %v", err)
+	}
+	defer c.Close()
+	if !bytes.Contains(logs.Bytes(), []byte("journal replayed")) {
+		t.Fatalf("no replay logged:\n%s", logs.String())
+	}
+	ds := mustReady(t, c, "a", 0, 10)
+	if got := datasOf(ds); !slices.Equal(got, []string{"applied", "one", "three", "keyless"}) {
+		t.Fatalf("replayed copy holds %q", got)
+	}
+	if !slices.IsSorted(seqsOf(ds)) || ds[1].Seq != ds[0].Seq+1 || !ds[2].FirstAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("replayed deliveries %+v", ds)
+	}
+	for _, k := range []string{"k0", "k1", "k2", "k3"} {
+		if dup := mustAccept(t, c, t0.Add(time.Minute), item(k, "again")); !dup[0] {
+			t.Fatalf("key %s not recognised after the replay", k)
+		}
+	}
+	if n, err := c.DedupLen(); err != nil || n != 4 {
+		t.Fatalf("DedupLen = %d, %v; want 4", n, err)
+	}
+	mustAccept(t, c, t0, item("new", "new"))
+	all := mustReady(t, c, "a", 0, 10)
+	if last := all[len(all)-1]; string(last.Data) != "new" || last.Seq <= ds[len(ds)-1].Seq {
+		t.Fatalf("new item seq %d not after replayed %d", last.Seq, ds[len(ds)-1].Seq)
+	}
+	if paths, _ := listSegments(journalDir(cp)); len(paths) > 1 {
+		t.Fatalf("replayed segments not removed: %q", paths)
+	}
+	// A second open replays nothing again.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Open(cp, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if got := datasOf(mustReady(t, c2, "a", 0, 10)); !slices.Equal(got, []string{"applied", "one", "three", "keyless", "new"}) {
+		t.Fatalf("after a clean reopen: %q", got)
+	}
+}
+
+// TestSpool_JournalTornTail appends half a frame to the journal, as a crash during a write
+// leaves it: Open applies the whole frames and ignores the rest.
+func TestSpool_JournalTornTail(t *testing.T) {
+	s, path := openTest(t, Options{})
+	release := holdCommits(t, s)
+	mustAccept(t, s, t0, item("k1", "one"))
+	cp := copySpool(t, path)
+	release()
+	paths, _ := listSegments(journalDir(cp))
+	if len(paths) != 1 {
+		t.Fatalf("segments %q", paths)
+	}
+	torn := appendFrame(nil, &jFrame{lsn: 99, items: []jItem{{seq: 50, key: "torn", data: []byte("torn"), sinks: []string{"a"}}}})
+	f, err := os.OpenFile(paths[0], os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(torn[:len(torn)-3]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var logs bytes.Buffer
+	c, err := Open(cp, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := datasOf(mustReady(t, c, "a", 0, 10)); !slices.Equal(got, []string{"one"}) {
+		t.Fatalf("copy holds %q", got)
+	}
+	if !bytes.Contains(logs.Bytes(), []byte("torn or corrupt")) {
+		t.Fatalf("torn tail not logged:\n%s", logs.String())
+	}
+	if dup := mustAccept(t, c, t0, item("torn", "x")); dup[0] {
+		t.Fatal("key of the torn frame counted as seen")
+	}
+}
+
+// TestSpool_DoneBeforeApply: deliveries done while their frame waits for the file never reach
+// it; only the dedup key does.
+func TestSpool_DoneBeforeApply(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	release := holdCommits(t, s)
+	mustAccept(t, s, t0, Item{Key: "k", Data: []byte("x"), Sinks: []string{"a", "b"}}, Item{Key: "k2", Data: []byte("y"), Sinks: []string{"a"}})
+	ds := mustReady(t, s, "a", 0, 10)
+	if len(ds) != 2 {
+		t.Fatalf("Ready = %+v", ds)
+	}
+	if err := s.Done("a", ds[0].Seq, ds[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustReady(t, s, "a", 0, 10); len(got) != 0 {
+		t.Fatalf("done deliveries still ready: %+v", got)
+	}
+	if got := mustReady(t, s, "b", 0, 10); len(got) != 1 {
+		t.Fatalf("sink b lost its delivery: %+v", got)
+	}
+	release()
+	s.waitApplied()
+	if n := itemCount(t, s); n != 1 {
+		t.Fatalf("file holds %d items, want only the one b still needs", n)
+	}
+	checkStats(t, s, map[string]SinkStats{"b": {Ready: 1, Oldest: t0}})
+	if dup := mustAccept(t, s, t0, item("k2", "again")); !dup[0] {
+		t.Fatal("key of a delivery done before the apply was not recorded")
+	}
+	// Done after the apply goes to the file.
+	b := mustReady(t, s, "b", 0, 10)
+	if err := s.Done("b", b[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if n := itemCount(t, s); n != 0 {
+		t.Fatalf("file holds %d items after the last Done", n)
+	}
+}
+
+// TestSpool_JournalSegments: with small segments the journal rotates, deletes the segments
+// whose frames are applied, and leaves nothing after a clean Close.
+func TestSpool_JournalSegments(t *testing.T) {
+	old := journalSegmentSize
+	journalSegmentSize = 512
+	t.Cleanup(func() { journalSegmentSize = old })
+	s, path := openTest(t, Options{})
+	release := holdCommits(t, s)
+	for i := range 20 {
+		mustAccept(t, s, t0, item(fmt.Sprint(i), string(bytes.Repeat([]byte("d"), 100))))
+	}
+	paths, _ := listSegments(journalDir(path))
+	if len(paths) < 3 {
+		t.Fatalf("%d segments for 20 frames of ~130 bytes with 512-byte segments", len(paths))
+	}
+	release()
+	s.waitApplied()
+	if paths, _ := listSegments(journalDir(path)); len(paths) != 1 {
+		t.Fatalf("after the applies %d segments remain, want the active one", len(paths))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if paths, _ := listSegments(journalDir(path)); len(paths) != 0 {
+		t.Fatalf("after Close: %q", paths)
+	}
+}
+
+// TestSpool_ApplyFailure: while the file cannot take the journal's frames, Accept still
+// succeeds (the journal holds them), Check reports the failure, and once the file recovers
+// every frame is applied in order, once.
+func TestSpool_ApplyFailure(t *testing.T) {
+	var failing atomic.Bool
+	failing.Store(true)
+	applyFault = func() error {
+		if failing.Load() {
+			return errors.New("disk says no")
+		}
+		return nil
+	}
+	oldDelay := applyRetryDelay
+	applyRetryDelay = 10 * time.Millisecond
+	t.Cleanup(func() { applyFault, applyRetryDelay = nil, oldDelay })
+
+	s, _ := openTest(t, Options{})
+	for i := range 10 {
+		mustAccept(t, s, t0, item(fmt.Sprint(i), fmt.Sprint(i)))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Check(context.Background()) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Check stays healthy while applies fail")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.Check(context.Background()); err == nil || !bytes.Contains([]byte(err.Error()), []byte("disk says no")) {
+		t.Fatalf("Check = %v", err)
+	}
+	if got := mustReady(t, s, "a", 0, 100); len(got) != 10 {
+		t.Fatalf("Ready while failing = %d deliveries, want 10", len(got))
+	}
+	failing.Store(false)
+	for s.Check(context.Background()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("applies did not recover")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.waitApplied()
+	if n := itemCount(t, s); n != 10 {
+		t.Fatalf("file holds %d items, want 10", n)
+	}
+	got := mustReady(t, s, "a", 0, 100)
+	if want := []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}; !slices.Equal(datasOf(got), want) {
+		t.Fatalf("Ready after recovery = %q", datasOf(got))
+	}
+	if n, _ := s.DedupLen(); n != 10 {
+		t.Fatalf("DedupLen = %d", n)
+	}
+}
+
+// TestSpool_PendingKeyReaccepted: a key accepted again after its window while its first frame
+// is still pending must stay "seen" once the first frame is applied and the second is not yet.
+func TestSpool_PendingKeyReaccepted(t *testing.T) {
+	const window = time.Hour
+	inApply, proceed := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	applyFault = func() error {
+		if calls.Add(1) == 1 { // the first frame's apply waits inside its commit
+			close(inApply)
+			<-proceed
+		}
+		return nil
+	}
+	t.Cleanup(func() { applyFault = nil })
+	s, _ := openTest(t, Options{DedupWindow: window, CommitInterval: 300 * time.Millisecond})
+	mustAccept(t, s, t0, item("k", "first"))
+	first := s.lastLSN
+	<-inApply
+	mustAccept(t, s, t0.Add(window), item("k", "second")) // a new acceptance: the window is over
+	close(proceed)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.pmu.Lock()
+		applied, pending := s.appliedLSN, s.pendingLSN
+		s.pmu.Unlock()
+		if applied == first && pending > first {
+			break // the first frame is applied; the second waits for the next commit
+		}
+		if applied > first || time.Now().After(deadline) {
+			t.Fatalf("the second frame was applied too soon (applied %d)", applied)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if dup := mustAccept(t, s, t0.Add(window+time.Second), item("k", "third")); !dup[0] {
+		t.Fatal("a key re-accepted in a pending frame was forgotten when the older frame was applied")
+	}
+}
+
+// item is an Item for sink "a".
+func item(key, data string) Item { return Item{Key: key, Data: []byte(data), Sinks: []string{"a"}} }
