@@ -5,9 +5,12 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -23,7 +26,8 @@ import (
 const benchApp = "bench"
 
 // generator makes the bench's notifications: WhatsApp text messages, k changes of one entry
-// per notification, each message with a wamid unique to the run, phase and sequence number,
+// per notification, each message with a wamid unique to the run, phase and sequence number
+// (and as random-looking as Meta's, see appendWamid),
 // the first message's text padded so the body is at least pad bytes. A notification is a
 // pure function of its sequence number, so the ids of the acknowledged ones can be computed
 // after the load instead of during it.
@@ -51,11 +55,7 @@ func (g *generator) appendBody(dst []byte, seq uint64, pad int) []byte {
 			dst = append(dst, ',')
 		}
 		dst = append(dst, `{"value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},"contacts":[{"profile":{"name":"Bench Load"},"wa_id":"16505551234"}],"messages":[{"from":"16505551234","id":"wamid.`...)
-		dst = append(dst, g.tag...)
-		dst = append(dst, '.')
-		dst = strconv.AppendUint(dst, seq, 10)
-		dst = append(dst, '.')
-		dst = strconv.AppendInt(dst, int64(j), 10)
+		dst = g.appendWamid(dst, seq, j)
 		dst = append(dst, `","timestamp":"`...)
 		dst = append(dst, ts...)
 		dst = append(dst, `","type":"text","text":{"body":"bench message`...)
@@ -67,6 +67,31 @@ func (g *generator) appendBody(dst []byte, seq uint64, pad int) []byte {
 		dst = append(dst, `"}}]},"field":"messages"}`...)
 	}
 	return append(dst, `]}]}`...)
+}
+
+// appendWamid appends the part of message j of notification seq's id after "wamid.". Meta's
+// ids are base64 of an opaque value ("HBgL..."), effectively random, so a relay's dedup index
+// receives them in random order; a counter would put them in key order and flatter it. The
+// first 8 bytes are a bijection (splitmix64) of a number unique to the tag, seq and j, so ids
+// never repeat within a run.
+func (g *generator) appendWamid(dst []byte, seq uint64, j int) []byte {
+	h := fnv.New64a()
+	h.Write([]byte(g.tag))
+	x := h.Sum64() + seq<<10 + uint64(j) // j < 1024: at most 1000 changes per notification
+	var raw [24]byte
+	binary.BigEndian.PutUint64(raw[0:], splitmix64(x))
+	binary.BigEndian.PutUint64(raw[8:], splitmix64(x^0x9e3779b97f4a7c15))
+	binary.BigEndian.PutUint64(raw[16:], splitmix64(x^0xbf58476d1ce4e5b9))
+	dst = append(dst, "HBgL"...)
+	return base64.StdEncoding.AppendEncode(dst, raw[:])
+}
+
+// splitmix64 is the finalizer of SplitMix64: a bijection on uint64 that scatters its input.
+func splitmix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
 }
 
 // ids appends the change ids the relay gives notification seq, computed as the relay does:

@@ -3,6 +3,7 @@ package spool
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -119,7 +120,7 @@ var errBehind = errors.New("the spool file is not keeping up with the journal")
 
 // maxPendingBytes bounds the data of accepted items not yet applied to the bbolt file, held in
 // memory for Ready; Accept waits (up to maxBacklogWait) while it is exceeded.
-const maxPendingBytes = 32 << 20
+const maxPendingBytes = 16 << 20
 
 // maxBacklogWait is how long Accept waits for the bbolt file to catch up before it fails.
 const maxBacklogWait = 5 * time.Second
@@ -216,7 +217,7 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 					continue
 				}
 				seen[it.Key] = true
-				if v := dedup.Get([]byte(it.Key)); v != nil && c.now.Sub(decTime(v)) < s.window {
+				if v := dedup.Get(dedupHash([]byte(it.Key))); v != nil && c.now.Sub(decTime(v)) < s.window {
 					c.dup[i] = true
 				}
 			}
@@ -299,7 +300,7 @@ func (s *Spool) submitApply(pf *pendingFrame) {
 			}
 		}
 		return applyItems(tx, s.snapshot(pf), pf.lsn, s.window)
-	}, func(err error) { s.applied(pf, err) })
+	}, func(err error) { s.applied(pf, err) }, len(pf.items))
 	if err != nil {
 		// Closing: the frame stays in the journal and the next Open applies it.
 		s.log.Debug("journal frame left for the next open", "lsn", pf.lsn, "err", err)
@@ -447,7 +448,7 @@ func applyItems(tx *bolt.Tx, items []jItem, lsn uint64, window time.Duration) er
 		at := time.Unix(0, it.at)
 		atB := encTime(at)
 		if it.key != "" {
-			key := []byte(it.key)
+			key := dedupHash([]byte(it.key))
 			seen, replaced, err := checkKey(b, key, at, window)
 			if err != nil {
 				return err
@@ -582,7 +583,17 @@ func uniqueSinks(sinks []string) []string {
 	return sinks
 }
 
-// dedupTKey is the dedupt key: the 8-byte acceptance time followed by the dedup key.
+// dedupHash is what the file stores of a dedup key: 16 bytes of its SHA-256. Keys run to tens
+// of bytes (a WhatsApp message id alone is ~60) and land at random places in the index, so
+// every page they touch is rewritten at the next commit: short fixed-size keys mean several
+// times fewer pages. A false repeat needs two keys among those in the window to collide in
+// 128 bits.
+func dedupHash(key []byte) []byte {
+	h := sha256.Sum256(key)
+	return h[:16]
+}
+
+// dedupTKey is the dedupt key: the 8-byte acceptance time followed by the hashed dedup key.
 func dedupTKey(at, key []byte) []byte {
 	k := make([]byte, 0, len(at)+len(key))
 	return append(append(k, at...), key...)

@@ -31,9 +31,14 @@ type committer struct {
 }
 
 type call struct {
-	fn   func(*bolt.Tx) error
-	done func(error) // receives the call's result, on the committer's goroutine
+	fn     func(*bolt.Tx) error
+	done   func(error) // receives the call's result, on the committer's goroutine
+	weight int         // the items it writes, roughly; 1 for small calls
 }
+
+// maxCommitWeight bounds the items one commit writes, and so the memory its dirty pages take
+// (bbolt keeps every page a transaction changes in memory until the commit).
+const maxCommitWeight = 4096
 
 // errCallFailed carries the call whose function failed out of a shared transaction.
 type errCallFailed struct {
@@ -54,7 +59,7 @@ func newCommitter(db *bolt.DB, maxSize int, interval time.Duration) *committer {
 // (fsync'd) or has failed.
 func (c *committer) do(fn func(*bolt.Tx) error) error {
 	ch := make(chan error, 1)
-	if err := c.submit(fn, func(err error) { ch <- err }); err != nil {
+	if err := c.submit(fn, func(err error) { ch <- err }, 1); err != nil {
 		return err
 	}
 	return <-ch
@@ -62,15 +67,16 @@ func (c *committer) do(fn func(*bolt.Tx) error) error {
 
 // submit queues fn for a shared write transaction without waiting: done receives the result
 // on the committer's goroutine once the transaction is committed or has failed, and must not
-// block. Calls are run in the order they were submitted. submit returns ErrClosed (and never
+// block. Calls are run in the order they were submitted. weight is roughly the number of items
+// fn writes; a commit takes calls up to maxCommitWeight. submit returns ErrClosed (and never
 // calls done) after close.
-func (c *committer) submit(fn func(*bolt.Tx) error, done func(error)) error {
+func (c *committer) submit(fn func(*bolt.Tx) error, done func(error), weight int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return ErrClosed
 	}
-	c.queue = append(c.queue, &call{fn: fn, done: done})
+	c.queue = append(c.queue, &call{fn: fn, done: done, weight: max(weight, 1)})
 	c.cond.Signal()
 	return nil
 }
@@ -82,6 +88,17 @@ func (c *committer) close() {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	<-c.done
+}
+
+// heavy reports whether the queue already holds a full commit's weight. Called with mu held.
+func (c *committer) heavy() bool {
+	w := 0
+	for _, cl := range c.queue {
+		if w += cl.weight; w >= maxCommitWeight {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *committer) loop() {
@@ -96,13 +113,17 @@ func (c *committer) loop() {
 			c.mu.Unlock()
 			return
 		}
-		if wait := c.interval - time.Since(last); wait > 0 && len(c.queue) < c.maxSize && !c.closed {
+		if wait := c.interval - time.Since(last); wait > 0 && len(c.queue) < c.maxSize && !c.closed && !c.heavy() {
 			c.mu.Unlock()
 			time.Sleep(wait)
 			c.mu.Lock()
 		}
 		last = time.Now()
-		n := min(len(c.queue), c.maxSize)
+		n, weight := 0, 0
+		for n < len(c.queue) && n < c.maxSize && (n == 0 || weight+c.queue[n].weight <= maxCommitWeight) {
+			weight += c.queue[n].weight
+			n++
+		}
 		batch := make([]*call, n)
 		copy(batch, c.queue)
 		c.queue = append(c.queue[:0], c.queue[n:]...)

@@ -38,8 +38,8 @@
 //	ready/<sink>       seq -> delivery meta (attempt, first accepted, history)
 //	sched/<sink>       (due, seq) -> delivery meta
 //	schedidx/<sink>    seq -> due
-//	dedup              key -> accepted at
-//	dedupt             (accepted at, key) -> empty, scanned by ExpireDedup
+//	dedupkeys          key hash -> accepted at (16 bytes of the key's SHA-256)
+//	dedupkeyt          (accepted at, key hash) -> empty, scanned by ExpireDedup
 //	stats              sink -> (ready count, scheduled count)
 //	meta               format version, dedup key count, heartbeat, last applied journal frame
 //

@@ -416,3 +416,83 @@ func TestSpool_PendingKeyReaccepted(t *testing.T) {
 
 // item is an Item for sink "a".
 func item(key, data string) Item { return Item{Key: key, Data: []byte(data), Sinks: []string{"a"}} }
+
+// TestOpen_MigratesFormat1 builds a format 1 file (whole keys in dedup/dedupt) and opens it:
+// the keys are moved to the hashed buckets, still seen, and still expire.
+func TestOpen_MigratesFormat1(t *testing.T) {
+	const window = time.Hour
+	s, path := openTest(t, Options{DedupWindow: window})
+	mustAccept(t, s, t0, item("fresh-in-v2", "x"))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 12000 // more than one migration transaction
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketMeta).Put(metaVersion, encUint(1)); err != nil {
+			return err
+		}
+		d, err := tx.CreateBucket(bucketDedupV1)
+		if err != nil {
+			return err
+		}
+		dt, err := tx.CreateBucket(bucketDedupTV1)
+		if err != nil {
+			return err
+		}
+		put := func(key string, at time.Time) error {
+			if err := d.Put([]byte(key), encTime(at)); err != nil {
+				return err
+			}
+			return dt.Put(dedupTKey(encTime(at), []byte(key)), nil)
+		}
+		for i := range n {
+			if err := put(fmt.Sprint("wa:msg:app:wamid.", i), t0); err != nil {
+				return err
+			}
+		}
+		if err := put("old", t0.Add(-2*window)); err != nil {
+			return err
+		}
+		return addDedupN(tx.Bucket(bucketMeta), n+1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s2, err := Open(path, Options{DedupWindow: window})
+	if err != nil {
+		t.Fatalf("open format 1: %v", err)
+	}
+	defer s2.Close()
+	for _, k := range []string{"wa:msg:app:wamid.0", fmt.Sprint("wa:msg:app:wamid.", n-1), "fresh-in-v2"} {
+		if dup := mustAccept(t, s2, t0.Add(time.Minute), item(k, "again")); !dup[0] {
+			t.Fatalf("key %q lost in the migration", k)
+		}
+	}
+	if got, err := s2.ExpireDedup(t0.Add(time.Minute), 100); err != nil || got != 1 {
+		t.Fatalf("ExpireDedup = %d, %v; want the one old key", got, err)
+	}
+	if dup := mustAccept(t, s2, t0.Add(time.Minute), item("old", "new")); dup[0] {
+		t.Fatal("an expired key still counts as seen")
+	}
+	if got, _ := s2.DedupLen(); got != n+2 {
+		t.Fatalf("DedupLen = %d, want %d", got, n+2)
+	}
+	err = s2.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketDedupV1) != nil || tx.Bucket(bucketDedupTV1) != nil {
+			return errors.New("format 1 buckets left behind")
+		}
+		if v := decUint(tx.Bucket(bucketMeta).Get(metaVersion)); v != formatVersion {
+			return fmt.Errorf("version %d after the migration", v)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,8 +32,9 @@ const MaxKeyLen = 4096
 // MaxSinkLen is the longest sink name Accept takes, in bytes.
 const MaxSinkLen = 1024
 
-// formatVersion is the on-disk layout version stored in the meta bucket.
-const formatVersion = 1
+// formatVersion is the on-disk layout version stored in the meta bucket. Version 1 kept whole
+// dedup keys; Open migrates it.
+const formatVersion = 2
 
 // maxPromote bounds the deliveries one Promote call moves, so it never holds the writer long.
 const maxPromote = 1000
@@ -56,8 +58,12 @@ var (
 	bucketReady    = []byte("ready")
 	bucketSched    = []byte("sched")
 	bucketSchedIdx = []byte("schedidx")
-	bucketDedup    = []byte("dedup")
-	bucketDedupT   = []byte("dedupt")
+	bucketDedup    = []byte("dedupkeys")
+	bucketDedupT   = []byte("dedupkeyt")
+
+	// Format 1's dedup buckets, keyed by the whole key.
+	bucketDedupV1  = []byte("dedup")
+	bucketDedupTV1 = []byte("dedupt")
 	bucketStats    = []byte("stats")
 	bucketMeta     = []byte("meta")
 
@@ -181,6 +187,7 @@ func Open(path string, opt Options) (*Spool, error) {
 
 	var seq, jlsn uint64
 	var dedupN uint64
+	var migrate bool
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range topBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -192,12 +199,17 @@ func Open(path string, opt Options) (*Spool, error) {
 			if err := meta.Put(metaVersion, encUint(formatVersion)); err != nil {
 				return err
 			}
-		} else if got := decUint(v); got != formatVersion {
+		} else if got := decUint(v); got == 1 {
+			migrate = true
+		} else if got != formatVersion {
 			return fmt.Errorf("unsupported format version %d (want %d)", got, formatVersion)
 		}
 		jlsn = decUint(meta.Get(metaJournalLSN))
 		return nil
 	})
+	if err == nil && migrate {
+		err = migrateDedupV1(db, log)
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
@@ -231,6 +243,59 @@ func Open(path string, opt Options) (*Spool, error) {
 	s.pcond = sync.NewCond(&s.pmu)
 	go s.journalLoop()
 	return s, nil
+}
+
+// migrateDedupV1 moves format 1's dedup keys to the hashed buckets, in transactions of a
+// bounded size (a crash in between resumes where it stopped), then records format 2.
+func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
+	moved := 0
+	for done := false; !done; {
+		err := db.Update(func(tx *bolt.Tx) error {
+			old, oldT := tx.Bucket(bucketDedupV1), tx.Bucket(bucketDedupTV1)
+			if old == nil {
+				done = true
+				return tx.Bucket(bucketMeta).Put(metaVersion, encUint(formatVersion))
+			}
+			b := openBuckets(tx)
+			var keys, vals [][]byte
+			c := old.Cursor()
+			for k, v := c.First(); k != nil && len(keys) < 10000; k, v = c.Next() {
+				keys, vals = append(keys, slices.Clone(k)), append(vals, slices.Clone(v))
+			}
+			for i, k := range keys {
+				h := dedupHash(k)
+				if err := b.dedup.Put(h, vals[i]); err != nil {
+					return err
+				}
+				if err := b.dedupT.Put(dedupTKey(vals[i], h), nil); err != nil {
+					return err
+				}
+				if err := old.Delete(k); err != nil {
+					return err
+				}
+				if oldT != nil {
+					if err := oldT.Delete(dedupTKey(vals[i], k)); err != nil {
+						return err
+					}
+				}
+			}
+			moved += len(keys)
+			if len(keys) == 0 {
+				if err := tx.DeleteBucket(bucketDedupV1); err != nil {
+					return err
+				}
+				if oldT != nil {
+					return tx.DeleteBucket(bucketDedupTV1)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("migrate dedup keys to format %d: %w", formatVersion, err)
+		}
+	}
+	log.Info("spool migrated to format 2 (hashed dedup keys)", "keys", moved)
+	return nil
 }
 
 // replayJournal applies the frames of the journal in dir that come after the applied LSN, in

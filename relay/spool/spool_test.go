@@ -885,7 +885,7 @@ func TestSpool_AcceptBatchRetry(t *testing.T) {
 	go func() {
 		defer close(failed)
 		errs[callers] = s.batch(func(tx *bolt.Tx) error {
-			if tx.Bucket(bucketDedup).Get([]byte("shared")) != nil {
+			if tx.Bucket(bucketDedup).Get(dedupHash([]byte("shared"))) != nil {
 				ranBefore.Store(true)
 			}
 			return errors.New("boom")
