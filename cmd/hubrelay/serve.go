@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -253,13 +255,17 @@ func (s *server) drainCtx(ctx context.Context) {
 }
 
 // maintain expires old dedup keys in small transactions (every minute) and hands the spool's
-// mapped pages back to the OS (every second: a sink draining a backlog reads tens of MiB of
-// spool a second), so resident memory stays flat however large the backlog on disk grows.
+// mapped pages back to the OS whenever the process's file-backed resident memory has grown by
+// releaseAbove since start (checked every 100 ms; every second where that cannot be read): a
+// sink draining a backlog reads tens of MiB of spool a second, and resident memory must stay
+// flat however large the backlog on disk grows.
 func (s *server) maintain(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	const tick = 100 * time.Millisecond
+	t := time.NewTicker(tick)
 	defer t.Stop()
-	for tick := 0; ; tick++ {
-		if tick%60 == 0 {
+	base, measured := fileResident()
+	for n := 0; ; n++ {
+		if n%int(time.Minute/tick) == 0 {
 			for {
 				n, err := s.spool.ExpireDedup(time.Now(), 5000)
 				if err != nil {
@@ -270,8 +276,15 @@ func (s *server) maintain(ctx context.Context) {
 				}
 			}
 		}
-		if err := s.spool.ReleaseMemory(); err != nil {
-			s.log.Warn("release spool memory", "err", err)
+		release := n%int(time.Second/tick) == 0
+		if measured {
+			rss, ok := fileResident()
+			release = ok && rss > base+releaseAbove
+		}
+		if release {
+			if err := s.spool.ReleaseMemory(); err != nil {
+				s.log.Warn("release spool memory", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -279,6 +292,34 @@ func (s *server) maintain(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// releaseAbove is how much file-backed resident memory (mostly spool pages) maintain lets
+// accumulate before it releases the spool's pages.
+const releaseAbove = 32 << 20
+
+// fileResident returns the process's file-backed (and shared) resident memory in bytes, read
+// from /proc/self/statm; ok is false where that file does not exist.
+func fileResident() (bytes int64, ok bool) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, false
+	}
+	pages, err := statmShared(b)
+	if err != nil {
+		return 0, false
+	}
+	return pages * int64(os.Getpagesize()), true
+}
+
+// statmShared parses the third field of /proc/<pid>/statm: resident shared pages, which are
+// the file-backed ones (RssFile + RssShmem).
+func statmShared(b []byte) (int64, error) {
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return 0, fmt.Errorf("statm: %d fields", len(f))
+	}
+	return strconv.ParseInt(f[2], 10, 64)
 }
 
 // reload re-reads the config; a valid one replaces apps, rules and sinks, an invalid one is

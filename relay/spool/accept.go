@@ -90,9 +90,11 @@ type pendingFrame struct {
 	pitems  []*pendingItem // pitems[i] is items[i]'s pending item, nil if it has no delivery
 	bytes   int64
 	applied bool
-	// snap is what the apply writes, taken when it first runs: the items with only the
-	// sinks still waiting for them. From then on Done goes to the file (after the apply).
-	snap []jItem
+	// takenBy is the apply call that writes the frame (0: none yet), and snap what it writes:
+	// the items with only the sinks still waiting for them. While a call holds the frame,
+	// Done goes to the file, behind the apply.
+	takenBy uint64
+	snap    []jItem
 }
 
 // pendingKey is a dedup key of a pending frame: when it was accepted, and in which frame.
@@ -110,17 +112,16 @@ type pendingItem struct {
 	frame *pendingFrame
 }
 
-// errApplyHeld makes a frame's apply fail without trying while an earlier frame's apply has
-// failed: frames are applied strictly in order, so that the bbolt file's applied LSN means
-// "every frame up to here".
-var errApplyHeld = errors.New("an earlier journal frame is not applied yet")
-
 // errBehind is returned by Accept when the bbolt file stays too far behind the journal.
 var errBehind = errors.New("the spool file is not keeping up with the journal")
 
-// maxPendingBytes bounds the data of accepted items not yet applied to the bbolt file, held in
-// memory for Ready; Accept waits (up to maxBacklogWait) while it is exceeded.
+// maxPendingBytes bounds the memory held by accepted items not yet applied to the bbolt file
+// (data, keys, sink names, pendingOverhead each); Accept waits (up to maxBacklogWait) while
+// it is exceeded.
 const maxPendingBytes = 16 << 20
+
+// pendingOverhead is roughly what the pending state costs per item beyond its bytes.
+const pendingOverhead = 160
 
 // maxBacklogWait is how long Accept waits for the bbolt file to catch up before it fails.
 const maxBacklogWait = 5 * time.Second
@@ -228,11 +229,15 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 		return err
 	}
 
-	size := 0
+	size, held := 0, 0 // data bytes, and all the bytes the pending state holds
 	for _, c := range group {
 		for i, it := range c.items {
 			if !c.dup[i] {
 				size += len(it.Data)
+				held += len(it.Data) + 2*len(it.Key) + pendingOverhead
+				for _, sink := range c.sinks[i] {
+					held += len(sink)
+				}
 			}
 		}
 	}
@@ -260,18 +265,20 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	if len(frame.items) == 0 {
 		return nil // every item was a repeat: nothing to store
 	}
+	// A number is never given twice, even when the write fails: the failed frame may still
+	// reach the disk, and replay must not mistake it for a later one.
+	s.lastLSN, s.lastSeq = frame.lsn, seq
 	if err := s.jr.write(frame); err != nil {
 		return err
 	}
-	s.lastLSN, s.lastSeq = frame.lsn, seq
 
-	pf := &pendingFrame{lsn: frame.lsn, items: frame.items, pitems: make([]*pendingItem, len(frame.items)), bytes: int64(size)}
+	pf := &pendingFrame{lsn: frame.lsn, items: frame.items, pitems: make([]*pendingItem, len(frame.items)), bytes: int64(held)}
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
 	// The apply is queued before the items become visible to Ready, so any Done or
 	// Reschedule for them is queued after it and finds them in the bbolt file.
 	s.frames = append(s.frames, pf)
-	s.submitApply(pf)
+	s.queueApply()
 	for i := range pf.items {
 		it := &pf.items[i]
 		if it.key != "" {
@@ -288,47 +295,94 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	return nil
 }
 
-// submitApply queues pf's apply in the shared bbolt commit. Called with pmu held.
-func (s *Spool) submitApply(pf *pendingFrame) {
-	err := s.commits.submit(func(tx *bolt.Tx) error {
-		if s.applyHeld.Load() {
-			return errApplyHeld
+// queueApply queues an apply call in the spool file's commit, behind everything queued so far,
+// unless one is already queued and has not started: that one takes, when it runs, the frames
+// written until then. While applying fails, the retry queues it. Called with pmu held.
+func (s *Spool) queueApply() {
+	if s.applyQueued || s.applyFailing {
+		return
+	}
+	s.applyCalls++
+	id := s.applyCalls
+	weight := 0
+	for _, pf := range s.frames {
+		if pf.takenBy == 0 {
+			weight += len(pf.items)
 		}
-		if applyFault != nil {
-			if err := applyFault(); err != nil {
-				return err
+	}
+	var taken []*pendingFrame
+	err := s.commits.submit(func(tx *bolt.Tx) error {
+		taken = s.takeFrames(id)
+		for _, pf := range taken {
+			if applyFault != nil {
+				if err := applyFault(); err != nil {
+					return err
+				}
+			}
+			if err := applyItems(tx, pf.snap, pf.lsn, s.window); err != nil {
+				return fmt.Errorf("journal frame %d: %w", pf.lsn, err)
 			}
 		}
-		return applyItems(tx, s.snapshot(pf), pf.lsn, s.window)
-	}, func(err error) { s.applied(pf, err) }, len(pf.items))
+		return nil
+	}, func(err error) { s.applied(id, taken, err) }, weight)
 	if err != nil {
-		// Closing: the frame stays in the journal and the next Open applies it.
-		s.log.Debug("journal frame left for the next open", "lsn", pf.lsn, "err", err)
+		// Closing: the frames stay in the journal and the next Open applies them.
+		s.log.Debug("journal frames left for the next open", "err", err)
+		return
 	}
+	s.applyQueued = true
 }
 
-// snapshot returns the items pf's apply writes: each with the sinks that have not taken it
-// yet. Deliveries done while the frame was pending never reach the file, only their keys do.
-// The first call fixes the snapshot, so an apply that runs again writes the same.
-func (s *Spool) snapshot(pf *pendingFrame) []jItem {
+// takeFrames picks the frames apply call id writes, on the committer's goroutine as the call
+// runs: the unapplied frames in order, after any taken by a call ahead of it in the same
+// transaction, up to maxCommitWeight items; a call that runs again (its transaction was rolled
+// back) takes its own again. Frames are applied strictly in order, so that the file's applied
+// LSN always means "every frame up to here". Taking a frame fixes its snapshot: the items with
+// only the sinks that have not taken them yet; a delivery done before that never reaches the
+// file, only its dedup key does.
+func (s *Spool) takeFrames(id uint64) []*pendingFrame {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	if pf.snap != nil {
-		return pf.snap
+	if id == s.applyCalls {
+		s.applyQueued = false // frames written from now on need another call
 	}
-	snap := make([]jItem, len(pf.items))
-	for i, it := range pf.items {
-		if p := pf.pitems[i]; p != nil {
-			it.sinks = p.sinks
+	if s.applyFailing {
+		// A call that runs again after another one's failure gives its frames back.
+		for _, pf := range s.frames {
+			if pf.takenBy == id {
+				pf.takenBy, pf.snap = 0, nil
+			}
 		}
-		snap[i] = it
+		return nil
 	}
-	pf.snap = snap
-	return snap
+	var out []*pendingFrame
+	weight := 0
+	for _, pf := range s.frames {
+		switch pf.takenBy {
+		case id:
+		case 0:
+			if len(out) > 0 && weight+len(pf.items) > maxCommitWeight {
+				return out
+			}
+			pf.takenBy = id
+			pf.snap = make([]jItem, len(pf.items))
+			for i, it := range pf.items {
+				if p := pf.pitems[i]; p != nil {
+					it.sinks = p.sinks
+				}
+				pf.snap[i] = it
+			}
+		default:
+			continue // an earlier call in this transaction applies it, before this one
+		}
+		weight += len(pf.items)
+		out = append(out, pf)
+	}
+	return out
 }
 
 // donePending takes the deliveries of sink among seqs whose items are still pending and not
-// snapshotted: they are done in memory, and their frame's apply will not store them. It
+// taken by an apply: they are done in memory, and their frame's apply will not store them. It
 // returns the sequence numbers left for the file.
 func (s *Spool) donePending(sink string, seqs []uint64) []uint64 {
 	s.pmu.Lock()
@@ -338,55 +392,83 @@ func (s *Spool) donePending(sink string, seqs []uint64) []uint64 {
 	}
 	rest := seqs[:0:0]
 	for _, seq := range seqs {
-		i, ok := slices.BinarySearchFunc(s.pending, seq, func(p *pendingItem, seq uint64) int {
-			return cmp.Compare(p.seq, seq)
-		})
-		if !ok || s.pending[i].frame.snap != nil {
+		if !s.doneInMemory(sink, seq) {
 			rest = append(rest, seq)
-			continue
-		}
-		p := s.pending[i]
-		if j := slices.Index(p.sinks, sink); j >= 0 {
-			p.sinks = slices.Delete(slices.Clone(p.sinks), j, j+1)
 		}
 	}
 	return rest
 }
 
-// applied is the apply callback of pf: on success the frame's keys and items leave the pending
-// state and fully applied segments are deleted; on failure later frames are held and the
-// unapplied ones are queued again after a pause.
-func (s *Spool) applied(pf *pendingFrame, err error) {
+// doneInMemory removes sink from the pending item seq if its frame is not taken by an apply,
+// and reports whether it did (or the item has no delivery left for sink). Called with pmu held.
+func (s *Spool) doneInMemory(sink string, seq uint64) bool {
+	i, ok := slices.BinarySearchFunc(s.pending, seq, func(p *pendingItem, seq uint64) int {
+		return cmp.Compare(p.seq, seq)
+	})
+	if !ok || s.pending[i].frame.snap != nil {
+		return false
+	}
+	p := s.pending[i]
+	if j := slices.Index(p.sinks, sink); j >= 0 {
+		p.sinks = slices.Delete(slices.Clone(p.sinks), j, j+1)
+	}
+	return true
+}
+
+// pendingFrameOf returns the unapplied frame holding item seq, or nil. Called with pmu held.
+func (s *Spool) pendingFrameOf(seq uint64) *pendingFrame {
+	i, ok := slices.BinarySearchFunc(s.pending, seq, func(p *pendingItem, seq uint64) int {
+		return cmp.Compare(p.seq, seq)
+	})
+	if !ok {
+		return nil
+	}
+	return s.pending[i].frame
+}
+
+// applied is the callback of apply call id, on the committer's goroutine. On success the taken
+// frames' keys and items leave the pending state and fully applied segments are deleted. On
+// failure the frames are released (their snapshots dropped, so Done works in memory again),
+// no apply runs until the retry after applyRetryDelay, and Check reports the error until every
+// frame written by then is applied.
+func (s *Spool) applied(id uint64, taken []*pendingFrame, err error) {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
+	defer s.pcond.Broadcast()
 	if err != nil {
-		if !errors.Is(err, errApplyHeld) {
-			s.log.Error("apply journal frame to the spool file", "lsn", pf.lsn, "err", err)
-			s.applyErr = err
+		for _, pf := range taken {
+			if pf.takenBy == id {
+				pf.takenBy, pf.snap = 0, nil
+			}
 		}
-		if !s.applyHeld.Swap(true) {
+		if errors.Is(err, ErrClosed) || s.closed.Load() {
+			return
+		}
+		s.log.Error("apply journal frames to the spool file", "err", err)
+		s.applyErr = err
+		s.failedLSN = s.pendingLSN
+		if !s.applyFailing {
+			s.applyFailing = true
 			time.AfterFunc(applyRetryDelay, s.retryApply)
 		}
 		return
 	}
-	pf.applied = true
-	for i := range pf.items {
-		// A later frame may hold the key again (accepted anew after its window).
-		if k := pf.items[i].key; k != "" && s.pendingKeys[k].lsn == pf.lsn {
-			delete(s.pendingKeys, k)
+	for _, pf := range taken {
+		pf.applied = true
+		for i := range pf.items {
+			// A later frame may hold the key again (accepted anew after its window).
+			if k := pf.items[i].key; k != "" && s.pendingKeys[k].lsn == pf.lsn {
+				delete(s.pendingKeys, k)
+			}
 		}
+		s.pendingBytes -= pf.bytes
 	}
 	n := 0
 	for n < len(s.pending) && s.pending[n].frame.applied {
 		n++
 	}
-	if n < len(s.pending) && slices.ContainsFunc(s.pending[n:], func(p *pendingItem) bool { return p.frame == pf }) {
-		s.pending = slices.DeleteFunc(s.pending, func(p *pendingItem) bool { return p.frame.applied })
-	} else {
-		clear(s.pending[:n])
-		s.pending = s.pending[n:]
-	}
-	s.pendingBytes -= pf.bytes
+	clear(s.pending[:n])
+	s.pending = s.pending[n:]
 	m := 0
 	for m < len(s.frames) && s.frames[m].applied {
 		s.appliedLSN = s.frames[m].lsn
@@ -394,32 +476,29 @@ func (s *Spool) applied(pf *pendingFrame, err error) {
 	}
 	clear(s.frames[:m])
 	s.frames = s.frames[m:]
-	if len(s.frames) == 0 {
+	if s.applyErr != nil && s.appliedLSN >= s.failedLSN {
 		s.applyErr = nil
 	}
 	s.jr.removeApplied(s.appliedLSN)
-	s.pcond.Broadcast()
+	if len(s.frames) > 0 && s.frames[len(s.frames)-1].takenBy == 0 {
+		s.queueApply() // frames left over by the weight bound
+	}
 }
 
-// applyRetryDelay is the pause before unapplied frames are queued again after a failure (a
-// variable so that tests can shorten it).
+// applyRetryDelay is the pause before applying is tried again after a failure (a variable so
+// that tests can shorten it).
 var applyRetryDelay = time.Second
 
-// applyFault, when set by tests, is called at the start of every apply; an error fails it.
+// applyFault, when set by tests, is called before each frame is applied; an error fails it.
 var applyFault func() error
 
-// retryApply queues every unapplied frame again, in order.
+// retryApply ends the pause after a failed apply and queues an apply call.
 func (s *Spool) retryApply() {
-	if s.closed.Load() {
-		return
-	}
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	s.applyHeld.Store(false)
-	for _, pf := range s.frames {
-		if !pf.applied {
-			s.submitApply(pf)
-		}
+	s.applyFailing = false
+	if !s.closed.Load() && len(s.frames) > 0 {
+		s.queueApply()
 	}
 }
 
@@ -429,7 +508,26 @@ func (s *Spool) waitApplied() {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
 	target := s.pendingLSN
-	for s.appliedLSN < target && !s.applyHeld.Load() && !s.closed.Load() {
+	for s.appliedLSN < target && !s.applyFailing && !s.closed.Load() {
+		s.pcond.Wait()
+	}
+}
+
+// waitItemApplied waits until the frame holding item seq, if it is still pending, is applied
+// to the bbolt file; it fails while applying is failing.
+func (s *Spool) waitItemApplied(seq uint64) error {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	for {
+		pf := s.pendingFrameOf(seq)
+		switch {
+		case pf == nil || pf.applied:
+			return nil
+		case s.closed.Load():
+			return ErrClosed
+		case s.applyFailing:
+			return fmt.Errorf("item %d is not in the spool file yet: %w", seq, s.applyErr)
+		}
 		s.pcond.Wait()
 	}
 }

@@ -324,8 +324,9 @@ func TestSpool_JournalSegments(t *testing.T) {
 }
 
 // TestSpool_ApplyFailure: while the file cannot take the journal's frames, Accept still
-// succeeds (the journal holds them), Check reports the failure, and once the file recovers
-// every frame is applied in order, once.
+// succeeds (the journal holds them), Stats does not hang, Reschedule fails instead of
+// pretending, Check reports the failure; once the file recovers every frame is applied in
+// order and once, also while Accept calls keep coming, and Check turns healthy again.
 func TestSpool_ApplyFailure(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)
@@ -339,7 +340,7 @@ func TestSpool_ApplyFailure(t *testing.T) {
 	applyRetryDelay = 10 * time.Millisecond
 	t.Cleanup(func() { applyFault, applyRetryDelay = nil, oldDelay })
 
-	s, _ := openTest(t, Options{})
+	s, path := openTest(t, Options{CommitInterval: time.Millisecond})
 	for i := range 10 {
 		mustAccept(t, s, t0, item(fmt.Sprint(i), fmt.Sprint(i)))
 	}
@@ -348,32 +349,122 @@ func TestSpool_ApplyFailure(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("Check stays healthy while applies fail")
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	if err := s.Check(context.Background()); err == nil || !bytes.Contains([]byte(err.Error()), []byte("disk says no")) {
 		t.Fatalf("Check = %v", err)
 	}
-	if got := mustReady(t, s, "a", 0, 100); len(got) != 10 {
+	got := mustReady(t, s, "a", 0, 100)
+	if len(got) != 10 {
 		t.Fatalf("Ready while failing = %d deliveries, want 10", len(got))
 	}
+	statsDone := make(chan error, 1)
+	go func() { _, err := s.Stats(); statsDone <- err }()
+	select {
+	case <-statsDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stats hangs while applies fail")
+	}
+	if err := s.Reschedule("a", got[0].Seq, t0.Add(time.Hour), 1, nil); err == nil {
+		t.Fatal("Reschedule of a delivery the file does not hold yet reported success")
+	}
+
+	// Accept keeps going while the file recovers.
+	stop := make(chan struct{})
+	var more atomic.Int32
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := s.Accept(context.Background(), []Item{item(fmt.Sprint("more", i), "m")}, t0); err == nil {
+				more.Add(1)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	time.Sleep(30 * time.Millisecond) // a few failed retries with new frames arriving
 	failing.Store(false)
+	for s.Check(context.Background()) != nil {
+		if time.Now().After(deadline) {
+			close(stop)
+			t.Fatal("Check stays failed after the file recovered, under load")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	time.Sleep(5 * time.Millisecond)
+	s.waitApplied()
+	want := 10 + int(more.Load())
+	if n := itemCount(t, s); n != want {
+		t.Fatalf("file holds %d items, want %d (each applied once)", n, want)
+	}
+	checkStats(t, s, map[string]SinkStats{"a": {Ready: want, Oldest: t0}})
+	if n, _ := s.DedupLen(); n != want {
+		t.Fatalf("DedupLen = %d, want %d", n, want)
+	}
+	s.pmu.Lock()
+	pb := s.pendingBytes
+	s.pmu.Unlock()
+	if pb != 0 {
+		t.Fatalf("pendingBytes = %d with nothing pending", pb)
+	}
+	if err := s.Reschedule("a", got[0].Seq, t0.Add(time.Hour), 1, nil); err != nil {
+		t.Fatalf("Reschedule after recovery: %v", err)
+	}
+	s2 := reopen(t, s, path, Options{})
+	if ds := mustReady(t, s2, "a", 0, 1000); len(ds) != want-1 {
+		t.Fatalf("after reopen %d ready, want %d", len(ds), want-1)
+	}
+}
+
+// TestSpool_DoneDuringFailedApply: a Done that arrives while an apply holds the delivery's
+// frame, when that apply then fails, is kept: the retried apply does not store the delivery.
+func TestSpool_DoneDuringFailedApply(t *testing.T) {
+	inApply, fail := make(chan struct{}), make(chan error)
+	var calls atomic.Int32
+	applyFault = func() error {
+		switch calls.Add(1) {
+		case 1:
+			close(inApply)
+			return <-fail
+		case 2: // the committer runs a failed call again alone
+			return errors.New("still no")
+		}
+		return nil
+	}
+	oldDelay := applyRetryDelay
+	applyRetryDelay = 10 * time.Millisecond
+	t.Cleanup(func() { applyFault, applyRetryDelay = nil, oldDelay })
+
+	s, _ := openTest(t, Options{})
+	mustAccept(t, s, t0, Item{Key: "k", Data: []byte("x"), Sinks: []string{"a", "b"}})
+	<-inApply // the apply has taken the frame
+	ds := mustReady(t, s, "a", 0, 10)
+	done := make(chan error, 1)
+	go func() { done <- s.Done("a", ds[0].Seq) }()
+	time.Sleep(20 * time.Millisecond) // Done is queued behind the apply
+	fail <- errors.New("disk says no")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	s.waitApplied()
+	deadline := time.Now().Add(5 * time.Second)
 	for s.Check(context.Background()) != nil {
 		if time.Now().After(deadline) {
 			t.Fatal("applies did not recover")
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
-	s.waitApplied()
-	if n := itemCount(t, s); n != 10 {
-		t.Fatalf("file holds %d items, want 10", n)
+	if got := mustReady(t, s, "a", 0, 10); len(got) != 0 {
+		t.Fatalf("a delivery done during a failed apply came back: %+v", got)
 	}
-	got := mustReady(t, s, "a", 0, 100)
-	if want := []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}; !slices.Equal(datasOf(got), want) {
-		t.Fatalf("Ready after recovery = %q", datasOf(got))
+	if got := mustReady(t, s, "b", 0, 10); len(got) != 1 {
+		t.Fatalf("sink b: %+v", got)
 	}
-	if n, _ := s.DedupLen(); n != 10 {
-		t.Fatalf("DedupLen = %d", n)
-	}
+	checkStats(t, s, map[string]SinkStats{"b": {Ready: 1, Oldest: t0}})
 }
 
 // TestSpool_PendingKeyReaccepted: a key accepted again after its window while its first frame

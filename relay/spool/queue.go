@@ -155,6 +155,11 @@ func (s *Spool) Done(sink string, seqs ...uint64) error {
 				}
 				dSched--
 			default:
+				// Not in the file: its frame's apply failed after taking it, so it is
+				// pending again and can be done in memory.
+				s.pmu.Lock()
+				s.doneInMemory(sink, seq)
+				s.pmu.Unlock()
 				continue
 			}
 			if err := release(b, k); err != nil {
@@ -182,6 +187,10 @@ func (s *Spool) Reschedule(sink string, seq uint64, at time.Time, attempt int, h
 	}
 	if int64(len(history)) > bolt.MaxValueSize-64 {
 		return fmt.Errorf("reschedule %s %d: history is %d bytes, too long", sink, seq, len(history))
+	}
+	// A delivery still in memory is parked in the file: wait for its frame to get there.
+	if err := s.waitItemApplied(seq); err != nil {
+		return fmt.Errorf("reschedule %s %d: %w", sink, seq, err)
 	}
 	var notFound bool
 	err := s.batch(func(tx *bolt.Tx) error {

@@ -130,8 +130,11 @@ type Spool struct {
 	pendingBytes int64
 	pendingLSN   uint64 // last frame made pending
 	appliedLSN   uint64 // every frame up to this one is applied
-	applyHeld    atomic.Bool
-	applyErr     error
+	applyCalls   uint64 // apply calls queued so far; the last one's id
+	applyQueued  bool   // the last apply call has not started yet
+	applyFailing bool   // an apply failed; none runs until the retry
+	applyErr     error  // the last apply error, until every frame written by then is applied
+	failedLSN    uint64
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -310,11 +313,13 @@ func replayJournal(db *bolt.DB, dir string, applied uint64, window time.Duration
 	var todo []*jFrame
 	nitems := 0
 	for _, f := range frames {
-		if f.lsn > applied {
+		// A frame whose number does not increase was written again after a failed write
+		// or sync; the journal never gives a number twice, so skip anything out of order.
+		if f.lsn > last {
 			todo = append(todo, f)
 			nitems += len(f.items)
+			last = f.lsn
 		}
-		last = max(last, f.lsn)
 	}
 	for len(todo) > 0 {
 		n, size := 0, 0
@@ -361,7 +366,7 @@ func (s *Spool) Close() error {
 		s.jclosed = true
 		s.jcond.Broadcast()
 		s.jmu.Unlock()
-		<-s.jdone // queued Accept calls are written and their applies queued
+		<-s.jdone // queued Accept calls fail with ErrClosed; nothing more is written
 		s.commits.close()
 		s.pmu.Lock()
 		s.pcond.Broadcast()
