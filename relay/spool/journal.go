@@ -313,7 +313,7 @@ func (j *journal) write(f *jFrame) error {
 		j.fail(err)
 		return fmt.Errorf("write journal: %w", err)
 	}
-	if err := fdatasync(j.f); err != nil {
+	if err := syncFile(j.f); err != nil {
 		j.fail(err)
 		return fmt.Errorf("sync journal: %w", err)
 	}
@@ -395,6 +395,9 @@ func (j *journal) close() {
 		j.f = nil
 	}
 }
+
+// syncFile makes a journal write durable: fdatasync (a variable so that tests can make it fail).
+var syncFile = fdatasync
 
 // syncDir fsyncs a directory so that entries created or removed in it are durable.
 func syncDir(dir string) error {

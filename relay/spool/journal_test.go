@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -585,5 +586,45 @@ func TestOpen_MigratesFormat1(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSpool_JournalSyncFailure: Accept answers only after the journal's sync succeeded. When
+// it fails, the call fails, nothing of it is visible or recorded (not even after a restart),
+// Check reports the journal's directory, and the next Accept works on a new segment.
+func TestSpool_JournalSyncFailure(t *testing.T) {
+	var failing atomic.Bool
+	syncFile = func(f *os.File) error {
+		if failing.Load() {
+			return errors.New("EIO")
+		}
+		return fdatasync(f)
+	}
+	t.Cleanup(func() { syncFile = fdatasync })
+	s, path := openTest(t, Options{})
+	mustAccept(t, s, t0, item("k0", "before"))
+	failing.Store(true)
+	if _, err := s.Accept(context.Background(), []Item{item("k1", "lost")}, t0); err == nil {
+		t.Fatal("Accept succeeded although the journal sync failed")
+	}
+	if err := s.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "journal directory") {
+		t.Fatalf("Check while syncs fail = %v", err)
+	}
+	if got := datasOf(mustReady(t, s, "a", 0, 10)); !slices.Equal(got, []string{"before"}) {
+		t.Fatalf("Ready after a failed Accept = %q", got)
+	}
+	failing.Store(false)
+	if err := s.Check(context.Background()); err != nil {
+		t.Fatalf("Check after recovery: %v", err)
+	}
+	if dup := mustAccept(t, s, t0, item("k1", "again")); dup[0] {
+		t.Fatal("the key of a failed Accept was recorded")
+	}
+	s2 := reopen(t, s, path, Options{})
+	if got := datasOf(mustReady(t, s2, "a", 0, 10)); !slices.Equal(got, []string{"before", "again"}) {
+		t.Fatalf("after reopen = %q", got)
+	}
+	if n, _ := s2.DedupLen(); n != 2 {
+		t.Fatalf("DedupLen = %d, want 2", n)
 	}
 }

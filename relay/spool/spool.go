@@ -391,8 +391,10 @@ func (s *Spool) Close() error {
 	return s.closeErr
 }
 
-// Check reports whether the spool can commit: it writes a heartbeat key in a tiny transaction.
-// It returns when the commit is on disk or ctx is done, whichever comes first.
+// Check reports whether the spool can take changes: it writes and syncs a probe file in the
+// journal's directory (Accept's path), writes a heartbeat key in a tiny transaction of the
+// file (the apply's path), and fails while applying the journal fails. It returns when both
+// are on disk or ctx is done, whichever comes first.
 func (s *Spool) Check(ctx context.Context) error {
 	if s.closed.Load() {
 		return fmt.Errorf("check spool: %w", ErrClosed)
@@ -408,6 +410,10 @@ func (s *Spool) Check(ctx context.Context) error {
 	}
 	done := make(chan error, 1)
 	go func() {
+		if err := probeDir(s.jr.dir); err != nil {
+			done <- fmt.Errorf("journal directory: %w", err)
+			return
+		}
 		done <- s.db.Update(func(tx *bolt.Tx) error {
 			return tx.Bucket(bucketMeta).Put(metaHeartbeat, encTime(time.Now()))
 		})
@@ -421,6 +427,25 @@ func (s *Spool) Check(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("check spool: %w", ctx.Err())
 	}
+}
+
+// probeDir writes and syncs a small file in dir, as a journal write would.
+func probeDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "probe"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(encTime(time.Now()))
+	if werr == nil {
+		werr = syncFile(f)
+	}
+	if err := f.Close(); werr == nil {
+		werr = err
+	}
+	return werr
 }
 
 // mapErr turns bbolt's "database not open" into ErrClosed.
