@@ -263,6 +263,11 @@ func (s *server) maintain(ctx context.Context) {
 	const tick = 100 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	// The baseline is taken with the spool's pages released, so that what Open read (a
+	// migration, a journal replay) does not raise the ceiling.
+	if err := s.spool.ReleaseMemory(); err != nil {
+		s.log.Warn("release spool memory", "err", err)
+	}
 	base, measured := fileResident()
 	for n := 0; ; n++ {
 		if n%int(time.Minute/tick) == 0 {

@@ -313,7 +313,14 @@ func (s *Spool) queueApply() {
 	var taken []*pendingFrame
 	err := s.commits.submit(func(tx *bolt.Tx) error {
 		taken = s.takeFrames(id)
+		// A commit that reported a failure may still have reached the file (bbolt writes the
+		// meta page before its last sync): a frame the file already records is not written
+		// again.
+		done := decUint(tx.Bucket(bucketMeta).Get(metaJournalLSN))
 		for _, pf := range taken {
+			if pf.lsn <= done {
+				continue
+			}
 			if applyFault != nil {
 				if err := applyFault(); err != nil {
 					return err

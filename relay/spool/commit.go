@@ -2,6 +2,7 @@ package spool
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -132,7 +133,13 @@ func (c *committer) loop() {
 	}
 }
 
-// run commits batch in one transaction, setting aside any call whose function fails.
+// commitFault, when set by tests, can turn a commit that succeeded into a reported failure, as
+// when bbolt's last fdatasync fails after the new meta page was written.
+var commitFault func() error
+
+// run commits batch in one transaction, setting aside any call whose function fails. The calls
+// keep their order: when one fails, those before it commit again first, then it runs alone,
+// then the rest.
 func (c *committer) run(batch []*call) {
 	for len(batch) > 0 {
 		err := c.db.Update(func(tx *bolt.Tx) error {
@@ -143,6 +150,9 @@ func (c *committer) run(batch []*call) {
 			}
 			return nil
 		})
+		if err == nil && commitFault != nil {
+			err = commitFault()
+		}
 		var failed *errCallFailed
 		if !errors.As(err, &failed) {
 			for _, cl := range batch {
@@ -150,14 +160,9 @@ func (c *committer) run(batch []*call) {
 			}
 			return
 		}
-		// One function failed: it runs alone, the rest again without it.
+		i := slices.Index(batch, failed.c)
+		c.run(batch[:i])
 		failed.c.done(c.db.Update(failed.c.fn))
-		rest := batch[:0:0]
-		for _, cl := range batch {
-			if cl != failed.c {
-				rest = append(rest, cl)
-			}
-		}
-		batch = rest
+		batch = batch[i+1:]
 	}
 }

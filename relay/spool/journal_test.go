@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -626,5 +627,133 @@ func TestSpool_JournalSyncFailure(t *testing.T) {
 	}
 	if n, _ := s2.DedupLen(); n != 2 {
 		t.Fatalf("DedupLen = %d, want 2", n)
+	}
+}
+
+// TestSpool_ApplyReportedFailedButCommitted: bbolt writes the meta page before its last sync,
+// so a commit that reports a failure may be in the file. The retried apply must not write the
+// frame again (stats counted twice, a delivery done in memory meanwhile stored without data).
+func TestSpool_ApplyReportedFailedButCommitted(t *testing.T) {
+	var once atomic.Bool
+	commitFault = func() error {
+		if once.CompareAndSwap(false, true) {
+			return errors.New("fdatasync: EIO")
+		}
+		return nil
+	}
+	oldDelay := applyRetryDelay
+	applyRetryDelay = 10 * time.Millisecond
+	t.Cleanup(func() { commitFault, applyRetryDelay = nil, oldDelay })
+
+	s, _ := openTest(t, Options{})
+	mustAccept(t, s, t0, Item{Key: "k", Data: []byte("x"), Sinks: []string{"a", "b"}})
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Check(context.Background()) == nil && !once.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("no commit was made to fail")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a := mustReady(t, s, "a", 0, 10)
+	if len(a) != 1 {
+		t.Fatalf("Ready(a) = %+v", a)
+	}
+	if err := s.Done("a", a[0].Seq); err != nil { // in memory: the frame was given back
+		t.Fatal(err)
+	}
+	for s.Check(context.Background()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("applies did not recover")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.waitApplied()
+	b := mustReady(t, s, "b", 0, 10)
+	if len(b) != 1 {
+		t.Fatalf("Ready(b) = %+v", b)
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st["b"].Ready != 1 {
+		t.Fatalf("stats counted the frame twice: %+v", st)
+	}
+	if err := s.Done("b", b[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	// Sink a's delivery reached the file with the first commit and is delivered again (at
+	// least once); its data must still be there.
+	if got, err := s.Ready("a", 0, 10); err != nil || len(got) != 1 || string(got[0].Data) != "x" {
+		t.Fatalf("Ready(a) after Done(b) = %+v, %v", got, err)
+	}
+}
+
+// TestSpool_CheckSharesAHangingProbe: while the disk hangs, readiness checks that time out
+// share the one probe in flight instead of each leaving a goroutine stuck in fdatasync.
+func TestSpool_CheckSharesAHangingProbe(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	syncFile = func(f *os.File) error {
+		if calls.Add(1) == 1 {
+			<-release
+		}
+		return fdatasync(f)
+	}
+	t.Cleanup(func() { syncFile = fdatasync })
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+		if err := s.Check(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Check with a hanging disk = %v", err)
+		}
+		cancel()
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d probes started while the first hung, want 1", n)
+	}
+	close(release)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Check(context.Background()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("Check did not recover")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestCommitter_FailedCallKeepsOrder: when one call of a shared transaction fails, the calls
+// queued before it commit first, then it runs alone, then the ones after it.
+func TestCommitter_FailedCallKeepsOrder(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	release := holdCommits(t, s)
+	var mu sync.Mutex
+	var order []string
+	results := make(chan struct{}, 3)
+	submit := func(name string, fail bool) {
+		err := s.commits.submit(func(*bolt.Tx) error {
+			if fail {
+				return errors.New("boom")
+			}
+			return nil
+		}, func(err error) {
+			mu.Lock()
+			order = append(order, fmt.Sprintf("%s:%v", name, err != nil))
+			mu.Unlock()
+			results <- struct{}{}
+		}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	submit("a", false)
+	submit("b", true)
+	submit("c", false)
+	release()
+	for range 3 {
+		<-results
+	}
+	if want := []string{"a:false", "b:true", "c:false"}; !slices.Equal(order, want) {
+		t.Fatalf("results in order %q, want %q", order, want)
 	}
 }

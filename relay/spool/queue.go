@@ -56,7 +56,9 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 			}
 			data := b.items.Get(k)
 			if data == nil {
-				return fmt.Errorf("delivery %d: item data missing", seq)
+				// Nothing to deliver; failing the read would stop the sink for good.
+				s.log.Error("spool delivery without item data, skipped", "sink", sink, "seq", seq)
+				continue
 			}
 			out = append(out, Delivery{
 				Sink:    sink,

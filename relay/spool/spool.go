@@ -140,6 +140,9 @@ type Spool struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	checkMu  sync.Mutex
+	checking *probe // the probe Check callers are waiting for, if one runs
+
 	// promoteLimit bounds the deliveries one Promote call moves (maxPromote; tests lower it).
 	promoteLimit int
 
@@ -408,25 +411,44 @@ func (s *Spool) Check(ctx context.Context) error {
 	if applyErr != nil {
 		return fmt.Errorf("check spool: applying the journal: %w", applyErr)
 	}
-	done := make(chan error, 1)
-	go func() {
-		if err := probeDir(s.jr.dir); err != nil {
-			done <- fmt.Errorf("journal directory: %w", err)
-			return
-		}
-		done <- s.db.Update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(metaHeartbeat, encTime(time.Now()))
-		})
-	}()
+	s.checkMu.Lock()
+	p := s.checking
+	if p == nil {
+		// One probe at a time: while the disk hangs, callers share it instead of piling up
+		// goroutines stuck in fdatasync.
+		p = &probe{done: make(chan struct{})}
+		s.checking = p
+		go func() {
+			p.err = probeDir(s.jr.dir)
+			if p.err != nil {
+				p.err = fmt.Errorf("journal directory: %w", p.err)
+			} else {
+				p.err = s.mapErr(s.db.Update(func(tx *bolt.Tx) error {
+					return tx.Bucket(bucketMeta).Put(metaHeartbeat, encTime(time.Now()))
+				}))
+			}
+			s.checkMu.Lock()
+			s.checking = nil
+			s.checkMu.Unlock()
+			close(p.done)
+		}()
+	}
+	s.checkMu.Unlock()
 	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("check spool: %w", s.mapErr(err))
+	case <-p.done:
+		if p.err != nil {
+			return fmt.Errorf("check spool: %w", p.err)
 		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("check spool: %w", ctx.Err())
 	}
+}
+
+// probe is one run of Check's disk probe, shared by the callers that arrive while it runs.
+type probe struct {
+	done chan struct{}
+	err  error // set before done is closed
 }
 
 // probeDir writes and syncs a small file in dir, as a journal write would.
