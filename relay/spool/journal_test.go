@@ -346,13 +346,7 @@ func TestSpool_ApplyFailure(t *testing.T) {
 	for i := range 10 {
 		mustAccept(t, s, t0, item(fmt.Sprint(i), fmt.Sprint(i)))
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Check(context.Background()) == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("Check stays healthy while applies fail")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitCheck(t, s, false, "Check stays healthy while applies fail")
 	if err := s.Check(context.Background()); err == nil || !bytes.Contains([]byte(err.Error()), []byte("disk says no")) {
 		t.Fatalf("Check = %v", err)
 	}
@@ -373,6 +367,8 @@ func TestSpool_ApplyFailure(t *testing.T) {
 
 	// Accept keeps going while the file recovers.
 	stop := make(chan struct{})
+	stopLoad := sync.OnceFunc(func() { close(stop) })
+	t.Cleanup(stopLoad)
 	var more atomic.Int32
 	go func() {
 		for i := 0; ; i++ {
@@ -389,14 +385,8 @@ func TestSpool_ApplyFailure(t *testing.T) {
 	}()
 	time.Sleep(30 * time.Millisecond) // a few failed retries with new frames arriving
 	failing.Store(false)
-	for s.Check(context.Background()) != nil {
-		if time.Now().After(deadline) {
-			close(stop)
-			t.Fatal("Check stays failed after the file recovered, under load")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	close(stop)
+	waitCheck(t, s, true, "Check stays failed after the file recovered, under load")
+	stopLoad()
 	time.Sleep(5 * time.Millisecond)
 	s.waitApplied()
 	want := 10 + int(more.Load())
@@ -453,13 +443,7 @@ func TestSpool_DoneDuringFailedApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.waitApplied()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Check(context.Background()) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("applies did not recover")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitCheck(t, s, true, "applies did not recover")
 	if got := mustReady(t, s, "a", 0, 10); len(got) != 0 {
 		t.Fatalf("a delivery done during a failed apply came back: %+v", got)
 	}
@@ -504,6 +488,19 @@ func TestSpool_PendingKeyReaccepted(t *testing.T) {
 	}
 	if dup := mustAccept(t, s, t0.Add(window+time.Second), item("k", "third")); !dup[0] {
 		t.Fatal("a key re-accepted in a pending frame was forgotten when the older frame was applied")
+	}
+}
+
+// waitCheck polls Check until it reports healthy (or, with healthy false, a failure), and
+// fails the test with what if that takes more than 5 seconds.
+func waitCheck(t *testing.T, s *Spool, healthy bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for (s.Check(context.Background()) == nil) != healthy {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -661,12 +658,7 @@ func TestSpool_ApplyReportedFailedButCommitted(t *testing.T) {
 	if err := s.Done("a", a[0].Seq); err != nil { // in memory: the frame was given back
 		t.Fatal(err)
 	}
-	for s.Check(context.Background()) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("applies did not recover")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitCheck(t, s, true, "applies did not recover")
 	s.waitApplied()
 	b := mustReady(t, s, "b", 0, 10)
 	if len(b) != 1 {
@@ -713,13 +705,7 @@ func TestSpool_CheckSharesAHangingProbe(t *testing.T) {
 		t.Fatalf("%d probes started while the first hung, want 1", n)
 	}
 	close(release)
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Check(context.Background()) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("Check did not recover")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitCheck(t, s, true, "Check did not recover")
 }
 
 // TestCommitter_FailedCallKeepsOrder: when one call of a shared transaction fails, the calls
