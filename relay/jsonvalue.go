@@ -35,6 +35,23 @@ type valueParser struct {
 	i int
 }
 
+// next consumes what follows an element of an object or array: a comma (more is true) or
+// the closing byte (more is false); anything else is an error.
+func (p *valueParser) next(closing byte) (more bool, err error) {
+	p.ws()
+	if p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ',':
+			p.i++
+			return true, nil
+		case closing:
+			p.i++
+			return false, nil
+		}
+	}
+	return false, errValue
+}
+
 func (p *valueParser) ws() {
 	for p.i < len(p.b) {
 		switch p.b[p.i] {
@@ -82,19 +99,12 @@ func (p *valueParser) value(depth int) (any, error) {
 				return nil, err
 			}
 			m[k] = v
-			p.ws()
-			if p.i >= len(p.b) {
-				return nil, errValue
-			}
-			if p.b[p.i] == ',' {
-				p.i++
-				continue
-			}
-			if p.b[p.i] == '}' {
-				p.i++
+			if more, err := p.next('}'); !more {
+				if err != nil {
+					return nil, err
+				}
 				return m, nil
 			}
-			return nil, errValue
 		}
 	case c == '[':
 		p.i++
@@ -110,19 +120,12 @@ func (p *valueParser) value(depth int) (any, error) {
 				return nil, err
 			}
 			a = append(a, v)
-			p.ws()
-			if p.i >= len(p.b) {
-				return nil, errValue
-			}
-			if p.b[p.i] == ',' {
-				p.i++
-				continue
-			}
-			if p.b[p.i] == ']' {
-				p.i++
+			if more, err := p.next(']'); !more {
+				if err != nil {
+					return nil, err
+				}
 				return a, nil
 			}
-			return nil, errValue
 		}
 	case c == '"':
 		return p.str()
