@@ -73,6 +73,11 @@ const maxHistory = 20
 // readyBatch is how many deliveries a dispatcher reads from the spool at a time.
 const readyBatch = 256
 
+// doneBatch bounds the finished deliveries a sink's committer removes from the spool in one
+// call. Each call waits for a spool commit (at most one per spool.Options.CommitInterval), so
+// this, not the sink, would bound a fast sink's rate: 4096 per 20 ms is 200k changes/s.
+const doneBatch = 4096
+
 // replaceTimeout bounds how long a reload waits for a replaced sink's attempts in flight.
 const replaceTimeout = 10 * time.Second
 
@@ -327,7 +332,7 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 		e:     e, cfg: c, name: name, log: e.log.With("sink", name),
 		wake:       make(chan struct{}, 1),
 		jobs:       make(chan []spool.Delivery),
-		dones:      make(chan uint64, readyBatch),
+		dones:      make(chan uint64, doneBatch),
 		stop:       make(chan struct{}),
 		attemptCtx: ctx, cancel: cancel,
 		inflight: map[uint64]struct{}{},
@@ -543,7 +548,7 @@ func (r *runner) worker() {
 // committer removes delivered changes from the spool, many per transaction.
 func (r *runner) committer() {
 	defer r.commitWG.Done()
-	batch := make([]uint64, 0, readyBatch)
+	batch := make([]uint64, 0, doneBatch)
 	for seq := range r.dones {
 		batch = append(batch[:0], seq)
 	drain:
