@@ -89,6 +89,7 @@ type pendingFrame struct {
 	items   []jItem
 	pitems  []*pendingItem // pitems[i] is items[i]'s pending item, nil if it has no delivery
 	bytes   int64
+	written time.Time // when it was synced to the journal
 	applied bool
 	// takenBy is the apply call that writes the frame (0: none yet), and snap what it writes:
 	// the items with only the sinks still waiting for them. While a call holds the frame,
@@ -272,13 +273,12 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 		return err
 	}
 
-	pf := &pendingFrame{lsn: frame.lsn, items: frame.items, pitems: make([]*pendingItem, len(frame.items)), bytes: int64(held)}
+	pf := &pendingFrame{lsn: frame.lsn, items: frame.items, pitems: make([]*pendingItem, len(frame.items)), bytes: int64(held), written: time.Now()}
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	// The apply is queued before the items become visible to Ready, so any Done or
-	// Reschedule for them is queued after it and finds them in the bbolt file.
+	// Until an apply call takes the frame, Done and Reschedule work on its items in memory;
+	// once one has, theirs are queued behind it and find the items in the bbolt file.
 	s.frames = append(s.frames, pf)
-	s.queueApply()
 	for i := range pf.items {
 		it := &pf.items[i]
 		if it.key != "" {
@@ -292,14 +292,40 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	}
 	s.pendingBytes += pf.bytes
 	s.pendingLSN = frame.lsn
+	s.queueApply()
 	return nil
 }
 
+// applyEarlyBytes is how much pending state makes frames go to the file before their
+// ApplyDelay: well under maxPendingBytes, so that a steady load never makes Accept wait.
+const applyEarlyBytes = 4 << 20
+
 // queueApply queues an apply call in the spool file's commit, behind everything queued so far,
 // unless one is already queued and has not started: that one takes, when it runs, the frames
-// written until then. While applying fails, the retry queues it. Called with pmu held.
+// written until then. A call is queued only once the oldest frame not taken yet has waited
+// ApplyDelay, or applyEarlyBytes are pending, or someone waits for the file (applyWaiters),
+// or the spool is closing; until then a timer calls again when the frame is due. While
+// applying fails, the retry queues it. Called with pmu held.
 func (s *Spool) queueApply() {
 	if s.applyQueued || s.applyFailing {
+		return
+	}
+	var oldest *pendingFrame
+	for _, pf := range s.frames {
+		if pf.takenBy == 0 {
+			oldest = pf
+			break
+		}
+	}
+	if oldest == nil {
+		return
+	}
+	if wait := s.applyDelay - time.Since(oldest.written); wait > 0 && s.pendingBytes < applyEarlyBytes &&
+		s.applyWaiters == 0 && !s.closed.Load() {
+		if !s.applyTimer {
+			s.applyTimer = true
+			time.AfterFunc(wait, s.applyDue)
+		}
 		return
 	}
 	s.applyCalls++
@@ -499,6 +525,16 @@ var applyRetryDelay = time.Second
 // applyFault, when set by tests, is called before each frame is applied; an error fails it.
 var applyFault func() error
 
+// applyDue is the timer queueApply sets for the oldest pending frame.
+func (s *Spool) applyDue() {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	s.applyTimer = false
+	if !s.closed.Load() {
+		s.queueApply()
+	}
+}
+
 // retryApply ends the pause after a failed apply and queues an apply call.
 func (s *Spool) retryApply() {
 	s.pmu.Lock()
@@ -515,7 +551,10 @@ func (s *Spool) waitApplied() {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
 	target := s.pendingLSN
+	s.applyWaiters++
+	defer func() { s.applyWaiters-- }()
 	for s.appliedLSN < target && !s.applyFailing && !s.closed.Load() {
+		s.queueApply()
 		s.pcond.Wait()
 	}
 }
@@ -525,6 +564,8 @@ func (s *Spool) waitApplied() {
 func (s *Spool) waitItemApplied(seq uint64) error {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
+	s.applyWaiters++
+	defer func() { s.applyWaiters-- }()
 	for {
 		pf := s.pendingFrameOf(seq)
 		switch {
@@ -535,6 +576,7 @@ func (s *Spool) waitItemApplied(seq uint64) error {
 		case s.applyFailing:
 			return fmt.Errorf("item %d is not in the spool file yet: %w", seq, s.applyErr)
 		}
+		s.queueApply()
 		s.pcond.Wait()
 	}
 }

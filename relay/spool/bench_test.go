@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -94,4 +95,76 @@ func BenchmarkReadyDone(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*page)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// BenchmarkSteadyState models a relay whose sinks keep up: 64 callers Accept one item at a
+// time while one consumer per sink reads what is ready and marks it done. With an ApplyDelay
+// longer than a delivery takes, items never reach the bbolt file; only their keys do.
+// "ns/op" is wall time per accepted item; the process CPU per item is reported too.
+func BenchmarkSteadyState(b *testing.B) {
+	for _, delay := range []time.Duration{time.Nanosecond, DefaultApplyDelay} {
+		b.Run("apply_delay="+delay.String(), func(b *testing.B) {
+			s, _ := openTest(b, Options{ApplyDelay: delay})
+			data := make([]byte, 1024)
+			stop := make(chan struct{})
+			consumed := make(chan struct{})
+			var delivered atomic.Int64
+			for _, sink := range []string{"orders", "archive"} {
+				go func() {
+					defer func() { consumed <- struct{}{} }()
+					var after uint64
+					for {
+						ds, err := s.Ready(sink, after, 256)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						if len(ds) == 0 {
+							select {
+							case <-stop:
+								return
+							case <-time.After(time.Millisecond):
+							}
+							continue
+						}
+						seqs := make([]uint64, len(ds))
+						for i, d := range ds {
+							seqs[i] = d.Seq
+						}
+						after = seqs[len(seqs)-1]
+						if err := s.Done(sink, seqs...); err != nil {
+							b.Error(err)
+							return
+						}
+						delivered.Add(int64(len(seqs)))
+					}
+				}()
+			}
+			var n atomic.Uint64
+			cpu0 := cpuTime()
+			b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := s.Accept(context.Background(), []Item{benchItem(n.Add(1), data)}, time.Now()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			close(stop)
+			<-consumed
+			<-consumed
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/item")
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
+		})
+	}
+}
+
+// cpuTime returns the CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

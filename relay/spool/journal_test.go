@@ -743,3 +743,89 @@ func TestCommitter_FailedCallKeepsOrder(t *testing.T) {
 		t.Fatalf("results in order %q, want %q", order, want)
 	}
 }
+
+// appliedLSN returns the last frame applied to the file, without waiting for anything.
+func appliedLSN(s *Spool) uint64 {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	return s.appliedLSN
+}
+
+// TestSpool_ApplyDelay: frames wait ApplyDelay before they go to the file, and a delivery done
+// meanwhile never does; a caller that needs the file (Reschedule, Stats), a backlog of
+// applyEarlyBytes, and Close apply them at once.
+func TestSpool_ApplyDelay(t *testing.T) {
+	t.Run("waits, and skips what is done meanwhile", func(t *testing.T) {
+		s, _ := openTest(t, Options{ApplyDelay: 2 * time.Second})
+		mustAccept(t, s, t0, item("k1", "one"), item("k2", "two"))
+		ds := mustReady(t, s, "a", 0, 10)
+		if err := s.Done("a", ds[0].Seq); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // ten commit intervals
+		if n := appliedLSN(s); n != 0 {
+			t.Fatalf("frame %d applied at once, before its delay", n)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for appliedLSN(s) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the frame was never applied after its delay")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := itemCount(t, s); n != 1 {
+			t.Fatalf("file holds %d items, want only the one not delivered", n)
+		}
+		if dup := mustAccept(t, s, t0, item("k1", "again")); !dup[0] {
+			t.Fatal("key of the delivery done before the apply was not recorded")
+		}
+	})
+	t.Run("a caller that needs the file does not wait for the delay", func(t *testing.T) {
+		s, _ := openTest(t, Options{ApplyDelay: time.Hour})
+		mustAccept(t, s, t0, item("k1", "one"))
+		ds := mustReady(t, s, "a", 0, 10)
+		done := make(chan error, 1)
+		go func() { done <- s.Reschedule("a", ds[0].Seq, t0.Add(time.Minute), 1, nil) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("Reschedule waited for the apply delay")
+		}
+		checkStats(t, s, map[string]SinkStats{"a": {Scheduled: 1, Oldest: t0}})
+	})
+	t.Run("a backlog is applied early", func(t *testing.T) {
+		s, _ := openTest(t, Options{ApplyDelay: time.Hour})
+		big := string(bytes.Repeat([]byte("x"), 64<<10))
+		for i := range applyEarlyBytes / len(big) {
+			mustAccept(t, s, t0, item(fmt.Sprint(i), big))
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for appliedLSN(s) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("nothing applied with %d bytes pending", applyEarlyBytes)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	t.Run("Close applies what waits", func(t *testing.T) {
+		s, path := openTest(t, Options{ApplyDelay: time.Hour})
+		mustAccept(t, s, t0, item("k1", "one"), item("k2", "two"))
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if paths, _ := listSegments(journalDir(path)); len(paths) != 0 {
+			t.Fatalf("journal segments left after Close: %q", paths)
+		}
+		s2, err := Open(path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s2.Close()
+		if got := datasOf(mustReady(t, s2, "a", 0, 10)); !slices.Equal(got, []string{"one", "two"}) {
+			t.Fatalf("after reopen: %q", got)
+		}
+	})
+}

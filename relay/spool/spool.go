@@ -21,6 +21,7 @@ import (
 const (
 	DefaultMaxBatchDelay  = 0 // write a journal frame as soon as the previous one is synced
 	DefaultCommitInterval = 20 * time.Millisecond
+	DefaultApplyDelay     = 500 * time.Millisecond
 	DefaultMaxBatchSize   = 1000
 	DefaultDedupWindow    = 168 * time.Hour
 	DefaultOpenTimeout    = time.Second
@@ -84,6 +85,12 @@ type Options struct {
 	// CommitInterval is the least time between the starts of two commits of the spool file,
 	// which apply the journal and record Done and Reschedule calls. Default 20ms.
 	CommitInterval time.Duration
+	// ApplyDelay is how long a journal frame may wait before it is applied to the spool file
+	// (sooner when 4 MiB of frames wait, or when a caller needs them there). A delivery done
+	// within it never touches the file, only its dedup key does, and one commit takes the
+	// frames of the whole delay. A crash loses nothing: Open applies what the journal holds.
+	// Default 500ms.
+	ApplyDelay time.Duration
 	// MaxBatchDelay is an extra wait before each journal frame for more Accept calls to join
 	// it. Default 0: a frame is written as soon as the previous one is synced, and the calls
 	// that arrived during that write and sync share it.
@@ -133,7 +140,10 @@ type Spool struct {
 	applyCalls   uint64 // apply calls queued so far; the last one's id
 	applyQueued  bool   // the last apply call has not started yet
 	applyFailing bool   // an apply failed; none runs until the retry
-	applyErr     error  // the last apply error, until every frame written by then is applied
+	applyDelay   time.Duration
+	applyTimer   bool  // a timer will queue an apply call when the oldest frame is due
+	applyWaiters int   // callers waiting for frames to reach the file: apply them now
+	applyErr     error // the last apply error, until every frame written by then is applied
 	failedLSN    uint64
 
 	closed    atomic.Bool
@@ -160,6 +170,9 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	if opt.CommitInterval <= 0 {
 		opt.CommitInterval = DefaultCommitInterval
+	}
+	if opt.ApplyDelay <= 0 {
+		opt.ApplyDelay = DefaultApplyDelay
 	}
 	if opt.MaxBatchSize <= 0 {
 		opt.MaxBatchSize = DefaultMaxBatchSize
@@ -239,7 +252,7 @@ func Open(path string, opt Options) (*Spool, error) {
 		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
 	s := &Spool{db: db, commits: newCommitter(db, opt.MaxBatchSize, opt.CommitInterval), path: path,
 		window: opt.DedupWindow, log: log, promoteLimit: maxPromote,
-		delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize,
+		delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize, applyDelay: opt.ApplyDelay,
 		jr:      &journal{dir: jdir, log: log},
 		jdone:   make(chan struct{}),
 		lastLSN: jlsn, lastSeq: seq, pendingLSN: jlsn, appliedLSN: jlsn,
@@ -370,6 +383,9 @@ func (s *Spool) Close() error {
 		s.jcond.Broadcast()
 		s.jmu.Unlock()
 		<-s.jdone // queued Accept calls fail with ErrClosed; nothing more is written
+		s.pmu.Lock()
+		s.queueApply() // frames still waiting for their delay are applied now
+		s.pmu.Unlock()
 		s.commits.close()
 		s.pmu.Lock()
 		s.pcond.Broadcast()

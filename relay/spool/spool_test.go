@@ -764,12 +764,12 @@ func TestSpool_AbandonCopy(t *testing.T) {
 	for i := range n {
 		mustAccept(t, s, t0, Item{Key: fmt.Sprint(i), Data: fmt.Appendf(nil, "d%d", i), Sinks: []string{"a"}})
 	}
+	s.waitApplied() // so that the Done below goes to the file, not to the pending frames
 	ds := mustReady(t, s, "a", 0, 5)
 	if err := s.Done("a", ds[0].Seq); err != nil {
 		t.Fatal(err)
 	}
-	copyPath := filepath.Join(t.TempDir(), "copy.db")
-	copyFile(t, path, copyPath)
+	copyPath := copySpool(t, path)
 
 	c, err := Open(copyPath, Options{})
 	if err != nil {
@@ -848,7 +848,7 @@ func TestTimeBits_Order(t *testing.T) {
 // stored twice. A function that blocks the committer holds the applies back until the
 // failing one is queued behind them.
 func TestSpool_AcceptBatchRetry(t *testing.T) {
-	s, _ := openTest(t, Options{})
+	s, _ := openTest(t, Options{ApplyDelay: time.Nanosecond}) // each frame's apply is queued at once
 	const callers = 16
 	release := make(chan struct{})
 	blocked := make(chan struct{})

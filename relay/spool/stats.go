@@ -129,6 +129,7 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 	if max <= 0 {
 		return 0, nil
 	}
+	s.waitApplied()
 	cutoff := timeBits(now.Add(-s.window))
 	var n int
 	err := s.update(func(tx *bolt.Tx) error {
