@@ -74,8 +74,9 @@ const maxHistory = 20
 const readyBatch = 256
 
 // doneBatch bounds the finished deliveries a sink's committer removes from the spool in one
-// call. Each call waits for a spool commit (at most one per spool.Options.CommitInterval), so
-// this, not the sink, would bound a fast sink's rate: 4096 per 20 ms is 200k changes/s.
+// call. A call that reaches the spool file waits for its commit (at most one per
+// spool.Options.CommitInterval), so this, not the sink, would bound a fast sink's rate
+// through a backlog: 4096 per 20 ms is 200k changes/s.
 const doneBatch = 4096
 
 // replaceTimeout bounds how long a reload waits for a replaced sink's attempts in flight.

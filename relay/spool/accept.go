@@ -188,8 +188,8 @@ func (s *Spool) journalLoop() {
 	}
 }
 
-// journalGroup dedups the group's items, writes the new ones as one frame, syncs it, and
-// queues the frame's apply to the bbolt file. It sets each call's dup and lsn.
+// journalGroup dedups the group's items, writes the new ones as one frame, syncs it, makes it
+// pending and hands it to queueApply. It sets each call's dup and lsn.
 func (s *Spool) journalGroup(group []*acceptCall) error {
 	// Keys of frames not applied yet are checked first, the bbolt file after: a key leaves
 	// the pending set only once its apply is committed, so a key is always in one of them.
@@ -276,8 +276,9 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	pf := &pendingFrame{lsn: frame.lsn, items: frame.items, pitems: make([]*pendingItem, len(frame.items)), bytes: int64(held), written: time.Now()}
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	// Until an apply call takes the frame, Done and Reschedule work on its items in memory;
-	// once one has, theirs are queued behind it and find the items in the bbolt file.
+	// Until an apply call takes the frame, Done works on its items in memory (Reschedule has
+	// the frame applied first); once one has, Done's call is queued behind it in the
+	// committer, and goes back to memory if that apply fails.
 	s.frames = append(s.frames, pf)
 	for i := range pf.items {
 		it := &pf.items[i]
@@ -296,32 +297,46 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	return nil
 }
 
-// applyEarlyBytes is how much pending state makes frames go to the file before their
-// ApplyDelay: well under maxPendingBytes, so that a steady load never makes Accept wait.
-const applyEarlyBytes = 4 << 20
+// applyEarlyBytes and applyEarlyItems are how much waiting makes frames go to the file before
+// their ApplyDelay: bytes well under maxPendingBytes, so that a steady load never makes Accept
+// wait, and items few enough that a commit's dirty pages stay small (each new dedup key
+// rewrites a page of its own in a large index, and bbolt holds them all until the commit).
+// While the sinks keep up (the last apply found at least half of its items delivered),
+// waiting saves more than it costs and frames wait for up to maxCommitWeight items instead.
+const (
+	applyEarlyBytes = 4 << 20
+	applyEarlyItems = 256
+)
 
 // queueApply queues an apply call in the spool file's commit, behind everything queued so far,
 // unless one is already queued and has not started: that one takes, when it runs, the frames
 // written until then. A call is queued only once the oldest frame not taken yet has waited
-// ApplyDelay, or applyEarlyBytes are pending, or someone waits for the file (applyWaiters),
-// or the spool is closing; until then a timer calls again when the frame is due. While
+// ApplyDelay, or applyEarlyBytes or applyEarlyItems wait, or someone waits for the file
+// (applyWaiters), or the spool is closing; until then a timer calls again when the frame is due. While
 // applying fails, the retry queues it. Called with pmu held.
 func (s *Spool) queueApply() {
 	if s.applyQueued || s.applyFailing {
 		return
 	}
 	var oldest *pendingFrame
+	weight := 0 // items not taken yet
 	for _, pf := range s.frames {
 		if pf.takenBy == 0 {
-			oldest = pf
-			break
+			if oldest == nil {
+				oldest = pf
+			}
+			weight += len(pf.items)
 		}
 	}
 	if oldest == nil {
 		return
 	}
+	early := applyEarlyItems
+	if s.sinksKeepUp {
+		early = maxCommitWeight
+	}
 	if wait := s.applyDelay - time.Since(oldest.written); wait > 0 && s.pendingBytes < applyEarlyBytes &&
-		s.applyWaiters == 0 && !s.closed.Load() {
+		weight < early && s.applyWaiters == 0 && !s.closed.Load() {
 		if !s.applyTimer {
 			s.applyTimer = true
 			time.AfterFunc(wait, s.applyDue)
@@ -330,12 +345,6 @@ func (s *Spool) queueApply() {
 	}
 	s.applyCalls++
 	id := s.applyCalls
-	weight := 0
-	for _, pf := range s.frames {
-		if pf.takenBy == 0 {
-			weight += len(pf.items)
-		}
-	}
 	var taken []*pendingFrame
 	err := s.commits.submit(func(tx *bolt.Tx) error {
 		taken = s.takeFrames(id)
@@ -390,6 +399,12 @@ func (s *Spool) takeFrames(id uint64) []*pendingFrame {
 	}
 	var out []*pendingFrame
 	weight := 0
+	var bearing, delivered int // items with deliveries newly taken, and those already done
+	defer func() {
+		if bearing > 0 {
+			s.sinksKeepUp = 2*delivered >= bearing
+		}
+	}()
 	for _, pf := range s.frames {
 		switch pf.takenBy {
 		case id:
@@ -402,6 +417,10 @@ func (s *Spool) takeFrames(id uint64) []*pendingFrame {
 			for i, it := range pf.items {
 				if p := pf.pitems[i]; p != nil {
 					it.sinks = p.sinks
+					bearing++
+					if len(p.sinks) == 0 {
+						delivered++
+					}
 				}
 				pf.snap[i] = it
 			}
@@ -475,6 +494,7 @@ func (s *Spool) applied(id uint64, taken []*pendingFrame, err error) {
 			}
 		}
 		if errors.Is(err, ErrClosed) || s.closed.Load() {
+			s.applyFailing = true // Close stops applying; the next Open replays the journal
 			return
 		}
 		s.log.Error("apply journal frames to the spool file", "err", err)

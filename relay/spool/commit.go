@@ -14,7 +14,8 @@ import (
 // while a commit and its fsync run share the next one, so commits grow with the load by
 // themselves. No request waits for it (Accept waits for the journal only), so a commit starts
 // no sooner than interval after the previous one began: fewer, larger commits cost less CPU
-// and fewer fsyncs per change, and deliveries done within that time never reach the file.
+// and fewer fsyncs per change. (How long journal frames wait for their apply is ApplyDelay's
+// business, in queueApply.)
 //
 // A call's function may run more than once: when one function of a shared transaction fails,
 // the transaction is rolled back, that function runs alone, and the others run again without
@@ -57,10 +58,10 @@ func newCommitter(db *bolt.DB, maxSize int, interval time.Duration) *committer {
 }
 
 // do runs fn in a shared write transaction and returns once that transaction is committed
-// (fsync'd) or has failed.
-func (c *committer) do(fn func(*bolt.Tx) error) error {
+// (fsync'd) or has failed. weight is as for submit.
+func (c *committer) do(fn func(*bolt.Tx) error, weight int) error {
 	ch := make(chan error, 1)
-	if err := c.submit(fn, func(err error) { ch <- err }, 1); err != nil {
+	if err := c.submit(fn, func(err error) { ch <- err }, weight); err != nil {
 		return err
 	}
 	return <-ch

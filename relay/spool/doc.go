@@ -12,16 +12,18 @@
 //
 // A frame's items are then applied to the bbolt file by the file's own group commit
 // (commit.go), which also records Done and Reschedule calls. Nothing waits for it on the
-// request path: a frame waits ApplyDelay (500ms) before it is applied, sooner when 4 MiB of
-// frames wait or a caller needs the file (Reschedule, Stats, Close), and one commit takes
-// every frame due. Until then the items are held in memory (bounded: Accept waits, and then
-// fails, when too much is unapplied) and Ready returns them from there. A delivery that is
-// done before its frame is applied never reaches the file; only its dedup key does, so a
-// sink that keeps up costs the file one key per change and a commit every half second. The
-// file records the last frame it applied, journal segments are deleted once every frame in
-// them is applied, and Open applies whatever frames a crash left behind, so an accepted item
-// survives a crash whether or not its frame was applied. A delivery done only in memory
-// before a crash (at most ApplyDelay's worth) is delivered again after it: at least once.
+// request path: a frame waits up to ApplyDelay (500ms) before it is applied; sooner when 4 MiB
+// or 256 items wait (4096 while the sinks keep up: the last apply found most of its items
+// delivered), or when a caller needs the file (Reschedule, Stats, Close). The frames that
+// waited share commits. Until then the items are held in memory (bounded: Accept waits, and
+// then fails, when too much is unapplied) and Ready returns them from there. A delivery that
+// is done before its frame is applied never reaches the file; only its dedup key does, so a
+// sink that keeps up costs the file little more than one key per change. The file records the
+// last frame it applied, journal segments are deleted once every frame in them is applied,
+// and Open applies whatever frames a crash left behind, so an accepted item survives a crash
+// whether or not its frame was applied. A delivery done only in memory before a crash
+// (normally at most ApplyDelay's worth; while applies fail, up to the memory bound) is
+// delivered again after it: at least once.
 //
 // The delivery engine reads a sink's due deliveries in sequence order with Ready, removes them
 // with Done once delivered or dead-lettered, and parks failed ones with Reschedule. Promote

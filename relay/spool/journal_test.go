@@ -30,7 +30,7 @@ func holdCommits(t *testing.T, s *Spool) (release func()) {
 			close(held)
 			<-done
 			return nil
-		})
+		}, 1)
 	}()
 	<-held
 	var once atomic.Bool
@@ -155,7 +155,7 @@ func FuzzJournalFrames(f *testing.F) {
 // TestSpool_JournalReplay leaves frames unapplied (commits held), copies the spool as a crash
 // would leave it, and opens the copy: every accepted item, key and sequence number is back.
 func TestSpool_JournalReplay(t *testing.T) {
-	s, path := openTest(t, Options{})
+	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	mustAccept(t, s, t0, item("k0", "applied"))
 	s.waitApplied()
 	release := holdCommits(t, s)
@@ -224,7 +224,7 @@ func TestSpool_JournalReplay(t *testing.T) {
 // TestSpool_JournalTornTail appends half a frame to the journal, as a crash during a write
 // leaves it: Open applies the whole frames and ignores the rest.
 func TestSpool_JournalTornTail(t *testing.T) {
-	s, path := openTest(t, Options{})
+	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	release := holdCommits(t, s)
 	mustAccept(t, s, t0, item("k1", "one"))
 	cp := copySpool(t, path)
@@ -262,7 +262,7 @@ func TestSpool_JournalTornTail(t *testing.T) {
 // TestSpool_DoneBeforeApply: deliveries done while their frame waits for the file never reach
 // it; only the dedup key does.
 func TestSpool_DoneBeforeApply(t *testing.T) {
-	s, _ := openTest(t, Options{})
+	s, _ := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	release := holdCommits(t, s)
 	mustAccept(t, s, t0, Item{Key: "k", Data: []byte("x"), Sinks: []string{"a", "b"}}, Item{Key: "k2", Data: []byte("y"), Sinks: []string{"a"}})
 	ds := mustReady(t, s, "a", 0, 10)
@@ -303,7 +303,7 @@ func TestSpool_JournalSegments(t *testing.T) {
 	old := journalSegmentSize
 	journalSegmentSize = 512
 	t.Cleanup(func() { journalSegmentSize = old })
-	s, path := openTest(t, Options{})
+	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	release := holdCommits(t, s)
 	for i := range 20 {
 		mustAccept(t, s, t0, item(fmt.Sprint(i), string(bytes.Repeat([]byte("d"), 100))))
@@ -370,7 +370,9 @@ func TestSpool_ApplyFailure(t *testing.T) {
 	stopLoad := sync.OnceFunc(func() { close(stop) })
 	t.Cleanup(stopLoad)
 	var more atomic.Int32
+	loadDone := make(chan struct{})
 	go func() {
+		defer close(loadDone)
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
@@ -387,7 +389,7 @@ func TestSpool_ApplyFailure(t *testing.T) {
 	failing.Store(false)
 	waitCheck(t, s, true, "Check stays failed after the file recovered, under load")
 	stopLoad()
-	time.Sleep(5 * time.Millisecond)
+	<-loadDone // no Accept is still running
 	s.waitApplied()
 	want := 10 + int(more.Load())
 	if n := itemCount(t, s); n != want {
@@ -826,6 +828,84 @@ func TestSpool_ApplyDelay(t *testing.T) {
 		defer s2.Close()
 		if got := datasOf(mustReady(t, s2, "a", 0, 10)); !slices.Equal(got, []string{"one", "two"}) {
 			t.Fatalf("after reopen: %q", got)
+		}
+	})
+	t.Run("Close applies more than one commit takes", func(t *testing.T) {
+		s, path := openTest(t, Options{ApplyDelay: time.Hour})
+		release := holdCommits(t, s)
+		const calls, per = 10, 1000 // 10000 items: three commits' worth
+		for c := range calls {
+			items := make([]Item, per)
+			for i := range items {
+				items[i] = item(fmt.Sprint(c, "-", i), "x")
+			}
+			mustAccept(t, s, t0, items...)
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- s.Close() }()
+		time.Sleep(50 * time.Millisecond) // Close is waiting for the held committer
+		release()
+		if err := <-closed; err != nil {
+			t.Fatal(err)
+		}
+		if paths, _ := listSegments(journalDir(path)); len(paths) != 0 {
+			t.Fatalf("journal segments left after Close: %q", paths)
+		}
+	})
+	t.Run("sinks that keep up let more wait", func(t *testing.T) {
+		s, _ := openTest(t, Options{ApplyDelay: time.Hour})
+		batch := func(prefix string, n int) []Item {
+			items := make([]Item, n)
+			for i := range items {
+				items[i] = item(fmt.Sprint(prefix, i), "x")
+			}
+			return items
+		}
+		waitApply := func(what string) {
+			t.Helper()
+			deadline := time.Now().Add(20 * time.Second)
+			for s.pmu.Lock(); len(s.frames) > 0; s.pmu.Lock() {
+				s.pmu.Unlock()
+				if time.Now().After(deadline) {
+					t.Fatal(what)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			s.pmu.Unlock()
+		}
+		// Nothing delivered: 256 waiting items go to the file.
+		mustAccept(t, s, t0, batch("a", applyEarlyItems)...)
+		waitApply("256 undelivered items were not applied early")
+		if s.pmu.Lock(); s.sinksKeepUp {
+			t.Error("an apply of undelivered items says the sinks keep up")
+		}
+		s.pmu.Unlock()
+		// Delivered before their apply: the sink keeps up.
+		ds := mustReady(t, s, "a", 0, 10000)
+		seqs := seqsOf(ds)
+		if err := s.Done("a", seqs...); err != nil {
+			t.Fatal(err)
+		}
+		mustAccept(t, s, t0, batch("b", applyEarlyItems)...)
+		ds = mustReady(t, s, "a", seqs[len(seqs)-1], 10000)
+		if err := s.Done("a", seqsOf(ds)...); err != nil {
+			t.Fatal(err)
+		}
+		waitApply("256 more items were not applied early")
+		s.pmu.Lock()
+		keepUp := s.sinksKeepUp
+		s.pmu.Unlock()
+		if !keepUp {
+			t.Fatal("an apply of delivered items does not say the sinks keep up")
+		}
+		// Now 256 items wait for their delay.
+		mustAccept(t, s, t0, batch("c", applyEarlyItems)...)
+		time.Sleep(200 * time.Millisecond)
+		s.pmu.Lock()
+		waiting := len(s.frames)
+		s.pmu.Unlock()
+		if waiting == 0 {
+			t.Fatal("256 items were applied early while the sinks keep up")
 		}
 	})
 }

@@ -172,7 +172,7 @@ func (s *Spool) Done(sink string, seqs ...uint64) error {
 			return nil
 		}
 		return addCounts(b.stats, sink, dReady, dSched)
-	})
+	}, len(seqs))
 	if err != nil {
 		return fmt.Errorf("done %s: %w", sink, err)
 	}
@@ -246,7 +246,7 @@ func (s *Spool) Reschedule(sink string, seq uint64, at time.Time, attempt int, h
 			return nil
 		}
 		return addCounts(b.stats, sink, dReady, dSched)
-	})
+	}, 1)
 	if err == nil && notFound {
 		err = ErrNotFound
 	}

@@ -85,11 +85,11 @@ type Options struct {
 	// CommitInterval is the least time between the starts of two commits of the spool file,
 	// which apply the journal and record Done and Reschedule calls. Default 20ms.
 	CommitInterval time.Duration
-	// ApplyDelay is how long a journal frame may wait before it is applied to the spool file
-	// (sooner when 4 MiB of frames wait, or when a caller needs them there). A delivery done
-	// within it never touches the file, only its dedup key does, and one commit takes the
-	// frames of the whole delay. A crash loses nothing: Open applies what the journal holds.
-	// Default 500ms.
+	// ApplyDelay is how long a journal frame may wait before it is applied to the spool file;
+	// sooner when 4 MiB wait, or 256 items (4096 while the sinks keep up), or a caller needs
+	// the file (Reschedule, Stats, Close). A delivery done within it never touches the file,
+	// only its dedup key does, and the frames that waited share commits. A crash loses
+	// nothing: Open applies what the journal holds. Default 500ms.
 	ApplyDelay time.Duration
 	// MaxBatchDelay is an extra wait before each journal frame for more Accept calls to join
 	// it. Default 0: a frame is written as soon as the previous one is synced, and the calls
@@ -143,6 +143,7 @@ type Spool struct {
 	applyDelay   time.Duration
 	applyTimer   bool  // a timer will queue an apply call when the oldest frame is due
 	applyWaiters int   // callers waiting for frames to reach the file: apply them now
+	sinksKeepUp  bool  // the last apply found most of its items delivered (see applyEarlyItems)
 	applyErr     error // the last apply error, until every frame written by then is applied
 	failedLSN    uint64
 
@@ -383,8 +384,13 @@ func (s *Spool) Close() error {
 		s.jcond.Broadcast()
 		s.jmu.Unlock()
 		<-s.jdone // queued Accept calls fail with ErrClosed; nothing more is written
+		// Frames still waiting for their delay are applied now, in as many commits as the
+		// weight bound needs; if that fails the next Open replays them from the journal.
 		s.pmu.Lock()
-		s.queueApply() // frames still waiting for their delay are applied now
+		for s.appliedLSN < s.pendingLSN && !s.applyFailing {
+			s.queueApply()
+			s.pcond.Wait()
+		}
 		s.pmu.Unlock()
 		s.commits.close()
 		s.pmu.Lock()
@@ -510,13 +516,14 @@ func (s *Spool) update(fn func(*bolt.Tx) error) error {
 	return s.mapErr(s.db.Update(fn))
 }
 
-// batch runs fn in a write transaction shared with concurrent callers (group commit). fn may
-// run more than once and must reset anything it reports at its start.
-func (s *Spool) batch(fn func(*bolt.Tx) error) error {
+// batch runs fn in a write transaction shared with concurrent callers (group commit); weight
+// is roughly the records fn writes (see maxCommitWeight). fn may run more than once and must
+// reset anything it reports at its start.
+func (s *Spool) batch(fn func(*bolt.Tx) error, weight int) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	return s.mapErr(s.commits.do(fn))
+	return s.mapErr(s.commits.do(fn, weight))
 }
 
 // encUint encodes v as 8 big-endian bytes.

@@ -858,7 +858,7 @@ func TestSpool_AcceptBatchRetry(t *testing.T) {
 			close(blocked)
 			<-release
 			return nil
-		})
+		}, 1)
 	}()
 	<-blocked
 	var wg sync.WaitGroup
@@ -889,7 +889,7 @@ func TestSpool_AcceptBatchRetry(t *testing.T) {
 				ranBefore.Store(true)
 			}
 			return errors.New("boom")
-		})
+		}, 1)
 	}()
 	for queued := applies; queued == applies; { // wait until the failing function is queued
 		time.Sleep(time.Millisecond)
