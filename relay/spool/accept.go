@@ -297,15 +297,17 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	return nil
 }
 
-// applyEarlyBytes and applyEarlyItems are how much waiting makes frames go to the file before
-// their ApplyDelay: bytes well under maxPendingBytes, so that a steady load never makes Accept
-// wait, and items few enough that a commit's dirty pages stay small (each new dedup key
-// rewrites a page of its own in a large index, and bbolt holds them all until the commit).
-// While the sinks keep up (the last apply found at least half of its items delivered),
-// waiting saves more than it costs and frames wait for up to maxCommitWeight items instead.
+// Frames go to the file before their ApplyDelay when applyEarlyBytes wait (well under
+// maxPendingBytes, so that a steady load never makes Accept wait), or when applyEarlyItems
+// wait and the oldest is applyEarlyAge old: few enough items that a commit's dirty pages stay
+// small (each new dedup key rewrites a page of its own in a large index, and bbolt holds them
+// all until the commit), old enough that a healthy sink has delivered most of them. While the
+// sinks keep up (the last apply found at least half of its items delivered), waiting saves
+// more than it costs, and frames wait for up to maxCommitWeight items instead.
 const (
 	applyEarlyBytes = 4 << 20
 	applyEarlyItems = 256
+	applyEarlyAge   = 50 * time.Millisecond
 )
 
 // queueApply queues an apply call in the spool file's commit, behind everything queued so far,
@@ -331,15 +333,18 @@ func (s *Spool) queueApply() {
 	if oldest == nil {
 		return
 	}
-	early := applyEarlyItems
-	if s.sinksKeepUp {
-		early = maxCommitWeight
+	age := time.Since(oldest.written)
+	wait := s.applyDelay - age
+	switch {
+	case s.sinksKeepUp && weight >= maxCommitWeight:
+		wait = 0
+	case !s.sinksKeepUp && weight >= applyEarlyItems:
+		wait = min(wait, applyEarlyAge-age)
 	}
-	if wait := s.applyDelay - time.Since(oldest.written); wait > 0 && s.pendingBytes < applyEarlyBytes &&
-		weight < early && s.applyWaiters == 0 && !s.closed.Load() {
-		if !s.applyTimer {
-			s.applyTimer = true
-			time.AfterFunc(wait, s.applyDue)
+	if wait > 0 && s.pendingBytes < applyEarlyBytes && s.applyWaiters == 0 && !s.closed.Load() {
+		if at := time.Now().Add(wait); s.applyTimerAt.IsZero() || at.Before(s.applyTimerAt) {
+			s.applyTimerAt = at
+			time.AfterFunc(wait, func() { s.applyDue(at) })
 		}
 		return
 	}
@@ -545,11 +550,13 @@ var applyRetryDelay = time.Second
 // applyFault, when set by tests, is called before each frame is applied; an error fails it.
 var applyFault func() error
 
-// applyDue is the timer queueApply sets for the oldest pending frame.
-func (s *Spool) applyDue() {
+// applyDue is the timer queueApply sets for when the oldest pending frame is due.
+func (s *Spool) applyDue(at time.Time) {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	s.applyTimer = false
+	if s.applyTimerAt.Equal(at) {
+		s.applyTimerAt = time.Time{}
+	}
 	if !s.closed.Load() {
 		s.queueApply()
 	}

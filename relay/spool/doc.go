@@ -13,8 +13,9 @@
 // A frame's items are then applied to the bbolt file by the file's own group commit
 // (commit.go), which also records Done and Reschedule calls. Nothing waits for it on the
 // request path: a frame waits up to ApplyDelay (500ms) before it is applied; sooner when 4 MiB
-// or 256 items wait (4096 while the sinks keep up: the last apply found most of its items
-// delivered), or when a caller needs the file (Reschedule, Stats, Close). The frames that
+// wait, or 256 items with the oldest 50ms old (4096 items while the sinks keep up: the last
+// apply found most of its items delivered), or when a caller needs the file (Reschedule,
+// Stats, Close). The frames that
 // waited share commits. Until then the items are held in memory (bounded: Accept waits, and
 // then fails, when too much is unapplied) and Ready returns them from there. A delivery that
 // is done before its frame is applied never reaches the file; only its dedup key does, so a

@@ -854,8 +854,8 @@ func TestSpool_ApplyDelay(t *testing.T) {
 	})
 	t.Run("sinks that keep up let more wait", func(t *testing.T) {
 		s, _ := openTest(t, Options{ApplyDelay: time.Hour})
-		batch := func(prefix string, n int) []Item {
-			items := make([]Item, n)
+		batch := func(prefix string) []Item {
+			items := make([]Item, applyEarlyItems)
 			for i := range items {
 				items[i] = item(fmt.Sprint(prefix, i), "x")
 			}
@@ -873,33 +873,35 @@ func TestSpool_ApplyDelay(t *testing.T) {
 			}
 			s.pmu.Unlock()
 		}
-		// Nothing delivered: 256 waiting items go to the file.
-		mustAccept(t, s, t0, batch("a", applyEarlyItems)...)
+		keepUp := func() bool {
+			s.pmu.Lock()
+			defer s.pmu.Unlock()
+			return s.sinksKeepUp
+		}
+		// Nothing delivered: 256 waiting items go to the file once the oldest is 50ms old.
+		mustAccept(t, s, t0, batch("a")...)
 		waitApply("256 undelivered items were not applied early")
-		if s.pmu.Lock(); s.sinksKeepUp {
+		if keepUp() {
 			t.Error("an apply of undelivered items says the sinks keep up")
 		}
-		s.pmu.Unlock()
-		// Delivered before their apply: the sink keeps up.
-		ds := mustReady(t, s, "a", 0, 10000)
-		seqs := seqsOf(ds)
+		seqs := seqsOf(mustReady(t, s, "a", 0, 10000))
 		if err := s.Done("a", seqs...); err != nil {
 			t.Fatal(err)
 		}
-		mustAccept(t, s, t0, batch("b", applyEarlyItems)...)
-		ds = mustReady(t, s, "a", seqs[len(seqs)-1], 10000)
-		if err := s.Done("a", seqsOf(ds)...); err != nil {
+		// Delivered before their apply (the held committer makes sure of it): the sinks
+		// keep up.
+		release := holdCommits(t, s)
+		mustAccept(t, s, t0, batch("b")...)
+		if err := s.Done("a", seqsOf(mustReady(t, s, "a", seqs[len(seqs)-1], 10000))...); err != nil {
 			t.Fatal(err)
 		}
+		release()
 		waitApply("256 more items were not applied early")
-		s.pmu.Lock()
-		keepUp := s.sinksKeepUp
-		s.pmu.Unlock()
-		if !keepUp {
+		if !keepUp() {
 			t.Fatal("an apply of delivered items does not say the sinks keep up")
 		}
 		// Now 256 items wait for their delay.
-		mustAccept(t, s, t0, batch("c", applyEarlyItems)...)
+		mustAccept(t, s, t0, batch("c")...)
 		time.Sleep(200 * time.Millisecond)
 		s.pmu.Lock()
 		waiting := len(s.frames)

@@ -86,8 +86,8 @@ type Options struct {
 	// which apply the journal and record Done and Reschedule calls. Default 20ms.
 	CommitInterval time.Duration
 	// ApplyDelay is how long a journal frame may wait before it is applied to the spool file;
-	// sooner when 4 MiB wait, or 256 items (4096 while the sinks keep up), or a caller needs
-	// the file (Reschedule, Stats, Close). A delivery done within it never touches the file,
+	// sooner when 4 MiB wait, or 256 items of which the oldest is 50ms old (4096 items while
+	// the sinks keep up), or a caller needs the file (Reschedule, Stats, Close). A delivery done within it never touches the file,
 	// only its dedup key does, and the frames that waited share commits. A crash loses
 	// nothing: Open applies what the journal holds. Default 500ms.
 	ApplyDelay time.Duration
@@ -141,10 +141,10 @@ type Spool struct {
 	applyQueued  bool   // the last apply call has not started yet
 	applyFailing bool   // an apply failed; none runs until the retry
 	applyDelay   time.Duration
-	applyTimer   bool  // a timer will queue an apply call when the oldest frame is due
-	applyWaiters int   // callers waiting for frames to reach the file: apply them now
-	sinksKeepUp  bool  // the last apply found most of its items delivered (see applyEarlyItems)
-	applyErr     error // the last apply error, until every frame written by then is applied
+	applyTimerAt time.Time // when the earliest timer armed by queueApply fires, if one is armed
+	applyWaiters int       // callers waiting for frames to reach the file: apply them now
+	sinksKeepUp  bool      // the last apply found most of its items delivered (see applyEarlyItems)
+	applyErr     error     // the last apply error, until every frame written by then is applied
 	failedLSN    uint64
 
 	closed    atomic.Bool
