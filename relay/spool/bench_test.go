@@ -43,18 +43,8 @@ func BenchmarkAccept_Parallel64(b *testing.B) {
 					commits.Add(1)
 				}
 			}
-			data := make([]byte, 1024)
-			var n atomic.Uint64
-			b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if _, err := s.Accept(context.Background(), []Item{benchItem(n.Add(1), data)}, time.Now()); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			accept64(b, s)
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
 			if c := commits.Load(); c > 0 {
 				b.ReportMetric(float64(b.N)/float64(c), "items/commit")
@@ -105,7 +95,6 @@ func BenchmarkSteadyState(b *testing.B) {
 	for _, delay := range []time.Duration{time.Nanosecond, DefaultApplyDelay} {
 		b.Run("apply_delay="+delay.String(), func(b *testing.B) {
 			s, _ := openTest(b, Options{ApplyDelay: delay})
-			data := make([]byte, 1024)
 			stop := make(chan struct{})
 			consumed := make(chan struct{})
 			var delivered atomic.Int64
@@ -140,18 +129,9 @@ func BenchmarkSteadyState(b *testing.B) {
 					}
 				}()
 			}
-			var n atomic.Uint64
 			cpu0 := cpuTime()
-			b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if _, err := s.Accept(context.Background(), []Item{benchItem(n.Add(1), data)}, time.Now()); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			accept64(b, s)
 			b.StopTimer()
 			close(stop)
 			<-consumed
@@ -160,6 +140,21 @@ func BenchmarkSteadyState(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "items/s")
 		})
 	}
+}
+
+// accept64 makes b.N Accept calls of one 1 KB item each from 64 goroutines.
+func accept64(b *testing.B, s *Spool) {
+	data := make([]byte, 1024)
+	var n atomic.Uint64
+	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := s.Accept(context.Background(), []Item{benchItem(n.Add(1), data)}, time.Now()); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // cpuTime returns the CPU time this process has used.
