@@ -302,8 +302,9 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 // wait and the oldest is applyEarlyAge old: few enough items that a commit's dirty pages stay
 // small (each new dedup key rewrites a page of its own in a large index, and bbolt holds them
 // all until the commit), old enough that a healthy sink has delivered most of them. While the
-// sinks keep up (the last apply found at least half of its items delivered), waiting saves
-// more than it costs, and frames wait for up to maxCommitWeight items instead.
+// sinks keep up (the last apply not forced by a caller or the byte bound found at least half
+// of its items delivered), waiting saves more than it costs, and frames wait for up to
+// maxCommitWeight items instead.
 const (
 	applyEarlyBytes = 4 << 20
 	applyEarlyItems = 256
@@ -333,18 +334,24 @@ func (s *Spool) queueApply() {
 	if oldest == nil {
 		return
 	}
-	age := time.Since(oldest.written)
-	wait := s.applyDelay - age
+	due := oldest.written.Add(s.applyDelay)
 	switch {
 	case s.sinksKeepUp && weight >= maxCommitWeight:
-		wait = 0
+		due = time.Time{}
 	case !s.sinksKeepUp && weight >= applyEarlyItems:
-		wait = min(wait, applyEarlyAge-age)
+		due = oldest.written.Add(min(s.applyDelay, applyEarlyAge))
 	}
-	if wait > 0 && s.pendingBytes < applyEarlyBytes && s.applyWaiters == 0 && !s.closed.Load() {
-		if at := time.Now().Add(wait); s.applyTimerAt.IsZero() || at.Before(s.applyTimerAt) {
-			s.applyTimerAt = at
-			time.AfterFunc(wait, func() { s.applyDue(at) })
+	// An apply that someone needs now does not say whether waiting pays: it takes frames
+	// however young, so it does not judge whether the sinks keep up.
+	forced := s.pendingBytes >= applyEarlyBytes || s.applyWaiters > 0 || s.closed.Load()
+	if wait := time.Until(due); wait > 0 && !forced {
+		if s.applyTimerAt.IsZero() || due.Before(s.applyTimerAt) {
+			s.applyTimerAt = due
+			if s.applyTimer == nil {
+				s.applyTimer = time.AfterFunc(wait, s.applyDue)
+			} else {
+				s.applyTimer.Reset(wait)
+			}
 		}
 		return
 	}
@@ -352,7 +359,7 @@ func (s *Spool) queueApply() {
 	id := s.applyCalls
 	var taken []*pendingFrame
 	err := s.commits.submit(func(tx *bolt.Tx) error {
-		taken = s.takeFrames(id)
+		taken = s.takeFrames(id, !forced)
 		// A commit that reported a failure may still have reached the file (bbolt writes the
 		// meta page before its last sync): a frame the file already records is not written
 		// again.
@@ -387,7 +394,7 @@ func (s *Spool) queueApply() {
 // LSN always means "every frame up to here". Taking a frame fixes its snapshot: the items with
 // only the sinks that have not taken them yet; a delivery done before that never reaches the
 // file, only its dedup key does.
-func (s *Spool) takeFrames(id uint64) []*pendingFrame {
+func (s *Spool) takeFrames(id uint64, judge bool) []*pendingFrame {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
 	if id == s.applyCalls {
@@ -406,7 +413,7 @@ func (s *Spool) takeFrames(id uint64) []*pendingFrame {
 	weight := 0
 	var bearing, delivered int // items with deliveries newly taken, and those already done
 	defer func() {
-		if bearing > 0 {
+		if judge && bearing > 0 {
 			s.sinksKeepUp = 2*delivered >= bearing
 		}
 	}()
@@ -499,6 +506,7 @@ func (s *Spool) applied(id uint64, taken []*pendingFrame, err error) {
 			}
 		}
 		if errors.Is(err, ErrClosed) || s.closed.Load() {
+			s.log.Warn("apply journal frames while closing; the next open applies them", "err", err)
 			s.applyFailing = true // Close stops applying; the next Open replays the journal
 			return
 		}
@@ -550,13 +558,12 @@ var applyRetryDelay = time.Second
 // applyFault, when set by tests, is called before each frame is applied; an error fails it.
 var applyFault func() error
 
-// applyDue is the timer queueApply sets for when the oldest pending frame is due.
-func (s *Spool) applyDue(at time.Time) {
+// applyDue runs on the timer queueApply sets for when the oldest pending frame is due; the
+// queueApply it calls queues the apply or sets the timer again.
+func (s *Spool) applyDue() {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
-	if s.applyTimerAt.Equal(at) {
-		s.applyTimerAt = time.Time{}
-	}
+	s.applyTimerAt = time.Time{}
 	if !s.closed.Load() {
 		s.queueApply()
 	}

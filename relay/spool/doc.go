@@ -14,8 +14,8 @@
 // (commit.go), which also records Done and Reschedule calls. Nothing waits for it on the
 // request path: a frame waits up to ApplyDelay (500ms) before it is applied; sooner when 4 MiB
 // wait, or 256 items with the oldest 50ms old (4096 items while the sinks keep up: the last
-// apply found most of its items delivered), or when a caller needs the file (Reschedule,
-// Stats, Close). The frames that
+// apply that was not forced found at least half of its items delivered), or when a caller
+// needs the file (Reschedule, Stats, Sinks, DedupLen, ExpireDedup, Close). The frames that
 // waited share commits. Until then the items are held in memory (bounded: Accept waits, and
 // then fails, when too much is unapplied) and Ready returns them from there. A delivery that
 // is done before its frame is applied never reaches the file; only its dedup key does, so a

@@ -909,5 +909,13 @@ func TestSpool_ApplyDelay(t *testing.T) {
 		if waiting == 0 {
 			t.Fatal("256 items were applied early while the sinks keep up")
 		}
+		// A caller that needs the file applies them now, undelivered; that says nothing
+		// about the sinks.
+		if _, err := s.Stats(); err != nil {
+			t.Fatal(err)
+		}
+		if !keepUp() {
+			t.Fatal("an apply forced by Stats judged that the sinks do not keep up")
+		}
 	})
 }

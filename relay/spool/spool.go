@@ -87,9 +87,11 @@ type Options struct {
 	CommitInterval time.Duration
 	// ApplyDelay is how long a journal frame may wait before it is applied to the spool file;
 	// sooner when 4 MiB wait, or 256 items of which the oldest is 50ms old (4096 items while
-	// the sinks keep up), or a caller needs the file (Reschedule, Stats, Close). A delivery done within it never touches the file,
-	// only its dedup key does, and the frames that waited share commits. A crash loses
-	// nothing: Open applies what the journal holds. Default 500ms.
+	// the sinks keep up), or a caller needs the file (Reschedule, Stats, Sinks, DedupLen,
+	// ExpireDedup, Close). A delivery done within it never touches the file, only its dedup
+	// key does, and the frames that waited share commits. A crash loses no accepted item (Open
+	// applies what the journal holds), but deliveries done only in memory, normally at most
+	// ApplyDelay's worth, are made again. Default 500ms.
 	ApplyDelay time.Duration
 	// MaxBatchDelay is an extra wait before each journal frame for more Accept calls to join
 	// it. Default 0: a frame is written as soon as the previous one is synced, and the calls
@@ -141,10 +143,11 @@ type Spool struct {
 	applyQueued  bool   // the last apply call has not started yet
 	applyFailing bool   // an apply failed; none runs until the retry
 	applyDelay   time.Duration
-	applyTimerAt time.Time // when the earliest timer armed by queueApply fires, if one is armed
-	applyWaiters int       // callers waiting for frames to reach the file: apply them now
-	sinksKeepUp  bool      // the last apply found most of its items delivered (see applyEarlyItems)
-	applyErr     error     // the last apply error, until every frame written by then is applied
+	applyTimer   *time.Timer // queueApply's, for when the oldest frame is due (see applyDue)
+	applyTimerAt time.Time   // when applyTimer fires; zero when it is not set
+	applyWaiters int         // callers waiting for frames to reach the file: apply them now
+	sinksKeepUp  bool        // the last apply found most of its items delivered (see applyEarlyItems)
+	applyErr     error       // the last apply error, until every frame written by then is applied
 	failedLSN    uint64
 
 	closed    atomic.Bool
@@ -390,6 +393,9 @@ func (s *Spool) Close() error {
 		for s.appliedLSN < s.pendingLSN && !s.applyFailing {
 			s.queueApply()
 			s.pcond.Wait()
+		}
+		if s.applyTimer != nil {
+			s.applyTimer.Stop()
 		}
 		s.pmu.Unlock()
 		s.commits.close()
