@@ -315,8 +315,8 @@ const (
 // unless one is already queued and has not started: that one takes, when it runs, the frames
 // written until then. A call is queued only once the oldest frame not taken yet has waited
 // ApplyDelay, or applyEarlyBytes or applyEarlyItems wait, or someone waits for the file
-// (applyWaiters), or the spool is closing; until then a timer calls again when the frame is due. While
-// applying fails, the retry queues it. Called with pmu held.
+// (applyWaiters), or the spool is closing; until then applyTimer calls again when the frame
+// is due. While applying fails, the retry queues it. Called with pmu held.
 func (s *Spool) queueApply() {
 	if s.applyQueued || s.applyFailing {
 		return

@@ -146,7 +146,7 @@ type Spool struct {
 	applyTimer   *time.Timer // queueApply's, for when the oldest frame is due (see applyDue)
 	applyTimerAt time.Time   // when applyTimer fires; zero when it is not set
 	applyWaiters int         // callers waiting for frames to reach the file: apply them now
-	sinksKeepUp  bool        // the last apply found most of its items delivered (see applyEarlyItems)
+	sinksKeepUp  bool        // the last apply that was not forced found at least half of its items delivered (see applyEarlyItems)
 	applyErr     error       // the last apply error, until every frame written by then is applied
 	failedLSN    uint64
 
