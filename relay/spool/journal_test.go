@@ -497,8 +497,14 @@ func TestSpool_PendingKeyReaccepted(t *testing.T) {
 // fails the test with what if that takes more than 5 seconds.
 func waitCheck(t *testing.T, s *Spool, healthy bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for (s.Check(context.Background()) == nil) != healthy {
+	waitFor(t, 5*time.Second, what, func() bool { return (s.Check(context.Background()) == nil) == healthy })
+}
+
+// waitFor polls cond until it holds, failing with what after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatal(what)
 		}
@@ -768,13 +774,7 @@ func TestSpool_ApplyDelay(t *testing.T) {
 		if n := appliedLSN(s); n != 0 {
 			t.Fatalf("frame %d applied at once, before its delay", n)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for appliedLSN(s) == 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("the frame was never applied after its delay")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitFor(t, 10*time.Second, "the frame was never applied after its delay", func() bool { return appliedLSN(s) != 0 })
 		if n := itemCount(t, s); n != 1 {
 			t.Fatalf("file holds %d items, want only the one not delivered", n)
 		}
@@ -804,13 +804,8 @@ func TestSpool_ApplyDelay(t *testing.T) {
 		for i := range applyEarlyBytes / len(big) {
 			mustAccept(t, s, t0, item(fmt.Sprint(i), big))
 		}
-		deadline := time.Now().Add(20 * time.Second)
-		for appliedLSN(s) == 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("nothing applied with %d bytes pending", applyEarlyBytes)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitFor(t, 20*time.Second, fmt.Sprintf("nothing applied with %d bytes pending", applyEarlyBytes),
+			func() bool { return appliedLSN(s) != 0 })
 	})
 	t.Run("Close applies what waits", func(t *testing.T) {
 		s, path := openTest(t, Options{ApplyDelay: time.Hour})
@@ -863,15 +858,11 @@ func TestSpool_ApplyDelay(t *testing.T) {
 		}
 		waitApply := func(what string) {
 			t.Helper()
-			deadline := time.Now().Add(20 * time.Second)
-			for s.pmu.Lock(); len(s.frames) > 0; s.pmu.Lock() {
-				s.pmu.Unlock()
-				if time.Now().After(deadline) {
-					t.Fatal(what)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-			s.pmu.Unlock()
+			waitFor(t, 20*time.Second, what, func() bool {
+				s.pmu.Lock()
+				defer s.pmu.Unlock()
+				return len(s.frames) == 0
+			})
 		}
 		keepUp := func() bool {
 			s.pmu.Lock()
