@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"github.com/hubrelay/hubrelay/rules"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -291,4 +292,249 @@ func hex4(b []byte, i int) (rune, bool) {
 		}
 	}
 	return r, true
+}
+
+// parseProjected decodes only the parts of a JSON object value that proj names (see
+// rules.Projection): the listed top-level keys, whole, or as true when only their presence
+// matters and they are not null. The rest is checked as strictly as parseValue checks it, so
+// an invalid value fails here too, but nothing of it is allocated. A value that is not an
+// object, or a projection that needs everything, is decoded whole.
+func parseProjected(b []byte, proj rules.Projection) (any, error) {
+	p := valueParser{b: b}
+	p.ws()
+	if proj.All || p.i >= len(b) || b[p.i] != '{' {
+		return parseValue(b)
+	}
+	p.i++
+	m := make(map[string]any, len(proj.Keys))
+	p.ws()
+	if p.i < len(p.b) && p.b[p.i] == '}' {
+		p.i++
+	} else {
+		for {
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != '"' {
+				return nil, errValue
+			}
+			whole, wanted, k, err := p.key(proj.Keys)
+			if err != nil {
+				return nil, err
+			}
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != ':' {
+				return nil, errValue
+			}
+			p.i++
+			switch {
+			case wanted && whole:
+				v, err := p.value(1)
+				if err != nil {
+					return nil, err
+				}
+				m[k] = v
+			case wanted:
+				p.ws()
+				null := p.i < len(p.b) && p.b[p.i] == 'n'
+				if err := p.skip(1); err != nil {
+					return nil, err
+				}
+				if null {
+					m[k] = nil
+				} else {
+					m[k] = true
+				}
+			default:
+				if err := p.skip(1); err != nil {
+					return nil, err
+				}
+			}
+			if more, err := p.next('}'); !more {
+				if err != nil {
+					return nil, err
+				}
+				break
+			}
+		}
+	}
+	p.ws()
+	if p.i != len(p.b) {
+		return nil, errValue
+	}
+	return m, nil
+}
+
+// key reads an object key at p.i and looks it up in keys without allocating unless it is
+// wanted (or escaped).
+func (p *valueParser) key(keys map[string]bool) (whole, wanted bool, k string, err error) {
+	start := p.i + 1
+	i := start
+	for i < len(p.b) {
+		c := p.b[i]
+		if c == '"' {
+			p.i = i + 1
+			raw := p.b[start:i]
+			if whole, wanted = keys[string(raw)]; wanted {
+				k = string(raw)
+			}
+			return whole, wanted, k, nil
+		}
+		if c == '\\' || c >= utf8.RuneSelf || c < 0x20 {
+			break
+		}
+		i++
+	}
+	k, err = p.str()
+	if err != nil {
+		return false, false, "", err
+	}
+	whole, wanted = keys[k]
+	return whole, wanted, k, nil
+}
+
+// skip checks the JSON value at p.i exactly as value would, without building it.
+func (p *valueParser) skip(depth int) error {
+	if depth > maxValueDepth {
+		return errValue
+	}
+	p.ws()
+	if p.i >= len(p.b) {
+		return errValue
+	}
+	switch c := p.b[p.i]; {
+	case c == '{':
+		p.i++
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == '}' {
+			p.i++
+			return nil
+		}
+		for {
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != '"' {
+				return errValue
+			}
+			if err := p.skipStr(); err != nil {
+				return err
+			}
+			p.ws()
+			if p.i >= len(p.b) || p.b[p.i] != ':' {
+				return errValue
+			}
+			p.i++
+			if err := p.skip(depth + 1); err != nil {
+				return err
+			}
+			if more, err := p.next('}'); !more {
+				return err
+			}
+		}
+	case c == '[':
+		p.i++
+		p.ws()
+		if p.i < len(p.b) && p.b[p.i] == ']' {
+			p.i++
+			return nil
+		}
+		for {
+			if err := p.skip(depth + 1); err != nil {
+				return err
+			}
+			if more, err := p.next(']'); !more {
+				return err
+			}
+		}
+	case c == '"':
+		return p.skipStr()
+	case c == 't':
+		return p.lit("true")
+	case c == 'f':
+		return p.lit("false")
+	case c == 'n':
+		return p.lit("null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.skipNumber()
+	}
+	return errValue
+}
+
+// skipStr checks a string at p.i (which holds '"') as str would: control characters and
+// malformed escapes are errors, invalid UTF-8 is not.
+func (p *valueParser) skipStr() error {
+	b := p.b
+	for i := p.i + 1; i < len(b); {
+		switch c := b[i]; {
+		case c == '"':
+			p.i = i + 1
+			return nil
+		case c < 0x20:
+			return errValue
+		case c == '\\':
+			if i+1 >= len(b) {
+				return errValue
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if _, ok := hex4(b, i+2); !ok {
+					return errValue
+				}
+				i += 6
+			default:
+				return errValue
+			}
+		default:
+			i++
+		}
+	}
+	return errValue
+}
+
+// skipNumber checks a number as number would. Only a number with an exponent or of more than
+// 300 bytes can be out of float64's range, so only those are converted.
+func (p *valueParser) skipNumber() error {
+	b, start, i := p.b, p.i, p.i
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	default:
+		return errValue
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return errValue
+		}
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	}
+	exp := false
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		exp = true
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i >= len(b) || b[i] < '0' || b[i] > '9' {
+			return errValue
+		}
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	}
+	p.i = i
+	if exp || i-start > 300 {
+		if _, err := strconv.ParseFloat(string(b[start:i]), 64); err != nil {
+			return errValue
+		}
+	}
+	return nil
 }

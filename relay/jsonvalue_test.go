@@ -2,11 +2,16 @@ package relay
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hubrelay/hubrelay/rules"
 )
 
 // sameAsEncodingJSON checks parseValue against encoding/json on b: the same verdict on
@@ -61,6 +66,74 @@ func TestParseValue_Corpus(t *testing.T) {
 	}
 }
 
+// testProjections are the projections parseProjected is checked with: keys kept whole, keys
+// only tested against nil, a key no value has, and everything.
+var testProjections = []rules.Projection{
+	{Keys: map[string]bool{"messages": false, "statuses": true, "item": true}},
+	{Keys: map[string]bool{"a": false, "b": true, "é": false, "missing": true}},
+	{Keys: map[string]bool{"messages": true, "metadata": false, "a": true}},
+	{All: true},
+}
+
+// sameAsProjected checks parseProjected against parseValue on b for every test projection:
+// the same verdict on validity, and, when valid, what the projection keeps of the whole value.
+func sameAsProjected(t *testing.T, b []byte) {
+	t.Helper()
+	whole, wholeErr := parseValue(b)
+	for _, proj := range testProjections {
+		got, err := parseProjected(b, proj)
+		if (err != nil) != (wholeErr != nil) {
+			t.Fatalf("%q with %v: parseProjected error %v, parseValue error %v", b, proj, err, wholeErr)
+		}
+		if want := proj.Apply(whole); err == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q with %v:\n got %#v\nwant %#v", b, proj, got, want)
+		}
+	}
+}
+
+func TestParseProjected_Cases(t *testing.T) {
+	for _, c := range []string{
+		`{}`, ` { } `, `{"a":null}`, `{"a":false,"b":[1,{"c":"d"}],"z":{"y":[]}}`, `{"a":1,"a":null}`, `{"a":null,"a":1}`,
+		`{"\u00e9":1,"\u0061":[2]}`, `{"é":{"x":1}}`, `{"x":"\ud83d\udc4d \n","a":-1.5e3}`, "{\"x\":\"bad \xff\",\"b\":2}",
+		`{"x":1e999}`, `{"x":-1e-999}`, `{"x":01}`, `{"x":1.}`, `{"x":"\q"}`, `{"x":"\u12"}`, "{\"x\":\"\x01\"}",
+		`{"x":[1,]}`, `{"x":{"y":1,}}`, `{"x":tru}`, `{"x" 1}`, `{"a":1,}`, `{"a":1} x`, `{"a":1`, `{"a"`, `{`, `{1:2}`,
+		`[1,2]`, `"s"`, `null`, ``, `  `,
+	} {
+		sameAsProjected(t, []byte(c))
+	}
+	long := `{"x":` + strings.Repeat("9", 400) + `,"a":1}`
+	sameAsProjected(t, []byte(long))
+}
+
+// TestParseProjected_Corpus compares every change value of the decode corpus.
+func TestParseProjected_Corpus(t *testing.T) {
+	inputs, _ := filepath.Glob(filepath.Join("testdata", "decode", "*", "input.json"))
+	n := 0
+	for _, in := range inputs {
+		body, _ := os.ReadFile(in)
+		events, err := Decode(body, "a", time.Now(), Limits{})
+		if err != nil {
+			continue
+		}
+		for _, ev := range events {
+			if len(ev.Value) > 0 {
+				sameAsProjected(t, ev.Value)
+				n++
+			}
+		}
+	}
+	if n < 100 {
+		t.Errorf("compared only %d values", n)
+	}
+}
+
+func FuzzParseProjected(f *testing.F) {
+	for _, s := range []string{`{"a":[1,"x",null,true],"b":{"c":1e5}}`, `{"messages":null}`, `{"\u0061":"\ud83d"}`, `[{}]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) { sameAsProjected(t, b) })
+}
+
 func FuzzParseValue(f *testing.F) {
 	for _, s := range []string{`{"a":[1,"x",null,true]}`, `"\ud83d\udc4d"`, `-1.5e-3`, `[{}]`} {
 		f.Add([]byte(s))
@@ -87,6 +160,15 @@ func BenchmarkParseValue(b *testing.B) {
 			}
 		}
 	})
+	b.Run("parseProjected", func(b *testing.B) {
+		proj := rules.Projection{Keys: map[string]bool{"messages": false, "statuses": true}}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := parseProjected(v, proj); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("encoding-json", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -96,4 +178,40 @@ func BenchmarkParseValue(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestRoute_DecodesOnlyProjection checks that routing decodes only what the rules read: a
+// change with 300 contacts routed by `value.messages != nil` must not build the contacts.
+func TestRoute_DecodesOnlyProjection(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"messages":[{"id":"m1","type":"text"}],"contacts":[`)
+	for i := range 300 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"profile":{"name":"n%d"},"wa_id":"%d"}`, i, i)
+	}
+	b.WriteString(`]}`)
+	ev := &Event{Object: "whatsapp_business_account", Field: "messages", Value: []byte(b.String())}
+	for _, tt := range []struct {
+		when     string
+		min, max float64 // allocations per route
+	}{
+		{`value.messages != nil`, 0, 20},            // the contacts are skipped
+		{`value.messages[0].type == "text"`, 0, 40}, // messages decoded, contacts skipped
+		{`len(value) > 0`, 3000, math.Inf(1)},       // everything decoded
+	} {
+		set, err := rules.Compile([]rules.Spec{{Name: "r", When: tt.when, Sinks: []string{"s"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		table := &routeTable{rules: set}
+		if rt := table.route(ev, nil); len(rt.Sinks) != 1 {
+			t.Fatalf("%s: route = %+v, want sink s", tt.when, rt)
+		}
+		allocs := testing.AllocsPerRun(20, func() { table.route(ev, nil) })
+		if allocs < tt.min || allocs > tt.max {
+			t.Errorf("%s: %.0f allocations per route, want %.0f to %.0f", tt.when, allocs, tt.min, tt.max)
+		}
+	}
 }

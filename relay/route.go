@@ -47,6 +47,11 @@ func (r *Router) snapshot() *routeTable { return r.table.Load() }
 // templates see. The value is decoded from its JSON only when withValue is set, and then
 // lazily: rules.Set.Match decodes it only for a rule that could match and reads it.
 func RuleEnv(ev *Event, withValue bool) *rules.Env {
+	return ruleEnv(ev, withValue, rules.Projection{All: true})
+}
+
+// ruleEnv is RuleEnv decoding only what proj names of the value (see rules.Projection).
+func ruleEnv(ev *Event, withValue bool, proj rules.Projection) *rules.Env {
 	env := &rules.Env{
 		Object:     ev.Object,
 		Field:      ev.Field,
@@ -58,7 +63,7 @@ func RuleEnv(ev *Event, withValue bool) *rules.Env {
 	if withValue && len(ev.Value) > 0 {
 		raw := ev.Value
 		env.LoadValue = func() any {
-			v, err := parseValue(raw)
+			v, err := parseProjected(raw, proj)
 			if err != nil {
 				return nil
 			}
@@ -70,7 +75,7 @@ func RuleEnv(ev *Event, withValue bool) *rules.Env {
 
 // route matches ev against t. onErr receives rule evaluation errors.
 func (t *routeTable) route(ev *Event, onErr func(rule string, err error)) Route {
-	env := RuleEnv(ev, t.rules.NeedsValue())
+	env := ruleEnv(ev, t.rules.NeedsValue(), t.rules.Projection())
 	m := t.rules.Match(env, onErr)
 	rt := Route{Rules: m.Rules}
 	if len(t.raw) == 0 {

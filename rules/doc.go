@@ -27,6 +27,10 @@
 //	any(value.statuses, .status == "failed")
 //	"New " + field + " on page " + entry.id
 //
+// A caller that decodes change values for Match need not decode all of them: Set.Projection
+// names the top-level keys the expressions read, and which of them are only compared with nil,
+// so that routing on `value.messages != nil` builds neither the messages nor the rest.
+//
 // Templates (CompileText, CompileAny) use the same environment for non-boolean results such as
 // the text of a Slack message.
 package rules

@@ -78,6 +78,7 @@ type Set struct {
 	byObject   map[string][]int
 	anyObject  []int
 	needsValue bool
+	projection Projection // what the `when` expressions read of value
 }
 
 // CompileError reports one invalid rule. Compile returns one per problem, joined with
@@ -169,6 +170,7 @@ func Compile(specs []Spec) (*Set, error) {
 				if refersToValue(p) {
 					r.value = true
 					s.needsValue = true
+					s.projection.merge(project(p))
 				}
 			}
 		}
