@@ -79,6 +79,7 @@ type acceptCall struct {
 	sinks [][]string // items[i].Sinks without repeats
 	now   time.Time
 	dup   []bool
+	known []bool // known[i]: items[i]'s key was found pending or in the file, in its window or not
 	lsn   uint64 // the frame that holds the call's items
 	err   chan error
 }
@@ -196,12 +197,14 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	s.pmu.Lock()
 	for _, c := range group {
 		c.dup = make([]bool, len(c.items))
+		c.known = make([]bool, len(c.items))
 		for i, it := range c.items {
 			if it.Key == "" {
 				continue
 			}
-			if pk, ok := s.pendingKeys[it.Key]; ok && c.now.Sub(time.Unix(0, pk.at)) < s.window {
-				c.dup[i] = true
+			if pk, ok := s.pendingKeys[it.Key]; ok {
+				c.known[i] = true
+				c.dup[i] = c.now.Sub(time.Unix(0, pk.at)) < s.window
 			}
 		}
 	}
@@ -219,8 +222,9 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 					continue
 				}
 				seen[it.Key] = true
-				if v := dedup.Get(dedupHash([]byte(it.Key))); v != nil && c.now.Sub(decTime(v)) < s.window {
-					c.dup[i] = true
+				if v := dedup.Get(dedupHash([]byte(it.Key))); v != nil {
+					c.known[i] = true
+					c.dup[i] = c.now.Sub(decTime(v)) < s.window
 				}
 			}
 		}
@@ -251,7 +255,7 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 			if c.dup[i] {
 				continue
 			}
-			ji := jItem{at: at, key: it.Key, sinks: c.sinks[i]}
+			ji := jItem{at: at, key: it.Key, sinks: c.sinks[i], fresh: it.Key != "" && !c.known[i]}
 			if len(ji.sinks) > 0 {
 				seq++
 				ji.seq = seq
@@ -630,9 +634,12 @@ func applyItems(tx *bolt.Tx, items []jItem, lsn uint64, window time.Duration) er
 		atB := encTime(at)
 		if it.key != "" {
 			key := dedupHash([]byte(it.key))
-			seen, replaced, err := checkKey(b, key, at, window)
-			if err != nil {
-				return err
+			var seen, replaced bool
+			if !it.fresh {
+				var err error
+				if seen, replaced, err = checkKey(b, key, at, window); err != nil {
+					return err
+				}
 			}
 			if !seen {
 				if err := b.dedup.Put(key, atB); err != nil {

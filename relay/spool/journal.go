@@ -55,6 +55,11 @@ type jItem struct {
 	key   string
 	data  []byte
 	sinks []string
+	// fresh reports that the key was neither pending nor in the file when the item was
+	// accepted, so it cannot be in the file when the item's frame is applied (a later item
+	// with the same key is a repeat while this one is pending, and frames apply in order):
+	// apply need not look it up. It is not journaled; replayed items are looked up.
+	fresh bool
 }
 
 // jFrame is one group of accepted items, written and synced together.
