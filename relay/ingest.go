@@ -75,6 +75,7 @@ type ReceiverConfig struct {
 type receiverState struct {
 	cfg    ReceiverConfig
 	byPath map[string][]*App
+	logs   map[*App]*slog.Logger // each app's logger, built once instead of per request
 }
 
 // Receiver is the HTTP endpoint Meta talks to: it answers the subscription challenge and accepts
@@ -106,10 +107,11 @@ func NewReceiver(cfg ReceiverConfig, sp Spooler, router *Router, notify func(sin
 
 // Configure swaps the receiver's configuration; requests in flight finish with the old one.
 func (rc *Receiver) Configure(cfg ReceiverConfig) {
-	st := &receiverState{cfg: cfg, byPath: map[string][]*App{}}
+	st := &receiverState{cfg: cfg, byPath: map[string][]*App{}, logs: map[*App]*slog.Logger{}}
 	for i := range cfg.Apps {
 		a := &st.cfg.Apps[i]
 		st.byPath[a.Path] = append(st.byPath[a.Path], a)
+		st.logs[a] = rc.log.With("app", a.Name)
 	}
 	rc.state.Store(st)
 }
@@ -220,7 +222,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		rc.finish(w, "", OutcomeBadSignature, http.StatusUnauthorized, start)
 		return
 	}
-	log = log.With("app", app.Name)
+	log = st.logs[app]
 
 	// decode
 	events, err := Decode(body, app.Name, start, st.cfg.Limits)

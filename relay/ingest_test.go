@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -203,6 +204,39 @@ func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
 		h.ServeHTTP(httptest.NewRecorder(), req)
 		if !strings.Contains(logs.String(), c.want) {
 			t.Errorf("peer %s: log %s lacks %s", c.peer, logs.String(), c.want)
+		}
+	}
+}
+
+// TestReceiver_LogsNameTheApp: the lines about a notification name the app whose secret
+// verified it, also after Configure renames the apps.
+func TestReceiver_LogsNameTheApp(t *testing.T) {
+	var logs bytes.Buffer
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	set, _ := rules.Compile(allToOrders)
+	apps := func(a, b string) relay.ReceiverConfig {
+		return relay.ReceiverConfig{Apps: []relay.App{
+			{Name: a, Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{"secret-a"}, false)},
+			{Name: b, Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)},
+		}}
+	}
+	rc := relay.NewReceiver(apps("shop", "support"), sp, relay.NewRouter(set, nil), nil, nil, slog.New(slog.NewJSONHandler(&logs, nil)))
+	for i, want := range []string{"support", "helpdesk"} {
+		if i > 0 {
+			rc.Configure(apps("shop", want))
+		}
+		logs.Reset()
+		body := waBody(fmt.Sprint("logs", i), 1)
+		if rec := postTo(rc, body, relay.Sign(body, ingestSecret)); rec.Code != http.StatusOK {
+			t.Fatalf("status %d", rec.Code)
+		}
+		line := logs.String()
+		if !strings.Contains(line, `"msg":"notification accepted"`) || !strings.Contains(line, `"component":"ingest","app":"`+want+`"`) {
+			t.Errorf("log %s lacks the app %q", line, want)
 		}
 	}
 }
