@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -197,9 +199,10 @@ func Open(path string, opt Options) (*Spool, error) {
 		return nil, fmt.Errorf("open spool: create directory: %w", err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        opt.OpenTimeout,
-		FreelistType:   bolt.FreelistMapType,
-		NoFreelistSync: true,
+		Timeout:         opt.OpenTimeout,
+		FreelistType:    bolt.FreelistMapType,
+		NoFreelistSync:  true,
+		InitialMmapSize: initialMmapSize(),
 	})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
@@ -266,6 +269,20 @@ func Open(path string, opt Options) (*Spool, error) {
 	s.pcond = sync.NewCond(&s.pmu)
 	go s.journalLoop()
 	return s, nil
+}
+
+// initialMmapSize is the address space the bbolt file is mapped with from the start. While
+// the file outgrows its mapping, every commit that grows it remaps the file: it waits for all
+// read transactions to end (Ready, the journal's dedup lookups), holds new ones off meanwhile,
+// and copies every node the commit changed out of the old mapping. 1 GiB of address space
+// spares a spool that never gets that large all of it. Only pages the relay reads count
+// towards its resident memory. Windows grows the file itself to the mapping's size, and
+// 32-bit platforms lack the address space, so they keep bbolt's default.
+func initialMmapSize() int {
+	if runtime.GOOS == "windows" || math.MaxInt == math.MaxInt32 {
+		return 0
+	}
+	return 1 << 30
 }
 
 // migrateDedupV1 moves format 1's dedup keys to the hashed buckets, in transactions of a

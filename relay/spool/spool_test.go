@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -930,4 +931,43 @@ func TestSpool_AcceptBatchRetry(t *testing.T) {
 		t.Fatalf("DedupLen = %d, want %d", n, callers+1)
 	}
 	checkStats(t, s, map[string]SinkStats{"a": {Ready: callers + 1, Oldest: t0}})
+}
+
+// TestSpool_GrowsWithReadOpen: a commit that grows the file does not wait for read
+// transactions (bbolt remaps a file that outgrows its mapping only when no reader holds it).
+func TestSpool_GrowsWithReadOpen(t *testing.T) {
+	if initialMmapSize() == 0 {
+		t.Skip("the file is mapped at its size on this platform")
+	}
+	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond})
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	before, _ := os.Stat(path)
+	data := bytes.Repeat([]byte("x"), 256<<10)
+	done := make(chan error, 1)
+	go func() {
+		for i := range 128 { // 32 MiB: more than the file's first 16 MiB, and its default mapping
+			if _, err := s.Accept(context.Background(), []Item{{Key: fmt.Sprint("k", i), Data: data, Sinks: []string{"a"}}}, t0); err != nil {
+				done <- err
+				return
+			}
+		}
+		_, err := s.Stats() // waits until everything is applied
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("applying stalled while a read transaction was open")
+	}
+	after, _ := os.Stat(path)
+	if after.Size() <= before.Size() {
+		t.Fatalf("file grew from %d to %d bytes only", before.Size(), after.Size())
+	}
 }
