@@ -210,9 +210,10 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	}
 	s.pmu.Unlock()
 	err := s.view(func(tx *bolt.Tx) error {
-		dedup := tx.Bucket(bucketDedup)
+		dv := s.dedup.view(tx)
 		seen := map[string]bool{}
 		for _, c := range group {
+			cutoff := timeBits(c.now.Add(-s.window))
 			for i, it := range c.items {
 				if it.Key == "" || c.dup[i] {
 					continue
@@ -222,10 +223,9 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 					continue
 				}
 				seen[it.Key] = true
-				if v := dedup.Get(dedupHash([]byte(it.Key))); v != nil {
-					c.known[i] = true
-					c.dup[i] = c.now.Sub(decTime(v)) < s.window
-				}
+				dup, known := dv.lookup(dedupHash([]byte(it.Key)), cutoff)
+				c.dup[i] = dup
+				c.known[i] = c.known[i] || known
 			}
 		}
 		return nil
@@ -377,7 +377,7 @@ func (s *Spool) queueApply() {
 					return err
 				}
 			}
-			if err := applyItems(tx, pf.snap, pf.lsn, s.window); err != nil {
+			if err := applyItems(tx, s.dedup, pf.snap, pf.lsn, s.window); err != nil {
 				return fmt.Errorf("journal frame %d: %w", pf.lsn, err)
 			}
 		}
@@ -622,9 +622,9 @@ func (s *Spool) waitItemApplied(seq uint64) error {
 // applyItems stores journalled items in tx: dedup keys with their time, data, refs and one
 // ready delivery per sink, with the sequence numbers the journal gave them. It records lsn as
 // the last applied frame. It is also Open's replay of an unapplied journal.
-func applyItems(tx *bolt.Tx, items []jItem, lsn uint64, window time.Duration) error {
+func applyItems(tx *bolt.Tx, dedup *dedupIndex, items []jItem, lsn uint64, window time.Duration) error {
 	b := openBuckets(tx)
-	var newKeys int64
+	var newKeys, latest int64
 	deltas := map[string]*counts{}
 	readyBuckets := map[string]*bolt.Bucket{}
 	maxSeq := b.items.Sequence()
@@ -633,25 +633,14 @@ func applyItems(tx *bolt.Tx, items []jItem, lsn uint64, window time.Duration) er
 		at := time.Unix(0, it.at)
 		atB := encTime(at)
 		if it.key != "" {
-			key := dedupHash([]byte(it.key))
-			var seen, replaced bool
-			if !it.fresh {
-				var err error
-				if seen, replaced, err = checkKey(b, key, at, window); err != nil {
-					return err
-				}
+			added, err := dedup.add(b, dedupHash([]byte(it.key)), atB, it.fresh, timeBits(at.Add(-window)))
+			if err != nil {
+				return err
 			}
-			if !seen {
-				if err := b.dedup.Put(key, atB); err != nil {
-					return fmt.Errorf("put dedup key: %w", err)
-				}
-				if err := b.dedupT.Put(dedupTKey(atB, key), nil); err != nil {
-					return fmt.Errorf("put dedup time: %w", err)
-				}
-				if !replaced {
-					newKeys++
-				}
+			if added {
+				newKeys++
 			}
+			latest = max(latest, it.at)
 		}
 		maxSeq = max(maxSeq, it.seq)
 		if it.seq == 0 || len(it.sinks) == 0 {
@@ -696,6 +685,12 @@ func applyItems(tx *bolt.Tx, items []jItem, lsn uint64, window time.Duration) er
 		if err := addDedupN(b.meta, newKeys); err != nil {
 			return err
 		}
+		if err := b.meta.Put(metaDedupL0N, encUint(decUint(b.meta.Get(metaDedupL0N))+uint64(newKeys))); err != nil {
+			return fmt.Errorf("put dedup L0 count: %w", err)
+		}
+		if err := dedup.maintain(tx, timeBits(time.Unix(0, latest).Add(-window-mergeSlack))); err != nil {
+			return fmt.Errorf("dedup index: %w", err)
+		}
 	}
 	for sink, c := range deltas {
 		if err := addCounts(b.stats, sink, c.ready, c.sched); err != nil {
@@ -708,25 +703,6 @@ func applyItems(tx *bolt.Tx, items []jItem, lsn uint64, window time.Duration) er
 		}
 	}
 	return nil
-}
-
-// checkKey reports whether key was accepted within the window before now. A key older than the
-// window that ExpireDedup has not removed yet is not seen; its time index entry is deleted so
-// the caller can record the key afresh, and replaced reports that the key already counts in
-// the dedup total.
-func checkKey(b buckets, key []byte, now time.Time, window time.Duration) (seen, replaced bool, err error) {
-	v := b.dedup.Get(key)
-	if v == nil {
-		return false, false, nil
-	}
-	at := decTime(v)
-	if now.Sub(at) < window {
-		return true, false, nil
-	}
-	if err := b.dedupT.Delete(dedupTKey(v, key)); err != nil {
-		return false, false, fmt.Errorf("delete dedup time: %w", err)
-	}
-	return false, true, nil
 }
 
 // validateItems rejects items bbolt could not store, before they can fail a shared commit.
@@ -781,7 +757,8 @@ func dedupHash(key []byte) []byte {
 	return h[:16]
 }
 
-// dedupTKey is the dedupt key: the 8-byte acceptance time followed by the hashed dedup key.
+// dedupTKey is a key of format 2's dedupkeyt and format 1's dedupt: the 8-byte acceptance
+// time followed by the (hashed) dedup key.
 func dedupTKey(at, key []byte) []byte {
 	k := make([]byte, 0, len(at)+len(key))
 	return append(append(k, at...), key...)
@@ -801,7 +778,7 @@ func addDedupN(meta *bolt.Bucket, delta int64) error {
 
 // buckets holds a transaction's top-level buckets.
 type buckets struct {
-	items, refs, ready, sched, schedIdx, dedup, dedupT, stats, meta *bolt.Bucket
+	items, refs, ready, sched, schedIdx, dedup, stats, meta *bolt.Bucket
 }
 
 // openBuckets looks up the top-level buckets, which Open created.
@@ -813,7 +790,6 @@ func openBuckets(tx *bolt.Tx) buckets {
 		sched:    tx.Bucket(bucketSched),
 		schedIdx: tx.Bucket(bucketSchedIdx),
 		dedup:    tx.Bucket(bucketDedup),
-		dedupT:   tx.Bucket(bucketDedupT),
 		stats:    tx.Bucket(bucketStats),
 		meta:     tx.Bucket(bucketMeta),
 	}
@@ -822,7 +798,6 @@ func openBuckets(tx *bolt.Tx) buckets {
 		// than half-full (bbolt's default), which halves the pages a commit writes.
 		b.items.FillPercent = appendFill
 		b.refs.FillPercent = appendFill
-		b.dedupT.FillPercent = appendFill
 	}
 	return b
 }

@@ -33,8 +33,14 @@
 // delivery is done.
 //
 // Dedup keys are kept with the time they were accepted. A key counts as seen only while it is
-// younger than the dedup window; ExpireDedup deletes older keys in small transactions, and a key
-// accepted again after its window is a new item. Keys survive restarts.
+// younger than the dedup window; a key accepted again after its window is a new item. Keys
+// survive restarts. The index is log-structured (dedup.go): new keys go to a small mutable
+// level that a commit's keys share a few pages of, which is written, once full, as an
+// immutable sorted run; runs of a level are merged into larger ones, and an in-memory Bloom
+// filter per run (about 1.25 MB per million keys) spares lookups the runs that do not hold a
+// key. No key costs a random page write in a large tree. ExpireDedup deletes runs whose keys
+// are all past the window, rewrites one run a call of which at least half is, and deletes
+// expired keys of the mutable level.
 //
 // On-disk layout (all integers big-endian so keys sort numerically):
 //
@@ -43,10 +49,12 @@
 //	ready/<sink>       seq -> delivery meta (attempt, first accepted, history)
 //	sched/<sink>       (due, seq) -> delivery meta
 //	schedidx/<sink>    seq -> due
-//	dedupkeys          key hash -> accepted at (16 bytes of the key's SHA-256)
-//	dedupkeyt          (accepted at, key hash) -> empty, scanned by ExpireDedup
+//	dedupkeys          key hash -> accepted at: the mutable level (16 bytes of the key's SHA-256)
+//	dedupruns/<run>    "m" -> level, records, oldest and newest time;
+//	                   'c' + first key hash -> chunk of sorted (key hash, accepted at) records
 //	stats              sink -> (ready count, scheduled count)
-//	meta               format version, dedup key count, heartbeat, last applied journal frame
+//	meta               format version, dedup record counts (all, mutable level), last run id,
+//	                   heartbeat, last applied journal frame
 //
 // The sequence counter is the items bucket's own sequence (the highest applied). Times are
 // stored as nanoseconds since the Unix epoch with the sign bit flipped, so they sort

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -36,8 +37,9 @@ const MaxKeyLen = 4096
 const MaxSinkLen = 1024
 
 // formatVersion is the on-disk layout version stored in the meta bucket. Version 1 kept whole
-// dedup keys; Open migrates it.
-const formatVersion = 2
+// dedup keys, version 2 kept them all in one B+tree (dedupkeys) with a time index
+// (dedupkeyt); Open migrates both.
+const formatVersion = 3
 
 // maxPromote bounds the deliveries one Promote call moves, so it never holds the writer long.
 const maxPromote = 1000
@@ -62,7 +64,9 @@ var (
 	bucketSched    = []byte("sched")
 	bucketSchedIdx = []byte("schedidx")
 	bucketDedup    = []byte("dedupkeys")
-	bucketDedupT   = []byte("dedupkeyt")
+
+	// Format 2's time index of the dedup keys.
+	bucketDedupT = []byte("dedupkeyt")
 
 	// Format 1's dedup buckets, keyed by the whole key.
 	bucketDedupV1  = []byte("dedup")
@@ -72,7 +76,7 @@ var (
 
 	topBuckets = [][]byte{
 		bucketItems, bucketRefs, bucketReady, bucketSched, bucketSchedIdx,
-		bucketDedup, bucketDedupT, bucketStats, bucketMeta,
+		bucketDedup, bucketDedupRuns, bucketStats, bucketMeta,
 	}
 
 	metaVersion   = []byte("version")
@@ -95,6 +99,8 @@ type Options struct {
 	// applies what the journal holds), but deliveries done only in memory, normally at most
 	// ApplyDelay's worth, are made again. Default 500ms.
 	ApplyDelay time.Duration
+	// dedup sizes the dedup index (tests make it small).
+	dedup dedupConfig
 	// MaxBatchDelay is an extra wait before each journal frame for more Accept calls to join
 	// it. Default 0: a frame is written as soon as the previous one is synced, and the calls
 	// that arrived during that write and sync share it.
@@ -114,6 +120,7 @@ type Options struct {
 // file and a write-ahead journal in front of it. Its methods are safe for concurrent use.
 type Spool struct {
 	db       *bolt.DB
+	dedup    *dedupIndex
 	commits  *committer
 	path     string
 	window   time.Duration
@@ -213,7 +220,7 @@ func Open(path string, opt Options) (*Spool, error) {
 
 	var seq, jlsn uint64
 	var dedupN uint64
-	var migrate bool
+	var from uint64 // the format to migrate from, 0 for none
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range topBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -225,23 +232,30 @@ func Open(path string, opt Options) (*Spool, error) {
 			if err := meta.Put(metaVersion, encUint(formatVersion)); err != nil {
 				return err
 			}
-		} else if got := decUint(v); got == 1 {
-			migrate = true
+		} else if got := decUint(v); got == 1 || got == 2 {
+			from = got
 		} else if got != formatVersion {
 			return fmt.Errorf("unsupported format version %d (want %d)", got, formatVersion)
 		}
 		jlsn = decUint(meta.Get(metaJournalLSN))
 		return nil
 	})
-	if err == nil && migrate {
+	if err == nil && from == 1 {
 		err = migrateDedupV1(db, log)
+	}
+	dedup := newDedupIndex(opt.dedup)
+	if err == nil && from != 0 {
+		err = migrateDedupV2(db, dedup, log)
+	}
+	if err == nil {
+		err = db.View(dedup.load)
 	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
 	jdir := journalDir(path)
-	jlsn, err = replayJournal(db, jdir, jlsn, opt.DedupWindow, log)
+	jlsn, err = replayJournal(db, dedup, jdir, jlsn, opt.DedupWindow, log)
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
@@ -258,7 +272,7 @@ func Open(path string, opt Options) (*Spool, error) {
 	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
 		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
 	s := &Spool{db: db, commits: newCommitter(db, opt.MaxBatchSize, opt.CommitInterval), path: path,
-		window: opt.DedupWindow, log: log, promoteLimit: maxPromote,
+		window: opt.DedupWindow, log: log, promoteLimit: maxPromote, dedup: dedup,
 		delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize, applyDelay: opt.ApplyDelay,
 		jr:      &journal{dir: jdir, log: log},
 		jdone:   make(chan struct{}),
@@ -269,6 +283,94 @@ func Open(path string, opt Options) (*Spool, error) {
 	s.pcond = sync.NewCond(&s.pmu)
 	go s.journalLoop()
 	return s, nil
+}
+
+// migrateDedupV2 turns format 2's dedup index into format 3's. Each transaction takes the
+// maxRun oldest entries of the time index (deletes there are sequential) and writes their keys
+// as a final run, so that each run covers a stretch of time and expires as a whole; dedupkeys
+// is only read meanwhile. A crash in between resumes where it stopped, and a format-2 binary
+// still finds every key. The last transaction empties dedupkeys (now L0), drops the time
+// index and records format 3.
+func migrateDedupV2(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) error {
+	moved := 0
+	var err error
+	for done := false; err == nil && !done; {
+		err = db.Update(func(tx *bolt.Tx) error {
+			n, more, err := migrateRun(tx, dedup)
+			moved += n
+			done = !more
+			return err
+		})
+	}
+	if err == nil {
+		err = db.Update(func(tx *bolt.Tx) error {
+			for _, name := range [][]byte{bucketDedupT, bucketDedup} {
+				if tx.Bucket(name) != nil {
+					if err := tx.DeleteBucket(name); err != nil {
+						return err
+					}
+				}
+			}
+			if _, err := tx.CreateBucket(bucketDedup); err != nil {
+				return err
+			}
+			meta := tx.Bucket(bucketMeta)
+			if err := meta.Put(metaDedupL0N, encUint(0)); err != nil {
+				return err
+			}
+			return meta.Put(metaVersion, encUint(formatVersion))
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("migrate dedup keys to format %d: %w", formatVersion, err)
+	}
+	log.Info("dedup index migrated", "format", formatVersion, "keys", moved)
+	return nil
+}
+
+// migrateRun writes the keys of the maxRun oldest entries of format 2's time index as a final
+// run and deletes those entries. It returns how many keys it wrote, and whether entries are
+// left.
+func migrateRun(tx *bolt.Tx, dedup *dedupIndex) (int, bool, error) {
+	idx := tx.Bucket(bucketDedupT)
+	if idx == nil {
+		return 0, false, nil
+	}
+	l0 := tx.Bucket(bucketDedup)
+	var entries, recs [][]byte
+	c := idx.Cursor()
+	for k, _ := c.First(); k != nil && len(entries) < dedup.cfg.maxRun; k, _ = c.Next() {
+		entries = append(entries, slices.Clone(k))
+		if len(k) != 24 {
+			continue
+		}
+		// An entry whose key carries another time is stale (the key was accepted again).
+		if v := l0.Get(k[8:]); v != nil && string(v) == string(k[:8]) {
+			recs = append(recs, append(slices.Clone(k[8:]), k[:8]...))
+		}
+	}
+	if len(entries) == 0 {
+		return 0, false, nil
+	}
+	slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:16], b[:16]) })
+	var run []byte
+	minT, maxT := ^uint64(0), uint64(0)
+	for _, r := range recs {
+		run = append(run, r...)
+		t := binary.BigEndian.Uint64(r[16:])
+		minT, maxT = min(minT, t), max(maxT, t)
+	}
+	for _, k := range entries {
+		if err := idx.Delete(k); err != nil {
+			return 0, false, err
+		}
+	}
+	if len(recs) > 0 {
+		if err := dedup.writeRun(tx, runInfo{level: finalLevel, count: len(recs), minT: minT, maxT: maxT}, run); err != nil {
+			return 0, false, err
+		}
+	}
+	return len(recs), true, nil
 }
 
 // initialMmapSize is the address space the bbolt file is mapped with from the start. While
@@ -294,9 +396,13 @@ func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
 			old, oldT := tx.Bucket(bucketDedupV1), tx.Bucket(bucketDedupTV1)
 			if old == nil {
 				done = true
-				return tx.Bucket(bucketMeta).Put(metaVersion, encUint(formatVersion))
+				return tx.Bucket(bucketMeta).Put(metaVersion, encUint(2))
 			}
 			b := openBuckets(tx)
+			dedupT, err := tx.CreateBucketIfNotExists(bucketDedupT)
+			if err != nil {
+				return err
+			}
 			var keys, vals [][]byte
 			c := old.Cursor()
 			for k, v := c.First(); k != nil && len(keys) < 10000; k, v = c.Next() {
@@ -307,7 +413,7 @@ func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
 				if err := b.dedup.Put(h, vals[i]); err != nil {
 					return err
 				}
-				if err := b.dedupT.Put(dedupTKey(vals[i], h), nil); err != nil {
+				if err := dedupT.Put(dedupTKey(vals[i], h), nil); err != nil {
 					return err
 				}
 				if err := old.Delete(k); err != nil {
@@ -341,7 +447,7 @@ func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
 // replayJournal applies the frames of the journal in dir that come after the applied LSN, in
 // transactions of a bounded size, then deletes the journal's segments. It returns the last
 // LSN, from which the journal continues.
-func replayJournal(db *bolt.DB, dir string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
+func replayJournal(db *bolt.DB, dedup *dedupIndex, dir string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
 	frames, paths, err := readSegments(dir, log)
 	if err != nil {
 		return 0, err
@@ -368,7 +474,7 @@ func replayJournal(db *bolt.DB, dir string, applied uint64, window time.Duration
 		todo = todo[n:]
 		err := db.Update(func(tx *bolt.Tx) error {
 			for _, f := range chunk {
-				if err := applyItems(tx, f.items, f.lsn, window); err != nil {
+				if err := applyItems(tx, dedup, f.items, f.lsn, window); err != nil {
 					return fmt.Errorf("frame %d: %w", f.lsn, err)
 				}
 			}

@@ -121,10 +121,13 @@ func (s *Spool) Sinks() ([]string, error) {
 	return out, nil
 }
 
-// ExpireDedup deletes up to max dedup keys accepted at least the dedup window before now
-// (those no longer count as seen) and returns how many it deleted. It works in one small
-// transaction so that it never holds up Accept for long; call it periodically, and again at
-// once while it returns max. max <= 0 deletes nothing.
+// ExpireDedup deletes dedup records accepted at least the dedup window before now (those no
+// longer count as seen) and returns how many it deleted: whole runs of such records, at most
+// one run of which at least half are such records (written again without them), then up to
+// max (less what runs freed) from the mutable level. A run is never split, so it may return
+// more than max. It works in one transaction that writes at most one run (a few MiB) so that
+// it never holds up Accept for long; call it periodically, and again at once while it returns
+// max or more. max <= 0 deletes nothing.
 func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 	if max <= 0 {
 		return 0, nil
@@ -133,36 +136,9 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 	cutoff := timeBits(now.Add(-s.window))
 	var n int
 	err := s.update(func(tx *bolt.Tx) error {
-		n = 0
-		b := openBuckets(tx)
-		var old [][]byte
-		c := b.dedupT.Cursor()
-		for k, _ := c.First(); k != nil && len(old) < max; k, _ = c.Next() {
-			if len(k) < 8 || binary.BigEndian.Uint64(k) > cutoff {
-				break
-			}
-			old = append(old, append([]byte{}, k...))
-		}
-		if len(old) == 0 {
-			return nil
-		}
-		var removed int64
-		for _, k := range old {
-			if err := b.dedupT.Delete(k); err != nil {
-				return fmt.Errorf("delete dedup time: %w", err)
-			}
-			key := k[8:]
-			// Delete the key only if it still carries this time; a key accepted again
-			// later has a newer time and its own index entry.
-			if v := b.dedup.Get(key); v != nil && string(v) == string(k[:8]) {
-				if err := b.dedup.Delete(key); err != nil {
-					return fmt.Errorf("delete dedup key: %w", err)
-				}
-				removed++
-			}
-		}
-		n = len(old)
-		return addDedupN(b.meta, -removed)
+		var err error
+		n, err = s.dedup.expire(tx, cutoff, max)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("expire dedup: %w", err)
@@ -173,7 +149,9 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 	return n, nil
 }
 
-// DedupLen returns the number of dedup keys stored, expired or not.
+// DedupLen returns the number of dedup records stored: one per key, plus, for a key accepted
+// again after its window, the older record until ExpireDedup or a merge drops it; expired
+// records ExpireDedup has not dropped yet included.
 func (s *Spool) DedupLen() (int, error) {
 	s.waitApplied()
 	var n uint64
