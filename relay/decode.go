@@ -762,9 +762,19 @@ func (s *jsonScan) str() (start, end int, plain bool, err error) {
 
 // number scans a JSON number at s.i and returns its bytes.
 func (s *jsonScan) number() ([]byte, error) {
-	b := s.b
 	start := s.i
-	i := start
+	end, _, bad := scanNumber(s.b, start)
+	s.i = end
+	if bad != "" {
+		return nil, s.syntax(bad)
+	}
+	return s.b[start:end], nil
+}
+
+// scanNumber reads the JSON number at b[i:] and returns where it ends and whether it has an
+// exponent; if it breaks JSON's number grammar, end is where and bad says how (as
+// encoding/json words it).
+func scanNumber(b []byte, i int) (end int, exp bool, bad string) {
 	if i < len(b) && b[i] == '-' {
 		i++
 	}
@@ -775,32 +785,29 @@ func (s *jsonScan) number() ([]byte, error) {
 		for i++; i < len(b) && isDigit(b[i]); i++ {
 		}
 	default:
-		s.i = i
-		return nil, s.syntax("in numeric literal")
+		return i, false, "in numeric literal"
 	}
 	if i < len(b) && b[i] == '.' {
 		i++
 		if i >= len(b) || !isDigit(b[i]) {
-			s.i = i
-			return nil, s.syntax("after decimal point in numeric literal")
+			return i, false, "after decimal point in numeric literal"
 		}
 		for ; i < len(b) && isDigit(b[i]); i++ {
 		}
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		exp = true
 		i++
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
 		if i >= len(b) || !isDigit(b[i]) {
-			s.i = i
-			return nil, s.syntax("in exponent of numeric literal")
+			return i, true, "in exponent of numeric literal"
 		}
 		for ; i < len(b) && isDigit(b[i]); i++ {
 		}
 	}
-	s.i = i
-	return b[start:i], nil
+	return i, exp, ""
 }
 
 // literal consumes the literal word (true, false, null) at s.i.

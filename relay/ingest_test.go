@@ -177,19 +177,26 @@ func TestReceiver_Verification(t *testing.T) {
 	}
 }
 
-// TestReceiver_LogsClientBehindTrustedProxy: log lines name the client a trusted proxy
-// forwarded, and the peer itself for anyone else (whose X-Forwarded-For is ignored).
-func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
-	var logs bytes.Buffer
+// loggingReceiver returns a receiver on a fresh spool, routing everything to "orders", that
+// logs JSON lines to the returned buffer.
+func loggingReceiver(t *testing.T, cfg relay.ReceiverConfig) (*relay.Receiver, *bytes.Buffer) {
+	t.Helper()
 	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"), spool.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sp.Close()
+	t.Cleanup(func() { sp.Close() })
 	set, _ := rules.Compile(allToOrders)
-	rc := relay.NewReceiver(relay.ReceiverConfig{
+	logs := &bytes.Buffer{}
+	return relay.NewReceiver(cfg, sp, relay.NewRouter(set, nil), nil, nil, slog.New(slog.NewJSONHandler(logs, nil))), logs
+}
+
+// TestReceiver_LogsClientBehindTrustedProxy: log lines name the client a trusted proxy
+// forwarded, and the peer itself for anyone else (whose X-Forwarded-For is ignored).
+func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
+	rc, logs := loggingReceiver(t, relay.ReceiverConfig{
 		Apps: []relay.App{{Name: "shop", Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)}},
-	}, sp, relay.NewRouter(set, nil), nil, nil, slog.New(slog.NewJSONHandler(&logs, nil)))
+	})
 	trusted, _ := relay.ParseCIDRs([]string{"10.0.0.0/8"})
 	h := relay.WithClientIP(rc, trusted)
 	cases := []struct{ peer, want string }{
@@ -211,20 +218,13 @@ func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
 // TestReceiver_LogsNameTheApp: the lines about a notification name the app whose secret
 // verified it, also after Configure renames the apps.
 func TestReceiver_LogsNameTheApp(t *testing.T) {
-	var logs bytes.Buffer
-	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"), spool.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	set, _ := rules.Compile(allToOrders)
 	apps := func(a, b string) relay.ReceiverConfig {
 		return relay.ReceiverConfig{Apps: []relay.App{
 			{Name: a, Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{"secret-a"}, false)},
 			{Name: b, Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)},
 		}}
 	}
-	rc := relay.NewReceiver(apps("shop", "support"), sp, relay.NewRouter(set, nil), nil, nil, slog.New(slog.NewJSONHandler(&logs, nil)))
+	rc, logs := loggingReceiver(t, apps("shop", "support"))
 	for i, want := range []string{"support", "helpdesk"} {
 		if i > 0 {
 			rc.Configure(apps("shop", want))

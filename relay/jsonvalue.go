@@ -53,6 +53,25 @@ func (p *valueParser) next(closing byte) (more bool, err error) {
 	return false, errValue
 }
 
+// keyStart skips whitespace up to an object key's opening quote, which it requires.
+func (p *valueParser) keyStart() error {
+	p.ws()
+	if p.i >= len(p.b) || p.b[p.i] != '"' {
+		return errValue
+	}
+	return nil
+}
+
+// colon consumes the whitespace and the ':' that follow an object key.
+func (p *valueParser) colon() error {
+	p.ws()
+	if p.i >= len(p.b) || p.b[p.i] != ':' {
+		return errValue
+	}
+	p.i++
+	return nil
+}
+
 func (p *valueParser) ws() {
 	for p.i < len(p.b) {
 		switch p.b[p.i] {
@@ -82,19 +101,16 @@ func (p *valueParser) value(depth int) (any, error) {
 			return m, nil
 		}
 		for {
-			p.ws()
-			if p.i >= len(p.b) || p.b[p.i] != '"' {
-				return nil, errValue
+			if err := p.keyStart(); err != nil {
+				return nil, err
 			}
 			k, err := p.str()
 			if err != nil {
 				return nil, err
 			}
-			p.ws()
-			if p.i >= len(p.b) || p.b[p.i] != ':' {
-				return nil, errValue
+			if err := p.colon(); err != nil {
+				return nil, err
 			}
-			p.i++
 			v, err := p.value(depth + 1)
 			if err != nil {
 				return nil, err
@@ -152,44 +168,13 @@ func (p *valueParser) lit(word string) error {
 
 // number accepts exactly JSON's number grammar and converts it as encoding/json does.
 func (p *valueParser) number() (any, error) {
-	start, b := p.i, p.b
-	i := p.i
-	if i < len(b) && b[i] == '-' {
-		i++
-	}
-	switch {
-	case i < len(b) && b[i] == '0':
-		i++
-	case i < len(b) && b[i] >= '1' && b[i] <= '9':
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-	default:
+	start := p.i
+	end, _, bad := scanNumber(p.b, start)
+	if bad != "" {
 		return nil, errValue
 	}
-	if i < len(b) && b[i] == '.' {
-		i++
-		if i >= len(b) || b[i] < '0' || b[i] > '9' {
-			return nil, errValue
-		}
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		if i >= len(b) || b[i] < '0' || b[i] > '9' {
-			return nil, errValue
-		}
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-	}
-	p.i = i
-	f, err := strconv.ParseFloat(string(b[start:i]), 64)
+	p.i = end
+	f, err := strconv.ParseFloat(string(p.b[start:end]), 64)
 	if err != nil {
 		return nil, errValue // out of range, as encoding/json refuses it
 	}
@@ -312,19 +297,16 @@ func parseProjected(b []byte, proj rules.Projection) (any, error) {
 		p.i++
 	} else {
 		for {
-			p.ws()
-			if p.i >= len(p.b) || p.b[p.i] != '"' {
-				return nil, errValue
+			if err := p.keyStart(); err != nil {
+				return nil, err
 			}
 			whole, wanted, k, err := p.key(proj.Keys)
 			if err != nil {
 				return nil, err
 			}
-			p.ws()
-			if p.i >= len(p.b) || p.b[p.i] != ':' {
-				return nil, errValue
+			if err := p.colon(); err != nil {
+				return nil, err
 			}
-			p.i++
 			switch {
 			case wanted && whole:
 				v, err := p.value(1)
@@ -409,18 +391,15 @@ func (p *valueParser) skip(depth int) error {
 			return nil
 		}
 		for {
-			p.ws()
-			if p.i >= len(p.b) || p.b[p.i] != '"' {
-				return errValue
+			if err := p.keyStart(); err != nil {
+				return err
 			}
 			if err := p.skipStr(); err != nil {
 				return err
 			}
-			p.ws()
-			if p.i >= len(p.b) || p.b[p.i] != ':' {
-				return errValue
+			if err := p.colon(); err != nil {
+				return err
 			}
-			p.i++
 			if err := p.skip(depth + 1); err != nil {
 				return err
 			}
@@ -493,46 +472,14 @@ func (p *valueParser) skipStr() error {
 // skipNumber checks a number as number would. Only a number with an exponent or of more than
 // 300 bytes can be out of float64's range, so only those are converted.
 func (p *valueParser) skipNumber() error {
-	b, start, i := p.b, p.i, p.i
-	if i < len(b) && b[i] == '-' {
-		i++
-	}
-	switch {
-	case i < len(b) && b[i] == '0':
-		i++
-	case i < len(b) && b[i] >= '1' && b[i] <= '9':
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-	default:
+	start := p.i
+	end, exp, bad := scanNumber(p.b, start)
+	if bad != "" {
 		return errValue
 	}
-	if i < len(b) && b[i] == '.' {
-		i++
-		if i >= len(b) || b[i] < '0' || b[i] > '9' {
-			return errValue
-		}
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-	}
-	exp := false
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		exp = true
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		if i >= len(b) || b[i] < '0' || b[i] > '9' {
-			return errValue
-		}
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-	}
-	p.i = i
-	if exp || i-start > 300 {
-		if _, err := strconv.ParseFloat(string(b[start:i]), 64); err != nil {
+	p.i = end
+	if exp || end-start > 300 {
+		if _, err := strconv.ParseFloat(string(p.b[start:end]), 64); err != nil {
 			return errValue
 		}
 	}
