@@ -2,12 +2,14 @@ package rules
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 )
 
 // FuzzCompileEval compiles arbitrary sources as `when` expressions and templates and
-// evaluates whatever compiles against a fixed change: nothing may panic.
+// evaluates whatever compiles against a fixed change: nothing may panic, and a `when` gives
+// the same verdict on the value's projection (Set.Projection) as on the whole value.
 func FuzzCompileEval(f *testing.F) {
 	for _, s := range []string{
 		`value.messages != nil`,
@@ -25,6 +27,8 @@ func FuzzCompileEval(f *testing.F) {
 		`let x = value; x.a.b.c`,
 		`$env.value`,
 		`[{"type": "section"}]`,
+		`value.statuses != nil && "x" in map(filter([1], true), value.metadata.display_phone_number)`,
+		`nil == value?.errors`,
 		`valeu`, `(`, `"`, `1 +`, `}}`, ``,
 	} {
 		f.Add(s)
@@ -45,7 +49,14 @@ func FuzzCompileEval(f *testing.F) {
 				t.Fatalf("CompileWhen accepted %q but Compile did not: %v", src, err)
 			}
 			_ = p
-			set.Match(env, func(string, error) {})
+			var wholeErr, projErr error
+			whole := set.Match(env, func(_ string, err error) { wholeErr = err })
+			projected := *env
+			projected.Value = set.Projection().Apply(value)
+			got := set.Match(&projected, func(_ string, err error) { projErr = err })
+			if !reflect.DeepEqual(got, whole) || (wholeErr == nil) != (projErr == nil) {
+				t.Fatalf("%q: projected value matches %v (error %v), whole value %v (error %v)", src, got, projErr, whole, wholeErr)
+			}
 			set.Match(&Env{}, nil)
 		}
 		if tpl, err := CompileText(src); err == nil {

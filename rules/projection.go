@@ -49,7 +49,7 @@ func (s *Set) Projection() Projection {
 func project(p *vm.Program) Projection {
 	u := &valueUses{members: map[*ast.MemberNode]string{}, nilTests: map[*ast.MemberNode]bool{}, claimed: map[*ast.IdentifierNode]bool{}}
 	node := p.Node()
-	ast.Walk(&node, u)
+	walk(&node, u)
 	for _, id := range u.idents {
 		if !u.claimed[id] {
 			return Projection{All: true}

@@ -36,6 +36,9 @@ func TestSet_Projection(t *testing.T) {
 		{[]string{`$env.value.messages != nil`}, all},
 		{[]string{`let v = value; v.messages != nil`}, all},
 		{[]string{`value.messages != nil`, `toJSON(value) contains "x"`}, all},
+		// The optimizer folds map(filter(...), m) into one node whose mapper ast.Walk skips.
+		{[]string{`value.messages != nil && "photo" in map(filter([1, 2], # > 0), value.item)`}, keys("messages", false, "item", true)},
+		{[]string{`first(map(filter(value.messages ?? [], true), value.item)) == "photo"`}, keys("messages", true, "item", true)},
 	}
 	for _, tt := range tests {
 		var specs []Spec
@@ -64,6 +67,8 @@ func TestProjection_SameMatches(t *testing.T) {
 		`value.missing == nil`,
 		`value.published == 1`,
 		`value.metadata.phone_number_id == "106540352242922"`,
+		`value.from != nil && "photo" in map(filter([1, 2], # > 0), value.item)`,
+		`first(map(filter(value.statuses ?? [1], true), value.item)) == "photo"`,
 	}
 	values := []string{waMessage, waStatusFailed, waStatusRead, pagePhoto, pageStatus,
 		`{"messages":null,"statuses":false,"item":0}`, `{}`, `[1,2]`, `"text"`, `null`}

@@ -268,6 +268,7 @@ func TestSet_NeedsValue(t *testing.T) {
 		{`$env["value"] != nil`, true},
 		{`let v = value; v != nil`, true},
 		{`any([1, 2], # == 1)`, false},
+		{`"photo" in map(filter([1, 2], # > 0), value.item)`, true}, // the mapper of a folded map(filter())
 	}
 	for _, tt := range tests {
 		t.Run(tt.when, func(t *testing.T) {

@@ -84,8 +84,23 @@ func (t *Template) NeedsValue() bool { return t.needsValue }
 func refersToValue(p *vm.Program) bool {
 	v := &valueFinder{}
 	node := p.Node()
-	ast.Walk(&node, v)
+	walk(&node, v)
 	return v.found
+}
+
+// walk is ast.Walk that also visits the mapper of a builtin: expr's optimizer folds
+// map(filter(xs, p), m) into one filter node that holds m in its Map field, which ast.Walk
+// does not visit.
+func walk(node *ast.Node, v ast.Visitor) { ast.Walk(node, mapWalker{v}) }
+
+type mapWalker struct{ v ast.Visitor }
+
+// Visit implements ast.Visitor.
+func (w mapWalker) Visit(node *ast.Node) {
+	w.v.Visit(node)
+	if b, ok := (*node).(*ast.BuiltinNode); ok && b.Map != nil {
+		ast.Walk(&b.Map, w)
+	}
 }
 
 type valueFinder struct{ found bool }
