@@ -272,7 +272,9 @@ func (s *server) maintain(ctx context.Context) {
 	for n := 0; ; n++ {
 		if n%int(time.Minute/tick) == 0 {
 			for {
-				n, err := s.spool.ExpireDedup(time.Now(), 5000)
+				// A minute of slack: a request is judged at the time it started, which
+				// may be a little behind the clock here.
+				n, err := s.spool.ExpireDedup(time.Now().Add(-time.Minute), 5000)
 				if err != nil {
 					s.log.Error("expire dedup keys", "err", err)
 				}

@@ -23,12 +23,15 @@ import (
 // transaction merges them into one run of the next level, dropping keys past the window and
 // older copies of a key accepted again. Runs that would merge into more than maxRun records
 // (262144, 6 MiB) are marked final instead, so that no transaction writes more than a few MiB:
-// the index holds about one final run per 130,000-260,000 keys. Every run has a blocked Bloom
-// filter (10 bits a key, stored with the run and held in memory), so a lookup reads L0 and
-// then only the runs that may hold the key: one cache line per run, and ~1 % false positives
-// that cost a binary search in one chunk. Up to tens of millions of keys in the window that
-// costs a few microseconds a key; far beyond (hundreds of runs), lookups slow down in
-// proportion, and compacting final runs further is the next step.
+// level-2 runs (131072 keys) become final, so the index holds about one run per 131,072 keys
+// in the window (runs migrated from format 2 hold 262144). Every run has a blocked Bloom
+// filter (10 bits a key: 1.25 MB of memory per million keys, stored with the run and read at
+// Open), so a lookup reads L0 and then only the runs that may hold the key: one cache line per
+// run, and ~1 % false positives that cost a binary search in one chunk. Up to tens of millions
+// of keys in the window that costs a few microseconds a key; far beyond (a 168h window at 170
+// changes/s holds 100M keys: ~760 runs, 125 MB of filters, ~8 false-positive searches a
+// lookup) lookups slow down in proportion, and compacting final runs further is the next
+// step.
 //
 // A key is seen when some level holds it with a time inside the window. ExpireDedup deletes
 // runs whose newest key is past the window, rewrites one run a call of which at least half is

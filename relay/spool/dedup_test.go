@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -414,25 +415,14 @@ func TestDedupIndex_MergeSlack(t *testing.T) {
 }
 
 // TestDedupIndex_Concurrent: lookups made while other commits flush, merge and expire runs
-// still find every key (run with -race).
+// still find every key in its window (run with -race). Each goroutine accepts key i at second
+// i and accepts key i-19 again; ExpireDedup keeps expiring what every goroutine has left more
+// than the 20-second window behind.
 func TestDedupIndex_Concurrent(t *testing.T) {
-	s, _ := openTest(t, Options{DedupWindow: time.Hour, ApplyDelay: time.Nanosecond, dedup: tinyDedup})
-	done := make(chan struct{})
-	expired := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-done:
-				expired <- nil
-				return
-			default:
-			}
-			if _, err := s.ExpireDedup(t0.Add(time.Minute), 10); err != nil {
-				expired <- err
-				return
-			}
-		}
-	}()
+	const window = 20 * time.Second
+	s, _ := openTest(t, Options{DedupWindow: window, ApplyDelay: time.Nanosecond, dedup: tinyDedup})
+	var progress [8]atomic.Int64
+	var removed atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for g := range 8 {
@@ -440,29 +430,41 @@ func TestDedupIndex_Concurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 150 {
+				progress[g].Store(int64(i))
+				now := t0.Add(time.Duration(i) * time.Second)
 				k := fmt.Sprint("g", g, "-", i)
-				if dup, err := s.Accept(context.Background(), []Item{item(k, "1")}, t0); err != nil || dup[0] {
+				if dup, err := s.Accept(context.Background(), []Item{item(k, "1")}, now); err != nil || dup[0] {
 					errs <- fmt.Errorf("first %s: dup %v, %v", k, dup, err)
 					return
 				}
-				if i >= 10 { // a key accepted ten calls ago, since flushed or merged
-					k := fmt.Sprint("g", g, "-", i-10)
-					if dup, err := s.Accept(context.Background(), []Item{item(k, "2")}, t0); err != nil || !dup[0] {
+				if i >= 19 { // accepted 19 s ago, at the edge of the window
+					k := fmt.Sprint("g", g, "-", i-19)
+					if dup, err := s.Accept(context.Background(), []Item{item(k, "2")}, now); err != nil || !dup[0] {
 						errs <- fmt.Errorf("again %s: dup %v, %v", k, dup, err)
 						return
 					}
 				}
+				// Expire what every goroutine has left behind the window.
+				least := int64(i)
+				for j := range progress {
+					least = min(least, progress[j].Load())
+				}
+				n, err := s.ExpireDedup(t0.Add(time.Duration(least)*time.Second), 10)
+				if err != nil {
+					errs <- err
+					return
+				}
+				removed.Add(int64(n))
 			}
 		}()
 	}
 	wg.Wait()
-	close(done)
-	if err := <-expired; err != nil {
-		t.Fatal(err)
-	}
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+	if removed.Load() == 0 {
+		t.Error("nothing expired meanwhile")
 	}
 	checkDedupCounts(t, s)
 }

@@ -36,9 +36,9 @@
 // younger than the dedup window; a key accepted again after its window is a new item. Keys
 // survive restarts. The index is log-structured (dedup.go): new keys go to a small mutable
 // level that a commit's keys share a few pages of, which is written, once full, as an
-// immutable sorted run; runs of a level are merged into larger ones, and an in-memory Bloom
-// filter per run (about 1.25 MB per million keys) spares lookups the runs that do not hold a
-// key. No key costs a random page write in a large tree. ExpireDedup deletes runs whose keys
+// immutable sorted run; runs of a level are merged into larger ones (up to 131,072 keys), and
+// a Bloom filter per run (stored with it, held in memory: 1.25 MB per million keys) spares
+// lookups the runs that do not hold a key. No key costs a random page write in a large tree. ExpireDedup deletes runs whose keys
 // are all past the window, rewrites one run a call of which at least half is, and deletes
 // expired keys of the mutable level.
 //
@@ -51,7 +51,8 @@
 //	schedidx/<sink>    seq -> due
 //	dedupkeys          key hash -> accepted at: the mutable level (16 bytes of the key's SHA-256)
 //	dedupruns/<run>    "m" -> level, records, oldest and newest time;
-//	                   'c' + first key hash -> chunk of sorted (key hash, accepted at) records
+//	                   'c' + first key hash -> chunk of sorted (key hash, accepted at) records;
+//	                   'b' + 4-byte index -> 64 KiB piece of the run's Bloom filter
 //	stats              sink -> (ready count, scheduled count)
 //	meta               format version, dedup record counts (all, mutable level), last run id,
 //	                   heartbeat, last applied journal frame

@@ -205,12 +205,19 @@ func Open(path string, opt Options) (*Spool, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open spool: create directory: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	bopt := &bolt.Options{
 		Timeout:         opt.OpenTimeout,
 		FreelistType:    bolt.FreelistMapType,
 		NoFreelistSync:  true,
 		InitialMmapSize: initialMmapSize(),
-	})
+	}
+	db, err := bolt.Open(path, 0o600, bopt)
+	if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && bopt.InitialMmapSize > 0 {
+		// Address space may be limited (ulimit -v): map the file at its size instead.
+		log.Warn("open spool with a 1 GiB mapping; trying its size", "err", err)
+		bopt.InitialMmapSize = 0
+		db, err = bolt.Open(path, 0o600, bopt)
+	}
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open spool %s: %w", path, ErrLocked)
@@ -301,6 +308,9 @@ func migrateDedupV2(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) error {
 			done = !more
 			return err
 		})
+		if err == nil && !done {
+			log.Info("migrating the dedup index", "format", formatVersion, "keys_so_far", moved)
+		}
 	}
 	if err == nil {
 		err = db.Update(func(tx *bolt.Tx) error {
