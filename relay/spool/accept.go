@@ -79,8 +79,9 @@ type acceptCall struct {
 	sinks [][]string // items[i].Sinks without repeats
 	now   time.Time
 	dup   []bool
-	known []bool // known[i]: items[i]'s key was found pending or in the file, in its window or not
-	lsn   uint64 // the frame that holds the call's items
+	known []bool   // known[i]: items[i]'s key was found pending or in the file, in its window or not
+	hash  [][]byte // hash[i]: dedupHash of items[i]'s key, when the file was asked about it
+	lsn   uint64   // the frame that holds the call's items
 	err   chan error
 }
 
@@ -198,6 +199,7 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 	for _, c := range group {
 		c.dup = make([]bool, len(c.items))
 		c.known = make([]bool, len(c.items))
+		c.hash = make([][]byte, len(c.items))
 		for i, it := range c.items {
 			if it.Key == "" {
 				continue
@@ -223,7 +225,8 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 					continue
 				}
 				seen[it.Key] = true
-				dup, known := dv.lookup(dedupHash([]byte(it.Key)), cutoff)
+				c.hash[i] = dedupHash([]byte(it.Key))
+				dup, known := dv.lookup(c.hash[i], cutoff)
 				c.dup[i] = dup
 				c.known[i] = c.known[i] || known
 			}
@@ -255,7 +258,7 @@ func (s *Spool) journalGroup(group []*acceptCall) error {
 			if c.dup[i] {
 				continue
 			}
-			ji := jItem{at: at, key: it.Key, sinks: c.sinks[i], fresh: it.Key != "" && !c.known[i]}
+			ji := jItem{at: at, key: it.Key, hash: c.hash[i], sinks: c.sinks[i], fresh: it.Key != "" && !c.known[i]}
 			if len(ji.sinks) > 0 {
 				seq++
 				ji.seq = seq
@@ -633,7 +636,11 @@ func applyItems(tx *bolt.Tx, dedup *dedupIndex, items []jItem, lsn uint64, windo
 		at := time.Unix(0, it.at)
 		atB := encTime(at)
 		if it.key != "" {
-			added, err := dedup.add(b, dedupHash([]byte(it.key)), atB, it.fresh, timeBits(at.Add(-window)))
+			h := it.hash
+			if h == nil { // replayed from the journal
+				h = dedupHash([]byte(it.key))
+			}
+			added, err := dedup.add(b, h, atB, it.fresh, timeBits(at.Add(-window)))
 			if err != nil {
 				return err
 			}

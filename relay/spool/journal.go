@@ -55,6 +55,8 @@ type jItem struct {
 	key   string
 	data  []byte
 	sinks []string
+	// hash is dedupHash(key) when the journal group computed it (not journaled).
+	hash []byte
 	// fresh reports that the key was neither pending nor in the file when the item was
 	// accepted, so it cannot be in the file when the item's frame is applied (a later item
 	// with the same key is a repeat while this one is pending, and frames apply in order):
