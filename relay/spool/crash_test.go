@@ -13,8 +13,21 @@ import (
 	"time"
 )
 
-// helperEnv names the spool path a TestHelperProcess child writes to.
-const helperEnv = "HUBRELAY_SPOOL_HELPER_PATH"
+// helperEnv names the spool path a TestHelperProcess child writes to; with helperTinyEnv set
+// the child applies frames at once and keeps a tiny dedup index, so that it is killed in the
+// middle of flushes and merges.
+const (
+	helperEnv     = "HUBRELAY_SPOOL_HELPER_PATH"
+	helperTinyEnv = "HUBRELAY_SPOOL_HELPER_TINY"
+)
+
+// crashOptions are the options of the helper process (and of the reopen after it).
+func crashOptions(tiny bool) Options {
+	if tiny {
+		return Options{ApplyDelay: time.Nanosecond, dedup: tinyDedup}
+	}
+	return Options{}
+}
 
 // TestHelperProcess is not a test: TestSpool_CrashKill runs the test binary again with this
 // test selected and helperEnv set. The child accepts items from several goroutines and prints
@@ -24,7 +37,7 @@ func TestHelperProcess(t *testing.T) {
 	if path == "" {
 		t.Skip("helper process for TestSpool_CrashKill")
 	}
-	s, err := Open(path, Options{})
+	s, err := Open(path, crashOptions(os.Getenv(helperTinyEnv) != ""))
 	if err != nil {
 		fmt.Fprintf(os.Stdout, "error %v\n", err)
 		os.Exit(2)
@@ -53,14 +66,25 @@ func TestHelperProcess(t *testing.T) {
 }
 
 // TestSpool_CrashKill kills (SIGKILL) a process in the middle of accepting and checks that
-// every item it acknowledged survives, with its dedup key.
+// every item it acknowledged survives, with its dedup key: with the defaults (most frames
+// still in the journal), and with frames applied at once to a tiny dedup index (killed in the
+// middle of applies, flushes and merges).
 func TestSpool_CrashKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a child process")
 	}
+	for _, tiny := range []bool{false, true} {
+		t.Run(fmt.Sprint("tiny_index=", tiny), func(t *testing.T) { crashKill(t, tiny) })
+	}
+}
+
+func crashKill(t *testing.T, tiny bool) {
 	path := filepath.Join(t.TempDir(), "spool.db")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+path)
+	if tiny {
+		cmd.Env = append(cmd.Env, helperTinyEnv+"=1")
+	}
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -77,7 +101,10 @@ func TestSpool_CrashKill(t *testing.T) {
 		}
 	}()
 
-	const want = 300
+	want := 300
+	if tiny {
+		want = 1000 // long enough for dozens of applies, flushes and merges before the kill
+	}
 	var acked []string
 	sc := bufio.NewScanner(stdout)
 	for len(acked) < want && sc.Scan() {
@@ -101,7 +128,7 @@ func TestSpool_CrashKill(t *testing.T) {
 		t.Fatal("child exited normally; it should have been killed")
 	}
 
-	s, err := Open(path, Options{})
+	s, err := Open(path, crashOptions(tiny))
 	if err != nil {
 		t.Fatalf("reopen after kill: %v", err)
 	}
@@ -126,5 +153,8 @@ func TestSpool_CrashKill(t *testing.T) {
 		if !d {
 			t.Fatalf("dedup key %s lost in the crash", acked[i])
 		}
+	}
+	if tiny {
+		checkDedupCounts(t, s)
 	}
 }
