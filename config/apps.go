@@ -30,7 +30,8 @@ func (d *decoder) apps(n *yaml.Node, path, defaultPath string) []App {
 	)
 	for i, it := range items {
 		p := index(path, i)
-		f, ok := d.mapping(it, p, "name", "path", "verify_token", "verify_token_file", "app_secrets", "app_secrets_file", "allow_sha1")
+		f, ok := d.mapping(it, p, "name", "path", "verify_token", "verify_token_file", "app_secrets", "app_secrets_file", "allow_sha1",
+			"app_id", "access_token", "access_token_file")
 		if !ok {
 			continue
 		}
@@ -64,6 +65,7 @@ func (d *decoder) apps(n *yaml.Node, path, defaultPath string) []App {
 		}
 		d.appSecrets(it, f, p, &a)
 		d.setBool(f, p, "allow_sha1", &a.AllowSHA1)
+		d.appGraph(it, f, p, &a)
 		apps = append(apps, a)
 	}
 	return apps

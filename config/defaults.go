@@ -46,6 +46,7 @@ func Default() Config {
 			MaxBatchDelay: 0, // commit as soon as the previous commit ends
 		},
 		DeadLetter: DeadLetter{Dir: defaultDeadLetterDir(storageDir)},
+		Graph:      defaultGraph(),
 		Rules:      emptyRules,
 	}
 }

@@ -51,7 +51,7 @@ func Parse(file string, data []byte, getenv func(string) string) (*Config, error
 }
 
 // topKeys are the sections of a config file.
-var topKeys = []string{"server", "admin", "log", "apps", "storage", "dead_letter", "sinks", "rules"}
+var topKeys = []string{"server", "admin", "log", "apps", "storage", "dead_letter", "sinks", "rules", "graph"}
 
 // config decodes the root mapping into c, section by section in dependency order.
 func (d *decoder) config(root *yaml.Node, c *Config) {
@@ -72,6 +72,7 @@ func (d *decoder) config(root *yaml.Node, c *Config) {
 	d.deadLetter(f["dead_letter"].val, "dead_letter", &c.DeadLetter)
 	sinks, names := d.sinks(f["sinks"].val, "sinks")
 	c.Sinks = sinks
+	d.graph(f["graph"].val, "graph", &c.Graph)
 	if set := d.rules(f["rules"].val, "rules", names); set != nil {
 		c.Rules = set
 	}

@@ -19,6 +19,7 @@ type Config struct {
 	Storage    Storage
 	DeadLetter DeadLetter
 	Sinks      []Sink
+	Graph      Graph
 	// Rules is the compiled rule set, ready to match changes.
 	Rules *rules.Set
 }
@@ -76,6 +77,11 @@ type App struct {
 	VerifyToken string
 	AppSecrets  []string // at least one; several while rotating
 	AllowSHA1   bool     // accept the legacy X-Hub-Signature: sha1= header when no sha256 header
+	// AppID is the app's ID in Meta's App Dashboard; needed only by `hubrelay subscribe` and
+	// its siblings (see graph.go).
+	AppID string
+	// AccessToken is an optional system-user token for Graph API calls; never log it.
+	AccessToken string
 }
 
 // Storage configures the spool.

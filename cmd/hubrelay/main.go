@@ -5,6 +5,7 @@
 //	hubrelay route -config FILE PAYLOAD  dry run: which rules and sinks each change matches
 //	hubrelay send -url URL -secret S PAYLOAD   sign a payload as Meta does and POST it
 //	hubrelay deadletter list|show|replay -config FILE
+//	hubrelay subscribe|subscriptions|unsubscribe -config FILE -app NAME ...   Meta's webhook subscriptions
 //	hubrelay version
 package main
 
@@ -66,6 +67,9 @@ Usage:
   hubrelay route -config FILE [-json] [-app NAME] PAYLOAD.json
   hubrelay send -url URL [-secret S | -secret-env VAR] [-sha1] PAYLOAD.json
   hubrelay deadletter list|show|replay -config FILE [filters]
+  hubrelay subscribe -config FILE [-app NAME] -object OBJ -fields F1,F2 -callback URL [-include-values] [-waba ID [-override-callback]]
+  hubrelay subscriptions -config FILE [-app NAME] [-waba ID]
+  hubrelay unsubscribe -config FILE [-app NAME] -object OBJ [-fields F1,F2] | -waba ID
   hubrelay bench [-scenario throughput|outage] [-json] [-svg FILE]
   hubrelay version
 
@@ -92,6 +96,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		err = runSend(ctx, rest, e)
 	case "deadletter", "dead-letter":
 		err = runDeadLetter(ctx, rest, e)
+	case "subscribe":
+		err = runSubscribe(ctx, rest, e)
+	case "subscriptions":
+		err = runSubscriptions(ctx, rest, e)
+	case "unsubscribe":
+		err = runUnsubscribe(ctx, rest, e)
 	case "bench":
 		err = runBench(ctx, rest, e)
 	case "bench-reference":
