@@ -39,7 +39,7 @@ const (
 const DefaultSubjectHeader = "X-Amzn-Mtls-Clientcert-Subject"
 
 // refusalLogEvery is how often one kind of refusal is logged at most.
-const refusalLogEvery = time.Second
+const refusalLogEvery = DefaultLogEvery
 
 // ClientCertOptions configures RequireClientCert.
 type ClientCertOptions struct {
@@ -65,8 +65,7 @@ func RequireClientCert(next http.Handler, o ClientCertOptions) http.Handler {
 	if len(names) == 0 {
 		names = []string{MetaClientCommonName}
 	}
-	ref := newRefuser(o.Logger, o.Observer, "client certificate refused",
-		ReasonNoClientCert, ReasonUntrustedChain, ReasonWrongCommonName)
+	ref := newRefuser(o.Logger, o.Observer, "client certificate refused")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		switch {
@@ -132,8 +131,7 @@ func TrustedProxy(next http.Handler, o ProxyOptions) (http.Handler, error) {
 	if len(names) == 0 {
 		names = []string{MetaClientCommonName}
 	}
-	ref := newRefuser(o.Logger, o.Observer, "client certificate refused",
-		ReasonUntrustedPeer, ReasonNoSubject, ReasonBadSubject, ReasonWrongCommonName)
+	ref := newRefuser(o.Logger, o.Observer, "client certificate refused")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		if !ipIn(peerAddr(r.RemoteAddr), from) {
@@ -432,7 +430,7 @@ func Limit(next http.Handler, o LimitOptions) http.Handler {
 		maxPerIP: o.MaxConcurrentPerIP,
 		clientIP: clientIP,
 		perIP:    map[string]int{},
-		refuse:   newRefuser(o.Logger, o.Observer, "request refused", ReasonOverloaded, ReasonRateLimited),
+		refuse:   newRefuser(o.Logger, o.Observer, "request refused"),
 	}
 }
 
@@ -489,30 +487,21 @@ func (l *limiter) release(ip string) {
 	l.mu.Unlock()
 }
 
-// refuser answers, counts and logs refusals. Logs are sampled per reason: under a flood, one
-// line a second says how many refusals of that kind went unlogged, so the log cannot become
-// the bottleneck, while one refusal of another kind is still logged at once.
+// refuser answers, counts and logs refusals. Logs go through a LogSampler keyed by reason:
+// under a flood, one line a second says how many refusals of that kind went unlogged, so the
+// log cannot become the bottleneck, while one refusal of another kind is still logged at once.
 type refuser struct {
-	log *slog.Logger
-	obs Observer
-	msg string
-	by  map[string]*sampler // by reason; fixed at construction, so read without a lock
+	log    *slog.Logger
+	obs    Observer
+	msg    string
+	sample *LogSampler
 }
 
-type sampler struct {
-	last       atomic.Int64 // unix nanoseconds of the last line logged; 0 = never
-	suppressed atomic.Int64
-}
-
-func newRefuser(lg *slog.Logger, obs Observer, msg string, reasons ...string) *refuser {
+func newRefuser(lg *slog.Logger, obs Observer, msg string) *refuser {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	f := &refuser{log: lg, obs: obs, msg: msg, by: make(map[string]*sampler, len(reasons))}
-	for _, r := range reasons {
-		f.by[r] = new(sampler)
-	}
-	return f
+	return &refuser{log: lg, obs: obs, msg: msg, sample: NewLogSampler(refusalLogEvery)}
 }
 
 // refuse answers status, reports o and logs reason, followed by detail when there is one.
@@ -521,21 +510,12 @@ func (f *refuser) refuse(w http.ResponseWriter, r *http.Request, start time.Time
 	if f.obs != nil {
 		f.obs.Request("", o, time.Since(start))
 	}
-	s := f.by[reason] // every reason passed here was registered in newRefuser
-	now := start.UnixNano()
-	last := s.last.Load()
-	if last != 0 && now-last < int64(refusalLogEvery) || !s.last.CompareAndSwap(last, now) {
-		s.suppressed.Add(1)
-		return
-	}
+	kind := reason
 	if detail != "" {
 		reason += " " + detail
 	}
 	all := append([]any{"reason", reason, "status", status, "method", r.Method, "path", r.URL.Path, "remote", RemoteAddr(r)}, attrs...)
-	if n := s.suppressed.Swap(0); n > 0 {
-		all = append(all, "unlogged_refusals", n)
-	}
-	f.log.Warn(f.msg, all...)
+	f.sample.Log(f.log, slog.LevelWarn, kind, f.msg, all...)
 }
 
 // StaleCutoff reports whether a notification is stale: every one of its changes carries an

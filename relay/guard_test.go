@@ -448,20 +448,23 @@ func TestLimit_Off(t *testing.T) {
 
 func TestRefuser_Sampling(t *testing.T) {
 	logs, obs := &logSink{}, &guardObserver{}
-	f := newRefuser(logs.logger(), obs, "request refused", ReasonOverloaded, ReasonRateLimited)
-	refuse := func(reason string, at time.Time) {
-		f.refuse(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), at, 503, OutcomeOverloaded, reason, "")
-	}
+	f := newRefuser(logs.logger(), obs, "request refused")
+	f.sample = NewLogSampler(time.Hour) // no end-of-interval line during the test
 	now := time.Now()
-	for range 5 {
-		refuse(ReasonOverloaded, now)
+	f.sample.now = func() time.Time { return now }
+	refuse := func(reason string) {
+		f.refuse(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), now, 503, OutcomeOverloaded, reason, "")
 	}
-	refuse(ReasonRateLimited, now) // another reason is not held back
+	for range 5 {
+		refuse(ReasonOverloaded)
+	}
+	refuse(ReasonRateLimited) // another reason is not held back
 	if n := logs.count(`"msg":"request refused"`); n != 2 {
 		t.Fatalf("%d lines, want 2:\n%s", n, logs)
 	}
-	refuse(ReasonOverloaded, now.Add(refusalLogEvery))
-	if logs.count(`"reason":"too many concurrent requests"`, `"unlogged_refusals":4`) != 1 {
+	now = now.Add(time.Hour)
+	refuse(ReasonOverloaded)
+	if logs.count(`"reason":"too many concurrent requests"`, `"suppressed":4`) != 1 {
 		t.Fatalf("no line counting the 4 unlogged refusals:\n%s", logs)
 	}
 	if obs.count(OutcomeOverloaded) != 7 {

@@ -89,6 +89,8 @@ type Receiver struct {
 	obs    Observer
 	now    func() time.Time
 	bufs   sync.Pool
+	// sample thins the per-request lines of refusals and storage failures, by kind.
+	sample *LogSampler
 }
 
 // NewReceiver returns a Receiver. notify is called with the sinks that got new deliveries after
@@ -100,7 +102,8 @@ func NewReceiver(cfg ReceiverConfig, sp Spooler, router *Router, notify func(sin
 	if notify == nil {
 		notify = func([]string) {}
 	}
-	rc := &Receiver{spool: sp, router: router, notify: notify, obs: obs, log: log.With("component", "ingest"), now: time.Now}
+	rc := &Receiver{spool: sp, router: router, notify: notify, obs: obs, log: log.With("component", "ingest"), now: time.Now,
+		sample: NewLogSampler(DefaultLogEvery)}
 	rc.Configure(cfg)
 	return rc
 }
@@ -159,7 +162,8 @@ func (rc *Receiver) verify(w http.ResponseWriter, r *http.Request, apps []*App) 
 		}
 	}
 	if q.Get("hub.mode") != "subscribe" || matched == "" {
-		rc.log.Warn("verification refused", "reason", verifyReason(q.Get("hub.mode"), matched), "remote", RemoteAddr(r))
+		reason := verifyReason(q.Get("hub.mode"), matched)
+		rc.sample.Log(rc.log, slog.LevelWarn, "verify/"+reason, "verification refused", "reason", reason, "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeBadToken, http.StatusForbidden, start)
 		return
 	}
@@ -185,7 +189,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	log := rc.log
 	max := st.cfg.MaxBodyBytes
 	if max > 0 && r.ContentLength > max {
-		log.Warn("notification refused", "reason", "body too large", "content_length", r.ContentLength, "max_body_bytes", max, "remote", RemoteAddr(r))
+		rc.refused(log, "", OutcomeTooLarge, "reason", "body too large", "content_length", r.ContentLength, "max_body_bytes", max, "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
 		return
 	}
@@ -195,11 +199,11 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			log.Warn("notification refused", "reason", "body too large", "max_body_bytes", max, "remote", RemoteAddr(r))
+			rc.refused(log, "", OutcomeTooLarge, "reason", "body too large", "max_body_bytes", max, "remote", RemoteAddr(r))
 			rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
 			return
 		}
-		log.Warn("notification refused", "reason", "read body", "err", err, "remote", RemoteAddr(r))
+		rc.refused(log, "", OutcomeReadError, "reason", "read body", "err", err, "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeReadError, http.StatusBadRequest, start)
 		return
 	}
@@ -218,7 +222,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		}
 	}
 	if app == nil {
-		log.Warn("notification refused", "reason", sigErr.Error(), "bytes", len(body), "remote", RemoteAddr(r))
+		rc.refused(log, "", OutcomeBadSignature, "reason", sigErr.Error(), "bytes", len(body), "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeBadSignature, http.StatusUnauthorized, start)
 		return
 	}
@@ -231,12 +235,12 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		if errors.Is(err, ErrTooMany) {
 			outcome, status = OutcomeTooMany, http.StatusRequestEntityTooLarge
 		}
-		log.Warn("notification refused", "reason", err.Error(), "bytes", len(body), "remote", RemoteAddr(r))
+		rc.refused(log, app.Name, outcome, "reason", err.Error(), "bytes", len(body), "remote", RemoteAddr(r))
 		rc.finish(w, app.Name, outcome, status, start)
 		return
 	}
 	if st.cfg.MaxEventAge > 0 && StaleCutoff(events, st.cfg.MaxEventAge, start) {
-		log.Warn("notification refused", "reason", "stale", "max_event_age", st.cfg.MaxEventAge, "remote", RemoteAddr(r))
+		rc.refused(log, app.Name, OutcomeStale, "reason", "stale", "max_event_age", st.cfg.MaxEventAge, "remote", RemoteAddr(r))
 		rc.finish(w, app.Name, OutcomeStale, http.StatusBadRequest, start)
 		return
 	}
@@ -251,9 +255,9 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	onErr := func(rule string, err error) {
 		// An evaluation error can quote the payload: its text only with log.payloads.
 		if st.cfg.LogPayloads {
-			log.Warn("rule evaluation failed", "rule", rule, "err", err)
+			rc.sample.Log(log, slog.LevelWarn, "rule/"+app.Name+"/"+rule, "rule evaluation failed", "rule", rule, "err", err)
 		} else {
-			log.Warn("rule evaluation failed", "rule", rule)
+			rc.sample.Log(log, slog.LevelWarn, "rule/"+app.Name+"/"+rule, "rule evaluation failed", "rule", rule)
 		}
 		if rc.obs != nil {
 			rc.obs.RuleError(rule)
@@ -289,7 +293,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	// spool: durable before 200.
 	dup, err := rc.spool.Accept(r.Context(), items, start)
 	if err != nil {
-		log.Error("spool commit failed", "err", err, "changes", len(events))
+		rc.sample.Log(log, slog.LevelError, "spool", "spool commit failed", "err", err, "changes", len(events))
 		rc.finish(w, app.Name, OutcomeSpoolError, http.StatusServiceUnavailable, start)
 		return
 	}
@@ -371,6 +375,11 @@ next:
 		dst = append(dst, n)
 	}
 	return dst
+}
+
+// refused logs, sampled by app and outcome, the refusal of one notification.
+func (rc *Receiver) refused(log *slog.Logger, app string, o Outcome, attrs ...any) {
+	rc.sample.Log(log, slog.LevelWarn, "refused/"+app+"/"+string(o), "notification refused", attrs...)
 }
 
 func (rc *Receiver) finish(w http.ResponseWriter, app string, o Outcome, status int, start time.Time) {

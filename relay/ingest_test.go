@@ -194,17 +194,17 @@ func loggingReceiver(t *testing.T, cfg relay.ReceiverConfig) (*relay.Receiver, *
 // TestReceiver_LogsClientBehindTrustedProxy: log lines name the client a trusted proxy
 // forwarded, and the peer itself for anyone else (whose X-Forwarded-For is ignored).
 func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
-	rc, logs := loggingReceiver(t, relay.ReceiverConfig{
-		Apps: []relay.App{{Name: "shop", Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)}},
-	})
 	trusted, _ := relay.ParseCIDRs([]string{"10.0.0.0/8"})
-	h := relay.WithClientIP(rc, trusted)
 	cases := []struct{ peer, want string }{
 		{"10.1.2.3:5555", `"remote":"203.0.113.9"`},
 		{"198.51.100.7:4444", `"remote":"198.51.100.7"`},
 	}
 	for _, c := range cases {
-		logs.Reset()
+		// A receiver each: refusals of one kind are logged once a second.
+		rc, logs := loggingReceiver(t, relay.ReceiverConfig{
+			Apps: []relay.App{{Name: "shop", Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)}},
+		})
+		h := relay.WithClientIP(rc, trusted)
 		req := httptest.NewRequest(http.MethodGet, "/webhooks?hub.mode=subscribe&hub.verify_token=wrong", nil)
 		req.RemoteAddr = c.peer
 		req.Header.Set("X-Forwarded-For", "203.0.113.9")

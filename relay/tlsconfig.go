@@ -236,10 +236,15 @@ func HTTPErrorLog(lg *slog.Logger) *log.Logger {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	return log.New(errorLogWriter{lg}, "", 0)
+	return log.New(errorLogWriter{lg, NewLogSampler(DefaultLogEvery)}, "", 0)
 }
 
-type errorLogWriter struct{ log *slog.Logger }
+// errorLogWriter turns http.Server's error lines into sampled slog lines: a client can cause
+// one per connection (a failed handshake), so they are rate-limited like refusals.
+type errorLogWriter struct {
+	log    *slog.Logger
+	sample *LogSampler
+}
 
 const handshakePrefix = "http: TLS handshake error from "
 
@@ -247,16 +252,27 @@ func (w errorLogWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSuffix(string(p), "\n")
 	rest, ok := strings.CutPrefix(line, handshakePrefix)
 	if !ok {
-		w.log.Warn(line)
+		w.sample.Log(w.log, slog.LevelWarn, errorLineKind(line), line)
 		return len(p), nil
 	}
 	remote, errText, _ := strings.Cut(rest, ": ")
 	if reason, ok := certificateRefusal(errText); ok {
-		w.log.Warn("client certificate refused", "reason", reason, "remote", remote, "err", errText)
+		w.sample.Log(w.log, slog.LevelWarn, "tls/"+reason, "client certificate refused", "reason", reason, "remote", remote, "err", errText)
 	} else {
-		w.log.Info("tls handshake failed", "remote", remote, "err", errText)
+		w.sample.Log(w.log, slog.LevelInfo, "tls", "tls handshake failed", "remote", remote, "err", errText)
 	}
 	return len(p), nil
+}
+
+// errorLineKind groups http.Server error lines for sampling by their first two words
+// ("http: Accept", "http: superfluous"), which name the kind of error without the addresses
+// and values that follow.
+func errorLineKind(line string) string {
+	f := strings.SplitN(line, " ", 3)
+	if len(f) > 2 {
+		f = f[:2]
+	}
+	return "http/" + strings.Join(f, " ")
 }
 
 // certificateRefusal names why a handshake error refused a client certificate, if it did.

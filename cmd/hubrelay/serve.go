@@ -445,12 +445,15 @@ func watchFile(ctx context.Context, path string, interval time.Duration) <-chan 
 
 // readyHandler answers 200 while check (a tiny spool write) succeeds, else 503: a relay whose
 // spool cannot commit would answer Meta 503 anyway, so it should get no traffic.
+// Its failures are logged through a LogSampler: a probe every second against a full disk
+// must not fill the same disk with log lines.
 func readyHandler(check func(context.Context) error, log *slog.Logger) http.Handler {
+	sample := relay.NewLogSampler(relay.DefaultLogEvery)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := check(ctx); err != nil {
-			log.Warn("not ready", "err", err)
+			sample.Log(log, slog.LevelWarn, "not ready", "not ready", "err", err)
 			http.Error(w, "spool not writable", http.StatusServiceUnavailable)
 			return
 		}
