@@ -60,13 +60,20 @@ type Replayer struct {
 	Log    *slog.Logger
 }
 
+// replayErrorEvery is how often Run logs a replay error at most: a file in the replay folder
+// that cannot be read (a named pipe, a corrupt letter) stays there, and is found again at
+// every poll, until someone removes it.
+const replayErrorEvery = time.Minute
+
 // Run polls the replay folder every interval until ctx is done.
 func (rp *Replayer) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	sample := NewLogSampler(replayErrorEvery)
+	defer sample.Stop()
 	for {
 		if _, err := rp.Once(ctx); err != nil {
-			rp.Log.Error("replay dead letters", "err", err)
+			sample.Log(rp.Log, slog.LevelError, "replay", "replay dead letters", "err", err)
 		}
 		select {
 		case <-ctx.Done():

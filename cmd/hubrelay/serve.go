@@ -105,6 +105,9 @@ type server struct {
 	metrics  *metrics.Metrics
 	ready    func() error
 	shutdown time.Duration
+	// abandoned is set when deliveries did not end at shutdown: the spool and the sinks are
+	// then left for the process exit to close (see drainCtx).
+	abandoned bool
 }
 
 func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.Duration, log *slog.Logger, e env) error {
@@ -119,12 +122,20 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 		return fmt.Errorf("open spool: %w", err)
 	}
 	s.spool = sp
-	defer sp.Close()
+	defer func() {
+		if !s.abandoned {
+			sp.Close()
+		}
+	}()
 	if s.dl, err = deadletter.Open(cfg.DeadLetter.Dir); err != nil {
 		return fmt.Errorf("open dead-letter dir: %w", err)
 	}
 	s.sinks = newSinkSet(log)
-	defer s.sinks.closeAll()
+	defer func() {
+		if !s.abandoned {
+			s.sinks.closeAll()
+		}
+	}()
 	sinkCfgs, err := s.sinks.update(cfg.Sinks)
 	if err != nil {
 		return err
@@ -247,9 +258,33 @@ func (s *server) drain() {
 	s.drainCtx(ctx)
 }
 
-// drainCtx lets in-flight deliveries finish (until ctx ends) before the spool closes.
+// stuckGrace is how long shutdown waits, once shutdown_timeout has passed and the deliveries
+// in flight have been cancelled, for them to end before it gives up on them.
+const stuckGrace = 2 * time.Second
+
+// drainCtx lets in-flight deliveries finish (until ctx ends) before the spool closes. A
+// delivery that ignores its cancelled context — a worker stuck in a system call, writing to a
+// named pipe nobody reads or to a hung network filesystem — gets stuckGrace more; then
+// shutdown goes on without it, and the spool and sinks are not closed (closing would wait for
+// the stuck worker). That is safe: every acknowledged change is already in the spool's
+// journal, and a delivery not marked done is delivered again after restart, as after kill -9.
 func (s *server) drainCtx(ctx context.Context) {
-	if err := s.engine.Close(ctx); err != nil {
+	closed := make(chan error, 1)
+	go func() { closed <- s.engine.Close(ctx) }()
+	var err error
+	select {
+	case err = <-closed:
+	case <-ctx.Done():
+		select {
+		case err = <-closed:
+		case <-time.After(stuckGrace):
+			s.abandoned = true
+			s.log.Error("deliveries still running after shutdown_timeout did not end when cancelled; exiting without them (they are delivered again after restart)",
+				"shutdown_timeout", s.shutdown, "grace", stuckGrace)
+			return
+		}
+	}
+	if err != nil {
 		s.log.Warn("deliveries still in flight at shutdown were cancelled; they resume on restart", "err", err)
 	}
 }

@@ -113,7 +113,7 @@ func (d *Dir) Get(id string) (*Letter, error) {
 	if err := checkID(id); err != nil {
 		return nil, fmt.Errorf("get dead letter: %w", err)
 	}
-	return readLetter(filepath.Join(d.path, id+".json"), id)
+	return readLetter(d.path, id+".json", id)
 }
 
 // Remove deletes the letter named id and fsyncs the directory. The error wraps fs.ErrNotExist
@@ -212,8 +212,8 @@ func (d *Dir) Count(sink string) (int, error) {
 	n := 0
 	for _, e := range entries {
 		id, ok := letterID(e.Name())
-		if !ok || e.IsDir() || checkID(id) != nil {
-			continue
+		if t := e.Type(); !ok || !t.IsRegular() && t&fs.ModeSymlink == 0 || checkID(id) != nil {
+			continue // not a letter, or a named pipe, device… that List reports as skipped
 		}
 		if prefix != "" {
 			seq, ok := strings.CutPrefix(id, prefix)
@@ -247,17 +247,22 @@ func readLetters(dir string, entries []os.DirEntry, match func(*Letter) bool) ([
 		letters []*Letter
 		errs    []error
 	)
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read dead letters: %w", err)
+	}
+	defer root.Close()
 	for _, e := range entries {
 		id, ok := letterID(e.Name())
 		if !ok || e.IsDir() {
 			continue
 		}
-		path := filepath.Join(dir, e.Name())
 		if err := checkID(id); err != nil {
+			path := filepath.Join(dir, e.Name())
 			errs = append(errs, fmt.Errorf("read dead letter %s: %w", path, err))
 			continue
 		}
-		l, err := readLetter(path, id)
+		l, err := readLetterIn(root, dir, e.Name(), id)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			continue

@@ -16,6 +16,13 @@
 // "eu_orders-…"), so an ID can never name a path outside the directory. Other files (dot
 // files, names not ending in ".json", folders) are ignored.
 //
+// Only regular files inside the directory are read. An entry named like a letter that is a
+// named pipe, a device, a socket, or a symbolic link leading out of the directory (or to
+// nothing) is never opened for reading: List, Pending, Get and QueueReplay report it, by
+// path, as ErrNotRegular ("skipped: a named pipe (FIFO)") and carry on with the other files.
+// Files over 64 MiB are reported as ErrCorrupt without being read. Links to letters inside
+// the directory are followed.
+//
 // # File format
 //
 // Each file is one JSON object, indented by two spaces, UTF-8, ending in a newline, with mode

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -36,6 +39,11 @@ var ErrCorrupt = errors.New("corrupt dead letter")
 // long, starting with a dot, or holding anything but ASCII letters, digits, '.', '-' and '_'
 // (so never a path separator or "..").
 var ErrInvalidID = errors.New("invalid dead letter id")
+
+// ErrNotRegular is wrapped by errors about entries named like letters that are not regular
+// files inside the directory: named pipes, devices, sockets, folders, and symbolic links that
+// lead out of the directory, to nothing or to one of those. They are skipped, never read.
+var ErrNotRegular = errors.New("not a regular file")
 
 // Attempt is one failed delivery attempt.
 type Attempt struct {
@@ -195,26 +203,91 @@ func decode(data []byte, id string) (*Letter, error) {
 	return l, nil
 }
 
-// readLetter reads and decodes the file at path, which is named id+".json". Errors name the
-// file and keep fs.ErrNotExist visible to errors.Is.
-func readLetter(path, id string) (*Letter, error) {
-	f, err := os.Open(path)
+// readLetter reads and decodes the file name (which is id+".json") in dir. It opens only a
+// regular file inside dir: a named pipe, device, socket or folder, or a symbolic link leading
+// out of dir or to nothing, is reported as ErrNotRegular without being read (a named pipe
+// would block the reader for ever, /dev/zero never end), and so is, as ErrCorrupt, a file over
+// maxLetterBytes. The file is opened non-blocking, and checked again once open, so one swapped
+// in meanwhile cannot block the reader either. Errors name the file and keep fs.ErrNotExist
+// visible to errors.Is.
+func readLetter(dir, name, id string) (*Letter, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read dead letter: %w", err)
+	}
+	defer root.Close()
+	return readLetterIn(root, dir, name, id)
+}
+
+// readLetterIn is readLetter in root, the directory dir already opened.
+func readLetterIn(root *os.Root, dir, name, id string) (*Letter, error) {
+	path := filepath.Join(dir, name)
+	fi, err := root.Lstat(name)
+	if err != nil {
+		return nil, fmt.Errorf("read dead letter: %w", err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if fi, err = root.Stat(name); err != nil {
+			return nil, fmt.Errorf("read dead letter %s: %w: symbolic link leading out of the directory or to nothing, skipped", path, ErrNotRegular)
+		}
+	}
+	if err := checkRegular(fi); err != nil {
+		return nil, fmt.Errorf("read dead letter %s: %w", path, err)
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("read dead letter: %w", err)
 	}
 	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("read dead letter %s: %w", path, err)
+	}
+	if err := checkRegular(fi); err != nil {
+		return nil, fmt.Errorf("read dead letter %s: %w", path, err)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxLetterBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("read dead letter %s: %w", path, err)
 	}
 	if len(data) > maxLetterBytes {
-		return nil, fmt.Errorf("read dead letter %s: %w: larger than %d bytes", path, ErrCorrupt, maxLetterBytes)
+		return nil, fmt.Errorf("read dead letter %s: %w: larger than %d bytes, skipped", path, ErrCorrupt, maxLetterBytes)
 	}
 	l, err := decode(data, id)
 	if err != nil {
 		return nil, fmt.Errorf("read dead letter %s: %w", path, err)
 	}
 	return l, nil
+}
+
+// checkRegular returns an error unless fi is a regular file of at most maxLetterBytes.
+func checkRegular(fi fs.FileInfo) error {
+	m := fi.Mode()
+	if !m.IsRegular() {
+		return fmt.Errorf("%w: %s, skipped", ErrNotRegular, describeType(m))
+	}
+	if fi.Size() > maxLetterBytes {
+		return fmt.Errorf("%w: %d bytes, larger than %d, skipped", ErrCorrupt, fi.Size(), maxLetterBytes)
+	}
+	return nil
+}
+
+// describeType names the kind of a file that is not a regular one.
+func describeType(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "not a regular file (" + m.Type().String() + ")"
 }
 
 // letterID returns the id of a directory entry name and whether the entry should be looked at

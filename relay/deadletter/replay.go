@@ -44,11 +44,10 @@ func (d *Dir) queue(id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	src := filepath.Join(d.path, id+".json")
-	if _, err := readLetter(src, id); err != nil {
+	if _, err := readLetter(d.path, id+".json", id); err != nil {
 		return err
 	}
-	return os.Rename(src, filepath.Join(d.replay, id+".json"))
+	return os.Rename(filepath.Join(d.path, id+".json"), filepath.Join(d.replay, id+".json"))
 }
 
 // Pending returns the letters waiting in the replay folder, sorted by DeadAt, then ID. The
