@@ -212,3 +212,54 @@ func TestClient_AnswersGraphShapes(t *testing.T) {
 		t.Fatal("the call did not stop when its context was cancelled")
 	}
 }
+
+// TestClient_Paging follows Graph's "after" cursor, never the "next" URL (it holds the token).
+func TestClient_Paging(t *testing.T) {
+	var paths []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths = append(paths, r.URL.String())
+		if r.URL.Query().Get("after") == "" {
+			fmt.Fprintf(w, `{"data":[{"object":"page","callback_url":"https://x/webhooks","active":true,"fields":[{"name":"feed","version":"v23.0"}]}],
+				"paging":{"cursors":{"before":"QVFIUmx","after":"QVFIUm2"},"next":"http://%s/v23.0/1/subscriptions?access_token=1%%7Csecret&after=QVFIUm2"}}`, r.Host)
+			return
+		}
+		fmt.Fprint(w, `{"data":[{"object":"user","callback_url":"https://x/webhooks","active":true,"fields":[]}],"paging":{"cursors":{"before":"QVFIUm2","after":"QVFIUm3"}}}`)
+	}))
+	defer srv.Close()
+	var logs bytes.Buffer
+	subs, err := newClient(t, srv.URL, &logs).Subscriptions(context.Background(), graph.AppToken("1", secret), "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(subs) != 2 || subs[1].Object != "user" {
+		t.Fatalf("subscriptions = %+v", subs)
+	}
+	if len(paths) != 2 || paths[1] != "/v23.0/1/subscriptions?after=QVFIUm2" {
+		t.Errorf("requests = %v", paths)
+	}
+}
+
+// TestClient_Timeout gives up on a Graph that never answers, after every attempt timed out.
+func TestClient_Timeout(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	c, err := graph.New(graph.Options{BaseURL: srv.URL, Timeout: 20 * time.Millisecond, MaxAttempts: 2, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Unsubscribe(context.Background(), graph.AppToken("1", secret), "1", "page", nil)
+	var ge *graph.Error
+	if !errors.As(err, &ge) || ge.Status != 0 || ge.Attempts != 2 || !strings.Contains(err.Error(), "Timeout") {
+		t.Errorf("err = %v", err)
+	}
+	if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), srv.URL) {
+		t.Errorf("error names the secret or the URL: %v", err)
+	}
+}

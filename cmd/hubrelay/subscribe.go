@@ -136,6 +136,9 @@ func (g *graphCmd) needAppID() error {
 // turn, moving on only while Meta answers 190 (invalid token), and says when a later secret
 // worked: during a rotation the current secret should come first.
 func (g *graphCmd) withAppToken(call func(graph.Token) error) error {
+	if len(g.app.AppSecrets) == 0 {
+		return fmt.Errorf("app %s has no app secret to build the app access token from", g.app.Name)
+	}
 	var err error
 	for i, secret := range g.app.AppSecrets {
 		err = call(graph.AppToken(g.app.AppID, secret))
@@ -366,10 +369,12 @@ func (g *graphCmd) checkCallback(ctx context.Context, callback string, insecure,
 	resp, err := hc.Do(req)
 	if err != nil {
 		hint := "Meta must reach it from the internet; this check runs from here"
-		if _, ok := errors.AsType[*x509.UnknownAuthorityError](err); ok {
+		if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
 			hint = "Meta needs a certificate from a public CA"
 		} else if _, ok := errors.AsType[x509.HostnameError](err); ok {
 			hint = "the certificate does not name this host"
+		} else if _, ok := errors.AsType[x509.CertificateInvalidError](err); ok {
+			hint = "Meta refuses an expired or invalid certificate too"
 		}
 		return fmt.Errorf("callback %s: verification GET failed: %s (%s); -skip-verify-check leaves the check to Meta", callback, g.scrub.Replace(unwrapURLError(err)), hint)
 	}

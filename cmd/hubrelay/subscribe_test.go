@@ -383,3 +383,34 @@ func TestGraphCommands_Usage(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscribe_UntrustedCertificate runs the relay over real TLS with a certificate from a
+// private CA: the callback check fails the way Meta's would, before Meta is called.
+func TestSubscribe_UntrustedCertificate(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	ca := newTestCA(t, "private CA")
+	certPEM, keyPEM := ca.issue(t, "127.0.0.1", true)
+	cert := writeFile(t, filepath.Join(dir, "tls.crt"), certPEM)
+	key := writeFile(t, filepath.Join(dir, "tls.key"), keyPEM)
+	g := graphtest.NewServer(graphVersion)
+	defer g.Close()
+	standardSetup(g)
+	cfgPath := graphConfig(t, dir, "relay.yaml", addr, g.URL, "${TEST_VERIFY_TOKEN}", false)
+	raw, _ := os.ReadFile(cfgPath)
+	raw = []byte(strings.Replace(string(raw), "  path: /webhooks\n",
+		fmt.Sprintf("  path: /webhooks\n  tls: {cert_file: %s, key_file: %s}\n", cert, key), 1))
+	writeFile(t, cfgPath, raw)
+	startRelayTLS(t, dir, cfgPath, ca)
+
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"subscribe", "-config", cfgPath, "-object", "page", "-fields", "feed",
+		"-callback", "https://" + addr + "/webhooks"}, testGetenv, nil, &stdout, &stderr)
+	if err == nil {
+		t.Fatalf("subscribe succeeded with an untrusted certificate:\n%s", stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "certificate from a public CA") || strings.Contains(stderr.String(), testGetenv("TEST_VERIFY_TOKEN")) {
+		t.Errorf("stderr:\n%s", stderr.String())
+	}
+	noGraphCalls(t, g)
+}
