@@ -19,8 +19,7 @@ const cpuProfileEnv = "HUBRELAY_CPUPROFILE"
 
 // runBench measures hubrelay against a bare net/http reference on loopback; see package bench.
 func runBench(ctx context.Context, args []string, e env) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("bench", e)
 	var o bench.Options
 	fs.StringVar(&o.Scenario, "scenario", bench.ScenarioThroughput, "throughput: every target by concurrency; outage: a backlog with the sinks down, then its drain")
 	targets := fs.String("targets", "reference,reference-fsync,hubrelay", "comma-separated targets of the throughput scenario: "+strings.Join(bench.Targets, ", "))
@@ -41,8 +40,8 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of each hubrelay child to `prefix`.<phase>.pprof (needs "+cpuProfileEnv+" support in serve)")
 	fs.StringVar(&o.Dir, "dir", "", "keep the targets' data and logs in this directory (default: a temporary one, removed)")
 	quiet := fs.Bool("q", false, "no progress lines on standard error")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if _, err := parseArgs(fs, args, e); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(e.stderr, "hubrelay bench: unexpected argument %q\n", fs.Arg(0))

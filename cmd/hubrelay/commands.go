@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,7 +18,10 @@ import (
 // version is set at build time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
 
-func runVersion(e env) error {
+func runVersion(args []string, e env) error {
+	if _, err := parseArgs(newFlags("version", e), args, e); err != nil {
+		return err
+	}
 	fmt.Fprintf(e.stdout, "hubrelay %s\n", version)
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		fmt.Fprintf(e.stdout, "go: %s\nmodule: %s %s\n", bi.GoVersion, bi.Main.Path, bi.Main.Version)
@@ -36,11 +38,10 @@ func runVersion(e env) error {
 // runCheck validates a config: every problem on its own line as FILE:LINE:COL: path: what to
 // fix, exit 1 if any; a one-line summary and exit 0 when valid.
 func runCheck(args []string, e env) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("check", e)
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if _, err := parseArgs(fs, args, e); err != nil {
+		return err
 	}
 	cfg, err := loadConfig(*cfgPath, env{getenv: e.getenv, stdout: e.stdout, stderr: e.stdout})
 	if err != nil {
@@ -65,18 +66,15 @@ type routeLine struct {
 // runRoute decodes a payload file and prints, for each change, the rules and sinks it matches.
 // It delivers nothing and touches no spool.
 func runRoute(args []string, e env) error {
-	fs := flag.NewFlagSet("route", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("route", e)
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
 	asJSON := fs.Bool("json", false, "one JSON object per change per line")
 	appName := fs.String("app", "", "app the payload is for (default: the first app)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	pos, err := parseArgs(fs, args, e)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(e.stderr, "usage: hubrelay route -config FILE [-json] [-app NAME] PAYLOAD.json")
-		return errUsage
-	}
+	payload := pos[0]
 	cfg, err := loadConfig(*cfgPath, e)
 	if err != nil {
 		return err
@@ -91,13 +89,13 @@ func runRoute(args []string, e env) error {
 	if app == "" {
 		return fmt.Errorf("no app named %q in %s", *appName, *cfgPath)
 	}
-	body, err := readPayload(fs.Arg(0), e)
+	body, err := readPayload(payload, e)
 	if err != nil {
 		return err
 	}
 	events, err := relay.Decode(body, app, time.Now(), relay.Limits{MaxChanges: cfg.Server.MaxChanges, MaxDepth: cfg.Server.MaxJSONDepth})
 	if err != nil {
-		return fmt.Errorf("decode %s: %w", fs.Arg(0), err)
+		return fmt.Errorf("decode %s: %w", payload, err)
 	}
 	router := relay.NewRouter(cfg.Rules, rawSinks(cfg))
 	enc := json.NewEncoder(e.stdout)
@@ -149,18 +147,19 @@ func readPayload(path string, e env) ([]byte, error) {
 
 // runSend signs a payload's exact bytes as Meta does and POSTs it, printing status and body.
 func runSend(ctx context.Context, args []string, e env) error {
-	fs := flag.NewFlagSet("send", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("send", e)
 	url := fs.String("url", "", "webhook `URL` of the relay, e.g. http://127.0.0.1:8080/webhooks")
 	secret := fs.String("secret", "", "app `secret` to sign with (visible in ps: prefer -secret-env)")
 	secretEnv := fs.String("secret-env", "HUBRELAY_APP_SECRET", "environment `variable` holding the app secret, used when -secret is empty")
 	sha1 := fs.Bool("sha1", false, "also send the legacy X-Hub-Signature: sha1= header")
 	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	pos, err := parseArgs(fs, args, e)
+	if err != nil {
+		return err
 	}
-	if *url == "" || fs.NArg() != 1 {
-		fmt.Fprintln(e.stderr, "usage: hubrelay send -url URL [-secret S | -secret-env VAR] PAYLOAD.json")
+	if *url == "" {
+		fmt.Fprintln(e.stderr, "hubrelay send: missing -url (the relay's webhook URL, e.g. http://127.0.0.1:8080/webhooks)")
+		lookup("send").shortUsage(e.stderr)
 		return errUsage
 	}
 	key := *secret
@@ -170,7 +169,7 @@ func runSend(ctx context.Context, args []string, e env) error {
 	if key == "" {
 		return fmt.Errorf("no app secret: pass -secret or set %s", *secretEnv)
 	}
-	body, err := readPayload(fs.Arg(0), e)
+	body, err := readPayload(pos[0], e)
 	if err != nil {
 		return err
 	}

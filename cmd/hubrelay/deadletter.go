@@ -4,9 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,30 +16,53 @@ import (
 	"github.com/hubrelay/hubrelay/relay/spool"
 )
 
-const deadLetterUsage = `usage:
-  hubrelay deadletter list   -config FILE [-sink S] [-rule R] [-since DUR|TIME] [-json]
-  hubrelay deadletter show   -config FILE ID
-  hubrelay deadletter replay -config FILE [-sink S] [-rule R] [-since DUR|TIME] [-all] [ID ...]
-`
-
 // runDeadLetter inspects and replays dead letters. list and show read only the dead-letter
 // directory, so they work while serve runs. replay queues the letters for the running relay;
 // when no relay holds the spool it opens the spool and replays them itself.
 func runDeadLetter(ctx context.Context, args []string, e env) error {
+	group := lookup("deadletter")
+	var names []string
+	for _, c := range subcommands("deadletter") {
+		names = append(names, strings.TrimPrefix(c.name, "deadletter "))
+	}
 	if len(args) == 0 {
-		fmt.Fprint(e.stderr, deadLetterUsage)
+		fmt.Fprintln(e.stderr, "hubrelay deadletter: missing command: "+strings.Join(names, ", "))
+		group.shortUsage(e.stderr)
 		return errUsage
 	}
 	sub := args[0]
-	fs := flag.NewFlagSet("deadletter "+sub, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	switch sub {
+	case "-h", "-help", "--help", "help":
+		group.help(e.stdout, nil)
+		return errHelp
+	}
+	if !slices.Contains(names, sub) {
+		unknownCommand(e.stderr, "hubrelay deadletter", sub, names)
+		group.shortUsage(e.stderr)
+		return errUsage
+	}
+	fs := newFlags("deadletter "+sub, e)
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
-	sink := fs.String("sink", "", "only letters of this `sink`")
-	rule := fs.String("rule", "", "only letters of changes that matched this `rule`")
-	since := fs.String("since", "", "only letters dead since this `duration` ago (24h) or RFC 3339 time")
-	asJSON := fs.Bool("json", false, "list: print the letters as JSON lines")
-	all := fs.Bool("all", false, "replay: every letter (when no ID or filter is given)")
-	if err := fs.Parse(args[1:]); err != nil {
+	var sink, rule, since *string
+	var asJSON, all *bool
+	if sub != "show" {
+		sink = fs.String("sink", "", "only letters of this `sink`")
+		rule = fs.String("rule", "", "only letters of changes that matched this `rule`")
+		since = fs.String("since", "", "only letters dead since this `duration` ago (24h) or RFC 3339 time")
+	}
+	switch sub {
+	case "list":
+		asJSON = fs.Bool("json", false, "print the letters as JSON lines")
+	case "replay":
+		all = fs.Bool("all", false, "every letter (when no ID or filter is given)")
+	}
+	pos, err := parseArgs(fs, args[1:], e)
+	if err != nil {
+		return err
+	}
+	if sub == "replay" && len(pos) == 0 && *sink == "" && *rule == "" && *since == "" && !*all {
+		fmt.Fprintln(e.stderr, "hubrelay deadletter replay: name letters by ID, select them with -sink, -rule or -since, or pass -all")
+		lookup("deadletter replay").shortUsage(e.stderr)
 		return errUsage
 	}
 	cfg, err := loadConfig(*cfgPath, e)
@@ -49,8 +73,11 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	f := deadletter.Filter{Sink: *sink, Rule: *rule, IDs: fs.Args()}
-	if *since != "" {
+	f := deadletter.Filter{IDs: pos}
+	if sub != "show" {
+		f.Sink, f.Rule = *sink, *rule
+	}
+	if since != nil && *since != "" {
 		if f.Since, err = parseSince(*since, time.Now()); err != nil {
 			return err
 		}
@@ -73,11 +100,7 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		}
 		return err
 	case "show":
-		if fs.NArg() != 1 {
-			fmt.Fprint(e.stderr, deadLetterUsage)
-			return errUsage
-		}
-		l, err := dl.Get(fs.Arg(0))
+		l, err := dl.Get(pos[0])
 		if err != nil {
 			return err
 		}
@@ -88,10 +111,6 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stdout, "%s\n", out)
 		return nil
 	case "replay":
-		if fs.NArg() == 0 && f.Sink == "" && f.Rule == "" && f.Since.IsZero() && !*all {
-			fmt.Fprintln(e.stderr, "replay: name letters by ID or filter, or pass -all")
-			return errUsage
-		}
 		letters, err := dl.List(f)
 		if err != nil && len(letters) == 0 {
 			return err
@@ -100,8 +119,7 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stdout, "%d dead letter(s) %s\n", n, mode)
 		return err
 	}
-	fmt.Fprint(e.stderr, deadLetterUsage)
-	return errUsage
+	return nil
 }
 
 // replay puts letters back on the delivery queue: straight into the spool when no relay holds

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -59,64 +60,40 @@ type env struct {
 	stderr io.Writer
 }
 
-const usage = `hubrelay receives Meta webhooks and relays every change to your services.
-
-Usage:
-  hubrelay serve -config FILE [-log-format json|text] [-log-level LEVEL]
-  hubrelay check -config FILE
-  hubrelay route -config FILE [-json] [-app NAME] PAYLOAD.json
-  hubrelay send -url URL [-secret S | -secret-env VAR] [-sha1] PAYLOAD.json
-  hubrelay deadletter list|show|replay -config FILE [filters]
-  hubrelay subscribe -config FILE [-app NAME] -object OBJ -fields F1,F2 -callback URL [-include-values] [-waba ID [-override-callback]]
-  hubrelay subscriptions -config FILE [-app NAME] [-waba ID]
-  hubrelay unsubscribe -config FILE [-app NAME] -object OBJ [-fields F1,F2] | -waba ID
-  hubrelay bench [-scenario throughput|outage] [-json] [-svg FILE]
-  hubrelay version
-
-Run 'hubrelay COMMAND -h' for a command's flags.
-`
-
 // run is the whole program, testable: it returns when the command is done or ctx is cancelled.
 func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
 	e := env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		topUsage(stderr)
 		return errUsage
 	}
-	cmd, rest := args[0], args[1:]
-	var err error
-	switch cmd {
-	case "serve":
-		err = runServe(ctx, rest, e)
-	case "check":
-		err = runCheck(rest, e)
-	case "route":
-		err = runRoute(rest, e)
-	case "send":
-		err = runSend(ctx, rest, e)
-	case "deadletter", "dead-letter":
-		err = runDeadLetter(ctx, rest, e)
-	case "subscribe":
-		err = runSubscribe(ctx, rest, e)
-	case "subscriptions":
-		err = runSubscriptions(ctx, rest, e)
-	case "unsubscribe":
-		err = runUnsubscribe(ctx, rest, e)
-	case "bench":
-		err = runBench(ctx, rest, e)
-	case "bench-reference":
-		err = runBenchReference(ctx, rest, e)
-	case "version", "-version", "--version":
-		err = runVersion(e)
+	name, rest := args[0], args[1:]
+	switch name {
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
+		if len(rest) > 0 { // hubrelay help COMMAND
+			if c := lookup(strings.Join(rest, " ")); c != nil && !c.hidden {
+				c.help(stdout, nil)
+				fmt.Fprintf(stdout, "\nRun 'hubrelay %s -h' for its flags.\n", c.name)
+				return nil
+			}
+		}
+		topUsage(stdout)
 		return nil
-	default:
-		fmt.Fprintf(stderr, "hubrelay: unknown command %q\n\n%s", cmd, usage)
+	case "-version", "--version":
+		name = "version"
+	}
+	c := lookup(name)
+	if c == nil || c.run == nil {
+		unknownCommand(stderr, "hubrelay", name, visibleNames())
+		fmt.Fprintln(stderr, "Run 'hubrelay -h' for the list of commands.")
 		return errUsage
+	}
+	err := c.run(ctx, rest, e)
+	if errors.Is(err, errHelp) {
+		return nil
 	}
 	if err != nil && !errors.Is(err, errUsage) && !errors.Is(err, errReported) {
-		fmt.Fprintf(stderr, "hubrelay %s: %v\n", cmd, err)
+		fmt.Fprintf(stderr, "hubrelay %s: %v\n", c.name, err)
 	}
 	return err
 }

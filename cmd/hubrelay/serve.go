@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,14 +29,13 @@ import (
 const spoolFile = "spool.db"
 
 func runServe(ctx context.Context, args []string, e env) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("serve", e)
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
 	logFormat := fs.String("log-format", "", "json or text (overrides log.format)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
 	watch := fs.Duration("watch", 0, "also reload when the config file changes, checking every `interval` (e.g. 2s; 0 = only on SIGHUP)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if _, err := parseArgs(fs, args, e); err != nil {
+		return err
 	}
 	stopProfile := startCPUProfile(e) // HUBRELAY_CPUPROFILE=FILE, used by `hubrelay bench -cpuprofile`
 	defer stopProfile()

@@ -249,8 +249,7 @@ func (g *graphCmd) hint(e *graph.Error) string {
 // runSubscribe subscribes the app to an object's webhooks after checking the callback
 // itself, and with -waba also subscribes the app to a WhatsApp Business Account.
 func runSubscribe(ctx context.Context, args []string, e env) error {
-	fs := flag.NewFlagSet("subscribe", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("subscribe", e)
 	gf := addGraphFlags(fs)
 	object := fs.String("object", "", "webhook `object`: page, user, permissions, instagram, whatsapp_business_account, ...")
 	fieldList := fs.String("fields", "", "comma-separated `fields` to subscribe to, e.g. feed,photos")
@@ -261,8 +260,8 @@ func runSubscribe(ctx context.Context, args []string, e env) error {
 	skipVerify := fs.Bool("skip-verify-check", false, "do not send the verification GET before calling Meta")
 	waba := fs.String("waba", "", "also subscribe the app to this WhatsApp Business Account `ID` (object whatsapp_business_account)")
 	override := fs.Bool("override-callback", false, "with -waba: send this account's webhooks to -callback (override_callback_uri) instead of the app's callback")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if _, err := parseArgs(fs, args, e); err != nil {
+		return err
 	}
 	fields := splitList(*fieldList)
 	switch {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/url"
 	"slices"
@@ -15,12 +14,11 @@ import (
 // runSubscriptions lists the app's webhook subscriptions at Meta (and, with -waba, the apps
 // subscribed to a WhatsApp Business Account) and where they differ from the config.
 func runSubscriptions(ctx context.Context, args []string, e env) error {
-	fs := flag.NewFlagSet("subscriptions", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("subscriptions", e)
 	gf := addGraphFlags(fs)
 	waba := fs.String("waba", "", "also list the apps subscribed to this WhatsApp Business Account `ID`")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if _, err := parseArgs(fs, args, e); err != nil {
+		return err
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintln(e.stderr, "usage: hubrelay subscriptions -config FILE [-app NAME] [-waba ID]")
@@ -97,14 +95,13 @@ func runSubscriptions(ctx context.Context, args []string, e env) error {
 // runUnsubscribe removes the app's subscription to an object (or some of its fields), or,
 // with -waba, the app's subscription to a WhatsApp Business Account.
 func runUnsubscribe(ctx context.Context, args []string, e env) error {
-	fs := flag.NewFlagSet("unsubscribe", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlags("unsubscribe", e)
 	gf := addGraphFlags(fs)
 	object := fs.String("object", "", "webhook `object` to unsubscribe from")
 	fieldList := fs.String("fields", "", "comma-separated `fields` to remove (default: the whole object)")
 	waba := fs.String("waba", "", "remove the app from this WhatsApp Business Account `ID` instead (its other accounts keep their webhooks)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	if _, err := parseArgs(fs, args, e); err != nil {
+		return err
 	}
 	fields := splitList(*fieldList)
 	switch {
