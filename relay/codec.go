@@ -8,8 +8,9 @@ import (
 )
 
 // codecVersion is the first byte of every spooled event. Bump it when the layout changes and
-// keep decoding the old one: spools outlive binaries.
-const codecVersion = 1
+// keep decoding the old ones: spools outlive binaries. Version 2 added Entry.TimeJSON after
+// Entry.Time and RuleErrors after Rules.
+const codecVersion = 2
 
 // errCodec is returned for spool records that cannot be decoded.
 var errCodec = errors.New("corrupt spooled event")
@@ -25,6 +26,7 @@ func AppendBinary(dst []byte, ev *Event) []byte {
 	dst = appendString(dst, ev.Entry.ID)
 	dst = appendString(dst, ev.Entry.UID)
 	dst = binary.AppendVarint(dst, ev.Entry.Time)
+	dst = appendString(dst, ev.Entry.TimeJSON)
 	dst = appendString(dst, ev.Field)
 	dst = appendString(dst, ev.Verb)
 	dst = append(dst, byte(ev.Source))
@@ -36,6 +38,11 @@ func AppendBinary(dst []byte, ev *Event) []byte {
 	for _, r := range ev.Rules {
 		dst = appendString(dst, r)
 	}
+	dst = binary.AppendUvarint(dst, uint64(len(ev.RuleErrors)))
+	for _, r := range ev.RuleErrors {
+		dst = appendString(dst, r.Rule)
+		dst = appendString(dst, r.Class)
+	}
 	return dst
 }
 
@@ -44,11 +51,13 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
-// UnmarshalBinary decodes a spooled event written by AppendBinary. Value aliases data.
+// UnmarshalBinary decodes a spooled event written by AppendBinary, of this version or an
+// earlier one. Value aliases data.
 func UnmarshalBinary(data []byte, ev *Event) error {
-	if len(data) == 0 || data[0] != codecVersion {
+	if len(data) == 0 || data[0] < 1 || data[0] > codecVersion {
 		return fmt.Errorf("decode spooled event: version %v: %w", firstByte(data), errCodec)
 	}
+	version := data[0]
 	d := decoder{b: data[1:]}
 	ev.ID = d.str()
 	ev.App = d.str()
@@ -56,6 +65,10 @@ func UnmarshalBinary(data []byte, ev *Event) error {
 	ev.Entry.ID = d.str()
 	ev.Entry.UID = d.str()
 	ev.Entry.Time = d.varint()
+	ev.Entry.TimeJSON = ""
+	if version >= 2 {
+		ev.Entry.TimeJSON = d.str()
+	}
 	ev.Field = d.str()
 	ev.Verb = d.str()
 	ev.Source = Source(d.byte())
@@ -73,6 +86,16 @@ func UnmarshalBinary(data []byte, ev *Event) error {
 		ev.Rules = nil
 		for i := uint64(0); i < n && !d.err; i++ {
 			ev.Rules = append(ev.Rules, d.str())
+		}
+	}
+	ev.RuleErrors = nil
+	if version >= 2 {
+		n := d.uvarint()
+		if n > uint64(len(d.b)) {
+			d.err = true
+		}
+		for i := uint64(0); i < n && !d.err; i++ {
+			ev.RuleErrors = append(ev.RuleErrors, RuleError{Rule: d.str(), Class: d.str()})
 		}
 	}
 	if d.err {

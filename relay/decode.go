@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,8 +77,8 @@ func (e *TooManyError) Is(target error) bool { return target == ErrTooMany }
 //
 // The whole body must be valid JSON: an object with a non-empty string "object" and an "entry"
 // array (an empty array is valid and yields no events). Entry ids and uids may be strings or
-// numbers (numbers keep their exact digits); entry.time is read leniently (a number or a
-// numeric string, truncated to an integer, else 0). Structure is read strictly: an entry or
+// numbers (numbers keep their exact digits); entry.time is read leniently (a number, a
+// numeric string or an ISO 8601 string; see Entry.Time) and its JSON kept as sent. Structure is read strictly: an entry or
 // change that is not an object, a changes/messaging/standby/changed_fields member that is not
 // an array (null counts as absent), a missing or non-string field, or a duplicate member name
 // at the envelope, entry or change level is a *DecodeError. Unknown members are ignored.
@@ -256,7 +257,7 @@ func (d *notifDecoder) entry(n int) error {
 			e.UID, err = d.id(n, "uid")
 		case "time":
 			bit = seenTime
-			e.Time, err = s.lenientInt()
+			e.Time, e.TimeJSON, err = s.entryTime()
 		case "changes":
 			bit = seenChanges
 			err = d.changes(n)
@@ -520,7 +521,7 @@ func (d *notifDecoder) messagingVerb() (string, error) {
 		return "", err
 	}
 	var verb string
-	var message, echo bool
+	var message, echo, deleted bool
 	for first := true; ; {
 		more, err := s.more('}', &first)
 		if err != nil {
@@ -538,7 +539,7 @@ func (d *notifDecoder) messagingVerb() (string, error) {
 			err = s.skip()
 		case "message":
 			message = true
-			echo, err = d.isEcho()
+			echo, deleted, err = d.messageFlags()
 		default:
 			if verb == "" {
 				verb = intern(key)
@@ -550,6 +551,8 @@ func (d *notifDecoder) messagingVerb() (string, error) {
 		}
 	}
 	switch {
+	case deleted:
+		return "unsend", nil
 	case echo:
 		return "echo", nil
 	case message:
@@ -558,30 +561,33 @@ func (d *notifDecoder) messagingVerb() (string, error) {
 	return verb, nil
 }
 
-// isEcho skips a message value and reports whether it is an object with "is_echo": true.
-func (d *notifDecoder) isEcho() (bool, error) {
+// messageFlags skips a message value and reports whether it is an object with
+// "is_echo": true and with "is_deleted": true (an unsend, whose mid is the deleted message's).
+func (d *notifDecoder) messageFlags() (echo, deleted bool, err error) {
 	s := &d.s
 	if s.peek() != '{' {
-		return false, s.skip()
+		return false, false, s.skip()
 	}
 	if err := s.enter(); err != nil {
-		return false, err
+		return false, false, err
 	}
-	echo := false
 	for first := true; ; {
 		more, err := s.more('}', &first)
 		if err != nil || !more {
-			return echo, err
+			return echo, deleted, err
 		}
 		key, err := s.key()
 		if err != nil {
-			return false, err
+			return false, false, err
 		}
-		if string(key) == "is_echo" && s.peek() == 't' {
-			echo = true
+		switch string(key) {
+		case "is_echo":
+			echo = echo || s.peek() == 't'
+		case "is_deleted":
+			deleted = deleted || s.peek() == 't'
 		}
 		if err := s.skip(); err != nil {
-			return false, err
+			return false, false, err
 		}
 	}
 }
@@ -821,19 +827,68 @@ func (s *jsonScan) literal(word string) error {
 	return nil
 }
 
-// lenientInt reads any value and returns it as an integer when it is a number or a string
-// holding one (fractions truncated), else 0. Only invalid JSON is an error.
-func (s *jsonScan) lenientInt() (int64, error) {
+// entryTime reads entry[].time: a number, a numeric string ("1700000000") or an ISO 8601
+// string ("2026-11-23T12:00:00+0000", RFC 3339), as Unix time (numbers as sent, fractions
+// truncated; ISO times in seconds), 0 when it is none of those. raw is the JSON token exactly
+// as sent, kept for the envelope, except for a plain integer, which Time reproduces. Only
+// invalid JSON is an error.
+func (s *jsonScan) entryTime() (t int64, raw string, err error) {
+	start := s.i
 	switch c := s.peek(); {
 	case c == '-' || isDigit(c):
-		raw, err := s.number()
-		return parseLenientInt(raw), err
+		start = s.i
+		num, err := s.number()
+		if err != nil {
+			return 0, "", err
+		}
+		t = parseLenientInt(num)
+		if string(num) != strconv.FormatInt(t, 10) || t == 0 {
+			raw = string(num)
+		}
+		return t, raw, nil
 	case c == '"':
-		start, end, _, err := s.str()
-		return parseLenientInt(s.b[start:end]), err
+		start = s.i
+		from, end, _, err := s.str()
+		if err != nil {
+			return 0, "", err
+		}
+		return parseTimeText(s.b[from:end]), string(s.b[start:s.i]), nil
 	default:
-		return 0, s.skip()
+		start = s.i
+		if err := s.skip(); err != nil {
+			return 0, "", err
+		}
+		return 0, string(s.b[start:s.i]), nil
 	}
+}
+
+// isoLayouts are the ISO 8601 forms entry.time is read in: Graph API's (+0000), RFC 3339, and
+// both without seconds' fraction or zone.
+var isoLayouts = []string{
+	"2006-01-02T15:04:05.999999999Z0700",
+	time.RFC3339Nano,
+	"2006-01-02T15:04:05.999999999",
+	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02",
+}
+
+// parseTimeText reads a numeric string as parseLenientInt does, else an ISO 8601 time as Unix
+// seconds, else 0.
+func parseTimeText(b []byte) int64 {
+	if len(b) > 0 && (b[0] == '-' || isDigit(b[0])) && !bytes.ContainsAny(b, "T:") {
+		if n := parseLenientInt(b); n != 0 {
+			return n
+		}
+	}
+	if len(b) > 64 {
+		return 0
+	}
+	for _, layout := range isoLayouts {
+		if tm, err := time.Parse(layout, string(b)); err == nil {
+			return tm.Unix()
+		}
+	}
+	return 0
 }
 
 // parseLenientInt parses b as a decimal integer, else as a float truncated toward zero, else 0.
@@ -1028,7 +1083,7 @@ var internTable = func() map[string]string {
 		"message", "echo", "postback", "delivery", "read", "reaction", "referral", "optin",
 		"account_linking", "pass_thread_control", "take_thread_control",
 		"request_thread_control", "app_roles", "policy_enforcement", "message_edit",
-		"messaging_feedback", "game_play",
+		"messaging_feedback", "game_play", "unsend",
 	}
 	m := make(map[string]string, len(names))
 	for _, n := range names {

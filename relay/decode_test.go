@@ -50,6 +50,8 @@ var wantCounts = map[string]int{
 	"messenger_standby_and_echo":        4,
 	"numeric_ids_legacy":                8,
 	"empty_entry_array":                 0,
+	"instagram_message_lifecycle":       8,
+	"whatsapp_group_statuses":           2,
 }
 
 func decodeCases(t testing.TB) []string {
@@ -411,19 +413,28 @@ func TestDecode_EntryTime(t *testing.T) {
 	tests := []struct {
 		time string
 		want int64
+		// envelope is entry.time as the envelope carries it: what was sent ("" = left out).
+		envelope string
 	}{
-		{`1750034000`, 1750034000},
-		{`1750031500123`, 1750031500123},
-		{`"1750034002"`, 1750034002},
-		{`1750034003.75`, 1750034003},
-		{`"17.5e2"`, 1750},
-		{`-5`, -5},
-		{`1e300`, 0},
-		{`"soon"`, 0},
-		{`null`, 0},
-		{`true`, 0},
-		{`{"at":1}`, 0},
-		{`[1]`, 0},
+		{`1750034000`, 1750034000, `1750034000`},
+		{`1750031500123`, 1750031500123, `1750031500123`},
+		{`"1750034002"`, 1750034002, `"1750034002"`},
+		{`"1750031500123"`, 1750031500123, `"1750031500123"`},
+		{`1750034003.75`, 1750034003, `1750034003.75`},
+		{`"17.5e2"`, 1750, `"17.5e2"`},
+		{`-5`, -5, `-5`},
+		{`1e300`, 0, `1e300`},
+		{`"soon"`, 0, `"soon"`},
+		{`null`, 0, `null`},
+		{`true`, 0, `true`},
+		{`{"at":1}`, 0, `{"at":1}`},
+		{`[1]`, 0, `[1]`},
+		{`"2026-11-23T12:00:00+0000"`, 1795435200, `"2026-11-23T12:00:00+0000"`},
+		{`"2026-11-23T12:00:00Z"`, 1795435200, `"2026-11-23T12:00:00Z"`},
+		{`"2026-11-23T13:00:00.250+01:00"`, 1795435200, `"2026-11-23T13:00:00.250+01:00"`},
+		{`"2026-11-23T12:00:00"`, 1795435200, `"2026-11-23T12:00:00"`},
+		{`"2026-11-23"`, 1795392000, `"2026-11-23"`},
+		{`"2026-13-45T99:00:00Z"`, 0, `"2026-13-45T99:00:00Z"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.time, func(t *testing.T) {
@@ -432,8 +443,27 @@ func TestDecode_EntryTime(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if events[0].Entry.Time != tt.want {
-				t.Errorf("time %s decoded as %d, want %d", tt.time, events[0].Entry.Time, tt.want)
+			ev := &events[0]
+			if ev.Entry.Time != tt.want {
+				t.Errorf("time %s decoded as %d, want %d", tt.time, ev.Entry.Time, tt.want)
+			}
+			var env struct {
+				Entry map[string]json.RawMessage `json:"entry"`
+			}
+			if err := json.Unmarshal(AppendEnvelope(nil, ev), &env); err != nil {
+				t.Fatal(err)
+			}
+			if got := string(env.Entry["time"]); got != tt.envelope {
+				t.Errorf("envelope entry.time %s, want %s as sent", got, tt.envelope)
+			}
+			// The spool and dead letters keep it too.
+			var back Event
+			if err := UnmarshalBinary(AppendBinary(nil, ev), &back); err != nil || back.Entry != ev.Entry {
+				t.Errorf("spool round trip: %+v, %v; want %+v", back.Entry, err, ev.Entry)
+			}
+			var fromLetter Event
+			if err := json.Unmarshal(AppendEnvelope(nil, ev), &fromLetter); err != nil || fromLetter.Entry != ev.Entry {
+				t.Errorf("envelope round trip: %+v, %v; want %+v", fromLetter.Entry, err, ev.Entry)
 			}
 		})
 	}
@@ -447,6 +477,11 @@ func TestDecode_MessagingVerb(t *testing.T) {
 		{`{"sender":{"id":"1"},"recipient":{"id":"2"},"timestamp":1,"message":{"mid":"m","text":"hi"}}`, "message"},
 		{`{"sender":{"id":"1"},"message":{"mid":"m","is_echo":true}}`, "echo"},
 		{`{"sender":{"id":"1"},"message":{"mid":"m","is_echo":false}}`, "message"},
+		{`{"sender":{"id":"1"},"timestamp":2,"message":{"mid":"m","is_deleted":true}}`, "unsend"},
+		{`{"sender":{"id":"1"},"message":{"is_echo":true,"mid":"m","is_deleted":true}}`, "unsend"},
+		{`{"sender":{"id":"1"},"message":{"mid":"m","is_deleted":false,"text":"x"}}`, "message"},
+		{`{"sender":{"id":"1"},"message":{"mid":"m2","text":"yes","reply_to":{"mid":"m"}}}`, "message"},
+		{`{"sender":{"id":"1"},"message_edit":{"mid":"m","text":"hi!","num_edit":1}}`, "message_edit"},
 		{`{"message":{"is_echo":"true"}}`, "message"},
 		{`{"timestamp":1,"postback":{"title":"Go","payload":"GO"}}`, "postback"},
 		{`{"delivery":{"watermark":1}}`, "delivery"},

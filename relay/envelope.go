@@ -10,7 +10,8 @@ import (
 //
 //	{"id":…,"app":…,"object":…,"entry":{"id":…,"uid":…,"time":…},"field":…,"verb":…,"value":…,"received_at":…}
 //
-// entry.uid, entry.time, verb and value are left out when empty or zero. Value is copied byte
+// entry.uid, entry.time, verb and value are left out when empty or zero; entry.time is the
+// JSON Meta sent (a string stays a string). Value is copied byte
 // for byte: it is the change's JSON exactly as Meta sent it (escapes included), and it must
 // already be valid JSON. received_at is RFC 3339 with nanoseconds, as encoding/json writes a
 // time.Time. Strings are escaped as encoding/json escapes them (invalid UTF-8 becomes U+FFFD),
@@ -24,17 +25,9 @@ func AppendEnvelope(dst []byte, ev *Event) []byte {
 	dst = appendJSONString(dst, ev.App)
 	dst = append(dst, `,"object":`...)
 	dst = appendJSONString(dst, ev.Object)
-	dst = append(dst, `,"entry":{"id":`...)
-	dst = appendJSONString(dst, ev.Entry.ID)
-	if ev.Entry.UID != "" {
-		dst = append(dst, `,"uid":`...)
-		dst = appendJSONString(dst, ev.Entry.UID)
-	}
-	if ev.Entry.Time != 0 {
-		dst = append(dst, `,"time":`...)
-		dst = strconv.AppendInt(dst, ev.Entry.Time, 10)
-	}
-	dst = append(dst, `},"field":`...)
+	dst = append(dst, `,"entry":`...)
+	dst = appendEntry(dst, &ev.Entry)
+	dst = append(dst, `,"field":`...)
 	dst = appendJSONString(dst, ev.Field)
 	if ev.Verb != "" {
 		dst = append(dst, `,"verb":`...)
@@ -47,6 +40,26 @@ func AppendEnvelope(dst []byte, ev *Event) []byte {
 	dst = append(dst, `,"received_at":"`...)
 	dst = ev.ReceivedAt.AppendFormat(dst, time.RFC3339Nano)
 	return append(dst, `"}`...)
+}
+
+// appendEntry appends {"id":…,"uid":…,"time":…}: uid when set, time as sent (TimeJSON), else
+// Time when not zero.
+func appendEntry(dst []byte, e *Entry) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendJSONString(dst, e.ID)
+	if e.UID != "" {
+		dst = append(dst, `,"uid":`...)
+		dst = appendJSONString(dst, e.UID)
+	}
+	switch {
+	case e.TimeJSON != "":
+		dst = append(dst, `,"time":`...)
+		dst = append(dst, e.TimeJSON...)
+	case e.Time != 0:
+		dst = append(dst, `,"time":`...)
+		dst = strconv.AppendInt(dst, e.Time, 10)
+	}
+	return append(dst, '}')
 }
 
 // safeASCII reports which ASCII bytes need no escaping inside a JSON string.

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -40,10 +41,43 @@ type Entry struct {
 	ID string `json:"id"`
 	// UID is entry[].uid for the user object, empty elsewhere.
 	UID string `json:"uid,omitempty"`
-	// Time is entry[].time as sent: the time Meta sent the notification (seconds for Graph
-	// objects, milliseconds for messaging), 0 when absent (WhatsApp). It changes between
-	// retries, so it is never part of a change's identity.
+	// Time is entry[].time: the time Meta sent the notification (seconds for Graph objects,
+	// milliseconds for messaging), 0 when absent (WhatsApp). A numeric string counts as its
+	// number, an ISO 8601 string as Unix seconds. It changes between retries, so it is part of
+	// a change's identity only where nothing else tells two changes apart (see Key).
 	Time int64 `json:"time,omitempty"`
+	// TimeJSON is entry[].time exactly as sent ("2026-11-23T12:00:00+0000", "1700000000",
+	// 1.7e9, null…) when Time alone does not reproduce it, "" otherwise. The envelope carries
+	// it in place of Time.
+	TimeJSON string `json:"-"`
+}
+
+// MarshalJSON writes the entry as the envelope does: entry.time as sent.
+func (e Entry) MarshalJSON() ([]byte, error) {
+	return appendEntry(nil, &e), nil
+}
+
+// UnmarshalJSON reads an entry written by MarshalJSON (or AppendEnvelope): id, uid and time,
+// time being any JSON value Decode accepts.
+func (e *Entry) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		ID   string          `json:"id"`
+		UID  string          `json:"uid"`
+		Time json.RawMessage `json:"time"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*e = Entry{ID: raw.ID, UID: raw.UID}
+	if len(raw.Time) > 0 {
+		s := jsonScan{b: raw.Time, maxDepth: hardMaxDepth}
+		t, tj, err := s.entryTime()
+		if err != nil {
+			return fmt.Errorf("entry time: %w", err)
+		}
+		e.Time, e.TimeJSON = t, tj
+	}
+	return nil
 }
 
 // Event is one change of a Meta webhook notification: the unit that is deduplicated, routed,
@@ -77,4 +111,14 @@ type Event struct {
 	ReceivedAt time.Time `json:"received_at"`
 	// Rules names the rules the change matched when it was accepted.
 	Rules []string `json:"rules,omitempty"`
+	// RuleErrors lists the rules that failed to evaluate for the change when it was routed;
+	// such a change is dead-lettered for the rules sink (see RuleErrorSink).
+	RuleErrors []RuleError `json:"rule_errors,omitempty"`
+}
+
+// RuleError names a rule whose `when` failed to evaluate for a change, and the class of the
+// failure. It never holds payload data, so it can go into logs and dead-letter reasons.
+type RuleError struct {
+	Rule  string `json:"rule"`
+	Class string `json:"class"`
 }

@@ -50,8 +50,9 @@ func Key(ev *Event) string {
 	return hashKey(ev)
 }
 
-// waStatus is one WhatsApp status: the message it is about and what happened to it.
-type waStatus struct{ id, status []byte }
+// waStatus is one WhatsApp status: the message it is about, what happened to it and, for a
+// group message, the group and the participant it happened for.
+type waStatus struct{ id, status, recipient, participant []byte }
 
 // whatsAppKey builds a wa: key from value.messages[].id or value.statuses[].{id,status}; ""
 // when the value has neither, both, or an element without them.
@@ -88,6 +89,12 @@ func whatsAppKey(ev *Event) string {
 						return true, nil
 					case "status":
 						st.status = s.plainString()
+						return true, nil
+					case "recipient_id":
+						st.recipient = s.plainString()
+						return true, nil
+					case "recipient_participant_id":
+						st.participant = s.plainString()
 						return true, nil
 					}
 					return false, nil
@@ -126,11 +133,17 @@ func whatsAppKey(ev *Event) string {
 			if c := strings.Compare(string(x.id), string(y.id)); c != 0 {
 				return c
 			}
-			return strings.Compare(string(x.status), string(y.status))
+			if c := strings.Compare(string(x.status), string(y.status)); c != 0 {
+				return c
+			}
+			if c := strings.Compare(string(x.recipient), string(y.recipient)); c != 0 {
+				return c
+			}
+			return strings.Compare(string(x.participant), string(y.participant))
 		})
 		n := len("wa:st::") + len(ev.App)
 		for _, st := range sts {
-			n += len(st.id) + len(st.status) + 2
+			n += len(st.id) + len(st.status) + len(st.recipient) + len(st.participant) + 4
 		}
 		b.Grow(n)
 		b.WriteString("wa:st:")
@@ -143,6 +156,15 @@ func whatsAppKey(ev *Event) string {
 			b.Write(st.id)
 			b.WriteByte(':')
 			b.Write(st.status)
+			// A group message has one status per participant; recipient_id is the group. A
+			// one-to-one status keeps the short form: its message id names its one recipient
+			// (and keys written by earlier versions keep matching).
+			if len(st.participant) > 0 {
+				b.WriteByte(':')
+				b.Write(st.recipient)
+				b.WriteByte(':')
+				b.Write(st.participant)
+			}
 		}
 	}
 	return boundKey(b.String())
@@ -152,7 +174,7 @@ func whatsAppKey(ev *Event) string {
 func midKey(ev *Event) string {
 	var holder string
 	switch ev.Verb {
-	case "message", "echo":
+	case "message", "echo", "unsend":
 		holder = "message"
 	case "postback":
 		holder = "postback"

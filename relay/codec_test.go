@@ -1,0 +1,61 @@
+package relay
+
+import (
+	"encoding/binary"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// appendBinaryV1 is AppendBinary as version 1 wrote it (no Entry.TimeJSON, no RuleErrors):
+// spools written by earlier binaries hold such records.
+func appendBinaryV1(dst []byte, ev *Event) []byte {
+	dst = append(dst, 1)
+	dst = appendString(dst, ev.ID)
+	dst = appendString(dst, ev.App)
+	dst = appendString(dst, ev.Object)
+	dst = appendString(dst, ev.Entry.ID)
+	dst = appendString(dst, ev.Entry.UID)
+	dst = binary.AppendVarint(dst, ev.Entry.Time)
+	dst = appendString(dst, ev.Field)
+	dst = appendString(dst, ev.Verb)
+	dst = append(dst, byte(ev.Source))
+	dst = binary.AppendUvarint(dst, uint64(len(ev.Value)))
+	dst = append(dst, ev.Value...)
+	dst = appendString(dst, ev.Signature)
+	dst = binary.AppendVarint(dst, ev.ReceivedAt.UnixNano())
+	dst = binary.AppendUvarint(dst, uint64(len(ev.Rules)))
+	for _, r := range ev.Rules {
+		dst = appendString(dst, r)
+	}
+	return dst
+}
+
+func TestCodec_Versions(t *testing.T) {
+	at := time.Date(2026, 11, 23, 12, 0, 0, 5, time.UTC)
+	old := Event{ID: "h:1", App: "shop", Object: "page", Entry: Entry{ID: "1", UID: "u", Time: 1700000000}, Field: "feed",
+		Verb: "add", Source: SourceChanges, Value: []byte(`{"a":1}`), ReceivedAt: at, Rules: []string{"r1"}}
+	var got Event
+	if err := UnmarshalBinary(appendBinaryV1(nil, &old), &got); err != nil {
+		t.Fatalf("version 1 record: %v", err)
+	}
+	if !reflect.DeepEqual(got, old) {
+		t.Errorf("version 1 record decoded as %+v, want %+v", got, old)
+	}
+
+	cur := old
+	cur.Entry.TimeJSON = `"2023-11-14T22:13:20+0000"`
+	cur.RuleErrors = []RuleError{{Rule: "photos", Class: "missing member"}, {Rule: "b", Class: "type mismatch"}}
+	got = Event{}
+	if err := UnmarshalBinary(AppendBinary(nil, &cur), &got); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, cur) {
+		t.Errorf("decoded %+v, want %+v", got, cur)
+	}
+	for _, bad := range [][]byte{nil, {0}, {codecVersion + 1}, AppendBinary(nil, &cur)[:20]} {
+		if err := UnmarshalBinary(bad, &got); err == nil {
+			t.Errorf("UnmarshalBinary(%x) accepted a bad record", bad)
+		}
+	}
+}
