@@ -11,7 +11,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/hubrelay/hubrelay/relay"
-	"github.com/hubrelay/hubrelay/relay/spool"
 )
 
 // ruleFile is the part of the Prometheus rule file format the example uses.
@@ -51,7 +50,7 @@ func TestAlertsExample_Parses(t *testing.T) {
 	m.RuleError("r")
 	m.Attempt("orders", "ok", time.Millisecond)
 	m.Delivered("orders", 1, time.Second)
-	m.WatchSpool(func() (map[string]spool.SinkStats, error) { return nil, nil },
+	m.WatchSpool(func() (map[string]relay.SinkStats, error) { return nil, nil },
 		func() (int, error) { return 0, nil },
 		func(string) (int, error) { return 0, nil },
 		func() []string { return []string{"orders"} })

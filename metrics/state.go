@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/relay"
 )
 
 // Sources of state read at scrape time, the values of the "source" label of
@@ -20,7 +20,7 @@ var stateSources = [...]string{sourceSpool, sourceDedup, sourceDeadLetters}
 
 // stateFuncs are the readers WatchSpool was given.
 type stateFuncs struct {
-	stats       func() (map[string]spool.SinkStats, error)
+	stats       func() (map[string]relay.SinkStats, error)
 	dedupLen    func() (int, error)
 	deadLetters func(sink string) (int, error)
 	sinks       func() []string
@@ -69,7 +69,7 @@ func newStateCollector(m *Metrics) *stateCollector {
 // and deadletter.(*Dir).Count are. Configured sinks are reported even when nothing is pending
 // for them, and their delivery counters are created at zero so that the first dead letter
 // shows as an increase. Calling WatchSpool again replaces the functions.
-func (m *Metrics) WatchSpool(stats func() (map[string]spool.SinkStats, error), dedupLen func() (int, error), deadLetters func(sink string) (int, error), sinks func() []string) {
+func (m *Metrics) WatchSpool(stats func() (map[string]relay.SinkStats, error), dedupLen func() (int, error), deadLetters func(sink string) (int, error), sinks func() []string) {
 	m.state.funcs.Store(&stateFuncs{stats: stats, dedupLen: dedupLen, deadLetters: deadLetters, sinks: sinks})
 }
 
@@ -110,7 +110,7 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, f *stateFuncs) {
 			c.errs[0].Add(1)
 		} else {
 			now := c.m.now()
-			emit := func(sink string, s spool.SinkStats) {
+			emit := func(sink string, s relay.SinkStats) {
 				age := 0.0
 				if !s.Oldest.IsZero() {
 					age = max(now.Sub(s.Oldest).Seconds(), 0)

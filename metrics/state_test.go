@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 var stateNames = []string{
@@ -25,8 +27,8 @@ hubrelay_state_collect_errors_total{source="spool"} 0
 
 func TestMetrics_WatchSpool(t *testing.T) {
 	errRead := errors.New("read: input/output error")
-	stats := func() (map[string]spool.SinkStats, error) {
-		return map[string]spool.SinkStats{
+	stats := func() (map[string]relay.SinkStats, error) {
+		return map[string]relay.SinkStats{
 			"orders":  {Ready: 2, Scheduled: 1, Oldest: t0.Add(-90 * time.Second)},
 			"removed": {Ready: 1, Oldest: t0.Add(-10 * time.Second)},
 			"idle":    {},
@@ -36,14 +38,14 @@ func TestMetrics_WatchSpool(t *testing.T) {
 	dedup := func() (int, error) { return 7, nil }
 	letters := func(sink string) (int, error) { return map[string]int{"orders": 3}[sink], nil }
 	sinks := func() []string { return []string{"orders", "ops", "orders"} }
-	failStats := func() (map[string]spool.SinkStats, error) { return nil, errRead }
+	failStats := func() (map[string]relay.SinkStats, error) { return nil, errRead }
 	failDedup := func() (int, error) { return 0, errRead }
 	failLetters := func(string) (int, error) { return 0, errRead }
 
 	tests := []struct {
 		name    string
 		watch   bool
-		stats   func() (map[string]spool.SinkStats, error)
+		stats   func() (map[string]relay.SinkStats, error)
 		dedup   func() (int, error)
 		letters func(string) (int, error)
 		sinks   func() []string
@@ -162,7 +164,7 @@ func TestMetrics_WatchSpoolReal(t *testing.T) {
 	}
 
 	m, reg := newTest(t)
-	m.WatchSpool(sp.Stats, sp.DedupLen, dl.Count, func() []string { return []string{"archive", "orders", "ops"} })
+	m.WatchSpool(embedded.New(sp).Stats, sp.DedupLen, dl.Count, func() []string { return []string{"archive", "orders", "ops"} })
 	compare(t, reg, `
 hubrelay_spool_pending{sink="archive",state="ready"} 1
 hubrelay_spool_pending{sink="archive",state="scheduled"} 0

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay/deadletter"
-	"github.com/hubrelay/hubrelay/relay/spool"
 )
 
 // RetryPolicy is a sink's retry budget across attempts (each attempt may itself make a few
@@ -37,16 +36,6 @@ type SinkConfig struct {
 	Concurrency int
 	Retry       RetryPolicy
 	Batch       BatchPolicy // used only when Sink is a BatchSink
-}
-
-// Queue is what the delivery engine needs of the spool.
-type Queue interface {
-	Ready(sink string, after uint64, max int) ([]spool.Delivery, error)
-	Done(sink string, seqs ...uint64) error
-	Reschedule(sink string, seq uint64, at time.Time, attempt int, history []byte) error
-	Promote(now time.Time) (map[string]uint64, error)
-	NextScheduled() (time.Time, bool, error)
-	Sinks() ([]string, error)
 }
 
 // DeadLetters is what the engine needs of the dead-letter directory.
@@ -93,6 +82,9 @@ type Engine struct {
 	obs DeliveryObserver
 	log *slog.Logger
 	now func() time.Time
+	// poll, when positive, makes dispatchers re-read their queue from its start that often
+	// (the store is a Poller: its queues also grow outside this process).
+	poll time.Duration
 
 	mu         sync.Mutex
 	runners    map[string]*runner
@@ -110,8 +102,12 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var poll time.Duration
+	if p, ok := q.(Poller); ok {
+		poll = p.PollInterval()
+	}
 	return &Engine{
-		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now,
+		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now, poll: poll,
 		runners: map[string]*runner{},
 		promote: make(chan struct{}, 1),
 		stop:    make(chan struct{}),
@@ -293,7 +289,7 @@ type runner struct {
 	log  *slog.Logger
 
 	wake  chan struct{}
-	jobs  chan []spool.Delivery
+	jobs  chan []Delivery
 	batch BatchSink // non-nil when deliveries go out in batches
 	dones chan uint64
 	stop  chan struct{}
@@ -332,7 +328,7 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 		batch: bs,
 		e:     e, cfg: c, name: name, log: e.log.With("sink", name),
 		wake:       make(chan struct{}, 1),
-		jobs:       make(chan []spool.Delivery),
+		jobs:       make(chan []Delivery),
 		dones:      make(chan uint64, doneBatch),
 		stop:       make(chan struct{}),
 		attemptCtx: ctx, cancel: cancel,
@@ -389,13 +385,25 @@ func (r *runner) rewind(seq uint64) {
 
 // dispatch reads the sink's ready queue in Seq order and hands deliveries to the workers, one
 // at a time or, for a batching sink, in batches. The cursor only moves back when the promoter
-// makes older deliveries ready again; deliveries already in flight are skipped.
+// makes older deliveries ready again, or, for a Poller store, every poll interval; deliveries
+// already in flight are skipped.
 func (r *runner) dispatch() {
 	defer r.dispatchWG.Done()
 	var cursor uint64
-	var held []spool.Delivery // a partial batch waiting up to MaxWait for company
+	var held []Delivery // a partial batch waiting up to MaxWait for company
 	var heldSince time.Time
+	var polls <-chan time.Time // nil unless the store is a Poller
+	if r.e.poll > 0 {
+		t := time.NewTicker(r.e.poll)
+		defer t.Stop()
+		polls = t.C
+	}
 	for {
+		select {
+		case <-polls:
+			cursor = 0 // deliveries may have appeared behind the cursor
+		default:
+		}
 		r.mu.Lock()
 		if r.rewindTo != 0 {
 			cursor = min(cursor, r.rewindTo-1)
@@ -435,7 +443,7 @@ func (r *runner) dispatch() {
 				continue
 			}
 			if r.batch == nil {
-				if !r.send([]spool.Delivery{d}) {
+				if !r.send([]Delivery{d}) {
 					return
 				}
 				continue
@@ -470,6 +478,8 @@ func (r *runner) dispatch() {
 		}
 		select {
 		case <-r.wake:
+		case <-polls:
+			cursor = 0
 		case <-r.stop:
 			return
 		}
@@ -477,7 +487,7 @@ func (r *runner) dispatch() {
 }
 
 // batchFull reports whether held should go out now.
-func (r *runner) batchFull(held []spool.Delivery) bool {
+func (r *runner) batchFull(held []Delivery) bool {
 	if len(held) >= r.cfg.Batch.MaxChanges {
 		return true
 	}
@@ -493,7 +503,7 @@ func (r *runner) batchFull(held []spool.Delivery) bool {
 
 // send hands a job to a worker; false when the runner stops first (the job's deliveries stay
 // in the spool, ready).
-func (r *runner) send(job []spool.Delivery) bool {
+func (r *runner) send(job []Delivery) bool {
 	select {
 	case r.jobs <- job:
 		return true
@@ -599,8 +609,8 @@ func (r *runner) release(pending bool, seqs ...uint64) {
 
 // handle makes one attempt of a job (one delivery, or a batch for a BatchSink) and records
 // the outcome of each delivery.
-func (r *runner) handle(job []spool.Delivery) {
-	ds := make([]spool.Delivery, 0, len(job))
+func (r *runner) handle(job []Delivery) {
+	ds := make([]Delivery, 0, len(job))
 	evs := make([]*Event, 0, len(job))
 	for _, d := range job {
 		ev := new(Event)
@@ -646,7 +656,7 @@ func (r *runner) handle(job []spool.Delivery) {
 			r.e.obs.Attempt(r.name, "permanent", took)
 		}
 		for _, d := range ds {
-			r.handle([]spool.Delivery{d})
+			r.handle([]Delivery{d})
 		}
 	default:
 		if !errors.Is(err, ErrPermanent) {
@@ -660,7 +670,7 @@ func (r *runner) handle(job []spool.Delivery) {
 
 // failed records a failed attempt of one delivery: dead letter when permanent or out of
 // budget, else a reschedule with backoff.
-func (r *runner) failed(d spool.Delivery, ev *Event, err error, start time.Time, took time.Duration) {
+func (r *runner) failed(d Delivery, ev *Event, err error, start time.Time, took time.Duration) {
 	attempt := d.Attempt + 1
 	history := appendHistory(d.History, deadletter.Attempt{At: start.UTC(), Status: statusOf(err), Error: err.Error()})
 	log := r.log.With("change_id", ev.ID, "seq", d.Seq, "attempt", attempt, "status", statusOf(err))
@@ -702,7 +712,7 @@ func (r *runner) reschedule(seq uint64, at time.Time, attempt int, history []byt
 
 // deadLetter writes the letter first and removes the delivery from the spool only after the
 // letter is on disk; if the letter cannot be written the delivery is retried later instead.
-func (r *runner) deadLetter(d spool.Delivery, ev *Event, history []byte, reason string) {
+func (r *runner) deadLetter(d Delivery, ev *Event, history []byte, reason string) {
 	l := &deadletter.Letter{
 		Sink:    r.name,
 		Seq:     d.Seq,

@@ -10,12 +10,13 @@ import (
 
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // gatedQueue holds the engine's first Done call until release is closed and records the size
 // of every call.
 type gatedQueue struct {
-	*spool.Spool
+	*embedded.Store
 	release chan struct{}
 	mu      sync.Mutex
 	sizes   []int
@@ -29,7 +30,7 @@ func (q *gatedQueue) Done(sink string, seqs ...uint64) error {
 	if first {
 		<-q.release
 	}
-	return q.Spool.Done(sink, seqs...)
+	return q.Store.Done(sink, seqs...)
 }
 
 // tallySink counts deliveries and always succeeds.
@@ -48,7 +49,7 @@ func TestEngine_DoneDoesNotThrottleDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	q := &gatedQueue{Spool: sp, release: make(chan struct{})}
+	q := &gatedQueue{Store: embedded.New(sp), release: make(chan struct{})}
 	h := &harness{t: t, spool: sp, engine: relay.NewEngine(q, nopDL{}, nil, discard())}
 	h.engine.Start()
 	defer h.close()

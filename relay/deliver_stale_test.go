@@ -12,16 +12,17 @@ import (
 
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // slowReady is the real spool, but Ready's answer arrives late, as a slow disk would make it.
 type slowReady struct {
-	*spool.Spool
+	*embedded.Store
 	delay time.Duration
 }
 
-func (q slowReady) Ready(sink string, after uint64, max int) ([]spool.Delivery, error) {
-	ds, err := q.Spool.Ready(sink, after, max)
+func (q slowReady) Ready(sink string, after uint64, max int) ([]relay.Delivery, error) {
+	ds, err := q.Store.Ready(sink, after, max)
 	time.Sleep(q.delay)
 	return ds, err
 }
@@ -58,7 +59,7 @@ func TestEngine_StaleReadDoesNotRedeliver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	e := relay.NewEngine(slowReady{sp, 60 * time.Millisecond}, nopDL{}, nil, nil)
+	e := relay.NewEngine(slowReady{embedded.New(sp), 60 * time.Millisecond}, nopDL{}, nil, nil)
 	e.Start()
 	sink := &countSink{calls: map[string]int{}, ok: map[string]int{}}
 	if err := e.SetSinks([]relay.SinkConfig{{Sink: sink, Concurrency: 1,

@@ -17,6 +17,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // flaky is a sink that fails at random and records every delivery and any change delivered
@@ -92,7 +93,7 @@ func runStress(t *testing.T, batch bool, replace bool) {
 	}
 	defer sp.Close()
 	dl := &dlCount{ids: map[string]int{}}
-	e := relay.NewEngine(sp, dl, nil, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
+	e := relay.NewEngine(embedded.New(sp), dl, nil, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	e.Start()
 	f := newFlaky("s", failP)
 	f.delay = 2 * time.Millisecond

@@ -19,6 +19,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
 	"github.com/hubrelay/hubrelay/sinks/httpsink"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // endpoint is an HTTP sink receiver whose answers a test scripts: it answers each request with
@@ -93,7 +94,7 @@ func newHarness(t *testing.T, dir string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, dir: dir, spool: sp, dl: dl, engine: relay.NewEngine(sp, dl, nil, nil)}
+	h := &harness{t: t, dir: dir, spool: sp, dl: dl, engine: relay.NewEngine(embedded.New(sp), dl, nil, nil)}
 	h.engine.Start()
 	t.Cleanup(h.close)
 	return h
@@ -255,7 +256,7 @@ func TestEngine_PermanentFailureDeadLettersThenReplays(t *testing.T) {
 	if err := h.dl.QueueReplay(l.ID); err != nil {
 		t.Fatal(err)
 	}
-	rp := &relay.Replayer{DL: h.dl, Spool: h.spool, Notify: h.engine.Notify, Log: discard()}
+	rp := &relay.Replayer{DL: h.dl, Spool: embedded.New(h.spool), Notify: h.engine.Notify, Log: discard()}
 	if n, err := rp.Once(context.Background()); n != 1 || err != nil {
 		t.Fatalf("replayed %d, %v", n, err)
 	}

@@ -12,8 +12,11 @@
 //	key.go        the dedup key of each change, independent of entry.time
 //	route.go      rules -> sink names for each change (jsonvalue.go decodes values for `when`)
 //	codec.go      the spool encoding of an Event
-//	spool/        changes, deliveries and dedup keys committed in one fsync'd transaction
-//	              (group commit); only then does Meta get its 200
+//	store.go      the storage contract (Store: Spooler for the receiver, Queue for delivery),
+//	              in relay's own types; storetest/ is the suite every engine passes
+//	spool/        the embedded engine (storage/embedded adapts it): changes, deliveries and
+//	              dedup keys committed in one fsync'd transaction (group commit); only then
+//	              does Meta get its 200
 //	deliver.go    per-sink dispatcher and workers, batches, retries rescheduled in the spool
 //	deadletter/   a readable file per abandoned delivery; replay.go puts letters back
 //	envelope.go   the JSON envelope sinks send and dead letters hold

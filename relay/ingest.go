@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -14,8 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/hubrelay/hubrelay/relay/spool"
 )
 
 // App is one Meta app as the receiver sees it.
@@ -24,11 +21,6 @@ type App struct {
 	Path        string
 	VerifyToken string
 	Verifier    *Verifier
-}
-
-// Spooler is what the receiver needs of the spool: a durable, deduplicating accept.
-type Spooler interface {
-	Accept(ctx context.Context, items []spool.Item, now time.Time) (dup []bool, err error)
 }
 
 // Outcome is the result of one request, as logged and counted.
@@ -277,9 +269,9 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		data = AppendBinary(data, ev)
 	}
 	offs[len(events)] = len(data)
-	items := make([]spool.Item, len(events), len(events)+1)
+	items := make([]Item, len(events), len(events)+1)
 	for i := range events {
-		items[i] = spool.Item{Key: events[i].ID, Data: data[offs[i]:offs[i+1]:offs[i+1]], Sinks: routes[i].Sinks}
+		items[i] = Item{Key: events[i].ID, Data: data[offs[i]:offs[i+1]:offs[i+1]], Sinks: routes[i].Sinks}
 	}
 	if len(raw) > 0 {
 		sig := sig256
@@ -287,7 +279,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 			sig = sig1 // verified with the legacy header (allow_sha1): forward that one
 		}
 		rawEv := rawEvent(events, body, sig, start)
-		items = append(items, spool.Item{Key: rawEv.ID, Data: AppendBinary(nil, &rawEv), Sinks: raw})
+		items = append(items, Item{Key: rawEv.ID, Data: AppendBinary(nil, &rawEv), Sinks: raw})
 	}
 
 	// spool: durable before 200.

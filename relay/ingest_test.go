@@ -15,6 +15,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/spool"
 	"github.com/hubrelay/hubrelay/rules"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 const ingestSecret = "ingest-secret"
@@ -34,7 +35,7 @@ func newReceiver(t *testing.T, specs []rules.Spec, raw ...string) (*relay.Receiv
 		Apps:         []relay.App{{Name: "shop", Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)}},
 		MaxBodyBytes: 1 << 20,
 		Limits:       relay.Limits{MaxChanges: 5000, MaxDepth: 64},
-	}, sp, relay.NewRouter(set, raw), nil, nil, discard())
+	}, embedded.New(sp), relay.NewRouter(set, raw), nil, nil, discard())
 	return rc, sp
 }
 
@@ -188,7 +189,7 @@ func loggingReceiver(t *testing.T, cfg relay.ReceiverConfig) (*relay.Receiver, *
 	t.Cleanup(func() { sp.Close() })
 	set, _ := rules.Compile(allToOrders)
 	logs := &bytes.Buffer{}
-	return relay.NewReceiver(cfg, sp, relay.NewRouter(set, nil), nil, nil, slog.New(slog.NewJSONHandler(logs, nil))), logs
+	return relay.NewReceiver(cfg, embedded.New(sp), relay.NewRouter(set, nil), nil, nil, slog.New(slog.NewJSONHandler(logs, nil))), logs
 }
 
 // TestReceiver_LogsClientBehindTrustedProxy: log lines name the client a trusted proxy

@@ -20,6 +20,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay/spool"
 	"github.com/hubrelay/hubrelay/rules"
 	"github.com/hubrelay/hubrelay/sinks/httpsink"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // benchRules is a realistic rule set: five rules, three with a `when` on the value.
@@ -111,7 +112,7 @@ func BenchmarkReceive(b *testing.B) {
 						Apps:         []relay.App{{Name: "shop", Path: "/webhooks", VerifyToken: "t", Verifier: relay.NewVerifier([]string{secret}, false)}},
 						MaxBodyBytes: 8 << 20,
 						Limits:       relay.Limits{MaxChanges: 5000, MaxDepth: 64},
-					}, sp, relay.NewRouter(set, nil), nil, nil, nil)
+					}, embedded.New(sp), relay.NewRouter(set, nil), nil, nil, nil)
 				}
 				var seq atomic.Int64
 				b.SetParallelism(16)
@@ -171,7 +172,7 @@ func BenchmarkEngine(b *testing.B) {
 				}
 			}
 			sink, _ := httpsink.New(httpsink.Options{Name: "s", URL: srv.URL, Timeout: 5 * time.Second})
-			eng := relay.NewEngine(sp, nopDL{}, nil, nil)
+			eng := relay.NewEngine(embedded.New(sp), nopDL{}, nil, nil)
 			eng.Start()
 			b.ResetTimer()
 			eng.SetSinks([]relay.SinkConfig{{Sink: sink, Concurrency: 8, Retry: fastRetry(3), Batch: relay.BatchPolicy{MaxChanges: batch, MaxWait: time.Millisecond}}})

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay/deadletter"
-	"github.com/hubrelay/hubrelay/relay/spool"
 )
 
 // LetterEvent rebuilds the change held by a dead letter.
@@ -42,12 +41,12 @@ func LetterEvent(l *deadletter.Letter) (Event, error) {
 
 // ReplayItem is the spool item that delivers a dead letter's change to its sink again. It has
 // no dedup key: a replay is always delivered.
-func ReplayItem(l *deadletter.Letter) (spool.Item, error) {
+func ReplayItem(l *deadletter.Letter) (Item, error) {
 	ev, err := LetterEvent(l)
 	if err != nil {
-		return spool.Item{}, err
+		return Item{}, err
 	}
-	return spool.Item{Data: AppendBinary(nil, &ev), Sinks: []string{l.Sink}}, nil
+	return Item{Data: AppendBinary(nil, &ev), Sinks: []string{l.Sink}}, nil
 }
 
 // Replayer hands dead letters queued with `hubrelay deadletter replay` (in the dead-letter
@@ -96,7 +95,7 @@ func (rp *Replayer) Once(ctx context.Context) (int, error) {
 			rp.Log.Error("replay dead letter", "dead_letter", l.ID, "err", ierr)
 			continue
 		}
-		if _, aerr := rp.Spool.Accept(ctx, []spool.Item{it}, time.Now()); aerr != nil {
+		if _, aerr := rp.Spool.Accept(ctx, []Item{it}, time.Now()); aerr != nil {
 			return n, fmt.Errorf("spool replayed letter %s: %w", l.ID, aerr)
 		}
 		if aerr := rp.DL.Ack(l.ID); aerr != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // runDeadLetter inspects and replays dead letters. list and show read only the dead-letter
@@ -125,7 +126,7 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 // replay puts letters back on the delivery queue: straight into the spool when no relay holds
 // it, else through the replay folder the running relay watches.
 func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, letters []*deadletter.Letter) (int, string, error) {
-	sp, err := spool.Open(spoolPath, spool.Options{OpenTimeout: 200 * time.Millisecond})
+	sp, err := embedded.Open(spoolPath, spool.Options{OpenTimeout: 200 * time.Millisecond})
 	if errors.Is(err, spool.ErrLocked) {
 		ids := make([]string, len(letters))
 		for i, l := range letters {
@@ -146,7 +147,7 @@ func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, letters [
 		if err != nil {
 			return n, "replayed", err
 		}
-		if _, err := sp.Accept(ctx, []spool.Item{it}, time.Now()); err != nil {
+		if _, err := sp.Accept(ctx, []relay.Item{it}, time.Now()); err != nil {
 			return n, "replayed", fmt.Errorf("spool letter %s: %w", l.ID, err)
 		}
 		if err := dl.Remove(l.ID); err != nil {

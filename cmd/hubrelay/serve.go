@@ -23,6 +23,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // spoolFile is the name of the spool inside storage.dir.
@@ -92,7 +93,7 @@ type server struct {
 	log      *slog.Logger
 	cfgPath  string
 	getenv   func(string) string
-	spool    *spool.Spool
+	spool    *embedded.Store
 	dl       *deadletter.Dir
 	engine   *relay.Engine
 	router   *relay.Router
@@ -111,7 +112,7 @@ type server struct {
 func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.Duration, log *slog.Logger, e env) error {
 	s := &server{log: log, cfgPath: cfgPath, getenv: e.getenv, shutdown: cfg.Server.ShutdownTimeout}
 	spoolPath := filepath.Join(cfg.Storage.Dir, spoolFile)
-	sp, err := spool.Open(spoolPath, spool.Options{
+	sp, err := embedded.Open(spoolPath, spool.Options{
 		MaxBatchDelay: cfg.Storage.MaxBatchDelay,
 		DedupWindow:   cfg.Storage.DedupWindow,
 		Logger:        log,
