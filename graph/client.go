@@ -33,12 +33,12 @@ const bodyLimit = 1 << 20
 
 // Log attribute keys.
 const (
-	keyMethod  = "method"
-	keyPath    = "path"
-	keyAttempt = "attempt"
-	keyStatus  = "status"
-	keyError   = "error"
-	keyWait    = "wait"
+	keyMethod   = "method"
+	keyPath     = "path"
+	keyAttempt  = "attempt"
+	keyStatus   = "status"
+	keyError    = "error"
+	keyDuration = "duration"
 )
 
 // Options configures a Client. Zero fields get the Default* values.
@@ -74,6 +74,8 @@ type Client struct {
 	rc      *retryablehttp.Client
 	// attempts is Options.MaxAttempts with its default.
 	attempts int
+	// maxBackoff is the longest wait between attempts.
+	maxBackoff time.Duration
 }
 
 // New checks o and builds a Client.
@@ -112,7 +114,7 @@ func New(o Options) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{base: base + "/" + version, version: version, ua: cmp.Or(o.UserAgent, "hubrelay"), log: log, attempts: attempts}
+	c := &Client{base: base + "/" + version, version: version, ua: cmp.Or(o.UserAgent, "hubrelay"), log: log, attempts: attempts, maxBackoff: maxB}
 	c.rc = &retryablehttp.Client{
 		HTTPClient:   &hc,
 		RetryWaitMin: minB,
@@ -184,7 +186,7 @@ func (c *Client) call(ctx context.Context, method, path string, tok Token, param
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, bodyLimit))
 	c.log.Debug("graph call", keyMethod, method, keyPath, st.path, keyStatus, resp.StatusCode,
-		keyAttempt, max(st.attempts, 1), "duration", time.Since(start))
+		keyAttempt, max(st.attempts, 1), keyDuration, time.Since(start))
 	if err != nil {
 		return &Error{Method: method, Path: st.path, Status: resp.StatusCode, Attempts: max(st.attempts, 1), Cause: errors.New("read answer: " + scrubErr(st.scrub, err))}
 	}
@@ -231,8 +233,8 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 		return true, nil // the answer broke off: try again
 	}
 	e := parseError(resp, b)
-	if !e.Retryable() {
-		return false, nil
+	if !e.Retryable() || e.RegainAccess > c.maxBackoff {
+		return false, nil // final, or throttled for longer than this call may wait
 	}
 	if st.attempts >= c.attempts {
 		return true, nil // the last attempt: retryablehttp stops here, and call reports it

@@ -11,7 +11,9 @@
 // A call is retried, with exponential backoff and jitter between Options.MinBackoff and
 // MaxBackoff, when the connection fails, when Graph answers 5xx, and when its error says the
 // call was throttled (codes 4, 17, 32, 613 and the business use case limits 80000–80014) or is
-// marked is_transient; a Retry-After header is honoured. Every other error is final. Graph's
+// marked is_transient; a Retry-After header is honoured. A throttled call is not retried when
+// Meta's X-Business-Use-Case-Usage header says access returns later than MaxBackoff: the
+// *Error then carries that wait (RegainAccess). Every other error is final. Graph's
 // errors become *Error, which keeps Meta's message, type, code, error_subcode and fbtrace_id.
 //
 // Subscribing an app and a WhatsApp Business Account are idempotent on Meta's side (the same

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Error is an error answer of the Graph API, or a call that got no usable answer. Its
@@ -28,6 +29,10 @@ type Error struct {
 	UserTitle, UserMessage string
 	// Transient is error.is_transient: Meta says trying again may work.
 	Transient bool
+	// RegainAccess is how long Meta says a throttled app must wait, from the
+	// estimated_time_to_regain_access of the X-Business-Use-Case-Usage header (the longest
+	// one given); 0 when Meta does not say.
+	RegainAccess time.Duration
 	// Attempts is how many attempts the call made.
 	Attempts int
 	// Cause is the transport error when no answer came, or what was wrong with the answer.
@@ -86,6 +91,9 @@ func (e *Error) Details() []string {
 	if e.Status != 0 {
 		d = append(d, "HTTP "+strconv.Itoa(e.Status))
 	}
+	if e.RegainAccess > 0 {
+		d = append(d, "access regained in "+e.RegainAccess.String())
+	}
 	return d
 }
 
@@ -137,7 +145,7 @@ type wireError struct {
 // parseError reads a Graph error answer. Without a Graph error body it describes the status
 // (and the content type, when it is not JSON: a proxy's page, say).
 func parseError(resp *http.Response, body []byte) *Error {
-	e := &Error{Status: resp.StatusCode}
+	e := &Error{Status: resp.StatusCode, RegainAccess: regainAccess(resp.Header)}
 	var w wireError
 	if json.Unmarshal(body, &w) == nil && w.Error != nil {
 		e.Message, e.Type, e.Code, e.Subcode, e.FBTraceID = w.Error.Message, w.Error.Type, w.Error.Code, w.Error.Subcode, w.Error.FBTraceID
@@ -153,4 +161,29 @@ func parseError(resp *http.Response, body []byte) *Error {
 	}
 	e.Cause = fmt.Errorf("%s, not a Graph API error (%s)", http.StatusText(resp.StatusCode), ct)
 	return e
+}
+
+// regainAccess reads the longest estimated_time_to_regain_access (minutes) of Graph's
+// X-Business-Use-Case-Usage header: {"<id>": [{"type": ..., "estimated_time_to_regain_access": N}]}.
+func regainAccess(h http.Header) time.Duration {
+	v := h.Get("X-Business-Use-Case-Usage")
+	if v == "" {
+		return 0
+	}
+	var usage map[string][]struct {
+		Regain float64 `json:"estimated_time_to_regain_access"`
+	}
+	if json.Unmarshal([]byte(v), &usage) != nil {
+		return 0
+	}
+	var most float64
+	for _, list := range usage {
+		for _, u := range list {
+			most = max(most, u.Regain)
+		}
+	}
+	if most <= 0 || most > 24*60 {
+		return 0
+	}
+	return time.Duration(most * float64(time.Minute))
 }

@@ -62,7 +62,7 @@ func init() {
 			args:    "ID  dead letters to replay (or select them with the filters, or -all)", maxArgs: -1},
 		{name: "subscribe", synopsis: "-config FILE [-app NAME] -object OBJ -fields F1,F2 -callback URL [-include-values] [-waba ID [-override-callback]]",
 			summary: "subscribe the app to an object's webhooks at Meta, after checking the callback answers", run: runSubscribe},
-		{name: "subscriptions", synopsis: "-config FILE [-app NAME] [-waba ID]",
+		{name: "subscriptions", synopsis: "-config FILE [-app NAME] [-waba ID] [-check]",
 			summary: "list the app's webhook subscriptions at Meta and where they differ from the config", run: runSubscriptions},
 		{name: "unsubscribe", synopsis: "-config FILE [-app NAME] -object OBJ [-fields F1,F2] | -waba ID",
 			summary: "remove the app's subscription to an object (or some fields), or to a WhatsApp Business Account", run: runUnsubscribe},

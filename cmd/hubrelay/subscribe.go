@@ -234,6 +234,8 @@ func (g *graphCmd) hint(e *graph.Error) string {
 		return "subscribing an app to a WhatsApp Business Account needs a system-user token with whatsapp_business_management that has the account as an asset: set apps[].access_token (or access_token_file)"
 	case e.Code >= graph.CodePermissions && e.Code < 300:
 		return "the token lacks a permission this call needs (see the message)"
+	case e.RateLimited() && e.RegainAccess > 0:
+		return fmt.Sprintf("Meta throttled the app and says it regains access in about %s: run the command again then", e.RegainAccess.Round(time.Minute))
 	case e.RateLimited():
 		return fmt.Sprintf("Meta throttled the app and %d attempt(s) were not enough: wait a while and run the command again (graph.max_attempts and graph.max_backoff set how long hubrelay waits)", e.Attempts)
 	case e.Code == graph.CodeInvalidParameter && e.Subcode == 33:

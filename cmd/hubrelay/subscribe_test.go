@@ -214,6 +214,21 @@ func TestGraphCommands_Golden(t *testing.T) {
 			wantErr: true,
 		},
 		{
+			// Meta says access returns in 15 minutes: waiting is not worth it.
+			name: "subscribe_80007_throttled_for_long",
+			setup: func(g *graphtest.Server) {
+				standardSetup(g)
+				g.Fail(graphtest.Failure{Code: 80007, Message: "(#80007) There have been too many calls to this WhatsApp Business account.", RegainMinutes: 15})
+			},
+			args:    []string{"subscribe", "-object", "whatsapp_business_account", "-fields", "messages", "-callback", callback, "-insecure-callback"},
+			wantErr: true,
+			check: func(t *testing.T, g *graphtest.Server) {
+				if n := len(g.Requests()); n != 1 {
+					t.Errorf("%d requests: a call throttled for longer than max_backoff must not be retried", n)
+				}
+			},
+		},
+		{
 			name: "subscribe_5xx_then_ok",
 			setup: func(g *graphtest.Server) {
 				standardSetup(g)
@@ -249,7 +264,8 @@ func TestGraphCommands_Golden(t *testing.T) {
 				g.SetSubscription(testAppID, graph.Subscription{Object: "user", CallbackURL: "https://relay.example.com/meta", Active: false,
 					Fields: []graph.Field{{Name: "email", Version: graphVersion}}})
 			},
-			args: []string{"subscriptions", "-waba", testWABA},
+			args:    []string{"subscriptions", "-waba", testWABA, "-check"},
+			wantErr: true,
 		},
 		{
 			name: "subscriptions_in_sync",

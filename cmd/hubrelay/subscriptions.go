@@ -17,11 +17,12 @@ func runSubscriptions(ctx context.Context, args []string, e env) error {
 	fs := newFlags("subscriptions", e)
 	gf := addGraphFlags(fs)
 	waba := fs.String("waba", "", "also list the apps subscribed to this WhatsApp Business Account `ID`")
+	strict := fs.Bool("check", false, "exit 1 when Meta's subscriptions differ from the config (for monitoring: Meta unsubscribes apps whose callback keeps failing)")
 	if _, err := parseArgs(fs, args, e); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
-		fmt.Fprintln(e.stderr, "usage: hubrelay subscriptions -config FILE [-app NAME] [-waba ID]")
+		fmt.Fprintln(e.stderr, "usage: hubrelay subscriptions -config FILE [-app NAME] [-waba ID] [-check]")
 		return errUsage
 	}
 	g, err := gf.open(e)
@@ -43,6 +44,7 @@ func runSubscriptions(ctx context.Context, args []string, e env) error {
 		return g.metaRefused("list the app's subscriptions", err)
 	}
 	w := e.stdout
+	wabaMissing := false
 	fmt.Fprintf(w, "app %s (%s), Graph API %s: %d subscription(s)\n", g.app.Name, g.app.AppID, g.client.Version(), len(subs))
 	for _, s := range subs {
 		state := "active"
@@ -62,13 +64,14 @@ func runSubscriptions(ctx context.Context, args []string, e env) error {
 		}
 		fmt.Fprintf(w, "WhatsApp Business Account %s: %d subscribed app(s)\n", *waba, len(apps))
 		found := false
+		wabaMissing = true
 		for _, a := range apps {
 			line := fmt.Sprintf("  %s (%s)", a.Name, a.ID)
 			if a.OverrideCallbackURI != "" {
 				line += "  override callback " + a.OverrideCallbackURI
 			}
 			if a.ID == g.app.AppID {
-				found = true
+				found, wabaMissing = true, false
 				line += "  <- this app"
 			}
 			fmt.Fprintln(w, line)
@@ -80,6 +83,9 @@ func runSubscriptions(ctx context.Context, args []string, e env) error {
 	diffs := drift(subs, g.app.Path, g.app.Name, g.client.Version(), g.cfg.Rules.Selectors())
 	if len(diffs) == 0 {
 		fmt.Fprintln(w, "no differences from the config")
+		if *strict && wabaMissing {
+			return errReported
+		}
 		return nil
 	}
 	fmt.Fprintf(w, "differences from %s:\n", g.cfg.File)
@@ -88,6 +94,9 @@ func runSubscriptions(ctx context.Context, args []string, e env) error {
 	}
 	if len(g.cfg.Apps) > 1 {
 		fmt.Fprintln(w, "  (rules apply to every app of the config unless their when says otherwise; `when` is not evaluated here)")
+	}
+	if *strict {
+		return errReported
 	}
 	return nil
 }

@@ -47,6 +47,9 @@ type Failure struct {
 	Type, Message string
 	// Transient sets is_transient.
 	Transient bool
+	// RegainMinutes, when set, sends X-Business-Use-Case-Usage with this
+	// estimated_time_to_regain_access.
+	RegainMinutes int
 }
 
 // Server is a running stand-in. Its methods are safe for concurrent use.
@@ -276,6 +279,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	if fail != nil {
+		if fail.RegainMinutes > 0 {
+			w.Header().Set("X-Business-Use-Case-Usage", fmt.Sprintf(`{"102290129340398":[{"type":"whatsapp_business_management","call_count":100,"total_cputime":12,"total_time":40,"estimated_time_to_regain_access":%d}]}`, fail.RegainMinutes))
+		}
 		s.writeError(w, graphErr{status: fail.Status, code: fail.Code, subcode: fail.Subcode, typ: fail.Type, msg: fail.Message, transient: fail.Transient})
 		return
 	}
