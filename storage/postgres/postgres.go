@@ -1,0 +1,656 @@
+// Package postgres is the PostgreSQL storage engine: any number of `hubrelay serve` replicas
+// share one database, which holds the dedup keys, the delivery queue, the retry schedule and
+// the dead letters. It implements relay.Store and passes relay/storetest.
+//
+// A POST is acknowledged after one call of the accept function (schema.go) commits: the keys,
+// the items and their deliveries in one transaction. Keys are locked with advisory locks, so
+// two replicas receiving the same change at once accept it once. Dedup keys are partitioned by
+// UTC day; expiry drops whole days once they are past the window, never rewriting a table.
+//
+// Deliveries are claimed by the replica that reads them (Ready): a claim holds while that
+// replica's heartbeat (every lease/3) is younger than the lease, so a replica that dies loses
+// its claims after the lease and another delivers. Each sink's queue is read by one replica at
+// a time (sink_owners, held the same way), which keeps acceptance order per sink.
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hubrelay/hubrelay/relay"
+)
+
+// Defaults of Options.
+const (
+	DefaultSchema       = "hubrelay"
+	DefaultMaxConns     = 16
+	DefaultLease        = 30 * time.Second
+	DefaultPollInterval = 500 * time.Millisecond
+	DefaultDedupWindow  = 168 * time.Hour
+	// DefaultAcceptTimeout bounds one Accept, so an unreachable database gives 503 quickly.
+	DefaultAcceptTimeout = 10 * time.Second
+)
+
+// maxPromote bounds the deliveries one Promote call moves.
+const maxPromote = 1000
+
+// Options configures Open.
+type Options struct {
+	// URL is a libpq connection URL or key=value string. It may hold a password: it is never
+	// logged, and errors never repeat it.
+	URL string
+	// Schema holds hubrelay's tables; default DefaultSchema. Several relays (or tests) can
+	// share a database with different schemas.
+	Schema string
+	// MaxConns is the pool size; default DefaultMaxConns.
+	MaxConns int
+	// Lease is how long a replica's claims outlive its last heartbeat; default DefaultLease.
+	Lease time.Duration
+	// PollInterval is how often dispatchers re-read their queue for deliveries accepted by
+	// other replicas; default DefaultPollInterval.
+	PollInterval time.Duration
+	// DedupWindow is how long an accepted key keeps repeats out; default DefaultDedupWindow.
+	DedupWindow time.Duration
+	// AcceptTimeout bounds one Accept; default DefaultAcceptTimeout.
+	AcceptTimeout time.Duration
+	// Name names this replica in the replicas table (default: the host name and pid).
+	Name string
+	// Logger receives the engine's logs.
+	Logger *slog.Logger
+}
+
+// Store is a PostgreSQL storage engine. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+	opt  Options
+	log  *slog.Logger
+	lock int64 // the schema's advisory lock key (migrations, maintenance)
+
+	me atomic.Int64 // this replica's id in replicas; a new one after a lapsed heartbeat
+
+	partMu sync.Mutex
+	parts  map[string]bool // dedup partitions known to exist, by name
+
+	obs atomic.Pointer[Observer]
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+var _ relay.Store = (*Store)(nil)
+
+// Observer receives database-side figures, for metrics. Its functions must be cheap and safe
+// for concurrent use; nil ones are skipped.
+type Observer struct {
+	// Commit is called after each Accept that reached the database, with its latency.
+	Commit func(d time.Duration, err error)
+	// Claimed is called for each delivery Ready hands out, with the time since it was
+	// accepted or became due (claim lag).
+	Claimed func(sink string, lag time.Duration)
+}
+
+// Open connects, creates or migrates the schema (under an advisory lock, so replicas starting
+// at once migrate once) and registers this replica.
+func Open(ctx context.Context, opt Options) (*Store, error) {
+	if opt.Schema == "" {
+		opt.Schema = DefaultSchema
+	}
+	if opt.MaxConns <= 0 {
+		opt.MaxConns = DefaultMaxConns
+	}
+	if opt.Lease <= 0 {
+		opt.Lease = DefaultLease
+	}
+	if opt.PollInterval <= 0 {
+		opt.PollInterval = DefaultPollInterval
+	}
+	if opt.DedupWindow <= 0 {
+		opt.DedupWindow = DefaultDedupWindow
+	}
+	if opt.AcceptTimeout <= 0 {
+		opt.AcceptTimeout = DefaultAcceptTimeout
+	}
+	if opt.Name == "" {
+		host, _ := os.Hostname()
+		opt.Name = fmt.Sprintf("%s/%d", host, os.Getpid())
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := ParseURL(opt.URL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = int32(opt.MaxConns)
+	cfg.ConnConfig.RuntimeParams["search_path"] = opt.Schema
+	cfg.ConnConfig.RuntimeParams["application_name"] = "hubrelay"
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	s := &Store{pool: pool, opt: opt, log: log.With("component", "postgres"), lock: lockKey(opt.Schema),
+		parts: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	if err := migrate(ctx, pool, opt.Schema); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres schema: %w", err)
+	}
+	if err := s.register(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	go s.heartbeat()
+	s.log.Info("postgres storage open", "host", cfg.ConnConfig.Host, "database", cfg.ConnConfig.Database,
+		"schema", opt.Schema, "replica", s.me.Load(), "max_conns", opt.MaxConns, "lease", opt.Lease)
+	return s, nil
+}
+
+// ParseURL parses a libpq URL or key=value string; its errors never hold the password.
+func ParseURL(url string) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse postgres url: %s", redact(err.Error(), url))
+	}
+	return cfg, nil
+}
+
+// redact removes the password of url from msg, whatever form the URL has.
+func redact(msg, url string) string {
+	if cfg, err := pgconn.ParseConfig(url); err == nil && cfg.Password != "" {
+		msg = strings.ReplaceAll(msg, cfg.Password, "xxxxx")
+	}
+	if i := strings.Index(url, "://"); i >= 0 {
+		rest := url[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			if c := strings.Index(rest[:at], ":"); c >= 0 && c+1 < at {
+				msg = strings.ReplaceAll(msg, rest[c+1:at], "xxxxx")
+			}
+		}
+	}
+	if i := strings.Index(url, "password="); i >= 0 {
+		pw := url[i+len("password="):]
+		if j := strings.IndexAny(pw, " &"); j >= 0 {
+			pw = pw[:j]
+		}
+		if pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return msg
+}
+
+// SetObserver sets the receiver of database-side figures.
+func (s *Store) SetObserver(o *Observer) { s.obs.Store(o) }
+
+// Pool returns the connection pool, for metrics (Stat) and the dead-letter store.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// PollInterval implements relay.Poller.
+func (s *Store) PollInterval() time.Duration { return s.opt.PollInterval }
+
+// Replica returns this replica's current id.
+func (s *Store) Replica() int64 { return s.me.Load() }
+
+func (s *Store) register(ctx context.Context) error {
+	var id int64
+	if err := s.pool.QueryRow(ctx, "INSERT INTO replicas (name) VALUES ($1) RETURNING id", s.opt.Name).Scan(&id); err != nil {
+		return fmt.Errorf("register replica: %w", err)
+	}
+	s.me.Store(id)
+	return nil
+}
+
+// heartbeat keeps this replica's claims alive, and expires old replicas' rows.
+func (s *Store) heartbeat() {
+	defer close(s.done)
+	t := time.NewTicker(s.opt.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.Lease/3)
+		if err := s.beat(ctx); err != nil {
+			s.log.Warn("replica heartbeat", "err", err)
+		}
+		cancel()
+	}
+}
+
+// beat renews this replica's heartbeat. A heartbeat that had lapsed (other replicas may have
+// taken the claims over) is not renewed: the replica registers again under a new id.
+func (s *Store) beat(ctx context.Context) error {
+	tag, err := s.pool.Exec(ctx, "UPDATE replicas SET heartbeat = now() WHERE id = $1 AND heartbeat > now() - $2::interval",
+		s.me.Load(), s.opt.Lease)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		old := s.me.Load()
+		if err := s.register(ctx); err != nil {
+			return err
+		}
+		s.log.Warn("replica lease had lapsed; registered again", "old_replica", old, "replica", s.me.Load())
+	}
+	// Rows of replicas dead for long are noise; their claims are void already.
+	_, err = s.pool.Exec(ctx, "DELETE FROM replicas WHERE heartbeat < now() - $1::interval", 10*s.opt.Lease)
+	return err
+}
+
+// Close stops the heartbeat, releases this replica's claims (its row goes, so other replicas
+// take its sinks at once) and closes the pool.
+func (s *Store) Close() error {
+	s.once.Do(func() {
+		close(s.stop)
+		<-s.done
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := s.pool.Exec(ctx, "DELETE FROM replicas WHERE id = $1", s.me.Load()); err != nil {
+			s.log.Warn("release replica claims", "err", err)
+		}
+		s.pool.Close()
+	})
+	return nil
+}
+
+// keyHash is what the dedup table stores of a key: 16 bytes of its SHA-256.
+func keyHash(key string) []byte {
+	h := sha256.Sum256([]byte(key))
+	return h[:16]
+}
+
+// Accept implements relay.Spooler: one round trip, one transaction (the accept function).
+func (s *Store) Accept(ctx context.Context, items []relay.Item, now time.Time) ([]bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("accept: %w", err)
+	}
+	if len(items) == 0 {
+		return []bool{}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opt.AcceptTimeout)
+	defer cancel()
+	now = now.Truncate(time.Microsecond)
+	if err := s.ensurePartition(ctx, now); err != nil {
+		return nil, fmt.Errorf("accept: %w", err)
+	}
+	keys := make([][]byte, len(items))
+	datas := make([][]byte, len(items))
+	var sinkItem []int32
+	var sinkNames []string
+	locks := make([]int64, 0, len(items))
+	for i, it := range items {
+		if it.Key != "" {
+			keys[i] = keyHash(it.Key)
+			locks = append(locks, int64(binary.BigEndian.Uint64(keys[i])))
+		}
+		datas[i] = it.Data
+		for _, sk := range it.Sinks {
+			sinkItem = append(sinkItem, int32(i+1))
+			sinkNames = append(sinkNames, sk)
+		}
+	}
+	slices.Sort(locks)
+	locks = slices.Compact(locks)
+	start := time.Now()
+	var dup []bool
+	err := s.pool.QueryRow(ctx, "SELECT accept($1, $2, $3, $4, $5, $6, $7)",
+		keys, datas, sinkItem, sinkNames, locks, now, s.opt.DedupWindow).Scan(&dup)
+	if o := s.obs.Load(); o != nil && o.Commit != nil {
+		o.Commit(time.Since(start), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("accept: %w", err)
+	}
+	if len(dup) != len(items) {
+		return nil, fmt.Errorf("accept: %d flags for %d items", len(dup), len(items))
+	}
+	return dup, nil
+}
+
+// partName is the dedup partition of day t (UTC).
+func partName(t time.Time) string { return "dedup_p" + t.UTC().Format("20060102") }
+
+// ensurePartition creates the dedup partition of now's UTC day when it does not exist yet.
+func (s *Store) ensurePartition(ctx context.Context, now time.Time) error {
+	name := partName(now)
+	s.partMu.Lock()
+	ok := s.parts[name]
+	s.partMu.Unlock()
+	if ok {
+		return nil
+	}
+	day := now.UTC().Truncate(24 * time.Hour)
+	q := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF dedup FOR VALUES FROM ('%s') TO ('%s')",
+		pgx.Identifier{s.opt.Schema, name}.Sanitize(), day.Format("2006-01-02"), day.Add(24*time.Hour).Format("2006-01-02"))
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("create dedup partition %s: %w", name, err)
+	}
+	defer tx.Rollback(ctx)
+	// Replicas creating the same day at once would collide in the catalog: serialize them.
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", s.lock); err != nil {
+		return fmt.Errorf("create dedup partition %s: %w", name, err)
+	}
+	if _, err := tx.Exec(ctx, q); err != nil {
+		return fmt.Errorf("create dedup partition %s: %w", name, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("create dedup partition %s: %w", name, err)
+	}
+	s.partMu.Lock()
+	s.parts[name] = true
+	s.partMu.Unlock()
+	return nil
+}
+
+// readyQuery claims up to $3 ready deliveries of sink $1 after seq $2 for replica $4: only
+// when this replica owns the sink's queue (or takes it over from a replica whose lease $5
+// lapsed), and only deliveries not claimed by another live replica.
+const readyQuery = `
+WITH live AS (
+	SELECT id FROM replicas WHERE heartbeat > now() - $5::interval
+), take AS (
+	INSERT INTO sink_owners AS o (sink, owner) VALUES ($1, $4)
+	ON CONFLICT (sink) DO UPDATE SET owner = $4
+	WHERE o.owner <> $4 AND o.owner NOT IN (SELECT id FROM live)
+	RETURNING 1
+), own AS (
+	SELECT 1 FROM sink_owners WHERE sink = $1 AND owner = $4
+	UNION ALL SELECT 1 FROM take
+), c AS (
+	SELECT d.seq FROM deliveries d
+	WHERE d.sink = $1 AND d.state = 0 AND d.seq > $2 AND EXISTS (SELECT 1 FROM own)
+	  AND (d.owner IS NULL OR d.owner = $4 OR d.owner NOT IN (SELECT id FROM live))
+	ORDER BY d.seq LIMIT $3
+	FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE deliveries d SET owner = $4 FROM c WHERE d.sink = $1 AND d.seq = c.seq
+RETURNING d.seq, d.data, d.attempt, d.first_at, d.history, coalesce(d.due_at, d.first_at)`
+
+// Ready implements relay.Queue; it claims what it returns.
+func (s *Store) Ready(sink string, after uint64, max int) ([]relay.Delivery, error) {
+	if max <= 0 || after >= 1<<63 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, readyQuery, sink, int64(after), max, s.me.Load(), s.opt.Lease)
+	if err != nil {
+		return nil, fmt.Errorf("ready %s: %w", sink, err)
+	}
+	var out []relay.Delivery
+	var since []time.Time
+	for rows.Next() {
+		var d relay.Delivery
+		var seq int64
+		var attempt int32
+		var due time.Time
+		if err := rows.Scan(&seq, &d.Data, &attempt, &d.FirstAt, &d.History, &due); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("ready %s: %w", sink, err)
+		}
+		d.Sink, d.Seq, d.Attempt = sink, uint64(seq), int(attempt)
+		out = append(out, d)
+		since = append(since, due)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("ready %s: %w", sink, err)
+	}
+	if o := s.obs.Load(); o != nil && o.Claimed != nil {
+		now := time.Now()
+		for _, t := range since {
+			o.Claimed(sink, now.Sub(t))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out, nil
+}
+
+// Done implements relay.Queue.
+func (s *Store) Done(sink string, seqs ...uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	ids := make([]int64, len(seqs))
+	for i, q := range seqs {
+		ids[i] = int64(q)
+	}
+	if _, err := s.pool.Exec(ctx, "DELETE FROM deliveries WHERE sink = $1 AND seq = ANY($2)", sink, ids); err != nil {
+		return fmt.Errorf("done %s: %w", sink, err)
+	}
+	return nil
+}
+
+// Reschedule implements relay.Queue. The claim is released: whichever replica owns the sink
+// when the delivery is due takes it.
+func (s *Store) Reschedule(sink string, seq uint64, at time.Time, attempt int, history []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	tag, err := s.pool.Exec(ctx, `UPDATE deliveries SET state = 1, due_at = $3, attempt = $4, history = $5, owner = NULL
+		WHERE sink = $1 AND seq = $2`, sink, int64(seq), at, attempt, history)
+	if err != nil {
+		return fmt.Errorf("reschedule %s %d: %w", sink, seq, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("reschedule %s %d: %w", sink, seq, relay.ErrNotFound)
+	}
+	return nil
+}
+
+// Promote implements relay.Queue.
+func (s *Store) Promote(now time.Time) (map[string]uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `
+WITH p AS (
+	SELECT sink, seq FROM deliveries WHERE state = 1 AND due_at <= $1
+	ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d SET state = 0, owner = NULL FROM p WHERE d.sink = p.sink AND d.seq = p.seq
+RETURNING d.sink, d.seq`, now, maxPromote)
+	if err != nil {
+		return nil, fmt.Errorf("promote: %w", err)
+	}
+	out := map[string]uint64{}
+	for rows.Next() {
+		var sink string
+		var seq int64
+		if err := rows.Scan(&sink, &seq); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("promote: %w", err)
+		}
+		if cur, ok := out[sink]; !ok || uint64(seq) < cur {
+			out[sink] = uint64(seq)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("promote: %w", err)
+	}
+	return out, nil
+}
+
+// NextScheduled implements relay.Queue.
+func (s *Store) NextScheduled() (time.Time, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	var t *time.Time
+	if err := s.pool.QueryRow(ctx, "SELECT min(due_at) FROM deliveries WHERE state = 1").Scan(&t); err != nil {
+		return time.Time{}, false, fmt.Errorf("next scheduled: %w", err)
+	}
+	if t == nil {
+		return time.Time{}, false, nil
+	}
+	return *t, true, nil
+}
+
+// Sinks implements relay.Queue with a skip scan of the primary key: one index probe per sink.
+func (s *Store) Sinks() ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `
+WITH RECURSIVE s AS (
+	(SELECT sink FROM deliveries ORDER BY sink LIMIT 1)
+	UNION ALL
+	SELECT (SELECT d.sink FROM deliveries d WHERE d.sink > s.sink ORDER BY d.sink LIMIT 1) FROM s WHERE s.sink IS NOT NULL
+)
+SELECT sink FROM s WHERE sink IS NOT NULL`)
+	if err != nil {
+		return nil, fmt.Errorf("sinks: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("sinks: %w", err)
+	}
+	return names, nil
+}
+
+// Stats implements relay.Store. It counts the queue (one scan); metrics call it per scrape.
+func (s *Store) Stats() (map[string]relay.SinkStats, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT sink, count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1), min(first_at)
+		FROM deliveries GROUP BY sink`)
+	if err != nil {
+		return nil, fmt.Errorf("stats: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]relay.SinkStats{}
+	for rows.Next() {
+		var sink string
+		var r, sc int64
+		var oldest time.Time
+		if err := rows.Scan(&sink, &r, &sc, &oldest); err != nil {
+			return nil, fmt.Errorf("stats: %w", err)
+		}
+		out[sink] = relay.SinkStats{Ready: int(r), Scheduled: int(sc), Oldest: oldest}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("stats: %w", err)
+	}
+	return out, nil
+}
+
+// exactBelow is the size under which DedupLen counts rows instead of reading the planner's
+// estimate.
+const exactBelow = 100_000
+
+// DedupLen implements relay.Store: exact for small tables, the planner's estimate for large ones.
+func (s *Store) DedupLen() (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	var est float64
+	if err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_inherits i
+		JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'dedup'::regclass`).Scan(&est); err != nil {
+		return 0, fmt.Errorf("dedup len: %w", err)
+	}
+	if est >= exactBelow {
+		return int(est), nil
+	}
+	var n int64
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM dedup").Scan(&n); err != nil {
+		return 0, fmt.Errorf("dedup len: %w", err)
+	}
+	return int(n), nil
+}
+
+// ExpireDedup implements relay.Store: it drops the day partitions wholly past the window and
+// returns how many keys they held. Keys in a partition partly past the window stay until the
+// whole day is; Accept ignores them (it compares their time).
+func (s *Store) ExpireDedup(now time.Time, max int) (int, error) {
+	if max <= 0 {
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cutoff := now.Add(-s.opt.DedupWindow).UTC()
+	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'dedup'::regclass ORDER BY c.relname`)
+	if err != nil {
+		return 0, fmt.Errorf("expire dedup: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("expire dedup: %w", err)
+	}
+	total := 0
+	for _, name := range names {
+		day, err := time.Parse("20060102", strings.TrimPrefix(name, "dedup_p"))
+		if err != nil || day.Add(24*time.Hour).After(cutoff) {
+			continue
+		}
+		n, err := s.dropPartition(ctx, name)
+		if err != nil {
+			return total, fmt.Errorf("expire dedup: %w", err)
+		}
+		total += n
+		if total >= max {
+			break
+		}
+	}
+	return total, nil
+}
+
+func (s *Store) dropPartition(ctx context.Context, name string) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", s.lock); err != nil {
+		return 0, err
+	}
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '5s'"); err != nil {
+		return 0, err
+	}
+	ident := pgx.Identifier{s.opt.Schema, name}.Sanitize()
+	var n int64
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+ident).Scan(&n); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "42P01" { // dropped by another replica meanwhile
+			return 0, nil
+		}
+		return 0, err
+	}
+	if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+ident); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, err
+	}
+	s.partMu.Lock()
+	delete(s.parts, name)
+	s.partMu.Unlock()
+	s.log.Info("dedup partition dropped", "partition", name, "keys", n)
+	return int(n), nil
+}
+
+// Check implements relay.Store: a write that commits (this replica's heartbeat).
+func (s *Store) Check(ctx context.Context) error {
+	if err := s.beat(ctx); err != nil {
+		return fmt.Errorf("check postgres: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,190 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/storage/postgres"
+	"github.com/hubrelay/hubrelay/storage/postgres/pgtest"
+)
+
+// Two replicas offered the same changes at the same moment accept each change once.
+func TestReplicas_SameChangeAcceptedOnce(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	a := open(t, url, schema, postgres.Options{})
+	defer a.Close()
+	b := open(t, url, schema, postgres.Options{})
+	defer b.Close()
+	const rounds = 200
+	now := time.Now()
+	var wg sync.WaitGroup
+	accepted := make([]int, rounds)
+	var mu sync.Mutex
+	for _, s := range []*postgres.Store{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range rounds {
+				it := relay.Item{Key: fmt.Sprint("wamid.", i), Data: []byte(fmt.Sprint(i)), Sinks: []string{"orders"}}
+				dup, err := s.Accept(context.Background(), []relay.Item{it}, now)
+				if err != nil {
+					t.Errorf("Accept: %v", err)
+					return
+				}
+				if !dup[0] {
+					mu.Lock()
+					accepted[i]++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i, n := range accepted {
+		if n != 1 {
+			t.Errorf("change %d accepted %d times", i, n)
+		}
+	}
+	st, err := a.Stats()
+	if err != nil || st["orders"].Ready != rounds {
+		t.Fatalf("Stats = %+v, %v; want %d ready", st, err, rounds)
+	}
+}
+
+// A sink's queue is read by one replica at a time; a replica that closes hands it over at
+// once, one that dies after its lease.
+func TestReplicas_ClaimsAndLease(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	const lease = 2 * time.Second
+	a := open(t, url, schema, postgres.Options{Lease: lease})
+	b := open(t, url, schema, postgres.Options{Lease: lease})
+	defer b.Close()
+	c := open(t, url, schema, postgres.Options{Lease: lease})
+	defer c.Close()
+	var items []relay.Item
+	for i := range 10 {
+		items = append(items, relay.Item{Key: fmt.Sprint("k", i), Data: []byte{byte(i)}, Sinks: []string{"orders"}})
+	}
+	if _, err := a.Accept(context.Background(), items, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.Ready("orders", 0, 4)
+	if err != nil || len(got) != 4 {
+		t.Fatalf("a.Ready = %d, %v; want 4", len(got), err)
+	}
+	if other, err := b.Ready("orders", 0, 100); err != nil || len(other) != 0 {
+		t.Fatalf("b.Ready while a owns the sink = %d deliveries, %v; want none", len(other), err)
+	}
+	// a dies holding claims: b and c get nothing until the lease lapses, then one of them
+	// takes the sink and every delivery, the claimed ones included.
+	a.Kill()
+	if other, _ := b.Ready("orders", 0, 100); len(other) != 0 {
+		t.Fatalf("b.Ready right after a died = %d deliveries; want none before the lease lapses", len(other))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var taken []relay.Delivery
+	var taker, idle *postgres.Store
+	for time.Now().Before(deadline) {
+		if ds, err := b.Ready("orders", 0, 100); err == nil && len(ds) > 0 {
+			taken, taker, idle = ds, b, c
+			break
+		}
+		if ds, err := c.Ready("orders", 0, 100); err == nil && len(ds) > 0 {
+			taken, taker, idle = ds, c, b
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(taken) != 10 {
+		t.Fatalf("after a's lease lapsed, %d deliveries were taken over; want 10", len(taken))
+	}
+	if ds, _ := idle.Ready("orders", 0, 100); len(ds) != 0 {
+		t.Fatalf("the other live replica got %d deliveries of a sink owned by a live replica", len(ds))
+	}
+	// A closing replica hands its sink over at once.
+	if err := taker.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := idle.Ready("orders", 0, 100); err != nil || len(ds) != 10 {
+		t.Fatalf("after the owner closed, Ready = %d, %v; want 10", len(ds), err)
+	}
+}
+
+// Replicas starting at once migrate once; an older binary refuses a newer schema.
+func TestSchema_MigrateOnceRefuseNewer(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	var wg sync.WaitGroup
+	stores := make([]*postgres.Store, 4)
+	errs := make([]error, 4)
+	for i := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			stores[i], errs[i] = postgres.Open(ctx, postgres.Options{URL: url, Schema: schema, MaxConns: 2})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+		stores[i].Close()
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var v int
+	if err := conn.QueryRow(ctx, "SELECT version FROM "+pgx.Identifier{schema, "schema_version"}.Sanitize()).Scan(&v); err != nil || v != postgres.SchemaVersion {
+		t.Fatalf("schema version = %d, %v; want %d", v, err, postgres.SchemaVersion)
+	}
+	if _, err := conn.Exec(ctx, "UPDATE "+pgx.Identifier{schema, "schema_version"}.Sanitize()+" SET version = $1", postgres.SchemaVersion+1); err != nil {
+		t.Fatal(err)
+	}
+	_, err = postgres.Open(ctx, postgres.Options{URL: url, Schema: schema, MaxConns: 2})
+	if !errors.Is(err, postgres.ErrSchemaTooNew) {
+		t.Fatalf("Open of a newer schema = %v, want ErrSchemaTooNew", err)
+	}
+}
+
+// Errors never repeat the password of the URL.
+func TestParseURL_Redacts(t *testing.T) {
+	for _, u := range []string{
+		"postgres://u:s3cretpw@127.0.0.1:notaport/db",
+		"host=127.0.0.1 password=s3cretpw port=notaport",
+	} {
+		_, err := postgres.ParseURL(u)
+		if err == nil {
+			t.Fatalf("ParseURL(%q) succeeded", u)
+		}
+		if msg := err.Error(); containsPw(msg) {
+			t.Errorf("error holds the password: %s", msg)
+		}
+	}
+}
+
+func containsPw(s string) bool {
+	for i := 0; i+8 <= len(s); i++ {
+		if s[i:i+8] == "s3cretpw" {
+			return true
+		}
+	}
+	return false
+}

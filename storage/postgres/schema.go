@@ -1,0 +1,173 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// SchemaVersion is the version of the database schema this binary writes. Open migrates an
+// older schema up to it and refuses a newer one: an older binary must not write a schema it
+// does not know.
+const SchemaVersion = 1
+
+// ErrSchemaTooNew is wrapped by Open's error when the database was migrated by a newer hubrelay.
+var ErrSchemaTooNew = errors.New("database schema is newer than this hubrelay")
+
+// migrations[v-1] moves the schema from version v-1 to v. Each runs in one transaction, under
+// the schema's advisory lock, so replicas starting at once migrate once.
+var migrations = []string{
+	// 1: the queue, dedup keys partitioned by day, replicas and their claims, dead letters.
+	`
+CREATE SEQUENCE item_seq;
+
+-- One row per pending (item, sink) delivery. state 0 is ready, 1 is scheduled until due_at.
+-- owner is the replica that claimed it (Ready); a claim counts while that replica is live.
+CREATE TABLE deliveries (
+	sink     text        NOT NULL,
+	seq      bigint      NOT NULL,
+	state    smallint    NOT NULL DEFAULT 0,
+	due_at   timestamptz,
+	attempt  integer     NOT NULL DEFAULT 0,
+	first_at timestamptz NOT NULL,
+	history  bytea,
+	data     bytea       NOT NULL,
+	owner    bigint,
+	PRIMARY KEY (sink, seq)
+);
+CREATE INDEX deliveries_ready ON deliveries (sink, seq) WHERE state = 0;
+CREATE INDEX deliveries_due ON deliveries (due_at) WHERE state = 1;
+
+-- Dedup keys (a hash of the change's key) by UTC day of acceptance: expiry drops whole days.
+CREATE TABLE dedup (
+	key bytea       NOT NULL,
+	at  timestamptz NOT NULL,
+	day date        NOT NULL
+) PARTITION BY RANGE (day);
+CREATE INDEX dedup_key ON dedup (key);
+
+-- Live replicas: a replica's claims (deliveries.owner, sink_owners.owner) count while its
+-- heartbeat is younger than the lease.
+CREATE TABLE replicas (
+	id         bigserial   PRIMARY KEY,
+	name       text        NOT NULL,
+	started_at timestamptz NOT NULL DEFAULT now(),
+	heartbeat  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The replica that reads a sink's queue, so each sink is delivered in acceptance order.
+CREATE TABLE sink_owners (
+	sink  text   PRIMARY KEY,
+	owner bigint NOT NULL
+);
+
+-- Dead letters, as relay/deadletter's JSON (letter), with the columns List filters on.
+CREATE TABLE dead_letters (
+	id      text        PRIMARY KEY,
+	sink    text        NOT NULL,
+	dead_at timestamptz NOT NULL,
+	letter  bytea       NOT NULL
+);
+CREATE INDEX dead_letters_dead_at ON dead_letters (dead_at, id);
+
+-- accept records the items of one POST: under an advisory lock per key (taken in the sorted
+-- order of locks, so two callers never deadlock), a key seen after now - win is a repeat;
+-- otherwise the key is recorded, the item gets the next seq and one delivery per sink
+-- (sink_item[j] is the 1-based item of sink_names[j]). It returns the dup flags.
+CREATE FUNCTION accept(keys bytea[], datas bytea[], sink_item int[], sink_names text[],
+                       locks bigint[], now timestamptz, win interval) RETURNS bool[]
+LANGUAGE plpgsql AS $$
+DECLARE
+	n      int := coalesce(array_length(datas, 1), 0);
+	dup    bool[] := array_fill(false, ARRAY[n]);
+	cutoff timestamptz := now - win;
+	i      int;
+	l      bigint;
+	s      bigint;
+BEGIN
+	IF locks IS NOT NULL THEN
+		FOREACH l IN ARRAY locks LOOP
+			PERFORM pg_advisory_xact_lock(l);
+		END LOOP;
+	END IF;
+	FOR i IN 1..n LOOP
+		IF keys[i] IS NOT NULL THEN
+			IF EXISTS (SELECT 1 FROM dedup d WHERE d.key = keys[i] AND d.at > cutoff
+			           AND d.day >= (cutoff AT TIME ZONE 'UTC')::date) THEN
+				dup[i] := true;
+				CONTINUE;
+			END IF;
+			INSERT INTO dedup (key, at, day) VALUES (keys[i], now, (now AT TIME ZONE 'UTC')::date);
+		END IF;
+		s := nextval('item_seq');
+		INSERT INTO deliveries (sink, seq, first_at, data)
+		SELECT DISTINCT sink_names[j], s, now, datas[i]
+		FROM generate_subscripts(sink_item, 1) AS j WHERE sink_item[j] = i;
+	END LOOP;
+	RETURN dup;
+END
+$$;
+`,
+}
+
+// lockKey is the advisory lock that serializes migrations and maintenance of one schema.
+func lockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("hubrelay schema " + schema))
+	return int64(h.Sum64())
+}
+
+// migrate creates or upgrades the schema under its advisory lock.
+func migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Release()
+	key := lockKey(schema)
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", key); err != nil {
+		return fmt.Errorf("take migration lock: %w", err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+		return fmt.Errorf("create schema: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"); err != nil {
+		return fmt.Errorf("create schema_version: %w", err)
+	}
+	var v int
+	err = conn.QueryRow(ctx, "SELECT version FROM schema_version").Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if _, err := conn.Exec(ctx, "INSERT INTO schema_version VALUES (0)"); err != nil {
+			return fmt.Errorf("init schema_version: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if v > SchemaVersion {
+		return fmt.Errorf("schema %q is at version %d, this hubrelay knows up to %d: run a newer hubrelay: %w",
+			schema, v, SchemaVersion, ErrSchemaTooNew)
+	}
+	for ; v < SchemaVersion; v++ {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v+1, err)
+		}
+		if _, err := tx.Exec(ctx, migrations[v]); err != nil {
+			tx.Rollback(ctx)
+			return fmt.Errorf("migrate to version %d: %w", v+1, err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE schema_version SET version = $1", v+1); err != nil {
+			tx.Rollback(ctx)
+			return fmt.Errorf("migrate to version %d: %w", v+1, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v+1, err)
+		}
+	}
+	return nil
+}
