@@ -430,3 +430,31 @@ func TestSubscribe_UntrustedCertificate(t *testing.T) {
 	}
 	noGraphCalls(t, g)
 }
+
+// TestSubscribe_VerboseLogsNoSecret runs subscribe with -v: every Graph call is logged, with
+// its method, path and status, and no token, secret or verify token.
+func TestSubscribe_VerboseLogsNoSecret(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	g := graphtest.NewServer(graphVersion)
+	defer g.Close()
+	standardSetup(g)
+	cfgPath := graphConfig(t, dir, "relay.yaml", addr, g.URL, "${TEST_VERIFY_TOKEN}", true)
+	r := startRelay(t, dir, cfgPath)
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"subscribe", "-config", cfgPath, "-v", "-object", "whatsapp_business_account", "-fields", "messages",
+		"-callback", "http://" + addr + "/webhooks", "-insecure-callback", "-waba", testWABA, "-override-callback"}, testGetenv, nil, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("subscribe: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
+	if n := strings.Count(stderr.String(), `msg="graph call"`); n != 3 {
+		t.Errorf("want 3 graph calls logged (a refused secret, the app, the WABA), got %d:\n%s", n, stderr.String())
+	}
+	for _, s := range []string{testSecret, "old-secret-rotated-out", testGetenv("TEST_VERIFY_TOKEN"), testAccessToken} {
+		for _, out := range []string{stdout.String(), stderr.String(), r.logs.String()} {
+			if strings.Contains(out, s) {
+				t.Errorf("output holds %q:\n%s", s, out)
+			}
+		}
+	}
+}
