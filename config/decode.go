@@ -165,6 +165,17 @@ func (f fields) has(key string) bool {
 	return ok
 }
 
+// valueOf returns the value node of the first of keys present, else n (the mapping): where to
+// report a problem between two keys, either of which may have been left at its default.
+func (f fields) valueOf(n *yaml.Node, keys ...string) *yaml.Node {
+	for _, k := range keys {
+		if e, ok := f[k]; ok {
+			return e.val
+		}
+	}
+	return n
+}
+
 // mapping reads a mapping node whose keys must be among allowed. It reports a node that is
 // not a mapping, unknown keys (suggesting the nearest allowed one) and repeated keys, and
 // returns the remaining keys. A null node is an empty mapping. YAML merge keys

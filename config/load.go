@@ -186,7 +186,8 @@ func (d *decoder) urlPath(n *yaml.Node, path string) (string, bool) {
 func (d *decoder) server(n *yaml.Node, path string, s *Server) {
 	f, ok := d.mapping(n, path, "listen", "path", "max_body_bytes", "read_header_timeout", "read_timeout",
 		"write_timeout", "idle_timeout", "shutdown_timeout", "max_changes", "max_json_depth", "max_concurrent",
-		"max_concurrent_per_ip", "max_event_age", "tls", "trusted_proxy")
+		"max_concurrent_per_ip", "max_event_age", "tls", "trusted_proxy", "max_connections",
+		"max_connections_per_ip", "min_body_rate", "body_grace", "max_body_bytes_in_flight")
 	if !ok {
 		return
 	}
@@ -211,6 +212,19 @@ func (d *decoder) server(n *yaml.Node, path string, s *Server) {
 	d.setInt(f, path, "max_concurrent", 1, &s.MaxConcurrent)
 	d.setInt(f, path, "max_concurrent_per_ip", 1, &s.MaxConcurrentIP)
 	d.setDuration(f, path, "max_event_age", false, &s.MaxEventAge)
+	d.setInt(f, path, "max_connections", 1, &s.MaxConnections)
+	d.setInt(f, path, "max_connections_per_ip", 1, &s.MaxConnectionsIP)
+	d.setSize(f, path, "min_body_rate", false, &s.MinBodyRate)
+	d.setDuration(f, path, "body_grace", false, &s.BodyGrace)
+	d.setSize(f, path, "max_body_bytes_in_flight", true, &s.MaxBodyBytesInFlight)
+	if s.MaxConnectionsIP > s.MaxConnections {
+		d.problem(f.valueOf(n, "max_connections_per_ip", "max_connections"), join(path, "max_connections_per_ip"),
+			"must not exceed max_connections (%d > %d)", s.MaxConnectionsIP, s.MaxConnections)
+	}
+	if s.MaxBodyBytesInFlight < s.MaxBodyBytes {
+		d.problem(f.valueOf(n, "max_body_bytes_in_flight", "max_body_bytes"), join(path, "max_body_bytes_in_flight"),
+			"must be at least max_body_bytes (%d < %d), or no body of the largest size could be read", s.MaxBodyBytesInFlight, s.MaxBodyBytes)
+	}
 	if e, ok := f["tls"]; ok {
 		s.TLS = d.tls(e.val, join(path, "tls"))
 	}

@@ -39,8 +39,20 @@ type Server struct {
 	MaxConcurrent     int           // global concurrent requests, default 256
 	MaxConcurrentIP   int           // concurrent requests per client IP, default 64
 	MaxEventAge       time.Duration // 0 = off: reject notifications whose entry.time is older
-	TLS               *TLS          // nil = plain HTTP
-	TrustedProxy      *TrustedProxy // nil = off
+	// MaxConnections caps open connections in all (default 4096; lowered at start to what
+	// the file descriptor limit allows); MaxConnectionsIP per peer address (default 256;
+	// trusted proxies exempt).
+	MaxConnections   int
+	MaxConnectionsIP int
+	// MinBodyRate is the slowest a request body may arrive, in bytes per second, once
+	// BodyGrace has passed (default 1 KiB/s after 5s; 0 = off).
+	MinBodyRate int64
+	BodyGrace   time.Duration
+	// MaxBodyBytesInFlight bounds the bytes of all request bodies held at once (default 64 MiB;
+	// at least MaxBodyBytes).
+	MaxBodyBytesInFlight int64
+	TLS                  *TLS          // nil = plain HTTP
+	TrustedProxy         *TrustedProxy // nil = off
 }
 
 // TLS configures native HTTPS and optional mutual TLS.

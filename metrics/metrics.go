@@ -38,7 +38,8 @@ var knownOutcomes = map[relay.Outcome]bool{
 	relay.OutcomeMalformed: true, relay.OutcomeTooLarge: true, relay.OutcomeTooMany: true,
 	relay.OutcomeSpoolError: true, relay.OutcomeBadMethod: true, relay.OutcomeNotFound: true,
 	relay.OutcomeReadError: true, relay.OutcomeOverloaded: true, relay.OutcomeRateLimited: true,
-	relay.OutcomeForbidden: true, relay.OutcomeStale: true,
+	relay.OutcomeForbidden: true, relay.OutcomeStale: true, relay.OutcomeTooSlow: true,
+	relay.OutcomeBodyBudget: true,
 }
 
 // Metrics turns what the relay does into Prometheus metrics. It implements relay.Observer and

@@ -408,6 +408,12 @@ func (rc *Receiver) getBuf() *bytes.Buffer {
 // readBody reads the whole body, refusing more than max bytes (max <= 0: no limit). The body
 // is never cut short: a body over the limit is an error, not a truncated body.
 func readBody(buf *bytes.Buffer, r *http.Request, max int64) ([]byte, error) {
+	if bb, ok := r.Body.(*bufferedBody); ok { // read by ReadBodies already
+		if max > 0 && int64(len(bb.b)) > max {
+			return nil, &http.MaxBytesError{Limit: max}
+		}
+		return bb.b, nil
+	}
 	var src io.Reader = r.Body
 	if max > 0 {
 		src = http.MaxBytesReader(nil, r.Body, max)

@@ -171,7 +171,14 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	conns, err := connLimiter(cfg, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	ln = conns.Listener(ln)
 	s.http = newHTTPServer(cfg, mux, log)
+	s.http.ConnState = conns.ConnState
 	var certs *relay.CertReloader
 	if t := cfg.Server.TLS; t != nil {
 		tlsLog := log.With("component", "tls")
@@ -525,7 +532,54 @@ func guard(cfg *config.Config, recv http.Handler, obs relay.Observer, log *slog.
 		Logger:             log.With("component", "ingest"),
 		Observer:           obs,
 	})
+	// Bodies are read before a concurrency slot is taken, under their own budget: a slow
+	// body holds no slot a fast request needs.
+	h = relay.ReadBodies(h, relay.BodyOptions{
+		MaxBytes:    cfg.Server.MaxBodyBytes,
+		MinRate:     cfg.Server.MinBodyRate,
+		Grace:       cfg.Server.BodyGrace,
+		MaxInFlight: cfg.Server.MaxBodyBytesInFlight,
+		ReadTimeout: cfg.Server.ReadTimeout,
+		Logger:      log.With("component", "ingest"),
+		Observer:    obs,
+	})
 	// Outermost: the client address (X-Forwarded-For believed only from trusted proxies) for
 	// the per-address limit and every log line.
 	return relay.WithClientIP(h, trusted), nil
+}
+
+// fdReserve is how many file descriptors are kept for everything but client connections:
+// the spool and its journal, dead letters, file sinks, and connections to sinks.
+const fdReserve = 256
+
+// connLimiter raises the soft limit on open files to the hard limit and returns the limiter of
+// the webhook listener's connections, with server.max_connections lowered, and a warning
+// logged, when the limit leaves too few descriptors for it.
+func connLimiter(cfg *config.Config, log *slog.Logger) (*relay.ConnLimiter, error) {
+	limit := cfg.Server.MaxConnections
+	soft, hard, raised, err := raiseFileLimit()
+	if err != nil {
+		log.Warn("raise the open file limit", "err", err)
+	}
+	if soft > 0 {
+		log.Info("open file limit", "soft", soft, "hard", hard, "raised", raised, "max_connections", limit)
+		if room := int(min(soft, 1<<30)) - fdReserve; limit > room {
+			limit = max(room, 1)
+			log.Warn("max_connections lowered to fit the open file limit; raise the limit (ulimit -n, LimitNOFILE=) to allow more",
+				"max_connections", cfg.Server.MaxConnections, "lowered_to", limit, "soft_limit", soft, "reserved", fdReserve)
+		}
+	}
+	var exempt []*net.IPNet
+	if tp := cfg.Server.TrustedProxy; tp != nil {
+		var err error
+		if exempt, err = relay.ParseCIDRs(tp.From); err != nil {
+			return nil, fmt.Errorf("trusted_proxy.from: %w", err)
+		}
+	}
+	return relay.NewConnLimiter(relay.ConnLimitOptions{
+		Max:      limit,
+		MaxPerIP: cfg.Server.MaxConnectionsIP,
+		Exempt:   exempt,
+		Logger:   log.With("component", "http"),
+	}), nil
 }
