@@ -22,6 +22,7 @@
 //	| hubrelay_rule_matches_total | counter | rule | accepted changes each rule matched |
 //	| hubrelay_unmatched_changes_total | counter | object, field | accepted changes that matched no rule |
 //	| hubrelay_rule_errors_total | counter | rule | rule expressions that failed to evaluate |
+//	| hubrelay_unrecognised_entries_total | counter | object | accepted entries the decoder did not recognise, kept whole as changes of source unknown |
 //	| hubrelay_delivery_attempts_total | counter | sink, outcome | delivery attempts; outcome is ok, retry or permanent |
 //	| hubrelay_deliveries_total | counter | sink, result | finished deliveries; result is delivered or dead_lettered |
 //	| hubrelay_delivery_attempt_duration_seconds | histogram | sink | duration of one attempt (5 ms–60 s) |

@@ -55,6 +55,7 @@ type Metrics struct {
 	ruleMatches         *prometheus.CounterVec
 	unmatched           *prometheus.CounterVec
 	ruleErrors          *prometheus.CounterVec
+	unrecognised        *prometheus.CounterVec
 	attempts            *prometheus.CounterVec
 	deliveries          *prometheus.CounterVec
 	attemptDuration     *prometheus.HistogramVec
@@ -69,6 +70,7 @@ type Metrics struct {
 	changeC  *children[changeKey, *changeChildren]
 	ruleC    *children[string, prometheus.Counter]
 	ruleErrC *children[string, prometheus.Counter]
+	unrecC   *children[string, prometheus.Counter]
 	sinkC    *children[string, *sinkChildren]
 
 	state *stateCollector
@@ -137,6 +139,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		Namespace: namespace, Name: "rule_errors_total",
 		Help: "Rule expressions that failed to evaluate (the rule did not match).",
 	}, []string{"rule"})
+	m.unrecognised = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "unrecognised_entries_total",
+		Help: "Accepted entries whose content the decoder did not recognise, kept whole as changes of source unknown, by object.",
+	}, []string{"object"})
 	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "delivery_attempts_total",
 		Help: "Delivery attempts, by sink and outcome (ok, retry or permanent).",
@@ -182,9 +188,10 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.changeC = newChildren(maxChangePairs, m.newChange, overflowChange, fitChange)
 	m.ruleC = newChildren(maxRules, func(r string) prometheus.Counter { return m.ruleMatches.WithLabelValues(r) }, overflowString, fitString)
 	m.ruleErrC = newChildren(maxRules, func(r string) prometheus.Counter { return m.ruleErrors.WithLabelValues(r) }, overflowString, fitString)
+	m.unrecC = newChildren(maxChangePairs, func(o string) prometheus.Counter { return m.unrecognised.WithLabelValues(o) }, overflowString, fitString)
 	m.sinkC = newChildren(maxSinks, m.newSink, overflowString, fitString)
 
-	reg.MustRegister(m.requests, m.ackDuration, m.changes, m.ruleMatches, m.unmatched, m.ruleErrors,
+	reg.MustRegister(m.requests, m.ackDuration, m.changes, m.ruleMatches, m.unmatched, m.ruleErrors, m.unrecognised,
 		m.attempts, m.deliveries, m.attemptDuration, m.latency, m.attemptsPerDelivery,
 		m.reloads, m.reloadSuccessful, m.reloadTime, m.buildInfo, m.state)
 	for _, c := range []prometheus.Collector{

@@ -147,6 +147,7 @@ func TestMetrics_Change(t *testing.T) {
 	m, reg := newTest(t)
 	page := &relay.Event{Object: "page", Field: "feed"}
 	wa := &relay.Event{Object: "whatsapp_business_account", Field: "messages"}
+	unknown := &relay.Event{Object: "page", Field: "message_reactions", Source: relay.SourceUnknown}
 	calls := []struct {
 		ev  *relay.Event
 		rt  *relay.Route
@@ -159,6 +160,8 @@ func TestMetrics_Change(t *testing.T) {
 		{wa, nil, false},
 		{wa, &relay.Route{}, true},
 		{wa, &relay.Route{Rules: []string{"inbound"}, Raw: []string{"orders"}}, false},
+		{unknown, &relay.Route{}, false},
+		{unknown, &relay.Route{}, true},
 	}
 	for _, c := range calls {
 		m.Change(c.ev, c.rt, c.dup)
@@ -169,16 +172,20 @@ func TestMetrics_Change(t *testing.T) {
 	compare(t, reg, `
 hubrelay_changes_total{field="feed",object="page",result="accepted"} 2
 hubrelay_changes_total{field="feed",object="page",result="duplicate"} 1
+hubrelay_changes_total{field="message_reactions",object="page",result="accepted"} 1
+hubrelay_changes_total{field="message_reactions",object="page",result="duplicate"} 1
 hubrelay_changes_total{field="messages",object="whatsapp_business_account",result="accepted"} 3
 hubrelay_changes_total{field="messages",object="whatsapp_business_account",result="duplicate"} 1
 hubrelay_rule_matches_total{rule="archive"} 2
 hubrelay_rule_matches_total{rule="inbound"} 1
 hubrelay_rule_matches_total{rule="photos"} 1
 hubrelay_unmatched_changes_total{field="feed",object="page"} 0
+hubrelay_unmatched_changes_total{field="message_reactions",object="page"} 1
 hubrelay_unmatched_changes_total{field="messages",object="whatsapp_business_account"} 2
 hubrelay_rule_errors_total{rule="inbound"} 1
 hubrelay_rule_errors_total{rule="photos"} 2
-`, "hubrelay_changes_total", "hubrelay_rule_matches_total", "hubrelay_unmatched_changes_total", "hubrelay_rule_errors_total")
+hubrelay_unrecognised_entries_total{object="page"} 1
+`, "hubrelay_changes_total", "hubrelay_rule_matches_total", "hubrelay_unmatched_changes_total", "hubrelay_rule_errors_total", "hubrelay_unrecognised_entries_total")
 }
 
 func TestMetrics_ChangeLabelValues(t *testing.T) {

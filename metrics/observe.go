@@ -24,6 +24,9 @@ func (m *Metrics) Change(ev *relay.Event, rt *relay.Route, dup bool) {
 		return
 	}
 	c.accepted.Inc()
+	if ev.Source == relay.SourceUnknown {
+		m.unrecC.get(ev.Object).Inc()
+	}
 	if rt == nil || len(rt.Rules) == 0 {
 		c.unmatched.Inc()
 		return

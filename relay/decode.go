@@ -81,7 +81,10 @@ func (e *TooManyError) Is(target error) bool { return target == ErrTooMany }
 // numeric string or an ISO 8601 string; see Entry.Time) and its JSON kept as sent. Structure is read strictly: an entry or
 // change that is not an object, a changes/messaging/standby/changed_fields member that is not
 // an array (null counts as absent), a missing or non-string field, or a duplicate member name
-// at the envelope, entry or change level is a *DecodeError. Unknown members are ignored.
+// at the envelope, entry or change level is a *DecodeError. Unknown members of the envelope
+// and of changes are ignored; entry content not recognised becomes a change (see entry).
+//   - entry[].field with entry[].value: one Event, Source SourceEntry, as a changes[] element.
+//   - anything else an entry holds: one Event of SourceUnknown with the whole entry as Value.
 //
 // Every Value is a sub-slice of body (capacity clipped, so appending to it copies), forwarded
 // byte for byte: the caller must not modify body while the events are in use. Decode sets App,
@@ -223,18 +226,31 @@ const (
 	seenChangedFields
 	seenMessaging
 	seenStandby
+	seenField
+	seenValue
 )
 
 // entry reads entry[n]; s is at its '{'. Events are appended as their arrays are read and
 // get the entry's id, uid and time once the whole entry is known (key order is free).
+//
+// An entry holding "field" and "value" itself (how Instagram's Business Login examples show
+// comments) is one change of SourceEntry. Content the decoder does not recognise (a member it
+// does not know whose value is not null, [] or {}; a field without a value, or the other way
+// round) is never dropped: the whole entry becomes one change of SourceUnknown whose field is
+// the first such member's name.
 func (d *notifDecoder) entry(n int) error {
 	s := &d.s
+	entryStart := s.i
 	if err := s.enter(); err != nil {
 		return err
 	}
 	start := len(d.events)
 	var e Entry
 	var seen int
+	var field, unknown string
+	var value []byte
+	var verb string
+	fieldOK := false
 	for first := true; ; {
 		more, err := s.more('}', &first)
 		if err != nil {
@@ -270,8 +286,25 @@ func (d *notifDecoder) entry(n int) error {
 		case "standby":
 			bit = seenStandby
 			err = d.messaging(n, "standby", SourceStandby)
+		case "field":
+			bit = seenField
+			if s.peek() == '"' {
+				field, err = s.text(true)
+				fieldOK = field != ""
+			} else {
+				err = s.skip()
+			}
+		case "value":
+			bit = seenValue
+			vs := s.i
+			verb, err = d.valueVerb()
+			value = s.b[vs:s.i:s.i]
 		default:
+			vs := s.i
 			err = s.skip()
+			if err == nil && unknown == "" && !emptyJSON(s.b[vs:s.i]) {
+				unknown = intern(key)
+			}
 		}
 		if err != nil {
 			return err
@@ -281,10 +314,42 @@ func (d *notifDecoder) entry(n int) error {
 		}
 		seen |= bit
 	}
+	switch {
+	case fieldOK && seen&seenValue != 0:
+		if err := d.add(Event{Field: field, Verb: verb, Source: SourceEntry, Value: value}); err != nil {
+			return err
+		}
+	case unknown == "" && seen&seenField != 0:
+		unknown = "field"
+	case unknown == "" && seen&seenValue != 0:
+		unknown = "value"
+	}
+	if unknown != "" {
+		if err := d.add(Event{Field: unknown, Source: SourceUnknown, Value: s.b[entryStart:s.i:s.i]}); err != nil {
+			return err
+		}
+	}
 	for i := start; i < len(d.events); i++ {
 		d.events[i].Entry = e
 	}
 	return nil
+}
+
+// emptyJSON reports whether v is null, [] or {} (whitespace aside): content that holds nothing.
+func emptyJSON(v []byte) bool {
+	switch string(v) {
+	case "null", "[]", "{}":
+		return true
+	}
+	if len(v) < 2 || (v[0] != '[' && v[0] != '{') {
+		return false
+	}
+	for _, c := range v[1 : len(v)-1] {
+		if c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			return false
+		}
+	}
+	return true
 }
 
 // id reads entry[n].id or .uid: a string, a number (its exact digits) or null ("").

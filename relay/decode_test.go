@@ -52,6 +52,8 @@ var wantCounts = map[string]int{
 	"empty_entry_array":                 0,
 	"instagram_message_lifecycle":       8,
 	"whatsapp_group_statuses":           2,
+	"unknown_entry_content":             5,
+	"permissions_regranted":             3,
 }
 
 func decodeCases(t testing.TB) []string {
@@ -251,6 +253,9 @@ func referenceDecode(t testing.TB, body []byte) []refEvent {
 		if _, err := dec.Token(); err != nil {
 			t.Fatal(err)
 		}
+		var field, unknown string
+		var value json.RawMessage
+		haveField, fieldOK := false, false
 		for dec.More() {
 			tok, err := dec.Token()
 			if err != nil {
@@ -288,12 +293,52 @@ func referenceDecode(t testing.TB, body []byte) []refEvent {
 				for _, m := range ms {
 					out = append(out, refEvent{id, tok.(string), src, m})
 				}
-			default:
+			case "field":
+				haveField = true
+				var v any
+				if err := dec.Decode(&v); err != nil {
+					t.Fatal(err)
+				}
+				field, _ = v.(string)
+				fieldOK = field != ""
+			case "value":
+				if err := dec.Decode(&value); err != nil {
+					t.Fatal(err)
+				}
+			case "id", "uid", "time":
 				var skip json.RawMessage
 				if err := dec.Decode(&skip); err != nil {
 					t.Fatal(err)
 				}
+			default:
+				var v json.RawMessage
+				if err := dec.Decode(&v); err != nil {
+					t.Fatal(err)
+				}
+				var probe any
+				_ = json.Unmarshal(v, &probe)
+				empty := probe == nil
+				switch p := probe.(type) {
+				case []any:
+					empty = len(p) == 0
+				case map[string]any:
+					empty = len(p) == 0
+				}
+				if unknown == "" && !empty {
+					unknown = tok.(string)
+				}
 			}
+		}
+		switch {
+		case fieldOK && value != nil:
+			out = append(out, refEvent{id, field, SourceEntry, value})
+		case unknown == "" && haveField:
+			unknown = "field"
+		case unknown == "" && value != nil:
+			unknown = "value"
+		}
+		if unknown != "" {
+			out = append(out, refEvent{id, unknown, SourceUnknown, raw})
 		}
 	}
 	return out

@@ -10,6 +10,8 @@ import (
 //
 //	{"id":…,"app":…,"object":…,"entry":{"id":…,"uid":…,"time":…},"field":…,"verb":…,"value":…,"received_at":…}
 //
+// source appears only for a change found as field and value in the entry itself ("entry") or
+// for entry content the decoder did not recognise ("unknown": value is the whole entry).
 // entry.uid, entry.time, verb and value are left out when empty or zero; entry.time is the
 // JSON Meta sent (a string stays a string). Value is copied byte
 // for byte: it is the change's JSON exactly as Meta sent it (escapes included), and it must
@@ -32,6 +34,10 @@ func AppendEnvelope(dst []byte, ev *Event) []byte {
 	if ev.Verb != "" {
 		dst = append(dst, `,"verb":`...)
 		dst = appendJSONString(dst, ev.Verb)
+	}
+	if ev.Source == SourceEntry || ev.Source == SourceUnknown {
+		dst = append(dst, `,"source":`...)
+		dst = appendJSONString(dst, ev.Source.String())
 	}
 	if len(ev.Value) > 0 {
 		dst = append(dst, `,"value":`...)

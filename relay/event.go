@@ -16,6 +16,8 @@ const (
 	SourceMessaging                       // entry[].messaging[]: Messenger / Instagram event
 	SourceStandby                         // entry[].standby[]: handover protocol, secondary receiver
 	SourceRaw                             // a whole notification forwarded as received (body: raw sinks)
+	SourceEntry                           // entry[].field + entry[].value (Instagram Business Login shape)
+	SourceUnknown                         // entry content the decoder does not recognise: the whole entry
 )
 
 // String returns the JSON name of s.
@@ -31,6 +33,10 @@ func (s Source) String() string {
 		return "standby"
 	case SourceRaw:
 		return "raw"
+	case SourceEntry:
+		return "entry"
+	case SourceUnknown:
+		return "unknown"
 	}
 	return "unknown"
 }

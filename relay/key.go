@@ -14,40 +14,115 @@ import (
 // maxKeyLen bounds a natural key; longer ones are hashed so the dedup index stays small.
 const maxKeyLen = 200
 
-// Key returns the dedup key of a change, the value the receiver stores as Event.ID. Equal
-// changes get equal keys whatever batch they arrive in and whatever their entry.time, so a
-// change Meta sends again is recognised. Keys include the app, so two apps subscribed to the
-// same account each get their own copy. The forms are:
+// Key returns the dedup key of a change, the value the receiver stores as Event.ID. A change
+// Meta sends again gets the same key whatever batch it arrives in, and two changes that differ
+// in Meta's model get different keys. Keys include the app, so two apps subscribed to the same
+// account each get their own copy. The forms are:
 //
 //	wa:msg:<app>:<id>[,<id>…]                 WhatsApp messages (ids sorted)
-//	wa:st:<app>:<id>:<status>[,…]             WhatsApp statuses (sent, delivered, read… differ)
-//	mid:<app>:<object>:<field>:<verb>:<mid>   messaging/standby message, echo, postback
+//	wa:st:<app>:<id>:<status>[:<recipient>:<participant>][,…]   WhatsApp statuses
+//	mid:<app>:<object>:<field>:<verb>:<mid>   messaging/standby message, echo, unsend, postback
 //	n:<32 hex>                                a natural key above 200 bytes, hashed
 //	h:<32 hex>                                anything else
 //
-// The h: form is SHA-256 over the app, object, entry id, field, verb, source and the value with
-// insignificant whitespace removed, so a re-indented copy of a change matches too. Reactions,
-// edits, deliveries and reads use it, since their mids name another message. A changed_fields
-// change has no value at all, so its hash also covers entry.time: without it, a second change
-// of the same field by the same user within the dedup window would be dropped as a repeat (a
-// retried changed_fields notification may then be delivered twice, which at-least-once allows).
+// What identifies a change of each object and field is the table Identities: a natural id,
+// the value itself (when it carries the change's own id or event time), or the value and
+// entry.time (when nothing in the value tells a new change from a repeat: a permission
+// granted, revoked and granted again has the same value the first and third time). entry.time
+// is Meta's send time, which changes when Meta retries, so a retry of such a change may be
+// delivered twice, which at-least-once allows; a drop would not be. An entry without a time
+// makes such a key unique to the request (its receive time).
+//
+// The h: form is SHA-256 over the app, object, entry id, field, verb, source, the time where
+// the table says so and the value with insignificant whitespace removed, so a re-indented copy
+// of a change matches too.
 //
 // Key reads only the few members it needs from Value and never fails: a value it cannot read
 // falls back to the hash form.
 func Key(ev *Event) string {
-	switch ev.Source {
-	case SourceChanges:
-		if ev.Object == "whatsapp_business_account" && ev.Field == "messages" {
-			if k := whatsAppKey(ev); k != "" {
-				return k
-			}
+	id := IdentityOf(ev)
+	switch id.Kind {
+	case IdentityWhatsApp:
+		if k := whatsAppKey(ev); k != "" {
+			return k
 		}
-	case SourceMessaging, SourceStandby:
+		return hashKey(ev, true)
+	case IdentityMid:
 		if k := midKey(ev); k != "" {
 			return k
 		}
+		return hashKey(ev, false)
+	case IdentityValue:
+		return hashKey(ev, false)
 	}
-	return hashKey(ev)
+	return hashKey(ev, true)
+}
+
+// IdentityKind says what tells two changes apart.
+type IdentityKind uint8
+
+// The kinds of change identity.
+const (
+	// IdentityValueTime: the value and entry.time (see Key).
+	IdentityValueTime IdentityKind = iota
+	// IdentityValue: the value, which holds the change's own id or event time.
+	IdentityValue
+	// IdentityWhatsApp: the WhatsApp message ids, or status ids with their status and
+	// participant; else the value and entry.time.
+	IdentityWhatsApp
+	// IdentityMid: the event's mid; else the value (a messaging event has its timestamp).
+	IdentityMid
+)
+
+// Identity is one row of the identity table: which changes it applies to and what tells them
+// apart. Empty Object, Field and Sources, and nil Verbs, match anything.
+type Identity struct {
+	Object  string
+	Field   string
+	Verbs   []string
+	Sources []Source
+	Kind    IdentityKind
+	// Why says, for the README, what in the change identifies it.
+	Why string
+}
+
+// Identities is the identity table, first match wins; the last row matches everything. The
+// README's dedup key table is generated from it (go test ./relay -run TestREADME -update).
+var Identities = []Identity{
+	{Sources: []Source{SourceMessaging, SourceStandby}, Verbs: []string{"message", "echo", "unsend", "postback"}, Kind: IdentityMid,
+		Why: "the event's own `mid` (an unsend carries the deleted message's mid: its verb keeps it apart; a reply's `reply_to.mid` is not its own); a postback without a mid: its value"},
+	{Sources: []Source{SourceMessaging, SourceStandby}, Kind: IdentityValue,
+		Why: "the whole event: its `timestamp` and what it names (a reaction, read, delivery or `message_edit` names another message's mid; `reaction.action` and `message_edit.num_edit` tell repeats apart)"},
+	{Object: "whatsapp_business_account", Field: "messages", Kind: IdentityWhatsApp,
+		Why: "`messages[].id`; `statuses[].id` + `status` (+ `recipient_id` and `recipient_participant_id` for a group); a value with neither (`errors` only): value and entry.time"},
+	{Object: "page", Field: "feed", Verbs: []string{"add"}, Kind: IdentityValue,
+		Why: "the new post's, comment's or reaction's ids and `created_time`: nothing is added twice"},
+	{Object: "page", Field: "leadgen", Kind: IdentityValue, Why: "`leadgen_id`, one per lead"},
+	{Object: "instagram", Field: "comments", Kind: IdentityValue, Why: "the comment's `id`"},
+	{Object: "instagram", Field: "live_comments", Kind: IdentityValue, Why: "the comment's `id`"},
+	{Object: "instagram", Field: "mentions", Kind: IdentityValue, Why: "`comment_id` or `media_id` of the mention"},
+	{Object: "instagram", Field: "story_insights", Kind: IdentityValue, Why: "`media_id`: sent once, when the story expires"},
+	{Sources: []Source{SourceChangedFields}, Kind: IdentityValueTime, Why: "no value at all (Include Values off): entry.time"},
+	{Sources: []Source{SourceUnknown}, Kind: IdentityValueTime, Why: "the whole entry, entry.time included"},
+	{Kind: IdentityValueTime,
+		Why: "nothing in the value tells a new change from a repeat (permissions granted, revoked and granted again; a user's email changed back; page feed edits, hides and removes; WhatsApp account and template updates…): value and entry.time"},
+}
+
+// IdentityOf returns the row of Identities that applies to ev. A change found as field and
+// value directly in an entry (SourceEntry) is identified as if it came in changes[].
+func IdentityOf(ev *Event) *Identity {
+	src := ev.Source
+	if src == SourceEntry {
+		src = SourceChanges
+	}
+	for i := range Identities {
+		id := &Identities[i]
+		if (id.Object == "" || id.Object == ev.Object) && (id.Field == "" || id.Field == ev.Field) &&
+			(id.Verbs == nil || slices.Contains(id.Verbs, ev.Verb)) && (id.Sources == nil || slices.Contains(id.Sources, src)) {
+			return id
+		}
+	}
+	return &Identities[len(Identities)-1]
 }
 
 // waStatus is one WhatsApp status: the message it is about, what happened to it and, for a
@@ -231,8 +306,9 @@ type keyHasher struct {
 
 var keyHashers = sync.Pool{New: func() any { return &keyHasher{h: sha256.New()} }}
 
-// hashKey returns "h:" and 32 hex digits of SHA-256 over the change's identity.
-func hashKey(ev *Event) string {
+// hashKey returns "h:" and 32 hex digits of SHA-256 over the change's identity; withTime adds
+// entry.time (or, when the entry has none, the time the request was received).
+func hashKey(ev *Event, withTime bool) string {
 	kh := keyHashers.Get().(*keyHasher)
 	b := kh.buf[:0]
 	b = append(b, "hubrelay-key-v1"...)
@@ -241,9 +317,13 @@ func hashKey(ev *Event) string {
 	b = appendField(b, ev.Entry.ID)
 	b = appendField(b, ev.Field)
 	b = appendField(b, ev.Verb)
-	b = append(b, byte(ev.Source))
-	if ev.Source == SourceChangedFields {
-		b = strconv.AppendInt(b, ev.Entry.Time, 10)
+	src := ev.Source
+	if src == SourceEntry {
+		src = SourceChanges // the same change, however the entry holds it
+	}
+	b = append(b, byte(src))
+	if withTime {
+		b = appendTime(b, ev)
 	}
 	b = append(b, 0)
 	b = appendCompact(b, ev.Value)
@@ -258,6 +338,20 @@ func hashKey(ev *Event) string {
 	}
 	keyHashers.Put(kh)
 	return string(out[:])
+}
+
+// appendTime appends what stands for entry.time in a hash: the number (as keys of earlier
+// versions did), else the JSON sent, else, when the entry has no time at all, "r" and the
+// request's receive time, so the key never matches another request's.
+func appendTime(b []byte, ev *Event) []byte {
+	switch tj := ev.Entry.TimeJSON; {
+	case ev.Entry.Time != 0:
+		return strconv.AppendInt(b, ev.Entry.Time, 10)
+	case tj != "" && tj != "null" && tj != "0":
+		return append(b, tj...)
+	}
+	b = append(b, 'r')
+	return strconv.AppendInt(b, ev.ReceivedAt.UnixNano(), 10)
 }
 
 // appendField appends s with its length, so adjacent fields cannot run into each other.

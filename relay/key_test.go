@@ -58,9 +58,15 @@ func rebatch(t *testing.T, ev *Event, keepTime bool) Event {
 		member = fmt.Sprintf(`"changed_fields": [%q]`, ev.Field)
 	case SourceMessaging, SourceStandby:
 		member = fmt.Sprintf(`%q: [%s]`, ev.Field, value.Bytes())
+	case SourceEntry:
+		member = fmt.Sprintf(`"value": %s, "field": %q`, value.Bytes(), ev.Field)
+	}
+	entry := fmt.Sprintf(`{%s, "time": %d, "id": %q, "uid": %q}`, member, entryTime, ev.Entry.ID, ev.Entry.UID)
+	if ev.Source == SourceUnknown {
+		entry = value.String() // the whole entry, its time included
 	}
 	body := fmt.Sprintf(`{"entry": [{"id": "999", "time": 5, "changed_fields": ["other"]},
-		{%s, "time": %d, "id": %q, "uid": %q}], "object": %q}`, member, entryTime, ev.Entry.ID, ev.Entry.UID, ev.Object)
+		%s], "object": %q}`, entry, ev.Object)
 	events, err := Decode([]byte(body), ev.App, testReceivedAt, Limits{})
 	if err != nil {
 		t.Fatalf("rebatch: %v\n%s", err, body)
@@ -77,8 +83,8 @@ func TestKey_StableAcrossBatches(t *testing.T) {
 			for i := range events {
 				ev := &events[i]
 				want := Key(ev)
-				// changed_fields keys cover entry.time on purpose (see Key); their repeats keep it.
-				keepTime := ev.Source == SourceChangedFields
+				// Some keys cover entry.time on purpose (see Identities); their repeats keep it.
+				keepTime := keyCoversTime(ev)
 				again := rebatch(t, ev, keepTime)
 				if got := Key(&again); got != want {
 					t.Errorf("event %d (%s/%s): key %q in its batch, %q re-batched", i, ev.Field, ev.Verb, want, got)
@@ -86,6 +92,17 @@ func TestKey_StableAcrossBatches(t *testing.T) {
 			}
 		})
 	}
+}
+
+// keyCoversTime reports whether ev's key includes entry.time.
+func keyCoversTime(ev *Event) bool {
+	switch IdentityOf(ev).Kind {
+	case IdentityValueTime:
+		return true
+	case IdentityWhatsApp:
+		return strings.HasPrefix(Key(ev), "h:")
+	}
+	return false
 }
 
 func TestKey_ChangedFieldsCoverTime(t *testing.T) {

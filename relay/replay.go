@@ -19,8 +19,16 @@ func LetterEvent(l *deadletter.Letter) (Event, error) {
 	if ev.Object == "" {
 		return ev, fmt.Errorf("dead letter %s: the change has no object (an unreadable spool record?): not replayable", l.ID)
 	}
+	var src struct {
+		Source string `json:"source"`
+	}
+	_ = json.Unmarshal(l.Change, &src) // it parsed just above
 	ev.Source = SourceChanges
 	switch {
+	case src.Source == "entry":
+		ev.Source = SourceEntry
+	case src.Source == "unknown":
+		ev.Source = SourceUnknown
 	case l.Signature != "":
 		ev.Source, ev.Signature = SourceRaw, l.Signature
 		if l.Body != "" {

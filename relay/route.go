@@ -56,6 +56,7 @@ func ruleEnv(ev *Event, withValue bool, proj rules.Projection) *rules.Env {
 		Object:     ev.Object,
 		Field:      ev.Field,
 		Verb:       ev.Verb,
+		Source:     ev.Source.String(),
 		Entry:      rules.Entry{ID: ev.Entry.ID, UID: ev.Entry.UID, Time: ev.Entry.Time},
 		App:        ev.App,
 		ReceivedAt: ev.ReceivedAt,

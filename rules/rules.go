@@ -23,6 +23,10 @@ type Env struct {
 	Object string `expr:"object"`
 	Field  string `expr:"field"`
 	Verb   string `expr:"verb"`
+	// Source says where in the entry the change was found: changes, changed_fields,
+	// messaging, standby, entry (field and value in the entry itself) or unknown (entry
+	// content the decoder does not recognise; value is the whole entry).
+	Source string `expr:"source"`
 	// Value is the change value decoded from JSON (map[string]any, []any, float64, string,
 	// bool), or nil when the change has none or the caller did not decode it (see
 	// Set.NeedsValue).
