@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"sync"
@@ -28,7 +29,7 @@ const (
 
 const (
 	bodyChunk     = 32 << 10 // what one read asks for at most
-	bodyInitial   = 4 << 10  // the buffer of a body without Content-Length starts this big
+	bodyInitial   = 16 << 10 // a body's buffer starts this big (or as big as its length), then doubles
 	maxPooledBody = 1 << 20  // larger buffers are not kept for reuse
 )
 
@@ -41,8 +42,10 @@ type BodyOptions struct {
 	// with 408 (server.min_body_rate, server.body_grace).
 	MinRate int64
 	Grace   time.Duration
-	// MaxInFlight bounds the bytes held by all the bodies being read or handled at once; a
-	// body that would go over it gets 503 with Retry-After (server.max_body_bytes_in_flight).
+	// MaxInFlight bounds the bytes held by all the bodies being read or handled at once
+	// (server.max_body_bytes_in_flight). A body that needs more while it is full cuts off the
+	// slowest body being read, if that one is slower (408), and waits for its bytes; when none
+	// is, it gets 503 with Retry-After.
 	MaxInFlight int64
 	// ReadTimeout, when set, still bounds the whole body, as server.read_timeout does.
 	ReadTimeout time.Duration
@@ -59,11 +62,14 @@ type BodyOptions struct {
 // a goroutine and the bytes it has sent, nothing a fast client needs. Slow bodies are bounded
 // by a minimum transfer rate (o.MinRate after o.Grace, enforced with read deadlines, so a
 // stalled read ends at its deadline rather than whenever the client sends again) whatever the
-// number of addresses they come from, and memory by o.MaxInFlight over all requests: neither
-// relies on the per-address limits. Refusals are counted through o.Observer and logged at
+// number of addresses they come from, and memory by o.MaxInFlight over all requests, in
+// which a faster body takes the place of the slowest one being read: none of it relies on the
+// per-address limits. A body is given room as its bytes arrive, whatever its Content-Length
+// claims. Refusals are counted through o.Observer and logged at
 // warn through a LogSampler; a refused request's connection is closed.
 func ReadBodies(next http.Handler, o BodyOptions) http.Handler {
-	return &bodyReader{next: next, o: o, refuse: newRefuser(o.Logger, o.Observer, "notification refused")}
+	return &bodyReader{next: next, o: o, refuse: newRefuser(o.Logger, o.Observer, "notification refused"),
+		reading: map[*bodyRead]struct{}{}}
 }
 
 type bodyReader struct {
@@ -72,7 +78,25 @@ type bodyReader struct {
 	inFlight atomic.Int64 // bytes held by bodies, as buffer capacity
 	bufs     sync.Pool
 	refuse   *refuser
+
+	mu      sync.Mutex // guards reading and every bodyRead's got and preempted
+	reading map[*bodyRead]struct{}
 }
+
+// bodyRead is one body being read, as preempt sees it.
+type bodyRead struct {
+	start     time.Time
+	rc        *http.ResponseController
+	got       int64 // bytes read so far
+	preempted bool  // its read deadline was moved to now to free its bytes
+}
+
+// preemptMinAge is how long a body has been read before preempt judges its rate, and
+// preemptWait how long a body that needs bytes waits for a preempted one to free them.
+const (
+	preemptMinAge = 100 * time.Millisecond
+	preemptWait   = time.Second
+)
 
 // bufferedBody is a body ReadBodies read; the Receiver takes its bytes without copying.
 type bufferedBody struct {
@@ -82,7 +106,10 @@ type bufferedBody struct {
 
 func (*bufferedBody) Close() error { return nil }
 
-var errBodyBudget = errors.New(ReasonBodyBudget)
+var (
+	errBodyBudget = errors.New(ReasonBodyBudget)
+	errPreempted  = errors.New("preempted by a faster body while bodies in flight were at max_body_bytes_in_flight")
+)
 
 func (b *bodyReader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body == nil || r.Body == http.NoBody {
@@ -105,6 +132,9 @@ func (b *bodyReader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case errors.As(err, &mbe):
 			b.refuse.refuse(w, r, start, http.StatusRequestEntityTooLarge, OutcomeTooLarge, ReasonBodyTooLarge, "", "max_body_bytes", max)
+		case errors.Is(err, errPreempted):
+			b.refuse.refuse(w, r, start, http.StatusRequestTimeout, OutcomeTooSlow, ReasonBodyTooSlow, "",
+				"bytes", len(buf), "duration", time.Since(start).Round(time.Millisecond), "preempted", errPreempted.Error())
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			b.refuse.refuse(w, r, start, http.StatusRequestTimeout, OutcomeTooSlow, ReasonBodyTooSlow, "",
 				"bytes", len(buf), "duration", time.Since(start).Round(time.Millisecond), "min_body_rate", b.o.MinRate)
@@ -127,21 +157,38 @@ func (b *bodyReader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (b *bodyReader) read(w http.ResponseWriter, r *http.Request, start time.Time) (buf []byte, held int64, err error) {
 	rc := http.NewResponseController(w)
 	defer rc.SetReadDeadline(time.Time{}) // the server sets its own before the next request
+	me := &bodyRead{start: start, rc: rc}
+	b.mu.Lock()
+	b.reading[me] = struct{}{}
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.reading, me)
+		b.mu.Unlock()
+	}()
 	max := b.o.MaxBytes
+	// A body is given room as its bytes arrive, not as its Content-Length claims: a header
+	// that claims 8 MiB and sends nothing holds bodyInitial.
+	end := int64(-1) // the most a body can need: one more byte than its length, to see EOF
+	if r.ContentLength >= 0 {
+		end = r.ContentLength + 1
+	}
+	if max > 0 && (end < 0 || end > max+1) {
+		end = max + 1
+	}
 	want := int64(bodyInitial)
-	if r.ContentLength > 0 {
-		want = r.ContentLength + 1 // one more, to see the end without growing
+	if end >= 0 && end < want {
+		want = end
 	}
 	grow := func(n int64) error {
-		if max > 0 && n > max+1 {
-			n = max + 1
+		if end >= 0 && n > end {
+			n = end
 		}
 		if int64(cap(buf)) >= n {
 			return nil
 		}
-		if total := b.inFlight.Add(n - held); b.o.MaxInFlight > 0 && total > b.o.MaxInFlight {
-			b.inFlight.Add(held - n)
-			return errBodyBudget
+		if err := b.reserve(me, n-held); err != nil {
+			return err
 		}
 		nb := b.getBuf(int(n))
 		nb = append(nb, buf...)
@@ -154,14 +201,25 @@ func (b *bodyReader) read(w http.ResponseWriter, r *http.Request, start time.Tim
 	}
 	var deadlineSet bool
 	for {
+		// Under b.mu, so that preempt's deadline is never overwritten by this one.
+		b.mu.Lock()
+		if me.preempted {
+			b.mu.Unlock()
+			return buf, held, errPreempted
+		}
+		me.got = int64(len(buf))
 		if b.o.MinRate > 0 || b.o.ReadTimeout > 0 {
 			if err := rc.SetReadDeadline(b.deadline(start, int64(len(buf)))); err == nil {
 				deadlineSet = true
 			}
 		}
+		b.mu.Unlock()
 		if len(buf) == cap(buf) {
 			if err := grow(2 * int64(cap(buf))); err != nil {
 				return buf, held, err
+			}
+			if len(buf) == cap(buf) { // more than Content-Length; the server never lets it through
+				return buf, held, errors.New("body longer than its Content-Length")
 			}
 		}
 		limit := cap(buf)
@@ -177,12 +235,75 @@ func (b *bodyReader) read(w http.ResponseWriter, r *http.Request, start time.Tim
 			return buf, held, nil
 		}
 		if rerr != nil {
+			b.mu.Lock()
+			preempted := me.preempted
+			b.mu.Unlock()
+			if preempted {
+				return buf, held, errPreempted
+			}
 			if !deadlineSet && errors.Is(rerr, os.ErrDeadlineExceeded) {
 				rerr = io.ErrUnexpectedEOF // the server's own read_timeout, not ours
 			}
 			return buf, held, rerr
 		}
 	}
+}
+
+// reserve adds n bytes to inFlight for me. When that would go over MaxInFlight, it preempts
+// the slowest body being read, if it is slower than me, and waits up to preemptWait for bytes
+// to be freed; then it gives up with errBodyBudget. So slow bodies can fill the budget only
+// until a faster one needs it: a slow client holds nothing a fast one needs.
+func (b *bodyReader) reserve(me *bodyRead, n int64) error {
+	if b.o.MaxInFlight <= 0 {
+		b.inFlight.Add(n)
+		return nil
+	}
+	deadline := time.Now().Add(preemptWait)
+	for {
+		if total := b.inFlight.Add(n); total <= b.o.MaxInFlight {
+			return nil
+		}
+		b.inFlight.Add(-n)
+		now := time.Now()
+		if !now.Before(deadline) {
+			return errBodyBudget
+		}
+		b.preempt(me, now)
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// preempt cuts off the slowest body being read, by average rate since it started, among those
+// read for at least preemptMinAge, if it is slower than me (a body just started counts as
+// fast): its read deadline moves to now, its read fails, and it answers 408 and frees its
+// bytes. It does nothing when a body it cut off is still freeing its bytes.
+func (b *bodyReader) preempt(me *bodyRead, now time.Time) {
+	rate := func(r *bodyRead) float64 {
+		el := now.Sub(r.start)
+		if el < preemptMinAge {
+			return math.Inf(1)
+		}
+		return float64(r.got) / el.Seconds()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var slowest *bodyRead
+	for r := range b.reading {
+		if r.preempted {
+			return // one is on its way out already
+		}
+		if r == me || now.Sub(r.start) < preemptMinAge {
+			continue
+		}
+		if slowest == nil || rate(r) < rate(slowest) {
+			slowest = r
+		}
+	}
+	if slowest == nil || rate(slowest) >= rate(me) {
+		return
+	}
+	slowest.preempted = true
+	slowest.rc.SetReadDeadline(now)
 }
 
 // deadline is when a body that has sent got bytes since start must send its next one: Grace

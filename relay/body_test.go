@@ -147,3 +147,44 @@ func TestReceiver_TakesBufferedBody(t *testing.T) {
 		t.Fatalf("readBody = %q, %v; want the same bytes, not a copy", got, err)
 	}
 }
+
+// TestReadBodies_PreemptsSlowest: slow bodies that fill max_body_bytes_in_flight (here with a
+// min rate far too low to cut them) give way to a fast one: the slowest is cut off with 408
+// and the fast body gets through.
+func TestReadBodies_PreemptsSlowest(t *testing.T) {
+	obs := &guardObserver{}
+	var br *bodyReader
+	br = ReadBodies(echo(&br), BodyOptions{MaxBytes: 1 << 20, MaxInFlight: 256 << 10, Observer: obs}).(*bodyReader)
+	srv := httptest.NewServer(br)
+	defer srv.Close()
+	// Four bodies send 60 KiB each and stall: their buffers (64 KiB each) fill the budget.
+	var slow []net.Conn
+	for range 4 {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n%s", strings.Repeat("s", 60<<10))
+		slow = append(slow, c)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for br.inFlight.Load() < 4*(64<<10) {
+		if time.Now().After(deadline) {
+			t.Fatalf("slow bodies hold %d bytes, want the whole budget", br.inFlight.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(2 * preemptMinAge) // old enough to be judged (a lower bound, not a timing assertion)
+	resp, err := srv.Client().Post(srv.URL, "application/json", strings.NewReader(strings.Repeat("f", 100<<10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("fast body: status %d, want 200 (a slow one preempted)", resp.StatusCode)
+	}
+	if obs.count(OutcomeTooSlow) == 0 {
+		t.Fatal("no slow body was cut off")
+	}
+}
