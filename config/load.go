@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -387,13 +388,89 @@ func (d *decoder) log(n *yaml.Node, path string, l *Log) {
 }
 
 func (d *decoder) storage(n *yaml.Node, path string, s *Storage) {
-	f, ok := d.mapping(n, path, "dir", "dedup_window", "max_batch_delay")
+	f, ok := d.mapping(n, path, "dir", "dedup_window", "max_batch_delay", "postgres")
 	if !ok {
 		return
 	}
 	d.setStr(f, path, "dir", &s.Dir)
 	d.setDuration(f, path, "dedup_window", true, &s.DedupWindow)
 	d.setDuration(f, path, "max_batch_delay", false, &s.MaxBatchDelay)
+	if e, ok := f["postgres"]; ok {
+		s.Postgres = d.postgres(e.val, join(path, "postgres"))
+	}
+}
+
+// postgres decodes storage.postgres. The URL is checked for its form only; its errors never
+// quote it, as it may hold a password.
+func (d *decoder) postgres(n *yaml.Node, path string) *Postgres {
+	f, ok := d.mapping(n, path, "url", "url_file", "schema", "max_conns", "lease", "poll_interval")
+	if !ok {
+		return nil
+	}
+	p := &Postgres{Schema: "hubrelay", MaxConns: 16, Lease: 30 * time.Second, PollInterval: 500 * time.Millisecond}
+	if node := d.setPair(n, f, path, "url", "PostgreSQL URL", true, &p.URL); node != nil && p.URL != "" {
+		if why := postgresURLProblem(p.URL); why != "" {
+			key := "url"
+			if _, ok := f["url_file"]; ok {
+				key = "url_file"
+			}
+			d.problem(node, join(path, key), "%s", why)
+		}
+	}
+	if e, ok := f["schema"]; ok {
+		if v, ok := d.nonEmpty(e.val, join(path, "schema")); ok {
+			if !validSchema(v) {
+				d.problem(e.val, join(path, "schema"), "invalid schema name %q: use lowercase letters, digits and _, starting with a letter", v)
+			} else {
+				p.Schema = v
+			}
+		}
+	}
+	d.setInt(f, path, "max_conns", 2, &p.MaxConns)
+	d.setDuration(f, path, "lease", true, &p.Lease)
+	d.setDuration(f, path, "poll_interval", true, &p.PollInterval)
+	if p.Lease > 0 && p.Lease < 3*time.Second {
+		d.problem(f["lease"].val, join(path, "lease"), "must be at least 3s (got %s): replicas renew it every lease/3", p.Lease)
+	}
+	return p
+}
+
+// postgresURLProblem says what is wrong with a libpq URL or key=value string, without quoting
+// it; "" when nothing is.
+func postgresURLProblem(s string) string {
+	if strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://") {
+		u, err := url.Parse(s)
+		if err != nil {
+			if ue, ok := err.(*url.Error); ok {
+				err = ue.Err // url.Error quotes the URL, password included
+			}
+			return fmt.Sprintf("not a valid URL: %v", err)
+		}
+		if u.Host == "" {
+			return "no host: use postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE?sslmode=..."
+		}
+		return ""
+	}
+	if strings.Contains(s, "://") {
+		return "not a PostgreSQL URL: use postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE?sslmode=..."
+	}
+	if !strings.Contains(s, "=") {
+		return "not a PostgreSQL URL or key=value string: use postgres://USER@HOST:PORT/DATABASE or host=... dbname=..."
+	}
+	return ""
+}
+
+// validSchema reports whether s is a plain lowercase SQL identifier.
+func validSchema(s string) bool {
+	if s == "" || len(s) > 63 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *decoder) deadLetter(n *yaml.Node, path string, dl *DeadLetter) {

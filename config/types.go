@@ -101,6 +101,25 @@ type Storage struct {
 	Dir           string        // default ./data
 	DedupWindow   time.Duration // default 168h
 	MaxBatchDelay time.Duration // extra wait before each group commit, default 0
+	// Postgres, when set, replaces the embedded spool (and the dead-letter directory) with a
+	// PostgreSQL database that several replicas share.
+	Postgres *Postgres
+}
+
+// Postgres configures the PostgreSQL storage engine (storage.postgres).
+type Postgres struct {
+	// URL is a libpq URL or key=value string (url or url_file). It may hold a password: never
+	// log it.
+	URL string
+	// Schema holds hubrelay's tables; default "hubrelay".
+	Schema string
+	// MaxConns is the connection pool size; default 16.
+	MaxConns int
+	// Lease is how long a replica's claims outlive its last heartbeat; default 30s.
+	Lease time.Duration
+	// PollInterval is how often a replica looks for deliveries other replicas accepted;
+	// default 500ms.
+	PollInterval time.Duration
 }
 
 // DeadLetter configures where abandoned deliveries are written.

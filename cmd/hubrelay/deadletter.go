@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
 	"github.com/hubrelay/hubrelay/storage/embedded"
+	"github.com/hubrelay/hubrelay/storage/postgres"
 )
 
 // runDeadLetter inspects and replays dead letters. list and show read only the dead-letter
@@ -57,6 +59,10 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 	case "replay":
 		all = fs.Bool("all", false, "every letter (when no ID or filter is given)")
 	}
+	var exportDir *string
+	if sub == "export" {
+		exportDir = fs.String("dir", "", "write the letters into this `directory` (created when missing)")
+	}
 	pos, err := parseArgs(fs, args[1:], e)
 	if err != nil {
 		return err
@@ -66,13 +72,33 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		lookup("deadletter replay").shortUsage(e.stderr)
 		return errUsage
 	}
+	if sub == "export" && *exportDir == "" {
+		fmt.Fprintln(e.stderr, "hubrelay deadletter export: -dir is required")
+		lookup("deadletter export").shortUsage(e.stderr)
+		return errUsage
+	}
 	cfg, err := loadConfig(*cfgPath, e)
 	if err != nil {
 		return err
 	}
-	dl, err := deadletter.Open(cfg.DeadLetter.Dir)
-	if err != nil {
-		return err
+	// In Postgres mode the letters live in the database; list, show and replay work there
+	// while replicas run, and replay hands the change straight back to the shared queue.
+	var dl letterStore
+	var pgLetters *postgres.DeadLetters
+	var dir *deadletter.Dir
+	if cfg.Storage.Postgres != nil {
+		pg, err := openPostgres(ctx, cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		defer pg.Close()
+		pgLetters = pg.DeadLetters()
+		dl = pgLetters
+	} else {
+		if dir, err = deadletter.Open(cfg.DeadLetter.Dir); err != nil {
+			return err
+		}
+		dl = dir
 	}
 	f := deadletter.Filter{IDs: pos}
 	if sub != "show" {
@@ -116,9 +142,31 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		if err != nil && len(letters) == 0 {
 			return err
 		}
-		n, mode, err := replay(ctx, dl, filepath.Join(cfg.Storage.Dir, spoolFile), letters)
+		var n int
+		var mode string
+		if pgLetters != nil {
+			n, mode, err = replayPostgres(ctx, pgLetters, letters)
+		} else {
+			n, mode, err = replay(ctx, dir, filepath.Join(cfg.Storage.Dir, spoolFile), letters)
+		}
 		fmt.Fprintf(e.stdout, "%d dead letter(s) %s\n", n, mode)
 		return err
+	case "export":
+		letters, lerr := dl.List(f)
+		if lerr != nil && len(letters) == 0 {
+			return lerr
+		}
+		out, err := deadletter.Open(*exportDir)
+		if err != nil {
+			return err
+		}
+		for _, l := range letters {
+			if err := out.Write(l); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+		}
+		fmt.Fprintf(e.stdout, "%d dead letter(s) exported to %s\n", len(letters), out.Path())
+		return lerr
 	}
 	return nil
 }
@@ -156,6 +204,19 @@ func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, letters [
 		n++
 	}
 	return n, "replayed into the spool (delivered when the relay next runs)", nil
+}
+
+// replayPostgres puts letters back on the shared queue, each in one transaction with the
+// removal of its letter; any replica delivers them.
+func replayPostgres(ctx context.Context, dl *postgres.DeadLetters, letters []*deadletter.Letter) (int, string, error) {
+	n := 0
+	for _, l := range letters {
+		if err := dl.Replay(ctx, l); err != nil {
+			return n, "replayed", err
+		}
+		n++
+	}
+	return n, "replayed into the database (delivered by the running replicas)", nil
 }
 
 // parseSince reads "24h" (ago) or an RFC 3339 time.

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,9 +20,6 @@ import (
 	"github.com/hubrelay/hubrelay/config"
 	"github.com/hubrelay/hubrelay/metrics"
 	"github.com/hubrelay/hubrelay/relay"
-	"github.com/hubrelay/hubrelay/relay/deadletter"
-	"github.com/hubrelay/hubrelay/relay/spool"
-	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // spoolFile is the name of the spool inside storage.dir.
@@ -93,8 +89,7 @@ type server struct {
 	log      *slog.Logger
 	cfgPath  string
 	getenv   func(string) string
-	spool    *embedded.Store
-	dl       *deadletter.Dir
+	storage  *storage
 	engine   *relay.Engine
 	router   *relay.Router
 	recv     *relay.Receiver
@@ -111,24 +106,17 @@ type server struct {
 
 func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.Duration, log *slog.Logger, e env) error {
 	s := &server{log: log, cfgPath: cfgPath, getenv: e.getenv, shutdown: cfg.Server.ShutdownTimeout}
-	spoolPath := filepath.Join(cfg.Storage.Dir, spoolFile)
-	sp, err := embedded.Open(spoolPath, spool.Options{
-		MaxBatchDelay: cfg.Storage.MaxBatchDelay,
-		DedupWindow:   cfg.Storage.DedupWindow,
-		Logger:        log,
-	})
+	st, err := openStorage(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("open spool: %w", err)
+		return err
 	}
-	s.spool = sp
+	s.storage = st
+	sp := st.store
 	defer func() {
 		if !s.abandoned {
-			sp.Close()
+			st.close()
 		}
 	}()
-	if s.dl, err = deadletter.Open(cfg.DeadLetter.Dir); err != nil {
-		return fmt.Errorf("open dead-letter dir: %w", err)
-	}
 	s.sinks = newSinkSet(log)
 	defer func() {
 		if !s.abandoned {
@@ -142,8 +130,11 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	reg := prometheus.NewRegistry()
 	s.metrics = metrics.New(reg)
 	s.metrics.SetBuildInfo(version)
-	s.metrics.WatchSpool(sp.Stats, sp.DedupLen, s.dl.Count, s.sinks.names)
-	s.engine = relay.NewEngine(sp, s.dl, s.metrics, log)
+	s.metrics.WatchSpool(sp.Stats, sp.DedupLen, st.letters.Count, s.sinks.names)
+	if st.pg != nil {
+		registerPostgresMetrics(reg, st.pg)
+	}
+	s.engine = relay.NewEngine(sp, st.letters, s.metrics, log)
 	s.engine.Start()
 	if err := s.engine.SetSinks(sinkCfgs); err != nil {
 		return err
@@ -211,13 +202,16 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 		}
 	}()
 	log.Info("hubrelay listening", "addr", ln.Addr().String(), "tls", useTLS, "paths", s.recv.Paths(),
-		"spool", spoolPath, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len())
+		"storage", st.where, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len())
 
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go s.maintain(bg)
-	rp := &relay.Replayer{DL: s.dl, Spool: sp, Notify: s.engine.Notify, Log: log.With("component", "replay")}
-	go rp.Run(bg, time.Second)
+	if st.dir != nil {
+		// Postgres mode needs no replay folder: `deadletter replay` writes to the database.
+		rp := &relay.Replayer{DL: st.dir, Spool: sp, Notify: s.engine.Notify, Log: log.With("component", "replay")}
+		go rp.Run(bg, time.Second)
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -306,7 +300,7 @@ func (s *server) maintain(ctx context.Context) {
 	defer t.Stop()
 	// The baseline is taken with the spool's pages released, so that what Open read (a
 	// migration, a journal replay) does not raise the ceiling.
-	if err := s.spool.ReleaseMemory(); err != nil {
+	if err := s.storage.releaseMemory(); err != nil {
 		s.log.Warn("release spool memory", "err", err)
 	}
 	base, measured := fileResident()
@@ -315,7 +309,7 @@ func (s *server) maintain(ctx context.Context) {
 			for {
 				// A minute of slack: a request is judged at the time it started, which
 				// may be a little behind the clock here.
-				n, err := s.spool.ExpireDedup(time.Now().Add(-time.Minute), 5000)
+				n, err := s.storage.store.ExpireDedup(time.Now().Add(-time.Minute), 5000)
 				if err != nil {
 					s.log.Error("expire dedup keys", "err", err)
 				}
@@ -330,7 +324,7 @@ func (s *server) maintain(ctx context.Context) {
 			release = ok && rss > base+releaseAbove
 		}
 		if release {
-			if err := s.spool.ReleaseMemory(); err != nil {
+			if err := s.storage.releaseMemory(); err != nil {
 				s.log.Warn("release spool memory", "err", err)
 			}
 		}

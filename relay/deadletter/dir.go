@@ -146,6 +146,9 @@ type Filter struct {
 	IDs []string
 }
 
+// Match reports whether l is selected by f's Sink, Rule, Since and Until (IDs aside).
+func (f *Filter) Match(l *Letter) bool { return f.match(l) }
+
 func (f *Filter) match(l *Letter) bool {
 	return (f.Sink == "" || l.Sink == f.Sink) &&
 		(f.Rule == "" || slices.Contains(l.Rules, f.Rule)) &&

@@ -299,3 +299,8 @@ func letterID(name string) (string, bool) {
 	}
 	return strings.TrimSuffix(name, ".json"), true
 }
+
+// GenerateID returns the id Write gives a letter of seq to sink when its ID is empty:
+// "<sink>-<seq, 20 digits>". Other dead-letter stores (the Postgres engine's) use it so ids
+// read the same wherever letters live.
+func GenerateID(sink string, seq uint64) string { return generateID(sink, seq) }

@@ -296,8 +296,8 @@ func (s *Store) Accept(ctx context.Context, items []relay.Item, now time.Time) (
 	}
 	keys := make([][]byte, len(items))
 	datas := make([][]byte, len(items))
-	var sinkItem []int32
-	var sinkNames []string
+	sinkFirst := make([]int32, len(items)+1)
+	sinkNames := make([]string, 0, len(items))
 	locks := make([]int64, 0, len(items))
 	for i, it := range items {
 		if it.Key != "" {
@@ -305,17 +305,16 @@ func (s *Store) Accept(ctx context.Context, items []relay.Item, now time.Time) (
 			locks = append(locks, int64(binary.BigEndian.Uint64(keys[i])))
 		}
 		datas[i] = it.Data
-		for _, sk := range it.Sinks {
-			sinkItem = append(sinkItem, int32(i+1))
-			sinkNames = append(sinkNames, sk)
-		}
+		sinkFirst[i] = int32(len(sinkNames) + 1)
+		sinkNames = append(sinkNames, it.Sinks...)
 	}
+	sinkFirst[len(items)] = int32(len(sinkNames) + 1)
 	slices.Sort(locks)
 	locks = slices.Compact(locks)
 	start := time.Now()
 	var dup []bool
 	err := s.pool.QueryRow(ctx, "SELECT accept($1, $2, $3, $4, $5, $6, $7)",
-		keys, datas, sinkItem, sinkNames, locks, now, s.opt.DedupWindow).Scan(&dup)
+		keys, datas, sinkFirst, sinkNames, locks, now, s.opt.DedupWindow).Scan(&dup)
 	if o := s.obs.Load(); o != nil && o.Commit != nil {
 		o.Commit(time.Since(start), err)
 	}

@@ -76,9 +76,9 @@ CREATE INDEX dead_letters_dead_at ON dead_letters (dead_at, id);
 
 -- accept records the items of one POST: under an advisory lock per key (taken in the sorted
 -- order of locks, so two callers never deadlock), a key seen after now - win is a repeat;
--- otherwise the key is recorded, the item gets the next seq and one delivery per sink
--- (sink_item[j] is the 1-based item of sink_names[j]). It returns the dup flags.
-CREATE FUNCTION accept(keys bytea[], datas bytea[], sink_item int[], sink_names text[],
+-- otherwise the key is recorded, the item gets the next seq and one delivery per sink (item i's
+-- sinks are sink_names[sink_first[i] .. sink_first[i+1]-1]). It returns the dup flags.
+CREATE FUNCTION accept(keys bytea[], datas bytea[], sink_first int[], sink_names text[],
                        locks bigint[], now timestamptz, win interval) RETURNS bool[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -106,7 +106,7 @@ BEGIN
 		s := nextval('item_seq');
 		INSERT INTO deliveries (sink, seq, first_at, data)
 		SELECT DISTINCT sink_names[j], s, now, datas[i]
-		FROM generate_subscripts(sink_item, 1) AS j WHERE sink_item[j] = i;
+		FROM generate_series(sink_first[i], sink_first[i + 1] - 1) AS j;
 	END LOOP;
 	RETURN dup;
 END

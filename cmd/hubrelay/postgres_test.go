@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/storage/postgres/pgtest"
+)
+
+// writePGConfig writes a config whose storage is the Postgres schema; the replicas of one test
+// share it and differ only in their listen address.
+func writePGConfig(t *testing.T, dir, addr, pgURL, schema, urlA, urlB string) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`server:
+  listen: %s
+  path: /webhooks
+  shutdown_timeout: 10s
+apps:
+  - name: %s
+    verify_token: crash-verify
+    app_secrets: [${%s}]
+storage:
+  dir: %s
+  postgres:
+    url: %q
+    schema: %s
+    max_conns: 4
+    lease: 3s
+    poll_interval: 100ms
+sinks:
+  - name: sink-a
+    type: http
+    url: %s
+    timeout: 5s
+    concurrency: 4
+    retry: {max_attempts: 3, min_backoff: 10ms, max_backoff: 200ms, in_process: 0}
+  - name: sink-b
+    type: http
+    url: %s
+    timeout: 5s
+    concurrency: 4
+    retry: {min_backoff: 10ms, max_backoff: 200ms, in_process: 1}
+rules:
+  - name: whatsapp-inbound
+    object: whatsapp_business_account
+    field: messages
+    when: 'value.messages != nil'
+    sinks: [sink-a, sink-b]
+`, addr, crashApp, crashSecretEnv, filepath.Join(dir, "data"), pgURL, schema, urlA, urlB)
+	path := filepath.Join(dir, "hubrelay.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func pgGetenv(k string) string {
+	if k == crashSecretEnv {
+		return crashSecret
+	}
+	return ""
+}
+
+// startPGRelay runs `hubrelay serve` in this process and waits for /healthz.
+func startPGRelay(t *testing.T, cfgPath string) *relayUnderTest {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &relayUnderTest{cfg: cfgPath, logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		r.done <- run(ctx, []string{"serve", "-config", cfgPath}, pgGetenv, strings.NewReader(""), io.Discard, r.logs)
+	}()
+	raw, _ := os.ReadFile(cfgPath)
+	addr := strings.TrimSpace(strings.SplitN(strings.SplitN(string(raw), "listen:", 2)[1], "\n", 2)[0])
+	r.url = "http://" + addr
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if resp, err := http.Get(r.url + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		select {
+		case err := <-r.done:
+			t.Fatalf("relay exited early: %v\nlogs:\n%s", err, r.logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay did not become healthy\nlogs:\n%s", r.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+func pgCount(t *testing.T, pgURL, schema, table string) int {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, table}.Sanitize()).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestPostgres_TwoReplicasSameChange posts every notification to two replicas at the same
+// moment: each change is delivered once to each sink. A bad signature writes nothing.
+func TestPostgres_TwoReplicasSameChange(t *testing.T) {
+	pgURL := pgtest.URL(t)
+	schema := pgtest.Schema(t, pgURL)
+	a, b := newCrashSink(t, "sink-a"), newCrashSink(t, "sink-b")
+	dir := t.TempDir()
+	r1 := startPGRelay(t, writePGConfig(t, filepath.Join(dir, "r1"), freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL))
+	r2 := startPGRelay(t, writePGConfig(t, filepath.Join(dir, "r2"), freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL))
+
+	forged := crashLoadItem(t, 0, 1, "forged")
+	forged.sig = relay.Sign(forged.body, "not-the-secret")
+	for _, r := range []*relayUnderTest{r1, r2} {
+		if st, err := postOnce(http.DefaultClient, r.url+"/webhooks", forged); err != nil || st != http.StatusUnauthorized {
+			t.Fatalf("forged POST: %d, %v; want 401", st, err)
+		}
+	}
+	if n := pgCount(t, pgURL, schema, "deliveries") + pgCount(t, pgURL, schema, "dedup"); n != 0 {
+		t.Fatalf("a forged request left %d rows in the database", n)
+	}
+
+	const n = 60
+	var want []string
+	var wg sync.WaitGroup
+	for i := range n {
+		note := crashLoadItem(t, i, 1+i%3, "twice")
+		want = append(want, note.ids...)
+		for _, r := range []*relayUnderTest{r1, r2} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if st, err := postOnce(http.DefaultClient, r.url+"/webhooks", note); err != nil || st != http.StatusOK {
+					t.Errorf("POST %d: %d, %v", i, st, err)
+				}
+			}()
+		}
+		if i%8 == 7 {
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+	for _, s := range []*crashSink{a, b} {
+		waitFor(t, s.name+" deliveries", func() bool { return len(s.missing(want)) == 0 })
+	}
+	// Give a second delivery, if there were one, time to arrive.
+	time.Sleep(500 * time.Millisecond)
+	for _, s := range []*crashSink{a, b} {
+		for _, id := range want {
+			if got := s.deliveriesOf(id); len(got) != 1 {
+				t.Errorf("%s: change %s delivered %d times", s.name, id, len(got))
+			}
+		}
+		if len(s.problems) > 0 {
+			t.Errorf("%s: %v", s.name, s.problems)
+		}
+	}
+}
+
+// TestPostgres_KillReplicaUnderLoad: two replicas under load, one SIGKILLed and restarted:
+// every change acknowledged by either reaches every sink.
+func TestPostgres_KillReplicaUnderLoad(t *testing.T) {
+	pgURL := pgtest.URL(t)
+	schema := pgtest.Schema(t, pgURL)
+	a, b := newCrashSink(t, "sink-a"), newCrashSink(t, "sink-b")
+	dir := t.TempDir()
+	bin, _ := buildRelay(t, dir)
+	cfg1 := writePGConfig(t, filepath.Join(dir, "r1"), freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL)
+	cfg2 := writePGConfig(t, filepath.Join(dir, "r2"), freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL)
+	log1, log2 := filepath.Join(dir, "r1.log"), filepath.Join(dir, "r2.log")
+	p1 := startCrashProcess(t, bin, cfg1, log1, 1)
+	p2 := startCrashProcess(t, bin, cfg2, log2, 1)
+	url1, url2 := p1.url, p2.url
+
+	load := crashLoad(t, 400)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var acked sync.Map // change id -> true
+	var answered, transport, unavail atomic.Int64
+	var wg sync.WaitGroup
+	next := atomic.Int64{}
+	client := &http.Client{Timeout: 10 * time.Second}
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(load) {
+					return
+				}
+				url := url1
+				if (i+w)%2 == 1 {
+					url = url2
+				}
+				st, err := postUntilAnswered(ctx, client, url+"/webhooks", load[i], &transport, &unavail)
+				if err != nil {
+					t.Errorf("notification %d: %v", i, err)
+					return
+				}
+				if st == http.StatusOK {
+					for _, id := range load[i].ids {
+						acked.Store(id, true)
+					}
+				}
+				answered.Add(1)
+			}
+		}()
+	}
+	waitCrash(t, p1, "a third of the load answered", time.Minute, func() bool { return answered.Load() >= int64(len(load)/3) })
+	p1.cmd.Process.Signal(syscall.SIGKILL)
+	<-p1.done
+	time.Sleep(500 * time.Millisecond)
+	p1 = startCrashProcess(t, bin, cfg1, log1, 2)
+	wg.Wait()
+	var want []string
+	acked.Range(func(k, _ any) bool { want = append(want, k.(string)); return true })
+	if len(want) == 0 {
+		t.Fatal("nothing was acknowledged")
+	}
+	for _, s := range []*crashSink{a, b} {
+		deadline := time.Now().Add(90 * time.Second)
+		for len(s.missing(want)) > 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if m := s.missing(want); len(m) > 0 {
+			dumpRelayLog(t, log1)
+			dumpRelayLog(t, log2)
+			t.Fatalf("%s: %d of %d acknowledged changes never delivered (e.g. %s)", s.name, len(m), len(want), m[0])
+		}
+	}
+	t.Logf("acknowledged %d changes; sink-a got %d deliveries, sink-b %d; %d transport errors, %d 503s while a replica was down",
+		len(want), a.count(), b.count(), transport.Load(), unavail.Load())
+	_ = p2
+}
+
+// TestPostgres_DeadLetters: a permanent failure is dead-lettered in the database; list, show
+// and export read it there while the relay runs, and replay puts it back on the shared queue.
+func TestPostgres_DeadLetters(t *testing.T) {
+	pgURL := pgtest.URL(t)
+	schema := pgtest.Schema(t, pgURL)
+	rejectA := atomic.Bool{}
+	rejectA.Store(true)
+	a := &crashSink{name: "sink-a", got: map[string][]string{}}
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rejectA.Load() {
+			http.Error(w, "no such order", http.StatusBadRequest)
+			return
+		}
+		a.serveHTTP(w, r)
+	}))
+	t.Cleanup(a.srv.Close)
+	b := newCrashSink(t, "sink-b")
+	dir := t.TempDir()
+	cfg := writePGConfig(t, dir, freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL)
+	r := startPGRelay(t, cfg)
+	note := crashLoadItem(t, 1, 1, "dead")
+	if st, err := postOnce(http.DefaultClient, r.url+"/webhooks", note); err != nil || st != 200 {
+		t.Fatalf("POST: %d, %v", st, err)
+	}
+	cliPG := func(args ...string) (string, error) {
+		var out strings.Builder
+		err := run(context.Background(), args, pgGetenv, strings.NewReader(""), &out, &out)
+		return out.String(), err
+	}
+	waitFor(t, "dead letter in the database", func() bool { return pgCount(t, pgURL, schema, "dead_letters") == 1 })
+	out, err := cliPG("deadletter", "list", "-config", cfg)
+	if err != nil || !strings.Contains(out, "ID  ") || !strings.Contains(out, "sink-a-") || !strings.Contains(out, "permanent") ||
+		!strings.Contains(out, note.ids[0]) {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	id := strings.Fields(strings.Split(out, "\n")[1])[0]
+	out, err = cliPG("deadletter", "show", "-config", cfg, id)
+	if err != nil || !strings.Contains(out, `"whatsapp_business_account"`) || !strings.Contains(out, `"reason": "permanent:`) {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	exp := filepath.Join(dir, "export")
+	out, err = cliPG("deadletter", "export", "-config", cfg, "-dir", exp)
+	if err != nil || !strings.Contains(out, "1 dead letter(s) exported") {
+		t.Fatalf("export: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(exp, id+".json")); err != nil {
+		t.Fatalf("exported file: %v", err)
+	}
+	rejectA.Store(false)
+	out, err = cliPG("deadletter", "replay", "-config", cfg, "-all")
+	if err != nil || !strings.Contains(out, "1 dead letter(s) replayed into the database") {
+		t.Fatalf("replay: %v\n%s", err, out)
+	}
+	waitFor(t, "replayed delivery", func() bool { return len(a.missing(note.ids)) == 0 })
+	if n := pgCount(t, pgURL, schema, "dead_letters"); n != 0 {
+		t.Fatalf("%d dead letters left after replay", n)
+	}
+	if len(b.missing(note.ids)) != 0 {
+		t.Fatal("sink-b never got the change")
+	}
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hubrelay/hubrelay/config"
+	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/relay/deadletter"
+	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
+	"github.com/hubrelay/hubrelay/storage/postgres"
+)
+
+// letterStore is what the relay and `hubrelay deadletter` need of dead letters: the
+// dead-letter directory (embedded engine) or the database (Postgres engine).
+type letterStore interface {
+	Write(l *deadletter.Letter) error
+	List(f deadletter.Filter) ([]*deadletter.Letter, error)
+	Get(id string) (*deadletter.Letter, error)
+	Remove(id string) error
+	Count(sink string) (int, error)
+}
+
+// storage is the storage engine the config chose, with its dead letters.
+type storage struct {
+	store   relay.Store
+	letters letterStore
+	// dir is the dead-letter directory with its replay/ folder (embedded engine only).
+	dir *deadletter.Dir
+	// pg is the Postgres engine, nil for the embedded one.
+	pg *postgres.Store
+	// releaseMemory hands mapped spool pages back to the OS (embedded engine only).
+	releaseMemory func() error
+	close         func() error
+	// where says where the data lives, for the start-up log line (never the URL).
+	where string
+}
+
+// openStorage opens the engine of cfg.Storage: Postgres when storage.postgres is set, else
+// the embedded spool in storage.dir.
+func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*storage, error) {
+	if p := cfg.Storage.Postgres; p != nil {
+		pg, err := openPostgres(ctx, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		return &storage{store: pg, letters: pg.DeadLetters(), pg: pg, close: pg.Close,
+			releaseMemory: func() error { return nil }, where: "postgres schema " + p.Schema}, nil
+	}
+	spoolPath := filepath.Join(cfg.Storage.Dir, spoolFile)
+	sp, err := embedded.Open(spoolPath, spool.Options{
+		MaxBatchDelay: cfg.Storage.MaxBatchDelay,
+		DedupWindow:   cfg.Storage.DedupWindow,
+		Logger:        log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open spool: %w", err)
+	}
+	dl, err := deadletter.Open(cfg.DeadLetter.Dir)
+	if err != nil {
+		sp.Close()
+		return nil, fmt.Errorf("open dead-letter dir: %w", err)
+	}
+	return &storage{store: sp, letters: dl, dir: dl, releaseMemory: sp.ReleaseMemory, close: sp.Close, where: spoolPath}, nil
+}
+
+func openPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger) (*postgres.Store, error) {
+	p := cfg.Storage.Postgres
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	pg, err := postgres.Open(ctx, postgres.Options{
+		URL:          p.URL,
+		Schema:       p.Schema,
+		MaxConns:     p.MaxConns,
+		Lease:        p.Lease,
+		PollInterval: p.PollInterval,
+		DedupWindow:  cfg.Storage.DedupWindow,
+		Logger:       log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open postgres storage: %w", err)
+	}
+	return pg, nil
+}
+
+// registerPostgresMetrics adds the database-side figures: commit latency of accepts, pool
+// use, and claim lag (from acceptance, or from a retry's due time, to a replica claiming it).
+func registerPostgresMetrics(reg prometheus.Registerer, pg *postgres.Store) {
+	commit := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "hubrelay_postgres_commit_seconds",
+		Help:    "Latency of one accept transaction (keys, changes and deliveries of a request), by outcome.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	}, []string{"outcome"})
+	lag := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "hubrelay_postgres_claim_lag_seconds",
+		Help:    "Time from a delivery becoming ready (accepted, or its retry due) to a replica claiming it, by sink.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
+	}, []string{"sink"})
+	stat := func(f func(s *pgxStat) float64) func() float64 {
+		return func() float64 {
+			st := pg.Pool().Stat()
+			return f(&pgxStat{st.AcquiredConns(), st.IdleConns(), st.TotalConns(), st.MaxConns()})
+		}
+	}
+	reg.MustRegister(commit, lag,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_acquired_connections",
+			Help: "Connections of the pool in use now."}, stat(func(s *pgxStat) float64 { return float64(s.acquired) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_idle_connections",
+			Help: "Connections of the pool open and idle."}, stat(func(s *pgxStat) float64 { return float64(s.idle) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_max_connections",
+			Help: "The pool's size (storage.postgres.max_conns)."}, stat(func(s *pgxStat) float64 { return float64(s.max) })),
+	)
+	pg.SetObserver(&postgres.Observer{
+		Commit: func(d time.Duration, err error) {
+			o := "ok"
+			if err != nil {
+				o = "error"
+			}
+			commit.WithLabelValues(o).Observe(d.Seconds())
+		},
+		Claimed: func(sink string, d time.Duration) { lag.WithLabelValues(sink).Observe(max(d, 0).Seconds()) },
+	})
+}
+
+type pgxStat struct{ acquired, idle, total, max int32 }
