@@ -70,6 +70,7 @@ func exampleEnv(t *testing.T) func(string) string {
 	for _, f := range []string{"verify_token", "app_secrets", "sign_secret"} {
 		os.WriteFile(filepath.Join(dir, f), []byte("dummy-"+f+"\n"), 0o600)
 	}
+	os.WriteFile(filepath.Join(dir, "postgres_url"), []byte("postgres://dummy:dummy@127.0.0.1:5432/dummy\n"), 0o600)
 	return func(k string) string {
 		switch k {
 		case "SECRETS_DIR":
