@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/vm"
 )
 
@@ -307,14 +309,61 @@ func clone(list []string) []string {
 }
 
 // CompileWhen compiles a `when` expression against Env. It fails, with an *ExprError, if the
-// expression does not parse, names an unknown variable or function, or is not boolean. An
-// expression whose type is only known at run time (such as `value.is_echo`) compiles, and
+// expression does not parse, names an unknown variable or function, or is not boolean.
+//
+// A `when` whose result cannot be a boolean is refused too, even where its type is only known
+// at run time: a bare member or identifier (`value.item`, `value.is_echo`), a string, a
+// number, nil, a list or a map. At run time it would fail for every change, which would then
+// match nothing; the error says how to make it a condition. An expression whose type is only
+// known at run time but can be a bool (`value.x ?? false`, `!value.is_echo`) compiles, and
 // evaluating it fails if the result is not a bool.
 func CompileWhen(src string) (*vm.Program, error) {
 	if err := expectKind(src, reflect.Bool, "boolean"); err != nil {
 		return nil, err
 	}
+	p, err := compile(src)
+	if err != nil {
+		return nil, err
+	}
+	if what := notCondition(p.Node()); what != "" {
+		msg := "must be a boolean expression, got " + what
+		if strings.HasPrefix(what, "a member") || strings.HasPrefix(what, "a name") {
+			msg += fmt.Sprintf("; compare it: %s == \"photo\" (or == true), or test presence: %s != nil", src, src)
+		}
+		return nil, &ExprError{Msg: msg}
+	}
 	return compile(src, expr.AsBool())
+}
+
+// notCondition describes the root of a `when` expression when its result cannot be a
+// boolean (a value to compare rather than a comparison), "" otherwise.
+func notCondition(n ast.Node) string {
+	if c, ok := n.(*ast.ChainNode); ok {
+		n = c.Node
+	}
+	switch n := n.(type) {
+	case *ast.MemberNode:
+		return "a member, not a condition"
+	case *ast.IdentifierNode:
+		return "a name, not a condition"
+	case *ast.StringNode:
+		return "a string"
+	case *ast.IntegerNode, *ast.FloatNode:
+		return "a number"
+	case *ast.NilNode:
+		return "nil"
+	case *ast.ArrayNode:
+		return "a list"
+	case *ast.MapNode:
+		return "a map"
+	case *ast.SliceNode:
+		return "a slice"
+	case *ast.ConstantNode:
+		if _, ok := n.Value.(bool); !ok {
+			return "a constant"
+		}
+	}
+	return ""
 }
 
 // expectKind compiles src without an expected type and fails with a clear message if its

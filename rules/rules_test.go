@@ -47,6 +47,15 @@ func TestCompileWhen_Errors(t *testing.T) {
 		{"second line", "field == \"feed\" &&\n  valeu.x", "unknown name valeu (line 2, column 3)"},
 		{"entry field typo", `entry.idd == "1"`, "type rules.Entry has no field idd"},
 		{"string compare int", `field > 3`, "invalid operation"},
+		// Types known only at run time, whose result still cannot be a condition.
+		{"bare member", `value.item`, `must be a boolean expression, got a member, not a condition; compare it: value.item == "photo" (or == true), or test presence: value.item != nil`},
+		{"bare optional member", `value?.item`, "got a member, not a condition"},
+		{"bare index", `value["item"]`, "got a member, not a condition"},
+		{"bare flag", `value.message.is_echo`, "value.message.is_echo == \"photo\" (or == true)"},
+		{"bare value", `value`, "got a name, not a condition; compare it: value =="},
+		{"nil", `nil`, "must be a boolean expression, got nil"},
+		{"list", `[value.a]`, "must be a boolean expression"},
+		{"map", `{"a": value.a}`, "must be a boolean expression"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
