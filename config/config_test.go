@@ -462,3 +462,25 @@ func TestParse_Limits(t *testing.T) {
 		t.Errorf("Parse of 8 million values: %.300v", err)
 	}
 }
+
+func TestParse_Routing(t *testing.T) {
+	const base = "apps: [{name: shop, verify_token: t, app_secrets: [s]}]\n" +
+		"sinks: [{name: archive, type: file, path: a.jsonl}, {name: ops, type: file, path: b.jsonl}]\n"
+	tests := []struct {
+		yaml string
+		want Routing
+	}{
+		{"", Routing{OnRuleError: OnRuleErrorDeadLetter}},
+		{"routing: {unmatched_sinks: [archive, ops]}\n", Routing{UnmatchedSinks: []string{"archive", "ops"}, OnRuleError: OnRuleErrorDeadLetter}},
+		{"routing: {on_rule_error: no_match}\n", Routing{OnRuleError: OnRuleErrorNoMatch}},
+	}
+	for _, tt := range tests {
+		cfg, err := Parse("c.yaml", []byte(base+tt.yaml), getenv(nil))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.yaml, err)
+		}
+		if !reflect.DeepEqual(cfg.Routing, tt.want) {
+			t.Errorf("%q: Routing = %+v, want %+v", tt.yaml, cfg.Routing, tt.want)
+		}
+	}
+}

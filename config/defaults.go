@@ -53,6 +53,7 @@ func Default() Config {
 		DeadLetter: DeadLetter{Dir: defaultDeadLetterDir(storageDir)},
 		Graph:      defaultGraph(),
 		Rules:      emptyRules,
+		Routing:    Routing{OnRuleError: OnRuleErrorDeadLetter},
 	}
 }
 

@@ -52,7 +52,7 @@ func Parse(file string, data []byte, getenv func(string) string) (*Config, error
 }
 
 // topKeys are the sections of a config file.
-var topKeys = []string{"server", "admin", "log", "apps", "storage", "dead_letter", "sinks", "rules", "graph"}
+var topKeys = []string{"server", "admin", "log", "apps", "storage", "dead_letter", "sinks", "rules", "routing", "graph"}
 
 // config decodes the root mapping into c, section by section in dependency order.
 func (d *decoder) config(root *yaml.Node, c *Config) {
@@ -77,6 +77,7 @@ func (d *decoder) config(root *yaml.Node, c *Config) {
 	if set := d.rules(f["rules"].val, "rules", names); set != nil {
 		c.Rules = set
 	}
+	d.routing(f["routing"].val, "routing", names, &c.Routing)
 }
 
 // The set* helpers decode fields[key], when present, into dst.

@@ -125,3 +125,30 @@ func unjoin(err error) []error {
 	}
 	return []error{err}
 }
+
+// Values of routing.on_rule_error.
+const (
+	OnRuleErrorDeadLetter = "dead_letter"
+	OnRuleErrorNoMatch    = "no_match"
+)
+
+// routing decodes the routing section: the catch-all sinks and what a failed rule does.
+func (d *decoder) routing(n *yaml.Node, path string, sinkNames map[string]bool, r *Routing) {
+	f, ok := d.mapping(n, path, "unmatched_sinks", "on_rule_error")
+	if !ok {
+		return
+	}
+	if e, ok := f["unmatched_sinks"]; ok {
+		known := make([]string, 0, len(sinkNames))
+		for name := range sinkNames {
+			known = append(known, name)
+		}
+		slices.Sort(known)
+		r.UnmatchedSinks = d.ruleSinks(e.val, join(path, "unmatched_sinks"), sinkNames, known)
+	}
+	if e, ok := f["on_rule_error"]; ok {
+		if v, ok := d.oneOf(e.val, join(path, "on_rule_error"), OnRuleErrorDeadLetter, OnRuleErrorNoMatch); ok {
+			r.OnRuleError = v
+		}
+	}
+}

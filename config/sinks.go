@@ -41,6 +41,10 @@ var sinkKeyOrder = []string{"name", "type", "concurrency", "retry", "batch", "ti
 
 var sinkTypes = []string{SinkHTTP, SinkSlack, SinkFile}
 
+// RuleErrorSink is the name of the built-in sink that dead-letters changes a rule failed to
+// evaluate for (relay.RuleErrorSink); no configured sink may take it.
+const RuleErrorSink = "rule-errors"
+
 // sinks decodes the sinks list. It also returns the name of every sink that has one, valid
 // or not, so that rules naming a sink with other problems are not reported again.
 func (d *decoder) sinks(n *yaml.Node, path string) ([]Sink, map[string]bool) {
@@ -62,6 +66,9 @@ func (d *decoder) sinks(n *yaml.Node, path string) ([]Sink, map[string]bool) {
 			if v, ok := d.nonEmpty(e.val, join(p, "name")); ok {
 				if line, dup := lines[v]; dup {
 					d.problem(e.val, join(p, "name"), "duplicate sink name %q (first at line %d)", v, line)
+				}
+				if v == RuleErrorSink {
+					d.problem(e.val, join(p, "name"), "%q is the built-in sink of changes a rule failed to evaluate for: choose another name", v)
 				}
 				lines[v] = e.val.Line
 				names[v] = true

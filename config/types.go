@@ -22,6 +22,20 @@ type Config struct {
 	Graph      Graph
 	// Rules is the compiled rule set, ready to match changes.
 	Rules *rules.Set
+	// Routing holds what happens to changes the rules do not route.
+	Routing Routing
+}
+
+// Routing configures what happens to a change no rule matched and to one a rule failed to
+// evaluate for.
+type Routing struct {
+	// UnmatchedSinks get every change no rule matched (a catch-all archive); none by default:
+	// such a change is counted and logged.
+	UnmatchedSinks []string
+	// OnRuleError is dead_letter (default: the change is dead-lettered for the built-in
+	// rule-errors sink, to replay once the rule is fixed) or no_match (the rule counts as not
+	// matching, as if the change were not for it).
+	OnRuleError string
 }
 
 // Server configures the public listener that Meta posts to.

@@ -431,7 +431,7 @@ func TestEngine_RawDeadLetterKeepsExactBody(t *testing.T) {
 
 func TestReplayItem_RefusesChangeWithoutObject(t *testing.T) {
 	l := &deadletter.Letter{ID: "x", Sink: "s", Change: json.RawMessage(`{"corrupt_record_base64":"AAEC"}`)}
-	if _, err := relay.ReplayItem(l); err == nil {
+	if _, err := relay.ReplayItem(l, nil); err == nil {
 		t.Error("a letter of an unreadable record was accepted for replay")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -262,8 +263,9 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	for i := range events {
 		ev := &events[i]
 		ev.ID = Key(ev)
-		routes[i] = table.route(ev, onErr)
+		routes[i] = table.route(ev, nil, onErr)
 		ev.Rules = routes[i].Rules
+		ev.RuleErrors = routes[i].Errors
 		raw = appendMissing(raw, routes[i].Raw...)
 		offs[i] = len(data)
 		data = AppendBinary(data, ev)
@@ -312,7 +314,13 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 			attrs = append(attrs, "value", string(ev.Value))
 		}
 		rt := &routes[i]
+		if len(rt.Errors) > 0 && slices.Contains(rt.Sinks, RuleErrorSink) {
+			log.Warn("change kept as a dead letter: a rule failed to evaluate", append(attrs, "reason", DescribeRuleErrors(rt.Errors), "rules", rt.Rules)...)
+		}
 		if len(rt.Rules) == 0 {
+			if rt.CatchAll {
+				attrs = append(attrs, "sinks", append(rt.Sinks[:len(rt.Sinks):len(rt.Sinks)], rt.Raw...))
+			}
 			log.Info("change unmatched", attrs...)
 			continue
 		}

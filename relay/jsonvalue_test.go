@@ -196,10 +196,10 @@ func TestRoute_DecodesOnlyProjection(t *testing.T) {
 			t.Fatal(err)
 		}
 		table := &routeTable{rules: set}
-		if rt := table.route(ev, nil); len(rt.Sinks) != 1 {
+		if rt := table.route(ev, nil, nil); len(rt.Sinks) != 1 {
 			t.Fatalf("%s: route = %+v, want sink s", tt.when, rt)
 		}
-		allocs := testing.AllocsPerRun(20, func() { table.route(ev, nil) })
+		allocs := testing.AllocsPerRun(20, func() { table.route(ev, nil, nil) })
 		if allocs < tt.min || allocs > tt.max {
 			t.Errorf("%s: %.0f allocations per route, want %.0f to %.0f", tt.when, allocs, tt.min, tt.max)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay/deadletter"
@@ -49,12 +50,29 @@ func LetterEvent(l *deadletter.Letter) (Event, error) {
 
 // ReplayItem is the spool item that delivers a dead letter's change to its sink again. It has
 // no dedup key: a replay is always delivered.
-func ReplayItem(l *deadletter.Letter) (Item, error) {
+//
+// A letter of RuleErrorSink (a rule failed to evaluate for the change) is routed again
+// instead, with router's current rules except those that matched it when it was accepted
+// (Router.Reroute): once the rule is fixed, the replay reaches the sinks it names. A rule that
+// still fails dead-letters it again; sinks with body: raw are left out (the notification's
+// bytes are not kept). The item may then have no sinks: nothing matched, or only raw sinks.
+// router may be nil for letters of other sinks.
+func ReplayItem(l *deadletter.Letter, router *Router) (Item, error) {
 	ev, err := LetterEvent(l)
 	if err != nil {
 		return Item{}, err
 	}
-	return Item{Data: AppendBinary(nil, &ev), Sinks: []string{l.Sink}}, nil
+	if l.Sink != RuleErrorSink {
+		return Item{Data: AppendBinary(nil, &ev), Sinks: []string{l.Sink}}, nil
+	}
+	if router == nil {
+		return Item{}, fmt.Errorf("dead letter %s: a rule error is replayed by routing it again, and no rules are loaded", l.ID)
+	}
+	ev.Rules = l.Rules
+	rt := router.Reroute(&ev, nil)
+	ev.Rules = append(slices.Clip(ev.Rules), rt.Rules...)
+	ev.RuleErrors = rt.Errors
+	return Item{Data: AppendBinary(nil, &ev), Sinks: rt.Sinks}, nil
 }
 
 // Replayer hands dead letters queued with `hubrelay deadletter replay` (in the dead-letter
@@ -63,6 +81,8 @@ func ReplayItem(l *deadletter.Letter) (Item, error) {
 type Replayer struct {
 	DL     *deadletter.Dir
 	Spool  Spooler
+	// Router routes letters of RuleErrorSink again (see ReplayItem).
+	Router *Router
 	Notify func(sinks []string)
 	Log    *slog.Logger
 }
@@ -98,7 +118,7 @@ func (rp *Replayer) Once(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, l := range letters {
-		it, ierr := ReplayItem(l)
+		it, ierr := ReplayItem(l, rp.Router)
 		if ierr != nil {
 			rp.Log.Error("replay dead letter", "dead_letter", l.ID, "err", ierr)
 			continue
@@ -109,7 +129,7 @@ func (rp *Replayer) Once(ctx context.Context) (int, error) {
 		if aerr := rp.DL.Ack(l.ID); aerr != nil {
 			return n, fmt.Errorf("remove replayed letter %s: %w", l.ID, aerr)
 		}
-		rp.Log.Info("dead letter replayed", "dead_letter", l.ID, "sink", l.Sink, "change_id", l.ChangeID)
+		rp.Log.Info("dead letter replayed", "dead_letter", l.ID, "sink", l.Sink, "change_id", l.ChangeID, "sinks", it.Sinks)
 		if rp.Notify != nil {
 			rp.Notify(it.Sinks)
 		}

@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"context"
+	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"github.com/hubrelay/hubrelay/rules"
@@ -15,18 +18,42 @@ type Router struct {
 type routeTable struct {
 	rules *rules.Set
 	raw   map[string]bool // sinks that take the whole notification (body: raw)
+	opts  RouteOptions
 }
 
-// NewRouter returns a Router over set. rawSinks names the sinks configured with body: raw.
+// RuleErrorSink is the built-in sink of changes a rule failed to evaluate for: its
+// deliveries are dead-lettered at once (see NewRuleErrorSink), with a reason naming each
+// failed rule and the class of its error, so the change stays recoverable: `hubrelay
+// deadletter replay` routes it again with the current rules. Config refuses a sink of this
+// name.
+const RuleErrorSink = "rule-errors"
+
+// RouteOptions are the routing settings beside the rules.
+type RouteOptions struct {
+	// Unmatched names the sinks that get every change no rule matched (a catch-all); none by
+	// default: such a change is counted and logged.
+	Unmatched []string
+	// IgnoreRuleErrors makes a rule that fails to evaluate count as no match, as if the
+	// change were not for it. By default the change also goes to RuleErrorSink.
+	IgnoreRuleErrors bool
+}
+
+// NewRouter returns a Router over set with default options. rawSinks names the sinks
+// configured with body: raw.
 func NewRouter(set *rules.Set, rawSinks []string) *Router {
 	r := &Router{}
 	r.Swap(set, rawSinks)
 	return r
 }
 
-// Swap replaces the rule set and the raw sink list in one step.
+// Swap replaces the rule set and the raw sink list in one step, with default options.
 func (r *Router) Swap(set *rules.Set, rawSinks []string) {
-	t := &routeTable{rules: set, raw: make(map[string]bool, len(rawSinks))}
+	r.Configure(set, rawSinks, RouteOptions{})
+}
+
+// Configure replaces the rule set, the raw sink list and the options in one step.
+func (r *Router) Configure(set *rules.Set, rawSinks []string, opts RouteOptions) {
+	t := &routeTable{rules: set, raw: make(map[string]bool, len(rawSinks)), opts: opts}
 	for _, s := range rawSinks {
 		t.raw[s] = true
 	}
@@ -38,6 +65,11 @@ type Route struct {
 	Rules []string // names of the matched rules, in config order
 	Sinks []string // sinks that get the change itself
 	Raw   []string // sinks that get the whole notification instead
+	// Errors lists the rules that failed to evaluate (their error class, never payload).
+	// Unless RouteOptions.IgnoreRuleErrors is set, Sinks then holds RuleErrorSink too.
+	Errors []RuleError
+	// CatchAll reports that no rule matched and Sinks are RouteOptions.Unmatched.
+	CatchAll bool
 }
 
 // snapshot returns the current table; callers route a whole request with one snapshot.
@@ -74,16 +106,29 @@ func ruleEnv(ev *Event, withValue bool, proj rules.Projection) *rules.Env {
 	return env
 }
 
-// route matches ev against t. onErr receives rule evaluation errors.
-func (t *routeTable) route(ev *Event, onErr func(rule string, err error)) Route {
+// route matches ev against t, leaving out the rules named in skip. onErr receives rule
+// evaluation errors.
+func (t *routeTable) route(ev *Event, skip []string, onErr func(rule string, err error)) Route {
 	env := ruleEnv(ev, t.rules.NeedsValue(), t.rules.Projection())
-	m := t.rules.Match(env, onErr)
-	rt := Route{Rules: m.Rules}
+	m := t.rules.MatchExcept(env, skip, onErr)
+	var errs []RuleError
+	for _, f := range m.Failed {
+		errs = append(errs, RuleError{Rule: f.Rule, Class: rules.ErrorClass(f.Err)})
+	}
+	rt := Route{Rules: m.Rules, Errors: errs}
+	sinks := m.Sinks
+	if len(m.Rules) == 0 && len(t.opts.Unmatched) > 0 && (len(errs) == 0 || t.opts.IgnoreRuleErrors) {
+		sinks, rt.CatchAll = t.opts.Unmatched, true
+	}
+	if len(errs) > 0 && !t.opts.IgnoreRuleErrors {
+		// Match's slices may be shared with the rule set: never append to them in place.
+		sinks = append(sinks[:len(sinks):len(sinks)], RuleErrorSink)
+	}
 	if len(t.raw) == 0 {
-		rt.Sinks = m.Sinks
+		rt.Sinks = sinks
 		return rt
 	}
-	for _, s := range m.Sinks {
+	for _, s := range sinks {
 		if t.raw[s] {
 			rt.Raw = append(rt.Raw, s)
 		} else {
@@ -95,5 +140,47 @@ func (t *routeTable) route(ev *Event, onErr func(rule string, err error)) Route 
 
 // Route matches one change against the current rules (used by `hubrelay route`).
 func (r *Router) Route(ev *Event, onErr func(rule string, err error)) Route {
-	return r.snapshot().route(ev, onErr)
+	return r.snapshot().route(ev, nil, onErr)
+}
+
+// Reroute routes a dead-lettered change again with the current rules, except the rules that
+// routed it when it was accepted (ev.Rules: their sinks had it). It is how `deadletter
+// replay` recovers a change a rule failed to evaluate for, once the rule is fixed.
+func (r *Router) Reroute(ev *Event, onErr func(rule string, err error)) Route {
+	return r.snapshot().route(ev, ev.Rules, onErr)
+}
+
+// ruleErrorSink dead-letters every delivery it gets: see RuleErrorSink.
+type ruleErrorSink struct{}
+
+// NewRuleErrorSink returns the sink that takes the deliveries routed to RuleErrorSink. Run it
+// with one attempt (RuleErrorSinkConfig): its error is permanent, and the dead letter's
+// reason names each failed rule and its error class.
+func NewRuleErrorSink() Sink { return ruleErrorSink{} }
+
+// RuleErrorSinkConfig is how the delivery engine runs NewRuleErrorSink.
+func RuleErrorSinkConfig() SinkConfig {
+	return SinkConfig{Sink: NewRuleErrorSink(), Concurrency: 1, Retry: RetryPolicy{MaxAttempts: 1}}
+}
+
+func (ruleErrorSink) Name() string { return RuleErrorSink }
+
+func (ruleErrorSink) Deliver(_ context.Context, ev *Event) error {
+	return &StatusError{Msg: DescribeRuleErrors(ev.RuleErrors), Perm: true}
+}
+
+// DescribeRuleErrors says which rules failed and how: `rule "photos" failed to evaluate:
+// missing member at column 9`, several joined with "; ".
+func DescribeRuleErrors(errs []RuleError) string {
+	if len(errs) == 0 {
+		return "a rule failed to evaluate"
+	}
+	var b strings.Builder
+	for i, e := range errs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "rule %q failed to evaluate: %s", e.Rule, e.Class)
+	}
+	return b.String()
 }

@@ -3,6 +3,8 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/expr-lang/expr/file"
 )
@@ -41,4 +43,35 @@ func exprError(err error) error {
 		e.Line, e.Column = fe.Line, fe.Column+1
 	}
 	return e
+}
+
+// ErrorClass names the kind of a `when` evaluation error without quoting the change: one of
+// "missing member" (a member of a value that is absent or null), "index out of range",
+// "not a boolean", "type mismatch" or "evaluation error", followed by the column in the
+// expression when known ("missing member at column 9"). It is safe to log and to store in a
+// dead letter's reason, which must not hold payload data.
+func ErrorClass(err error) string {
+	msg := err.Error()
+	var class string
+	switch {
+	case strings.Contains(msg, "cannot fetch") || strings.Contains(msg, "nil pointer") || strings.Contains(msg, "from <nil>"):
+		class = "missing member"
+	case strings.Contains(msg, "out of range"):
+		class = "index out of range"
+	case strings.Contains(msg, "not bool") || strings.Contains(msg, "expected bool"):
+		class = "not a boolean"
+	case strings.Contains(msg, "invalid operation") || strings.Contains(msg, "interface conversion") ||
+		strings.Contains(msg, "invalid argument") || strings.Contains(msg, "not defined on") || strings.Contains(msg, "cannot use"):
+		class = "type mismatch"
+	default:
+		class = "evaluation error"
+	}
+	var ee *ExprError
+	if errors.As(err, &ee) && ee.Column > 0 {
+		class += " at column " + strconv.Itoa(ee.Column)
+		if ee.Line > 1 {
+			class += " of line " + strconv.Itoa(ee.Line)
+		}
+	}
+	return class
 }

@@ -61,6 +61,15 @@ type Match struct {
 	Rules []string
 	// Sinks holds the sinks of the matching rules, deduplicated, in first-seen order.
 	Sinks []string
+	// Failed lists the rules whose `when` failed to evaluate, in config order; they count as
+	// not matching. Its errors may quote the payload (see ErrorClass for one that does not).
+	Failed []Failure
+}
+
+// Failure is one rule whose `when` failed to evaluate for a change.
+type Failure struct {
+	Rule string
+	Err  error
 }
 
 // rule is one compiled Spec.
@@ -233,6 +242,17 @@ func (s *Set) NeedsValue() bool { return s != nil && s.needsValue }
 // Match allocates nothing when no rule or a single rule matches: the slices of the returned
 // Match may then be shared with the Set and must not be modified.
 func (s *Set) Match(env *Env, onErr func(rule string, err error)) Match {
+	return s.match(env, nil, onErr)
+}
+
+// MatchExcept is Match leaving out the rules named in skip: a dead-letter replay routes a
+// change again with the current rules, except those that routed it the first time (their
+// sinks have it already).
+func (s *Set) MatchExcept(env *Env, skip []string, onErr func(rule string, err error)) Match {
+	return s.match(env, skip, onErr)
+}
+
+func (s *Set) match(env *Env, skip []string, onErr func(rule string, err error)) Match {
 	if s == nil {
 		return Match{}
 	}
@@ -244,7 +264,7 @@ func (s *Set) Match(env *Env, onErr func(rule string, err error)) Match {
 	var m Match
 	for _, i := range idx {
 		r := &s.rules[i]
-		if !accepts(r.fields, env.Field) || !accepts(r.verbs, env.Verb) {
+		if !accepts(r.fields, env.Field) || !accepts(r.verbs, env.Verb) || (skip != nil && contains(skip, r.name)) {
 			continue
 		}
 		if r.when != nil {
@@ -253,6 +273,7 @@ func (s *Set) Match(env *Env, onErr func(rule string, err error)) Match {
 			}
 			out, err := run(r.when, env)
 			if err != nil {
+				m.Failed = append(m.Failed, Failure{Rule: r.name, Err: err})
 				if onErr != nil {
 					onErr(r.name, err)
 				}
@@ -282,7 +303,9 @@ func (s *Set) Match(env *Env, onErr func(rule string, err error)) Match {
 		}
 	}
 	if m.Rules == nil && first >= 0 {
-		return s.rules[first].alone
+		alone := s.rules[first].alone
+		alone.Failed = m.Failed
+		return alone
 	}
 	return m
 }

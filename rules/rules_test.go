@@ -415,3 +415,31 @@ func TestMatch_LoadValueLazily(t *testing.T) {
 		t.Errorf("template with lazy value: %q, %v", s, err)
 	}
 }
+
+func TestErrorClass(t *testing.T) {
+	value := map[string]any{"a": "secret text", "n": 5.0, "list": []any{1.0}}
+	tests := []struct{ when, want string }{
+		{`value.x.y == 1`, "missing member at column 9"},
+		{`value.list[5] == 1`, "index out of range at column 11"},
+		{`value.a > 3`, "type mismatch at column 9"},
+		{`!value.n`, "not a boolean at column 1"},
+		{`len(value.n) > 0`, "type mismatch at column 1"},
+		{"field == \"feed\" &&\n  value.x.y == 1", "missing member at column 11 of line 2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.when, func(t *testing.T) {
+			set, err := Compile([]Spec{{Name: "r", When: tt.when, Sinks: []string{"s"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			set.Match(&Env{Field: "feed", Value: value}, func(rule string, err error) { got = ErrorClass(err) })
+			if got != tt.want {
+				t.Errorf("ErrorClass = %q, want %q", got, tt.want)
+			}
+			if strings.Contains(got, "secret") || strings.Contains(got, "5") && !strings.Contains(tt.want, "5") {
+				t.Errorf("ErrorClass %q quotes the change", got)
+			}
+		})
+	}
+}

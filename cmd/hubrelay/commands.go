@@ -59,8 +59,11 @@ type routeLine struct {
 	Field   string   `json:"field"`
 	Verb    *string  `json:"verb"`
 	EntryID string   `json:"entry_id"`
+	Source  string   `json:"source"`
 	Rules   []string `json:"rules"`
 	Sinks   []string `json:"sinks"`
+	// RuleErrors lists the rules that failed to evaluate, with the class of the error.
+	RuleErrors []relay.RuleError `json:"rule_errors,omitempty"`
 }
 
 // runRoute decodes a payload file and prints, for each change, the rules and sinks it matches.
@@ -97,18 +100,21 @@ func runRoute(args []string, e env) error {
 	if err != nil {
 		return fmt.Errorf("decode %s: %w", payload, err)
 	}
-	router := relay.NewRouter(cfg.Rules, rawSinks(cfg))
+	router := newRouter(cfg)
 	enc := json.NewEncoder(e.stdout)
+	failed := 0
 	for i := range events {
 		ev := &events[i]
 		ev.ID = relay.Key(ev)
 		rt := router.Route(ev, func(rule string, err error) {
-			fmt.Fprintf(e.stderr, "rule %s: %v\n", rule, err)
+			// A dry run on the operator's own file: the full error helps fix the rule.
+			fmt.Fprintf(e.stderr, "rule %s: evaluation failed: %v\n", rule, err)
 		})
+		failed += len(rt.Errors)
 		sinks := append(append([]string{}, rt.Sinks...), rt.Raw...)
 		if *asJSON {
 			line := routeLine{ID: ev.ID, App: ev.App, Object: ev.Object, Field: ev.Field, EntryID: ev.Entry.ID,
-				Rules: nonNil(rt.Rules), Sinks: nonNil(sinks)}
+				Source: ev.Source.String(), Rules: nonNil(rt.Rules), Sinks: nonNil(sinks), RuleErrors: rt.Errors}
 			if ev.Verb != "" {
 				line.Verb = &ev.Verb
 			}
@@ -126,6 +132,10 @@ func runRoute(args []string, e env) error {
 	}
 	if !*asJSON {
 		fmt.Fprintf(e.stderr, "%d change(s)\n", len(events))
+	}
+	if failed > 0 {
+		fmt.Fprintf(e.stderr, "%d rule evaluation(s) failed: serve would dead-letter those changes for the %s sink until the rule is fixed\n", failed, relay.RuleErrorSink)
+		return fmt.Errorf("%w: %d rule evaluation(s) failed", errReported, failed)
 	}
 	return nil
 }

@@ -145,9 +145,9 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		var n int
 		var mode string
 		if pgLetters != nil {
-			n, mode, err = replayPostgres(ctx, pgLetters, letters)
+			n, mode, err = replayPostgres(ctx, pgLetters, newRouter(cfg), letters)
 		} else {
-			n, mode, err = replay(ctx, dir, filepath.Join(cfg.Storage.Dir, spoolFile), letters)
+			n, mode, err = replay(ctx, dir, filepath.Join(cfg.Storage.Dir, spoolFile), newRouter(cfg), letters)
 		}
 		fmt.Fprintf(e.stdout, "%d dead letter(s) %s\n", n, mode)
 		return err
@@ -173,7 +173,10 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 
 // replay puts letters back on the delivery queue: straight into the spool when no relay holds
 // it, else through the replay folder the running relay watches.
-func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, letters []*deadletter.Letter) (int, string, error) {
+//
+// Letters of changes a rule failed to evaluate for are routed again with router's rules (the
+// config's current ones; see relay.ReplayItem).
+func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, router *relay.Router, letters []*deadletter.Letter) (int, string, error) {
 	sp, err := embedded.Open(spoolPath, spool.Options{OpenTimeout: 200 * time.Millisecond})
 	if errors.Is(err, spool.ErrLocked) {
 		ids := make([]string, len(letters))
@@ -191,7 +194,7 @@ func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, letters [
 	defer sp.Close()
 	n := 0
 	for _, l := range letters {
-		it, err := relay.ReplayItem(l)
+		it, err := relay.ReplayItem(l, router)
 		if err != nil {
 			return n, "replayed", err
 		}
@@ -208,10 +211,10 @@ func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, letters [
 
 // replayPostgres puts letters back on the shared queue, each in one transaction with the
 // removal of its letter; any replica delivers them.
-func replayPostgres(ctx context.Context, dl *postgres.DeadLetters, letters []*deadletter.Letter) (int, string, error) {
+func replayPostgres(ctx context.Context, dl *postgres.DeadLetters, router *relay.Router, letters []*deadletter.Letter) (int, string, error) {
 	n := 0
 	for _, l := range letters {
-		if err := dl.Replay(ctx, l); err != nil {
+		if err := dl.Replay(ctx, l, router); err != nil {
 			return n, "replayed", err
 		}
 		n++

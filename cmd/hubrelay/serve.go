@@ -136,10 +136,10 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	}
 	s.engine = relay.NewEngine(sp, st.letters, s.metrics, log)
 	s.engine.Start()
-	if err := s.engine.SetSinks(sinkCfgs); err != nil {
+	if err := s.engine.SetSinks(withRuleErrors(sinkCfgs)); err != nil {
 		return err
 	}
-	s.router = relay.NewRouter(cfg.Rules, rawSinks(cfg))
+	s.router = newRouter(cfg)
 	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, s.metrics, log)
 
 	admin := http.NewServeMux()
@@ -209,7 +209,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	go s.maintain(bg)
 	if st.dir != nil {
 		// Postgres mode needs no replay folder: `deadletter replay` writes to the database.
-		rp := &relay.Replayer{DL: st.dir, Spool: sp, Notify: s.engine.Notify, Log: log.With("component", "replay")}
+		rp := &relay.Replayer{DL: st.dir, Spool: sp, Router: s.router, Notify: s.engine.Notify, Log: log.With("component", "replay")}
 		go rp.Run(bg, time.Second)
 	}
 
@@ -389,16 +389,36 @@ func (s *server) reload() {
 	// Sinks first, then rules: a change routed with the new rules always finds its sink
 	// running; one routed with the old rules to a sink just removed is dead-lettered (the
 	// engine runs a stand-in for it), to be replayed.
-	if err := s.engine.SetSinks(sinkCfgs); err != nil {
+	if err := s.engine.SetSinks(withRuleErrors(sinkCfgs)); err != nil {
 		s.metrics.Reload(false)
 		s.log.Error("config reload: sinks", "err", err)
 		return
 	}
 	s.sinks.closeRetired()
-	s.router.Swap(cfg.Rules, rawSinks(cfg))
+	s.router.Configure(cfg.Rules, rawSinks(cfg), routeOptions(cfg))
 	s.recv.Configure(receiverConfig(cfg))
 	s.metrics.Reload(true)
 	s.log.Info("config reloaded", "rules", cfg.Rules.Len(), "sinks", len(cfg.Sinks), "apps", len(cfg.Apps))
+}
+
+// withRuleErrors adds the built-in sink that dead-letters changes a rule failed to evaluate
+// for (relay.RuleErrorSink) to the configured ones.
+func withRuleErrors(cfgs []relay.SinkConfig) []relay.SinkConfig {
+	return append(cfgs[:len(cfgs):len(cfgs)], relay.RuleErrorSinkConfig())
+}
+
+// newRouter returns the router of cfg's rules and routing options.
+func newRouter(cfg *config.Config) *relay.Router {
+	r := relay.NewRouter(nil, nil)
+	r.Configure(cfg.Rules, rawSinks(cfg), routeOptions(cfg))
+	return r
+}
+
+func routeOptions(cfg *config.Config) relay.RouteOptions {
+	return relay.RouteOptions{
+		Unmatched:        cfg.Routing.UnmatchedSinks,
+		IgnoreRuleErrors: cfg.Routing.OnRuleError == config.OnRuleErrorNoMatch,
+	}
 }
 
 func rawSinks(cfg *config.Config) []string {

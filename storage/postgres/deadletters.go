@@ -187,9 +187,10 @@ func (d *DeadLetters) Count(sink string) (int, error) {
 }
 
 // Replay puts the letter's change back on its sink's queue and removes the letter, in one
-// transaction: a replay is never lost nor doubled. Any replica then delivers it.
-func (d *DeadLetters) Replay(ctx context.Context, l *deadletter.Letter) error {
-	it, err := relay.ReplayItem(l)
+// transaction: a replay is never lost nor doubled. Any replica then delivers it. router
+// routes letters of relay.RuleErrorSink again (see relay.ReplayItem); it may be nil otherwise.
+func (d *DeadLetters) Replay(ctx context.Context, l *deadletter.Letter, router *relay.Router) error {
+	it, err := relay.ReplayItem(l, router)
 	if err != nil {
 		return err
 	}
