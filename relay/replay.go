@@ -79,8 +79,8 @@ func ReplayItem(l *deadletter.Letter, router *Router) (Item, error) {
 // directory's replay/ folder) back to the spool of the running relay. A letter's file is
 // removed only after its new delivery is committed.
 type Replayer struct {
-	DL     *deadletter.Dir
-	Spool  Spooler
+	DL    *deadletter.Dir
+	Spool Spooler
 	// Router routes letters of RuleErrorSink again (see ReplayItem).
 	Router *Router
 	Notify func(sinks []string)
