@@ -23,10 +23,13 @@ const (
 	TargetReferenceFsync = "reference-fsync" // the same plus a group-committed fsync'd append
 	TargetHubrelay       = "hubrelay"        // hubrelay serve: spool, rule, two HTTP sinks
 	TargetHubrelayBatch  = "hubrelay-batch"  // the same with sink batching on
+	// TargetHubrelayPostgres is hubrelay serve with storage.postgres (Options.PostgresURL), a
+	// fresh schema per phase.
+	TargetHubrelayPostgres = "hubrelay-postgres"
 )
 
 // Targets lists every target name in report order.
-var Targets = []string{TargetReference, TargetReferenceFsync, TargetHubrelay, TargetHubrelayBatch}
+var Targets = []string{TargetReference, TargetReferenceFsync, TargetHubrelay, TargetHubrelayBatch, TargetHubrelayPostgres}
 
 // Options configures a run. The zero value of a field means its default.
 type Options struct {
@@ -72,6 +75,9 @@ type Options struct {
 	CPUProfile string
 	// Dir holds the targets' data and logs; default a temporary directory removed at the end.
 	Dir string
+	// PostgresURL is the database of the hubrelay-postgres target (each phase gets its own
+	// schema, dropped after it).
+	PostgresURL string
 	// Progress receives one line per phase as the run goes; nil discards them.
 	Progress io.Writer
 }
@@ -104,6 +110,9 @@ func (o Options) withDefaults() (Options, error) {
 		if !slices.Contains(Targets, t) {
 			return o, fmt.Errorf("target %q: use %v", t, Targets)
 		}
+	}
+	if slices.Contains(o.Targets, TargetHubrelayPostgres) && o.PostgresURL == "" {
+		return o, fmt.Errorf("target %s needs a database: pass -postgres URL", TargetHubrelayPostgres)
 	}
 	if len(o.Concurrency) == 0 {
 		o.Concurrency = []int{1, 8, 32}

@@ -213,7 +213,7 @@ func checks(r *Report) []Check {
 	}
 	c, k := slices.Max(r.Options.Concurrency), r.Options.ChangesPerPost
 	ref := r.find(TargetReferenceFsync, c, k)
-	for _, target := range []string{TargetHubrelay, TargetHubrelayBatch} {
+	for _, target := range []string{TargetHubrelay, TargetHubrelayBatch, TargetHubrelayPostgres} {
 		hub := r.find(target, c, k)
 		if hub == nil {
 			continue
@@ -241,6 +241,12 @@ func checks(r *Report) []Check {
 			}
 		}
 		out = append(out, lossChecks(r, target)...)
+	}
+	// Issue 16's targets: Postgres mode at >= 0.5x the embedded mode's acked req/s, p99 <= 3x.
+	if pg, emb := r.find(TargetHubrelayPostgres, c, k), r.find(TargetHubrelay, c, k); pg != nil && emb != nil {
+		out = append(out,
+			ratio(fmt.Sprintf("%s: hubrelay-postgres acked req/s vs hubrelay (embedded)", pg.Label), pg.AckedPerSec, emb.AckedPerSec, "req/s", 0.5, true),
+			ratio(fmt.Sprintf("%s: hubrelay-postgres p99 ack latency vs hubrelay (embedded)", pg.Label), pg.AckLatency.P99, emb.AckLatency.P99, "ms", 3, false))
 	}
 	return out
 }

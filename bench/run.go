@@ -9,8 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // The bounds of one run that are not options.
@@ -319,6 +322,8 @@ type running struct {
 	child  *child
 	url    string      // the webhook URL to post to
 	recvs  []*receiver // the relay's sinks; none for the references
+	// dropSchema removes the Postgres target's schema after it stopped; nil for the others.
+	dropSchema func()
 }
 
 func (t *running) relay() bool { return len(t.recvs) > 0 }
@@ -339,7 +344,22 @@ func (t *running) stop() error {
 	for _, rc := range t.recvs {
 		rc.close()
 	}
+	if t.dropSchema != nil {
+		t.dropSchema()
+	}
 	return err
+}
+
+// dropSchema drops a Postgres target's schema (best effort: a leftover is harmless).
+func dropSchema(url, schema string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
 }
 
 // start starts target with its data in dir and waits until it is ready. sinksDown makes the
@@ -369,7 +389,12 @@ func (r *runner) start(ctx context.Context, target, dir string, sinksDown bool) 
 			rc.failing.Store(sinksDown)
 			t.recvs = append(t.recvs, rc)
 		}
-		cfg, err := r.writeRelayConfig(dir, addr, target == TargetHubrelayBatch, t.recvs)
+		var pgSchema string
+		if target == TargetHubrelayPostgres {
+			pgSchema = "bench_" + randomHex(6)
+			t.dropSchema = func() { dropSchema(r.opt.PostgresURL, pgSchema) }
+		}
+		cfg, err := r.writeRelayConfig(dir, addr, target == TargetHubrelayBatch, t.recvs, pgSchema)
 		if err != nil {
 			t.closeReceivers()
 			return nil, err
@@ -399,7 +424,7 @@ func (t *running) closeReceivers() {
 
 // writeRelayConfig writes the relay's config into dir and returns its path: the bench app,
 // the spool in dir/data, and a rule sending WhatsApp messages to both sinks.
-func (r *runner) writeRelayConfig(dir, addr string, batch bool, recvs []*receiver) (string, error) {
+func (r *runner) writeRelayConfig(dir, addr string, batch bool, recvs []*receiver, pgSchema string) (string, error) {
 	data := filepath.Join(dir, "data")
 	maxIP := max(64, 2*r.opt.maxConcurrency())
 	cfg := fmt.Sprintf(`# Written by hubrelay bench.
@@ -420,6 +445,10 @@ log:
   format: json
 sinks:
 `, addr, max(256, maxIP), maxIP, benchApp, DefaultSecretEnv, data, r.opt.RelayLogLevel)
+	if pgSchema != "" {
+		cfg = strings.Replace(cfg, "storage:\n  dir: "+data+"\n", fmt.Sprintf("storage:\n  dir: %s\n  postgres:\n    url: %q\n    schema: %s\n    max_conns: %d\n",
+			data, r.opt.PostgresURL, pgSchema, min(32, max(8, r.opt.maxConcurrency()))), 1)
+	}
 	for _, rc := range recvs {
 		cfg += fmt.Sprintf(`  - name: %s
     type: http

@@ -39,6 +39,7 @@ func runBench(ctx context.Context, args []string, e env) error {
 	svg := fs.String("svg", "", "also write a chart to this SVG `file`")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of each hubrelay child to `prefix`.<phase>.pprof (needs "+cpuProfileEnv+" support in serve)")
 	fs.StringVar(&o.Dir, "dir", "", "keep the targets' data and logs in this directory (default: a temporary one, removed)")
+	fs.StringVar(&o.PostgresURL, "postgres", "", "database `URL` of the hubrelay-postgres target (a schema per phase, dropped after it)")
 	quiet := fs.Bool("q", false, "no progress lines on standard error")
 	if _, err := parseArgs(fs, args, e); err != nil {
 		return err
