@@ -71,3 +71,59 @@ func TestRuleErrorSinkName(t *testing.T) {
 		t.Fatalf("config reserves sink %q, relay routes rule errors to %q", config.RuleErrorSink, relay.RuleErrorSink)
 	}
 }
+
+// TestServe_RuleErrorReplayedWithFixedRule: a change the rule fails on is acknowledged and
+// dead-lettered for the rule-errors sink by the running relay; once the rule is fixed,
+// `deadletter replay` (here with no relay running: it opens the spool and routes with the
+// config's rules) gets it delivered.
+func TestServe_RuleErrorReplayedWithFixedRule(t *testing.T) {
+	sink := newCollector(t)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, freeAddr(t), sink.srv.URL)
+	good, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := strings.Replace(string(good), `when: 'value.messages != nil'`, `when: 'value.metadata.x.y == 1'`, 1)
+	if err := os.WriteFile(cfg, []byte(broken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startRelay(t, dir, cfg)
+	wa, _ := os.ReadFile("testdata/whatsapp_text_message.json")
+	if st, _ := post(t, r.url+"/webhooks", wa, relay.Sign(wa, testSecret)); st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	dlDir := filepath.Join(dir, "data", "dead-letter")
+	waitFor(t, "rule-error dead letter", func() bool {
+		m, _ := filepath.Glob(filepath.Join(dlDir, relay.RuleErrorSink+"-*.json"))
+		return len(m) == 1
+	})
+	out, err := cli(t, "deadletter", "list", "-config", cfg, "-json")
+	if err != nil {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	var l struct{ Sink, Reason string }
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &l); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if want := `permanent: rule "whatsapp-inbound" failed to evaluate: missing member at column 18`; l.Reason != want {
+		t.Errorf("reason %q, want %q", l.Reason, want)
+	}
+	r.stop(t)
+	if n := len(sink.ids()); n != 0 {
+		t.Fatalf("the sink got %d changes from a failing rule", n)
+	}
+
+	if err := os.WriteFile(cfg, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = cli(t, "deadletter", "replay", "-config", cfg, "-all")
+	if err != nil || !strings.Contains(out, "1 dead letter(s) replayed into the spool") {
+		t.Fatalf("replay: %v\n%s", err, out)
+	}
+	startRelay(t, dir, cfg)
+	waitFor(t, "delivery after the fix", func() bool { return len(sink.ids()) == 1 })
+	if m, _ := filepath.Glob(filepath.Join(dlDir, "*.json")); len(m) != 0 {
+		t.Errorf("dead letters left: %v", m)
+	}
+}
