@@ -28,7 +28,17 @@ type ConnLimitOptions struct {
 	// requests); their connections still count toward Max.
 	Exempt []*net.IPNet
 	Logger *slog.Logger
+	// Observe, if set, is told of every connection the limiter drops, as
+	// ConnRefusedTotal, ConnRefusedPerIP or ConnClosedForRoom. It must be cheap.
+	Observe func(reason string)
 }
+
+// What ConnLimitOptions.Observe is told.
+const (
+	ConnRefusedTotal  = "refused_total"   // at Max, and nothing could be closed
+	ConnRefusedPerIP  = "refused_per_ip"  // the peer at MaxPerIP
+	ConnClosedForRoom = "closed_for_room" // idle or silent, closed to let a new one in
+)
 
 // ConnLimiter caps the open connections of a listener, in all and per peer address. When a
 // connection arrives with the listener at Max, it makes room by closing one that is idle (a
@@ -128,6 +138,13 @@ func (l *ConnLimiter) admit(c net.Conn) *limitedConn {
 	if reason != "" {
 		l.mu.Unlock()
 		c.Close()
+		if l.o.Observe != nil {
+			if reason == ReasonTooManyConnsIP {
+				l.o.Observe(ConnRefusedPerIP)
+			} else {
+				l.o.Observe(ConnRefusedTotal)
+			}
+		}
 		l.sample.Log(l.log, slog.LevelWarn, reason, "connection refused", "reason", reason, "remote", ip.String(),
 			"max_connections", l.o.Max, "max_connections_per_ip", l.o.MaxPerIP)
 		return nil
@@ -139,6 +156,9 @@ func (l *ConnLimiter) admit(c net.Conn) *limitedConn {
 	if evict != nil {
 		evict.once.Do(func() {}) // already forgotten
 		evict.Conn.Close()
+		if l.o.Observe != nil {
+			l.o.Observe(ConnClosedForRoom)
+		}
 		l.sample.Log(l.log, slog.LevelInfo, ReasonIdleUnderPressure, "connection closed", "reason", ReasonIdleUnderPressure,
 			"remote", evict.ip.String(), "state", evictState.String(), "max_connections", l.o.Max)
 	}

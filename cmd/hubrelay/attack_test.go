@@ -221,7 +221,16 @@ func TestServe_ManyIdleConnections(t *testing.T) {
 	}
 	waitFor(t, "the relay to close connections over its cap", func() bool { return closed.Load() >= 300-maxConns })
 	statuses, lat := legitPosts(t, r.url, 20, 0)
+	open := metricValue(t, r.url+"/metrics", "hubrelay_open_connections")
+	dropped := metricValue(t, r.url+"/metrics", "hubrelay_connections_dropped_total", `reason="closed_for_room"`)
 	stop()
+	t.Logf("metrics under attack: hubrelay_open_connections %v, connections closed for room %v", open, dropped)
+	if open < 1 || open > maxConns {
+		t.Errorf("hubrelay_open_connections = %v, want 1..%d", open, maxConns)
+	}
+	if dropped < 300-maxConns {
+		t.Errorf("connections closed for room = %v, want at least %d", dropped, 300-maxConns)
+	}
 	wg.Wait()
 	t.Logf("legit POSTs with 300 connections against a cap of %d: %v; latency %s; attack connections closed %d",
 		maxConns, statuses, latencySummary(lat), closed.Load())

@@ -162,7 +162,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	conns, err := connLimiter(cfg, log)
+	conns, err := connLimiter(cfg, log, s.metrics)
 	if err != nil {
 		ln.Close()
 		return err
@@ -569,7 +569,7 @@ const fdReserve = 256
 // connLimiter raises the soft limit on open files to the hard limit and returns the limiter of
 // the webhook listener's connections, with server.max_connections lowered, and a warning
 // logged, when the limit leaves too few descriptors for it.
-func connLimiter(cfg *config.Config, log *slog.Logger) (*relay.ConnLimiter, error) {
+func connLimiter(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*relay.ConnLimiter, error) {
 	limit := cfg.Server.MaxConnections
 	soft, hard, raised, err := raiseFileLimit()
 	if err != nil {
@@ -590,10 +590,14 @@ func connLimiter(cfg *config.Config, log *slog.Logger) (*relay.ConnLimiter, erro
 			return nil, fmt.Errorf("trusted_proxy.from: %w", err)
 		}
 	}
-	return relay.NewConnLimiter(relay.ConnLimitOptions{
+	var observe func(reason string) // set below, before the listener accepts anything
+	l := relay.NewConnLimiter(relay.ConnLimitOptions{
 		Max:      limit,
 		MaxPerIP: cfg.Server.MaxConnectionsIP,
 		Exempt:   exempt,
 		Logger:   log.With("component", "http"),
-	}), nil
+		Observe:  func(reason string) { observe(reason) },
+	})
+	observe = m.WatchConnections(l.Open)
+	return l, nil
 }
