@@ -68,6 +68,11 @@ const readyBatch = 256
 // through a backlog: 4096 per 20 ms is 200k changes/s.
 const doneBatch = 4096
 
+// defaultSweep is how often an idle dispatcher re-reads its ready queue from the start. It
+// costs one read transaction per idle sink per sweep, and bounds how long a delivery stranded
+// behind the cursor by a bug could wait; the sweep logs each one it finds.
+const defaultSweep = 2 * time.Second
+
 // replaceTimeout bounds how long a reload waits for a replaced sink's attempts in flight.
 const replaceTimeout = 10 * time.Second
 
@@ -85,6 +90,9 @@ type Engine struct {
 	// poll, when positive, makes dispatchers re-read their queue from its start that often
 	// (the store is a Poller: its queues also grow outside this process).
 	poll time.Duration
+	// sweep is how often an idle dispatcher re-reads its ready queue from the start, a safety
+	// net that finds a delivery stranded behind its cursor (defaultSweep; 0 = never).
+	sweep time.Duration
 
 	mu         sync.Mutex
 	runners    map[string]*runner
@@ -107,7 +115,7 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 		poll = p.PollInterval()
 	}
 	return &Engine{
-		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now, poll: poll,
+		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now, poll: poll, sweep: defaultSweep,
 		runners: map[string]*runner{},
 		promote: make(chan struct{}, 1),
 		stop:    make(chan struct{}),
@@ -298,10 +306,12 @@ type runner struct {
 	cancel     context.CancelFunc
 
 	mu sync.Mutex
-	// inflight holds the deliveries handed to workers. A finished delivery leaves it only at
-	// the dispatcher's next read of the queue (finished collects them till then): a read
-	// taken while it was in flight may still list it, and must not send it again.
-	inflight map[uint64]struct{}
+	// inflight holds the deliveries handed to workers, true once released. A released
+	// delivery leaves it only at the dispatcher's next read of the queue (finished collects
+	// them till then): a read taken while it was in flight may still list it, and must not
+	// send it again. A read that lists a delivery released after the read began cannot tell
+	// whether it saw it before or after: it reads again from there (see dispatch).
+	inflight map[uint64]bool
 	finished []uint64
 	// skipped holds deliveries the dispatcher passed over because they were in flight; when
 	// one of them is released still pending (a failed Done or Reschedule, or a race with the
@@ -332,7 +342,7 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 		dones:      make(chan uint64, doneBatch),
 		stop:       make(chan struct{}),
 		attemptCtx: ctx, cancel: cancel,
-		inflight: map[uint64]struct{}{},
+		inflight: map[uint64]bool{},
 		skipped:  map[uint64]struct{}{},
 	}
 }
@@ -398,6 +408,13 @@ func (r *runner) dispatch() {
 		defer t.Stop()
 		polls = t.C
 	}
+	var sweepTo uint64 // while sweeping: the cursor the sweep started from
+	var sweepC <-chan time.Time
+	if r.e.sweep > 0 {
+		t := time.NewTicker(r.e.sweep)
+		defer t.Stop()
+		sweepC = t.C
+	}
 	for {
 		select {
 		case <-polls:
@@ -432,15 +449,26 @@ func (r *runner) dispatch() {
 			}
 			cursor = max(cursor, d.Seq)
 			r.mu.Lock()
-			_, busy := r.inflight[d.Seq]
-			if busy {
+			released, busy := r.inflight[d.Seq]
+			switch {
+			case released:
+				// Released while this read was on its way (a reschedule that a promotion
+				// made ready again, say): the read may predate either. Read it again.
+				if r.rewindTo == 0 || d.Seq < r.rewindTo {
+					r.rewindTo = d.Seq
+				}
+			case busy:
+				// Still in flight: its release rewinds to it if it stays pending.
 				r.skipped[d.Seq] = struct{}{}
-			} else {
-				r.inflight[d.Seq] = struct{}{}
+			default:
+				r.inflight[d.Seq] = false
 			}
 			r.mu.Unlock()
 			if busy {
 				continue
+			}
+			if d.Seq <= sweepTo {
+				r.log.Warn("delivery found behind the dispatcher's cursor by the sweep", "seq", d.Seq, "attempt", d.Attempt)
 			}
 			if r.batch == nil {
 				if !r.send([]Delivery{d}) {
@@ -462,6 +490,7 @@ func (r *runner) dispatch() {
 		if len(ds) == readyBatch || r.paused() {
 			continue
 		}
+		sweepTo = 0
 		if len(held) > 0 {
 			// The queue is empty for now: a partial batch waits for more changes at most MaxWait.
 			if wait := r.cfg.Batch.MaxWait - time.Since(heldSince); wait > 0 {
@@ -480,6 +509,10 @@ func (r *runner) dispatch() {
 		case <-r.wake:
 		case <-polls:
 			cursor = 0
+		case <-sweepC:
+			// Idle: read the whole queue again. Whatever it finds that is not in flight was
+			// stranded, which the rewinds are there to prevent.
+			sweepTo, cursor = cursor, 0
 		case <-r.stop:
 			return
 		}
@@ -591,6 +624,9 @@ func (r *runner) release(pending bool, seqs ...uint64) {
 	r.finished = append(r.finished, seqs...)
 	rewind := uint64(0)
 	for _, s := range seqs {
+		if _, ok := r.inflight[s]; ok {
+			r.inflight[s] = true
+		}
 		if _, ok := r.skipped[s]; ok || pending {
 			delete(r.skipped, s)
 			if rewind == 0 || s < rewind {
