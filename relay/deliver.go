@@ -94,9 +94,15 @@ type Engine struct {
 	// net that finds a delivery stranded behind its cursor (defaultSweep; 0 = never).
 	sweep time.Duration
 
-	mu         sync.Mutex
-	runners    map[string]*runner
-	configured map[string]bool // sinks of the last SetSinks: never orphans, even mid-replacement
+	mu      sync.Mutex
+	runners map[string]*runner
+	// last is the newest runner of each sink, running or still closing. Exactly one runner
+	// serves a sink's queue at a time: a new one starts after the one before it has exited
+	// (its attempts finished and their outcomes committed), so a stand-in that dead-letters
+	// the deliveries of a removed sink never takes one the old runner has delivered.
+	last       map[string]*runner
+	live       map[*runner]struct{} // every runner not exited yet, for Close
+	configured map[string]bool      // sinks of the last SetSinks: never orphans, even mid-replacement
 	closed     bool
 
 	promote   chan struct{} // wakes the promoter early (a reschedule may be due soon)
@@ -117,6 +123,8 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 	return &Engine{
 		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now, poll: poll, sweep: defaultSweep,
 		runners: map[string]*runner{},
+		last:    map[string]*runner{},
+		live:    map[*runner]struct{}{},
 		promote: make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -137,9 +145,7 @@ func (e *Engine) Notify(sinks []string) {
 	for _, s := range sinks {
 		r := e.runners[s]
 		if r == nil && !e.closed && !e.configured[s] {
-			r = newRunner(e, orphanConfig(s))
-			e.runners[s] = r
-			r.start()
+			r = e.startRunner(orphanConfig(s))
 		}
 		if r != nil {
 			r.poke()
@@ -205,11 +211,32 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 		if _, ok := e.runners[name]; ok {
 			continue
 		}
-		r := newRunner(e, c)
-		e.runners[name] = r
-		r.start()
+		e.startRunner(c)
 	}
 	return nil
+}
+
+// startRunner starts a runner for c, after the sink's previous runner, if any, has exited.
+// Lock should be held.
+func (e *Engine) startRunner(c SinkConfig) *runner {
+	name := c.Sink.Name()
+	r := newRunner(e, c)
+	prev := e.last[name]
+	e.runners[name] = r
+	e.last[name] = r
+	e.live[r] = struct{}{}
+	r.start(prev)
+	return r
+}
+
+// exited forgets r once it has exited.
+func (e *Engine) exited(r *runner) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.live, r)
+	if e.last[r.name] == r {
+		delete(e.last, r.name)
+	}
 }
 
 // Close stops dispatching, lets in-flight attempts finish until ctx is done (then cancels
@@ -227,6 +254,10 @@ func (e *Engine) Close(ctx context.Context) error {
 		rs = append(rs, r)
 	}
 	e.runners = map[string]*runner{}
+	closing := make([]*runner, 0, len(e.live))
+	for r := range e.live {
+		closing = append(closing, r)
+	}
 	e.mu.Unlock()
 	close(e.stop)
 	e.Start() // so that done is closed even if Start was never called
@@ -237,6 +268,10 @@ func (e *Engine) Close(ctx context.Context) error {
 		go func() { defer wg.Done(); r.close(ctx) }()
 	}
 	wg.Wait()
+	// Runners a reload is still replacing commit their outcomes before the spool closes.
+	for _, r := range closing {
+		<-r.exit
+	}
 	return ctx.Err()
 }
 
@@ -301,6 +336,9 @@ type runner struct {
 	batch BatchSink // non-nil when deliveries go out in batches
 	dones chan uint64
 	stop  chan struct{}
+	// started is closed once the runner's goroutines run (after its predecessor exited),
+	// exit once close has stopped them and committed their outcomes.
+	started, exit chan struct{}
 
 	attemptCtx context.Context
 	cancel     context.CancelFunc
@@ -341,27 +379,39 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 		jobs:       make(chan []Delivery),
 		dones:      make(chan uint64, doneBatch),
 		stop:       make(chan struct{}),
+		started:    make(chan struct{}),
+		exit:       make(chan struct{}),
 		attemptCtx: ctx, cancel: cancel,
 		inflight: map[uint64]bool{},
 		skipped:  map[uint64]struct{}{},
 	}
 }
 
-func (r *runner) start() {
+// start runs the runner once prev (the sink's previous runner, or nil) has exited.
+func (r *runner) start(prev *runner) {
 	r.commitWG.Add(1)
-	go r.committer()
 	r.workWG.Add(r.cfg.Concurrency)
-	for range r.cfg.Concurrency {
-		go r.worker()
-	}
 	r.dispatchWG.Add(1)
-	go r.dispatch()
+	go func() {
+		if prev != nil {
+			<-prev.exit
+		}
+		go r.committer()
+		for range r.cfg.Concurrency {
+			go r.worker()
+		}
+		go r.dispatch()
+		close(r.started)
+	}()
 }
 
 // close stops dispatching, waits for in-flight attempts (cancelling them when ctx ends), and
-// flushes the committer.
+// flushes the committer. A runner whose predecessor has not exited yet waits for it first.
 func (r *runner) close(ctx context.Context) {
+	defer r.e.exited(r)
+	defer close(r.exit)
 	close(r.stop)
+	<-r.started
 	r.dispatchWG.Wait()
 	close(r.jobs)
 	finished := make(chan struct{})
