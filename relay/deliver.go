@@ -331,11 +331,12 @@ type runner struct {
 	name string
 	log  *slog.Logger
 
-	wake  chan struct{}
-	jobs  chan []Delivery
-	batch BatchSink // non-nil when deliveries go out in batches
-	dones chan uint64
-	stop  chan struct{}
+	wake    chan struct{}
+	jobs    chan []Delivery
+	batch   BatchSink // non-nil when deliveries go out in batches
+	dones   chan uint64
+	retries chan Retry // failed attempts, for the rescheduler
+	stop    chan struct{}
 	// started is closed once the runner's goroutines run (after its predecessor exited),
 	// exit once close has stopped them and committed their outcomes.
 	started, exit chan struct{}
@@ -378,6 +379,7 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 		wake:       make(chan struct{}, 1),
 		jobs:       make(chan []Delivery),
 		dones:      make(chan uint64, doneBatch),
+		retries:    make(chan Retry, doneBatch),
 		stop:       make(chan struct{}),
 		started:    make(chan struct{}),
 		exit:       make(chan struct{}),
@@ -389,7 +391,7 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 
 // start runs the runner once prev (the sink's previous runner, or nil) has exited.
 func (r *runner) start(prev *runner) {
-	r.commitWG.Add(1)
+	r.commitWG.Add(2)
 	r.workWG.Add(r.cfg.Concurrency)
 	r.dispatchWG.Add(1)
 	go func() {
@@ -397,6 +399,7 @@ func (r *runner) start(prev *runner) {
 			<-prev.exit
 		}
 		go r.committer()
+		go r.rescheduler()
 		for range r.cfg.Concurrency {
 			go r.worker()
 		}
@@ -424,6 +427,7 @@ func (r *runner) close(ctx context.Context) {
 	}
 	r.cancel()
 	close(r.dones)
+	close(r.retries)
 	r.commitWG.Wait()
 }
 
@@ -667,6 +671,40 @@ func (r *runner) committer() {
 	}
 }
 
+// rescheduler records failed attempts in the spool, many per transaction: a failing sink
+// costs one commit per batch of failures, not one per failure (the worker does not wait).
+func (r *runner) rescheduler() {
+	defer r.commitWG.Done()
+	batch := make([]Retry, 0, doneBatch)
+	seqs := make([]uint64, 0, doneBatch)
+	for rt := range r.retries {
+		batch = append(batch[:0], rt)
+	drain:
+		for len(batch) < cap(batch) {
+			select {
+			case rt, ok := <-r.retries:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, rt)
+			default:
+				break drain
+			}
+		}
+		err := r.e.q.RescheduleBatch(r.name, batch)
+		if err != nil {
+			// They stay ready in the spool and are tried again.
+			r.log.Error("reschedule deliveries", "err", err, "count", len(batch))
+		}
+		seqs = seqs[:0]
+		for _, rt := range batch {
+			seqs = append(seqs, rt.Seq)
+		}
+		r.release(err != nil, seqs...)
+		r.e.wakePromoter()
+	}
+}
+
 // release ends the flight of finished deliveries (see inflight). pending reports that they
 // may still be in the ready queue (an attempt abandoned, or a spool update that failed).
 func (r *runner) release(pending bool, seqs ...uint64) {
@@ -786,14 +824,10 @@ func (r *runner) failed(d Delivery, ev *Event, err error, start time.Time, took 
 	}
 }
 
+// reschedule hands a failed attempt to the rescheduler; the delivery stays in flight until
+// the spool has recorded it.
 func (r *runner) reschedule(seq uint64, at time.Time, attempt int, history []byte) {
-	err := r.e.q.Reschedule(r.name, seq, at, attempt, history)
-	if err != nil {
-		// It stays ready in the spool and is tried again.
-		r.log.Error("reschedule delivery", "seq", seq, "err", err)
-	}
-	r.release(err != nil, seq)
-	r.e.wakePromoter()
+	r.retries <- Retry{Seq: seq, At: at, Attempt: attempt, History: history}
 }
 
 // deadLetter writes the letter first and removes the delivery from the spool only after the

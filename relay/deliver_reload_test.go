@@ -13,6 +13,7 @@ import (
 	"github.com/hubrelay/hubrelay/relay"
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/relay/spool"
+	"github.com/hubrelay/hubrelay/storage/embedded"
 )
 
 // letterLog records the dead letters written, by sink and change.
@@ -40,7 +41,7 @@ func TestEngine_ReloadAddingAndRemovingASink(t *testing.T) {
 	}
 	defer sp.Close()
 	dl := &letterLog{}
-	e := relay.NewEngine(sp, dl, nil, discard())
+	e := relay.NewEngine(embedded.New(sp), dl, nil, discard())
 	e.Start()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -187,3 +187,47 @@ func TestEngine_Stress(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) { runStress(t, c.batch, c.replace) })
 	}
 }
+
+// BenchmarkEngine_FailingSink drains a backlog through a sink that fails 30% of attempts
+// (retried at once): each failure is a reschedule in the spool, so this measures how many of
+// them a commit takes. Reports changes/s.
+func BenchmarkEngine_FailingSink(b *testing.B) {
+	for range b.N {
+		sp, err := spool.Open(filepath.Join(b.TempDir(), "spool.db"), spool.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		e := relay.NewEngine(embedded.New(sp), &dlCount{ids: map[string]int{}}, nil, discard())
+		e.Start()
+		const n = 20000
+		for i := 0; i < n; i += 500 {
+			var items []spool.Item
+			for j := i; j < i+500; j++ {
+				ev := relay.Event{ID: fmt.Sprintf("k%d", j), App: "a", Object: "page", Field: "feed", Source: relay.SourceChanges, Value: json.RawMessage(`{}`), ReceivedAt: time.Now()}
+				items = append(items, spool.Item{Key: ev.ID, Data: relay.AppendBinary(nil, &ev), Sinks: []string{"s"}})
+			}
+			if _, err := sp.Accept(context.Background(), items, time.Now()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		f := newFlaky("s", 0.3)
+		start := time.Now()
+		if err := e.SetSinks([]relay.SinkConfig{{Sink: f, Concurrency: 4, Retry: relay.RetryPolicy{MaxAttempts: 1000, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond}}}); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			f.mu.Lock()
+			got := len(f.got)
+			f.mu.Unlock()
+			if got == n {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		b.ReportMetric(n/time.Since(start).Seconds(), "changes/s")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		e.Close(ctx)
+		cancel()
+		sp.Close()
+	}
+}

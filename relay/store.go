@@ -41,6 +41,18 @@ type Delivery struct {
 	History []byte
 }
 
+// Retry is a failed attempt of one pending delivery, as Queue.RescheduleBatch records it.
+type Retry struct {
+	// Seq is the delivery's sequence number.
+	Seq uint64
+	// At is when the delivery becomes due again.
+	At time.Time
+	// Attempt is the number of attempts made so far.
+	Attempt int
+	// History replaces what the delivery carries (the engine's attempt log).
+	History []byte
+}
+
 // SinkStats describes the pending deliveries of one sink.
 type SinkStats struct {
 	// Ready is the number of deliveries due now.
@@ -86,6 +98,11 @@ type Queue interface {
 	// with its attempt count and history replaced, and Promote makes it ready again from then
 	// on. It returns an error wrapping ErrNotFound when sink has no pending delivery seq.
 	Reschedule(sink string, seq uint64, at time.Time, attempt int, history []byte) error
+	// RescheduleBatch records failed attempts of pending deliveries of sink as Reschedule does,
+	// all in one commit, so that a failing sink costs one commit per batch of failures rather
+	// than one per failure. A Seq without a pending delivery is skipped (it was done meanwhile),
+	// so it is idempotent. On error none of rs is recorded.
+	RescheduleBatch(sink string, rs []Retry) error
 	// Promote makes scheduled deliveries due at or before now ready again, keeping their Seq,
 	// attempt count and history, and returns for each sink the lowest promoted Seq so the
 	// engine can rewind its cursor. One call may move only part of what is due; NextScheduled

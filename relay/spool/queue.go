@@ -179,81 +179,124 @@ func (s *Spool) Done(sink string, seqs ...uint64) error {
 	return nil
 }
 
+// Retry is a failed attempt of one pending delivery, as RescheduleBatch records it.
+type Retry struct {
+	// Seq is the delivery's sequence number.
+	Seq uint64
+	// At is when the delivery becomes due again.
+	At time.Time
+	// Attempt is the number of attempts made so far.
+	Attempt int
+	// History replaces what the delivery carries (the engine's attempt log).
+	History []byte
+}
+
 // Reschedule records a failed attempt of a pending delivery of sink: it is parked until at,
 // with its attempt count and history replaced, and Promote makes it ready again from then on.
 // It shares its commit with concurrent callers and returns ErrNotFound when the sink has no
 // pending delivery seq.
 func (s *Spool) Reschedule(sink string, seq uint64, at time.Time, attempt int, history []byte) error {
-	if attempt < 0 {
-		return fmt.Errorf("reschedule %s %d: negative attempt %d", sink, seq, attempt)
-	}
-	if int64(len(history)) > bolt.MaxValueSize-64 {
-		return fmt.Errorf("reschedule %s %d: history is %d bytes, too long", sink, seq, len(history))
-	}
-	// A delivery still in memory is parked in the file: wait for its frame to get there.
-	if err := s.waitItemApplied(seq); err != nil {
-		return fmt.Errorf("reschedule %s %d: %w", sink, seq, err)
-	}
-	var notFound bool
-	err := s.batch(func(tx *bolt.Tx) error {
-		notFound = false
-		b := openBuckets(tx)
-		name := []byte(sink)
-		k := encUint(seq)
-		var firstAt time.Time
-		var dReady, dSched int64
-		rb := b.ready.Bucket(name)
-		if v := getBucket(rb, k); v != nil {
-			_, first, _, err := decMeta(v)
-			if err != nil {
-				return fmt.Errorf("delivery %d: %w", seq, err)
-			}
-			firstAt = first
-			if err := rb.Delete(k); err != nil {
-				return fmt.Errorf("delete delivery: %w", err)
-			}
-			dReady, dSched = -1, 1
-		} else if due := getBucket(b.schedIdx.Bucket(name), k); due != nil {
-			sb := b.sched.Bucket(name)
-			_, first, _, err := decMeta(getBucket(sb, schedKey(due, k)))
-			if err != nil {
-				return fmt.Errorf("delivery %d: %w", seq, err)
-			}
-			firstAt = first
-			if err := unschedule(sb, b.schedIdx.Bucket(name), k); err != nil {
-				return err
-			}
-		} else {
-			notFound = true
-			return nil
-		}
-		sb, err := b.sched.CreateBucketIfNotExists(name)
-		if err != nil {
-			return fmt.Errorf("create sched bucket: %w", err)
-		}
-		ib, err := b.schedIdx.CreateBucketIfNotExists(name)
-		if err != nil {
-			return fmt.Errorf("create sched index bucket: %w", err)
-		}
-		due := encTime(at)
-		if err := sb.Put(schedKey(due, k), encMeta(nil, attempt, firstAt, history)); err != nil {
-			return fmt.Errorf("put scheduled delivery: %w", err)
-		}
-		if err := ib.Put(k, due); err != nil {
-			return fmt.Errorf("put sched index: %w", err)
-		}
-		if dReady == 0 && dSched == 0 {
-			return nil
-		}
-		return addCounts(b.stats, sink, dReady, dSched)
-	}, 1)
-	if err == nil && notFound {
+	n, err := s.reschedule(sink, []Retry{{Seq: seq, At: at, Attempt: attempt, History: history}})
+	if err == nil && n == 0 {
 		err = ErrNotFound
 	}
 	if err != nil {
 		return fmt.Errorf("reschedule %s %d: %w", sink, seq, err)
 	}
 	return nil
+}
+
+// RescheduleBatch records failed attempts of pending deliveries of sink as Reschedule does,
+// all in one transaction shared with concurrent callers, so that a failing sink costs one
+// commit per batch of failures rather than one per failure. A sequence number without a
+// pending delivery is skipped (it was done meanwhile), so RescheduleBatch is idempotent. On
+// error none of rs is recorded.
+func (s *Spool) RescheduleBatch(sink string, rs []Retry) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	if _, err := s.reschedule(sink, rs); err != nil {
+		return fmt.Errorf("reschedule %s: %d deliveries: %w", sink, len(rs), err)
+	}
+	return nil
+}
+
+// reschedule parks the deliveries of rs and returns how many it found pending.
+func (s *Spool) reschedule(sink string, rs []Retry) (int, error) {
+	var last uint64
+	for _, r := range rs {
+		if r.Attempt < 0 {
+			return 0, fmt.Errorf("delivery %d: negative attempt %d", r.Seq, r.Attempt)
+		}
+		if int64(len(r.History)) > bolt.MaxValueSize-64 {
+			return 0, fmt.Errorf("delivery %d: history is %d bytes, too long", r.Seq, len(r.History))
+		}
+		last = max(last, r.Seq)
+	}
+	// A delivery still in memory is parked in the file: wait for its frame to get there.
+	// Frames are applied in order, so the frame of the highest seq is the last to wait for.
+	if err := s.waitItemApplied(last); err != nil {
+		return 0, err
+	}
+	var found int
+	err := s.batch(func(tx *bolt.Tx) error {
+		found = 0
+		b := openBuckets(tx)
+		name := []byte(sink)
+		rb := b.ready.Bucket(name)
+		var sb, ib *bolt.Bucket
+		var dReady, dSched int64
+		for _, r := range rs {
+			k := encUint(r.Seq)
+			var firstAt time.Time
+			if v := getBucket(rb, k); v != nil {
+				_, first, _, err := decMeta(v)
+				if err != nil {
+					return fmt.Errorf("delivery %d: %w", r.Seq, err)
+				}
+				firstAt = first
+				if err := rb.Delete(k); err != nil {
+					return fmt.Errorf("delete delivery: %w", err)
+				}
+				dReady--
+				dSched++
+			} else if due := getBucket(b.schedIdx.Bucket(name), k); due != nil {
+				osb := b.sched.Bucket(name)
+				_, first, _, err := decMeta(getBucket(osb, schedKey(due, k)))
+				if err != nil {
+					return fmt.Errorf("delivery %d: %w", r.Seq, err)
+				}
+				firstAt = first
+				if err := unschedule(osb, b.schedIdx.Bucket(name), k); err != nil {
+					return err
+				}
+			} else {
+				continue
+			}
+			found++
+			if sb == nil {
+				var err error
+				if sb, err = b.sched.CreateBucketIfNotExists(name); err != nil {
+					return fmt.Errorf("create sched bucket: %w", err)
+				}
+				if ib, err = b.schedIdx.CreateBucketIfNotExists(name); err != nil {
+					return fmt.Errorf("create sched index bucket: %w", err)
+				}
+			}
+			due := encTime(r.At)
+			if err := sb.Put(schedKey(due, k), encMeta(nil, r.Attempt, firstAt, r.History)); err != nil {
+				return fmt.Errorf("put scheduled delivery: %w", err)
+			}
+			if err := ib.Put(k, due); err != nil {
+				return fmt.Errorf("put sched index: %w", err)
+			}
+		}
+		if dReady == 0 && dSched == 0 {
+			return nil
+		}
+		return addCounts(b.stats, sink, dReady, dSched)
+	}, len(rs))
+	return found, err
 }
 
 // Promote makes scheduled deliveries whose time has come (due at or before now) ready again,

@@ -971,3 +971,47 @@ func TestSpool_GrowsWithReadOpen(t *testing.T) {
 		t.Fatalf("file grew from %d to %d bytes only", before.Size(), after.Size())
 	}
 }
+
+// TestSpool_RescheduleBatch: one call parks ready and already scheduled deliveries with their
+// own times, attempts and histories, skips what is not pending, and keeps the counters right.
+func TestSpool_RescheduleBatch(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	mustAccept(t, s, t0,
+		Item{Key: "1", Data: []byte("one"), Sinks: []string{"a"}},
+		Item{Key: "2", Data: []byte("two"), Sinks: []string{"a"}},
+		Item{Key: "3", Data: []byte("three"), Sinks: []string{"a", "b"}},
+	)
+	ds := mustReady(t, s, "a", 0, 10)
+	s1, s2, s3 := ds[0].Seq, ds[1].Seq, ds[2].Seq
+	if err := s.Reschedule("a", s1, t0.Add(time.Hour), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := s.RescheduleBatch("a", []Retry{
+		{Seq: s1, At: t0.Add(3 * time.Second), Attempt: 2, History: []byte("h1")},
+		{Seq: s2, At: t0.Add(2 * time.Second), Attempt: 1, History: []byte("h2")},
+		{Seq: 9999, At: t0, Attempt: 1}, // not pending: skipped
+	})
+	if err != nil {
+		t.Fatalf("RescheduleBatch: %v", err)
+	}
+	if got := seqsOf(mustReady(t, s, "a", 0, 10)); !slices.Equal(got, []uint64{s3}) {
+		t.Fatalf("Ready(a) = %v, want [%d]", got, s3)
+	}
+	checkStats(t, s, map[string]SinkStats{
+		"a": {Ready: 1, Scheduled: 2, Oldest: t0},
+		"b": {Ready: 1, Oldest: t0},
+	})
+	if next, ok, _ := s.NextScheduled(); !ok || !next.Equal(t0.Add(2*time.Second)) {
+		t.Fatalf("NextScheduled = %v, %v; want the batch's earliest", next, ok)
+	}
+	if _, err := s.Promote(t0.Add(3 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	ds = mustReady(t, s, "a", 0, 10)
+	if len(ds) != 3 || ds[0].Attempt != 2 || string(ds[0].History) != "h1" || ds[1].Attempt != 1 || string(ds[1].History) != "h2" {
+		t.Fatalf("promoted = %+v", ds)
+	}
+	if err := s.RescheduleBatch("a", []Retry{{Seq: s2, At: t0, Attempt: -1}}); err == nil {
+		t.Fatal("negative attempt accepted")
+	}
+}

@@ -67,6 +67,7 @@ func Run(t *testing.T, newStore NewFunc) {
 		{"Done", testDone},
 		{"RescheduleAndPromote", testRescheduleAndPromote},
 		{"RescheduleNotFound", testRescheduleNotFound},
+		{"RescheduleBatch", testRescheduleBatch},
 		{"PromoteMany", testPromoteMany},
 		{"Stats", testStats},
 		{"Sinks", testSinks},
@@ -419,6 +420,46 @@ func testRescheduleNotFound(t *testing.T, newStore NewFunc) {
 	}
 	if err := s.Reschedule("orders", seq, t0, 1, nil); !errors.Is(err, relay.ErrNotFound) {
 		t.Errorf("Reschedule of a done delivery = %v, want relay.ErrNotFound", err)
+	}
+}
+
+// testRescheduleBatch: one call parks ready and already scheduled deliveries with their own
+// times, attempts and histories, skips a Seq that is not pending, and leaves other sinks'
+// deliveries of the same items alone.
+func testRescheduleBatch(t *testing.T, newStore NewFunc) {
+	s := open(t, newStore, Options{})
+	accept(t, s, t0, item("a", "A", "orders"), item("b", "B", "orders"), item("c", "C", "orders", "archive"))
+	ds := ready(t, s, "orders", 0, 10)
+	a, b, c := ds[0], ds[1], ds[2]
+	if err := s.Reschedule("orders", a.Seq, t0.Add(time.Hour), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RescheduleBatch("orders", nil); err != nil {
+		t.Fatalf("RescheduleBatch of nothing: %v", err)
+	}
+	err := s.RescheduleBatch("orders", []relay.Retry{
+		{Seq: a.Seq, At: t0.Add(3 * time.Minute), Attempt: 2, History: []byte(`[1,2]`)},
+		{Seq: b.Seq, At: t0.Add(2 * time.Minute), Attempt: 1, History: []byte(`[1]`)},
+		{Seq: c.Seq + 1000, At: t0, Attempt: 1},
+	})
+	if err != nil {
+		t.Fatalf("RescheduleBatch: %v", err)
+	}
+	wantDatas(t, "after RescheduleBatch", ready(t, s, "orders", 0, 10), "C")
+	wantDatas(t, "another sink", ready(t, s, "archive", 0, 10), "C")
+	if next, ok, _ := s.NextScheduled(); !ok || !next.Equal(t0.Add(2*time.Minute)) {
+		t.Fatalf("NextScheduled = %v, %v; want the batch's earliest, %v", next, ok, t0.Add(2*time.Minute))
+	}
+	if st, err := s.Stats(); err != nil || st["orders"].Ready != 1 || st["orders"].Scheduled != 2 {
+		t.Fatalf("Stats = %+v, %v; want 1 ready, 2 scheduled", st["orders"], err)
+	}
+	if _, err := s.Promote(t0.Add(3 * time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	ds = ready(t, s, "orders", 0, 10)
+	wantDatas(t, "after Promote", ds, "A", "B", "C")
+	if ds[0].Attempt != 2 || string(ds[0].History) != `[1,2]` || ds[1].Attempt != 1 || string(ds[1].History) != `[1]` {
+		t.Fatalf("promoted: %+v", ds[:2])
 	}
 }
 

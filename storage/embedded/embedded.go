@@ -30,6 +30,7 @@ var (
 	_ = spool.Item(relay.Item{})
 	_ = relay.Delivery(spool.Delivery{})
 	_ = relay.SinkStats(spool.SinkStats{})
+	_ = spool.Retry(relay.Retry{})
 )
 
 // New returns sp as a relay.Store.
@@ -62,6 +63,14 @@ func (s *Store) Reschedule(sink string, seq uint64, at time.Time, attempt int, h
 		return notFound{err}
 	}
 	return err
+}
+
+// RescheduleBatch implements relay.Queue.
+func (s *Store) RescheduleBatch(sink string, rs []relay.Retry) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	return s.Spool.RescheduleBatch(sink, unsafe.Slice((*spool.Retry)(unsafe.Pointer(unsafe.SliceData(rs))), len(rs)))
 }
 
 // Stats implements relay.Store.
