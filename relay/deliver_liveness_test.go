@@ -259,3 +259,54 @@ func TestEngine_SweepFindsStrandedDelivery(t *testing.T) {
 		})
 	}
 }
+
+// countPromote is the real spool, counting the promoter's calls.
+type countPromote struct {
+	*embedded.Store
+	calls atomic.Int64
+}
+
+func (q *countPromote) Promote(now time.Time) (map[string]uint64, error) {
+	q.calls.Add(1)
+	return q.Store.Promote(now)
+}
+
+// TestEngine_IdleRelayWritesNothing: once its queues are drained, a running engine's
+// promoter keeps asking the spool, and the spool commits no write transaction.
+func TestEngine_IdleRelayWritesNothing(t *testing.T) {
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	q := &countPromote{Store: embedded.New(sp)}
+	e := relay.NewEngine(q, &dlCount{ids: map[string]int{}}, nil, discard())
+	e.Start()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		e.Close(ctx)
+	}()
+	s := newOutageSink("a")
+	if err := e.SetSinks([]relay.SinkConfig{{Sink: s, Concurrency: 2, Retry: relay.RetryPolicy{MaxAttempts: 5, MinBackoff: time.Millisecond}}}); err != nil {
+		t.Fatal(err)
+	}
+	ev := relay.Event{ID: "c1", App: "a", Object: "page", Field: "feed", Source: relay.SourceChanges, Value: json.RawMessage(`{}`), ReceivedAt: time.Now()}
+	if _, err := sp.Accept(context.Background(), []spool.Item{{Key: ev.ID, Data: relay.AppendBinary(nil, &ev), Sinks: []string{"a"}}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	e.Notify([]string{"a"})
+	eventually(t, "delivered", func() bool { return len(s.missing([]string{"c1"})) == 0 })
+	eventually(t, "drained", func() bool { return pending(t, sp) == 0 })
+	before, calls := sp.WriteTransactions(), q.calls.Load()
+	deadline := time.Now().Add(30 * time.Second)
+	for q.calls.Load() < calls+3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the promoter stopped asking")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := sp.WriteTransactions() - before; n != 0 {
+		t.Fatalf("%d write transactions in %d idle promoter rounds", n, q.calls.Load()-calls)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -24,6 +25,7 @@ type committer struct {
 	db       *bolt.DB
 	maxSize  int
 	interval time.Duration
+	commits  *atomic.Uint64 // counts the transactions committed
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -50,8 +52,8 @@ type errCallFailed struct {
 
 func (e *errCallFailed) Error() string { return e.err.Error() }
 
-func newCommitter(db *bolt.DB, maxSize int, interval time.Duration) *committer {
-	c := &committer{db: db, maxSize: maxSize, interval: interval, done: make(chan struct{})}
+func newCommitter(db *bolt.DB, maxSize int, interval time.Duration, commits *atomic.Uint64) *committer {
+	c := &committer{db: db, maxSize: maxSize, interval: interval, commits: commits, done: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	go c.loop()
 	return c
@@ -151,6 +153,9 @@ func (c *committer) run(batch []*call) {
 			}
 			return nil
 		})
+		if err == nil {
+			c.commits.Add(1)
+		}
 		if err == nil && commitFault != nil {
 			err = commitFault()
 		}
@@ -163,7 +168,11 @@ func (c *committer) run(batch []*call) {
 		}
 		i := slices.Index(batch, failed.c)
 		c.run(batch[:i])
-		failed.c.done(c.db.Update(failed.c.fn))
+		err = c.db.Update(failed.c.fn)
+		if err == nil {
+			c.commits.Add(1)
+		}
+		failed.c.done(err)
 		batch = batch[i+1:]
 	}
 }

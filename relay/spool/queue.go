@@ -307,7 +307,14 @@ func (s *Spool) reschedule(sink string, rs []Retry) (int, error) {
 func (s *Spool) Promote(now time.Time) (map[string]uint64, error) {
 	var lowest map[string]uint64
 	limit := timeBits(now)
-	err := s.update(func(tx *bolt.Tx) error {
+	// Nothing due (the common case: the engine asks every second): no write transaction.
+	if t, ok, err := s.NextScheduled(); err != nil || !ok || timeBits(t) > limit {
+		if err != nil {
+			return nil, fmt.Errorf("promote: %w", err)
+		}
+		return map[string]uint64{}, nil
+	}
+	err := s.updateIf(func(tx *bolt.Tx) (bool, error) {
 		lowest = map[string]uint64{}
 		b := openBuckets(tx)
 		var names [][]byte
@@ -315,7 +322,7 @@ func (s *Spool) Promote(now time.Time) (map[string]uint64, error) {
 			names = append(names, append([]byte{}, k...))
 			return nil
 		}); err != nil {
-			return err
+			return false, err
 		}
 		moved := 0
 		for _, name := range names {
@@ -337,33 +344,33 @@ func (s *Spool) Promote(now time.Time) (map[string]uint64, error) {
 			}
 			rb, err := b.ready.CreateBucketIfNotExists(name)
 			if err != nil {
-				return fmt.Errorf("create ready bucket: %w", err)
+				return false, fmt.Errorf("create ready bucket: %w", err)
 			}
 			ib := b.schedIdx.Bucket(name)
 			low := uint64(math.MaxUint64)
 			for _, e := range due {
 				seqB := e.key[8:]
 				if err := sb.Delete(e.key); err != nil {
-					return fmt.Errorf("delete scheduled delivery: %w", err)
+					return false, fmt.Errorf("delete scheduled delivery: %w", err)
 				}
 				if ib != nil {
 					if err := ib.Delete(seqB); err != nil {
-						return fmt.Errorf("delete sched index: %w", err)
+						return false, fmt.Errorf("delete sched index: %w", err)
 					}
 				}
 				if err := rb.Put(seqB, e.meta); err != nil {
-					return fmt.Errorf("put delivery: %w", err)
+					return false, fmt.Errorf("put delivery: %w", err)
 				}
 				low = min(low, decUint(seqB))
 			}
 			lowest[string(name)] = low
 			n := int64(len(due))
 			if err := addCounts(b.stats, string(name), n, -n); err != nil {
-				return err
+				return false, err
 			}
 			moved += len(due)
 		}
-		return nil
+		return moved > 0, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("promote: %w", err)

@@ -161,7 +161,9 @@ type Spool struct {
 
 	closed    atomic.Bool
 	closeOnce sync.Once
-	closeErr  error
+	// writeTxs counts the write transactions committed to the file since Open.
+	writeTxs atomic.Uint64
+	closeErr error
 
 	checkMu  sync.Mutex
 	checking *probe // the probe Check callers are waiting for, if one runs
@@ -278,7 +280,7 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
 		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
-	s := &Spool{db: db, commits: newCommitter(db, opt.MaxBatchSize, opt.CommitInterval), path: path,
+	s := &Spool{db: db, path: path,
 		window: opt.DedupWindow, log: log, promoteLimit: maxPromote, dedup: dedup,
 		delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize, applyDelay: opt.ApplyDelay,
 		jr:      &journal{dir: jdir, log: log},
@@ -286,6 +288,7 @@ func Open(path string, opt Options) (*Spool, error) {
 		lastLSN: jlsn, lastSeq: seq, pendingLSN: jlsn, appliedLSN: jlsn,
 		pendingKeys: map[string]pendingKey{},
 	}
+	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs)
 	s.jcond = sync.NewCond(&s.jmu)
 	s.pcond = sync.NewCond(&s.pmu)
 	go s.journalLoop()
@@ -584,9 +587,9 @@ func (s *Spool) Check(ctx context.Context) error {
 			if p.err != nil {
 				p.err = fmt.Errorf("journal directory: %w", p.err)
 			} else {
-				p.err = s.mapErr(s.db.Update(func(tx *bolt.Tx) error {
+				p.err = s.update(func(tx *bolt.Tx) error {
 					return tx.Bucket(bucketMeta).Put(metaHeartbeat, encTime(time.Now()))
-				}))
+				})
 			}
 			s.checkMu.Lock()
 			s.checking = nil
@@ -652,8 +655,39 @@ func (s *Spool) update(fn func(*bolt.Tx) error) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	return s.mapErr(s.db.Update(fn))
+	err := s.mapErr(s.db.Update(fn))
+	if err == nil {
+		s.writeTxs.Add(1)
+	}
+	return err
 }
+
+// updateIf runs fn in its own write transaction and commits it only if fn reports a change:
+// a transaction that changed nothing is rolled back and writes nothing to disk (bbolt would
+// still write and sync a meta page).
+func (s *Spool) updateIf(fn func(*bolt.Tx) (bool, error)) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		return s.mapErr(err)
+	}
+	changed, err := fn(tx)
+	if err != nil || !changed {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return s.mapErr(err)
+	}
+	s.writeTxs.Add(1)
+	return nil
+}
+
+// WriteTransactions returns the number of write transactions committed to the spool file
+// since Open (each is a write and an fsync): an idle spool commits none.
+func (s *Spool) WriteTransactions() uint64 { return s.writeTxs.Load() }
 
 // batch runs fn in a write transaction shared with concurrent callers (group commit); weight
 // is roughly the records fn writes (see maxCommitWeight). fn may run more than once and must

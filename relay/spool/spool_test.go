@@ -1015,3 +1015,57 @@ func TestSpool_RescheduleBatch(t *testing.T) {
 		t.Fatal("negative attempt accepted")
 	}
 }
+
+// TestSpool_IdleWritesNothing: once every delivery is done and applied, what a running relay
+// keeps calling (Promote with nothing due, ExpireDedup with nothing expired, reads) commits
+// no write transaction; only real work does.
+func TestSpool_IdleWritesNothing(t *testing.T) {
+	s, _ := openTest(t, Options{})
+	now := time.Now()
+	mustAccept(t, s, now, Item{Key: "1", Data: []byte("one"), Sinks: []string{"a"}}, Item{Key: "2", Data: []byte("two"), Sinks: []string{"a"}})
+	ds := mustReady(t, s, "a", 0, 10)
+	if err := s.Reschedule("a", ds[1].Seq, now.Add(time.Hour), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Done("a", ds[0].Seq); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stats(); err != nil { // applies whatever waits
+		t.Fatal(err)
+	}
+	idle := func(what string) {
+		t.Helper()
+		before := s.WriteTransactions()
+		for range 5 {
+			if got, err := s.Promote(now.Add(time.Minute)); err != nil || len(got) != 0 {
+				t.Fatalf("Promote = %v, %v", got, err)
+			}
+			if n, err := s.ExpireDedup(now, 100); err != nil || n != 0 {
+				t.Fatalf("ExpireDedup = %d, %v", n, err)
+			}
+			if _, _, err := s.NextScheduled(); err != nil {
+				t.Fatal(err)
+			}
+			mustReady(t, s, "a", 0, 10)
+			if _, err := s.Stats(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if after := s.WriteTransactions(); after != before {
+			t.Fatalf("%s: %d write transactions while idle", what, after-before)
+		}
+	}
+	idle("one delivery scheduled in an hour")
+	// Work is written: a due delivery is promoted.
+	before := s.WriteTransactions()
+	if got, err := s.Promote(now.Add(2 * time.Hour)); err != nil || len(got) != 1 {
+		t.Fatalf("Promote of a due delivery = %v, %v", got, err)
+	}
+	if s.WriteTransactions() == before {
+		t.Fatal("a promotion was not counted as a write transaction")
+	}
+	if err := s.Done("a", ds[1].Seq); err != nil {
+		t.Fatal(err)
+	}
+	idle("nothing pending")
+}

@@ -135,10 +135,10 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 	s.waitApplied()
 	cutoff := timeBits(now.Add(-s.window))
 	var n int
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.updateIf(func(tx *bolt.Tx) (bool, error) {
 		var err error
 		n, err = s.dedup.expire(tx, cutoff, max)
-		return err
+		return n > 0, err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("expire dedup: %w", err)
