@@ -459,6 +459,34 @@ func (s *Store) Reschedule(sink string, seq uint64, at time.Time, attempt int, h
 	return nil
 }
 
+// RescheduleBatch implements relay.Queue: one UPDATE over the batch, so a failing sink costs
+// one round trip and one commit per batch of failures.
+func (s *Store) RescheduleBatch(sink string, rs []relay.Retry) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	seqs := make([]int64, len(rs))
+	dues := make([]time.Time, len(rs))
+	attempts := make([]int32, len(rs))
+	histories := make([][]byte, len(rs))
+	for i, r := range rs {
+		if r.Attempt < 0 {
+			return fmt.Errorf("reschedule %s %d: negative attempt %d", sink, r.Seq, r.Attempt)
+		}
+		seqs[i], dues[i], attempts[i], histories[i] = int64(r.Seq), r.At, int32(r.Attempt), r.History
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
+	defer cancel()
+	_, err := s.pool.Exec(ctx, `UPDATE deliveries d
+		SET state = 1, due_at = u.due_at, attempt = u.attempt, history = u.history, owner = NULL
+		FROM unnest($2::bigint[], $3::timestamptz[], $4::integer[], $5::bytea[]) AS u(seq, due_at, attempt, history)
+		WHERE d.sink = $1 AND d.seq = u.seq`, sink, seqs, dues, attempts, histories)
+	if err != nil {
+		return fmt.Errorf("reschedule %s: %d deliveries: %w", sink, len(rs), err)
+	}
+	return nil
+}
+
 // Promote implements relay.Queue.
 func (s *Store) Promote(now time.Time) (map[string]uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
