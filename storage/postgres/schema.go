@@ -13,7 +13,7 @@ import (
 // SchemaVersion is the version of the database schema this binary writes. Open migrates an
 // older schema up to it and refuses a newer one: an older binary must not write a schema it
 // does not know.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // ErrSchemaTooNew is wrapped by Open's error when the database was migrated by a newer hubrelay.
 var ErrSchemaTooNew = errors.New("database schema is newer than this hubrelay")
@@ -108,6 +108,43 @@ BEGIN
 		SELECT DISTINCT sink_names[j], s, now, datas[i]
 		FROM generate_series(sink_first[i], sink_first[i + 1] - 1) AS j;
 	END LOOP;
+	RETURN dup;
+END
+$$;
+`,
+	// 2: accept works on the whole request at once (a handful of statements however many
+	// changes a POST carries) instead of a loop of statements per change.
+	`
+CREATE OR REPLACE FUNCTION accept(keys bytea[], datas bytea[], sink_first int[], sink_names text[],
+                                  locks bigint[], now timestamptz, win interval) RETURNS bool[]
+LANGUAGE plpgsql AS $$
+DECLARE
+	n      int := coalesce(array_length(datas, 1), 0);
+	cutoff timestamptz := now - win;
+	l      bigint;
+	dup    bool[];
+BEGIN
+	IF locks IS NOT NULL THEN
+		FOREACH l IN ARRAY locks LOOP
+			PERFORM pg_advisory_xact_lock(l);
+		END LOOP;
+	END IF;
+	-- A repeat: a key seen in the window, or earlier in this same call.
+	SELECT array_agg(NOT fresh ORDER BY i) INTO dup FROM (
+		SELECT i, keys[i] IS NULL OR (
+			row_number() OVER (PARTITION BY keys[i] ORDER BY i) = 1 AND NOT EXISTS (
+				SELECT 1 FROM dedup d WHERE d.key = keys[i] AND d.at > cutoff
+				AND d.day >= (cutoff AT TIME ZONE 'UTC')::date)) AS fresh
+		FROM generate_series(1, n) AS i
+	) f;
+	INSERT INTO dedup (key, at, day)
+	SELECT keys[i], now, (now AT TIME ZONE 'UTC')::date
+	FROM generate_series(1, n) AS i WHERE NOT dup[i] AND keys[i] IS NOT NULL;
+	-- One seq per new item, in item order (the series is scanned in order).
+	INSERT INTO deliveries (sink, seq, first_at, data)
+	SELECT DISTINCT ON (s.seq, sink_names[j]) sink_names[j], s.seq, now, datas[s.i]
+	FROM (SELECT i, nextval('item_seq') AS seq FROM generate_series(1, n) AS i WHERE NOT dup[i]) s,
+	     generate_series(sink_first[s.i], sink_first[s.i + 1] - 1) AS j;
 	RETURN dup;
 END
 $$;
