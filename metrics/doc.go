@@ -37,6 +37,9 @@
 //	| hubrelay_config_last_reload_successful | gauge | | 1 if the last reload succeeded, else 0 |
 //	| hubrelay_config_last_reload_success_timestamp_seconds | gauge | | Unix time of the last successful load (start-up or reload) |
 //	| hubrelay_build_info | gauge | version, goversion | always 1 |
+//	| hubrelay_postgres_commit_seconds | histogram | outcome | Postgres mode: latency of one accept transaction (a request's keys, changes and deliveries); outcome is ok or error |
+//	| hubrelay_postgres_claim_lag_seconds | histogram | sink | Postgres mode: from a delivery becoming ready (accepted, or its retry due) to a replica claiming it |
+//	| hubrelay_postgres_pool_acquired_connections, _idle_connections, _max_connections | gauge |  | Postgres mode: the connection pool in use, idle, and its size |
 //
 // The Go runtime (go_*), process (process_*) and scrape handler (promhttp_*) metrics are
 // served as well. The spool and dead-letter gauges are read at scrape time and appear only once
