@@ -87,7 +87,7 @@ func TestAlertsExample_Parses(t *testing.T) {
 			}
 		}
 	}
-	if alerts != 2 {
-		t.Errorf("got %d alerts, want 2", alerts)
+	if alerts != 3 {
+		t.Errorf("got %d alerts, want 3", alerts)
 	}
 }

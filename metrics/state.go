@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"time"
+
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +38,7 @@ type stateCollector struct {
 	errs  [len(stateSources)]atomic.Uint64
 
 	pending, oldest, dedupKeys, deadLetters, collectErrs *prometheus.Desc
+	oldestReady, oldestScheduled, overdue                *prometheus.Desc
 }
 
 func newStateCollector(m *Metrics) *stateCollector {
@@ -47,6 +50,15 @@ func newStateCollector(m *Metrics) *stateCollector {
 			[]string{"sink", "state"}, nil),
 		oldest: prometheus.NewDesc(name("spool_oldest_pending_age_seconds"),
 			"Age of the oldest pending delivery of each sink, from its acceptance; 0 when none is pending.",
+			[]string{"sink"}, nil),
+		oldestReady: prometheus.NewDesc(name("spool_oldest_ready_age_seconds"),
+			"Age, from its acceptance, of each sink's ready delivery with the lowest sequence number; 0 when none is ready. With a healthy sink it stays small: one that keeps growing is a delivery stuck.",
+			[]string{"sink"}, nil),
+		oldestScheduled: prometheus.NewDesc(name("spool_oldest_scheduled_age_seconds"),
+			"Age, from its acceptance, of each sink's scheduled (waiting for a retry) delivery with the lowest sequence number; 0 when none is scheduled.",
+			[]string{"sink"}, nil),
+		overdue: prometheus.NewDesc(name("spool_retry_overdue_seconds"),
+			"How long ago each sink's earliest scheduled retry fell due without being made ready; 0 when none is due. More than a few seconds means a missed promotion.",
 			[]string{"sink"}, nil),
 		dedupKeys: prometheus.NewDesc(name("dedup_keys"),
 			"Dedup keys stored in the spool, expired ones not yet removed included.",
@@ -77,6 +89,9 @@ func (m *Metrics) WatchSpool(stats func() (map[string]relay.SinkStats, error), d
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.pending
 	ch <- c.oldest
+	ch <- c.oldestReady
+	ch <- c.oldestScheduled
+	ch <- c.overdue
 	ch <- c.dedupKeys
 	ch <- c.deadLetters
 	ch <- c.collectErrs
@@ -118,6 +133,15 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, f *stateFuncs) {
 				c.send(ch, c.pending, prometheus.GaugeValue, float64(s.Ready), sink, "ready")
 				c.send(ch, c.pending, prometheus.GaugeValue, float64(s.Scheduled), sink, "scheduled")
 				c.send(ch, c.oldest, prometheus.GaugeValue, age, sink)
+				since := func(t time.Time) float64 {
+					if t.IsZero() {
+						return 0
+					}
+					return max(now.Sub(t).Seconds(), 0)
+				}
+				c.send(ch, c.oldestReady, prometheus.GaugeValue, since(s.OldestReady), sink)
+				c.send(ch, c.oldestScheduled, prometheus.GaugeValue, since(s.OldestScheduled), sink)
+				c.send(ch, c.overdue, prometheus.GaugeValue, since(s.NextDue), sink)
 			}
 			for _, s := range names {
 				emit(s, st[s])

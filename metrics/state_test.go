@@ -198,3 +198,27 @@ hubrelay_spool_pending{sink="orders",state="ready"} 1
 hubrelay_spool_pending{sink="orders",state="scheduled"} 1
 `, "hubrelay_spool_pending")
 }
+
+// TestMetrics_WatchSpool_Liveness: the ages that show a stuck delivery (the oldest ready one)
+// and a missed promotion (a retry overdue), per sink.
+func TestMetrics_WatchSpool_Liveness(t *testing.T) {
+	m, reg := newTest(t)
+	m.WatchSpool(func() (map[string]relay.SinkStats, error) {
+		return map[string]relay.SinkStats{
+			"orders": {Ready: 1, Scheduled: 2, Oldest: t0.Add(-time.Hour), OldestReady: t0.Add(-400 * time.Second),
+				OldestScheduled: t0.Add(-time.Hour), NextDue: t0.Add(-3 * time.Second)},
+			"ops": {Scheduled: 1, Oldest: t0.Add(-time.Minute), OldestScheduled: t0.Add(-time.Minute), NextDue: t0.Add(time.Minute)},
+		}, nil
+	}, nil, nil, func() []string { return []string{"orders", "ops", "idle"} })
+	compare(t, reg, `
+hubrelay_spool_oldest_ready_age_seconds{sink="idle"} 0
+hubrelay_spool_oldest_ready_age_seconds{sink="ops"} 0
+hubrelay_spool_oldest_ready_age_seconds{sink="orders"} 400
+hubrelay_spool_oldest_scheduled_age_seconds{sink="idle"} 0
+hubrelay_spool_oldest_scheduled_age_seconds{sink="ops"} 60
+hubrelay_spool_oldest_scheduled_age_seconds{sink="orders"} 3600
+hubrelay_spool_retry_overdue_seconds{sink="idle"} 0
+hubrelay_spool_retry_overdue_seconds{sink="ops"} 0
+hubrelay_spool_retry_overdue_seconds{sink="orders"} 3
+`, "hubrelay_spool_oldest_ready_age_seconds", "hubrelay_spool_oldest_scheduled_age_seconds", "hubrelay_spool_retry_overdue_seconds")
+}

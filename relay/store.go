@@ -61,6 +61,15 @@ type SinkStats struct {
 	Scheduled int
 	// Oldest is when the oldest pending delivery's item was accepted; zero if none is pending.
 	Oldest time.Time
+	// OldestReady is when the ready delivery with the lowest Seq was accepted; zero if none is
+	// ready. With a healthy sink it stays recent: one that grows old is a delivery stuck.
+	OldestReady time.Time
+	// OldestScheduled is when the scheduled delivery with the lowest Seq was accepted; zero if
+	// none is scheduled.
+	OldestScheduled time.Time
+	// NextDue is the earliest time a scheduled delivery of the sink falls due; zero if none is
+	// scheduled. Once well past, a promotion was missed.
+	NextDue time.Time
 }
 
 // ErrNotFound is wrapped by Queue.Reschedule's error when the sink has no pending delivery with

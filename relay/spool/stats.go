@@ -16,6 +16,15 @@ type SinkStats struct {
 	Scheduled int
 	// Oldest is when the oldest pending delivery's item was accepted; zero if none is pending.
 	Oldest time.Time
+	// OldestReady is when the ready delivery with the lowest Seq was accepted; zero if none is
+	// ready. With a healthy sink it stays recent: one that grows old is a delivery stuck.
+	OldestReady time.Time
+	// OldestScheduled is when the scheduled delivery with the lowest Seq was accepted; zero if
+	// none is scheduled.
+	OldestScheduled time.Time
+	// NextDue is the earliest time a scheduled delivery of the sink falls due; zero if none is
+	// scheduled. Once well past, a promotion was missed.
+	NextDue time.Time
 }
 
 // counts is a pair of per-sink counters or counter deltas.
@@ -54,11 +63,9 @@ func (s *Spool) Stats() (map[string]SinkStats, error) {
 		return b.stats.ForEach(func(k, v []byte) error {
 			c := decCounts(v)
 			st := SinkStats{Ready: int(c.ready), Scheduled: int(c.sched)}
-			oldest, err := oldestPending(b, k)
-			if err != nil {
+			if err := oldestPending(b, k, &st); err != nil {
 				return fmt.Errorf("sink %s: %w", k, err)
 			}
-			st.Oldest = oldest
 			out[string(k)] = st
 			return nil
 		})
@@ -69,38 +76,41 @@ func (s *Spool) Stats() (map[string]SinkStats, error) {
 	return out, nil
 }
 
-// oldestPending returns the FirstAt of the sink's pending delivery with the lowest Seq, ready
-// or scheduled; zero if there is none.
-func oldestPending(b buckets, sink []byte) (time.Time, error) {
-	var oldest time.Time
-	consider := func(meta []byte) error {
+// oldestPending fills st's Oldest, OldestReady, OldestScheduled and NextDue from the heads of
+// the sink's ready queue, schedule index (by Seq) and schedule (by due time).
+func oldestPending(b buckets, sink []byte, st *SinkStats) error {
+	first := func(meta []byte) (time.Time, error) {
 		if meta == nil {
-			return nil
+			return time.Time{}, nil
 		}
-		_, first, _, err := decMeta(meta)
-		if err != nil {
-			return err
-		}
-		if oldest.IsZero() || first.Before(oldest) {
-			oldest = first
-		}
-		return nil
+		_, at, _, err := decMeta(meta)
+		return at, err
 	}
+	var err error
 	if rb := b.ready.Bucket(sink); rb != nil {
 		if _, v := rb.Cursor().First(); v != nil {
-			if err := consider(v); err != nil {
-				return time.Time{}, err
+			if st.OldestReady, err = first(v); err != nil {
+				return err
 			}
 		}
 	}
 	if ib := b.schedIdx.Bucket(sink); ib != nil {
 		if seqB, due := ib.Cursor().First(); seqB != nil {
-			if err := consider(getBucket(b.sched.Bucket(sink), schedKey(due, seqB))); err != nil {
-				return time.Time{}, err
+			if st.OldestScheduled, err = first(getBucket(b.sched.Bucket(sink), schedKey(due, seqB))); err != nil {
+				return err
 			}
 		}
 	}
-	return oldest, nil
+	if sb := b.sched.Bucket(sink); sb != nil {
+		if k, _ := sb.Cursor().First(); len(k) == 16 {
+			st.NextDue = bitsTime(binary.BigEndian.Uint64(k))
+		}
+	}
+	st.Oldest = st.OldestReady
+	if !st.OldestScheduled.IsZero() && (st.Oldest.IsZero() || st.OldestScheduled.Before(st.Oldest)) {
+		st.Oldest = st.OldestScheduled
+	}
+	return nil
 }
 
 // Sinks returns, in name order, the sinks that have pending (ready or scheduled) deliveries.

@@ -554,6 +554,12 @@ func testStats(t *testing.T, newStore NewFunc) {
 			t.Errorf("Stats[%s] = %+v, want %+v", sink, g, w)
 		}
 	}
+	if g := st["orders"]; !g.OldestReady.Equal(t0) || !g.OldestScheduled.Equal(t0.Add(time.Minute)) || !g.NextDue.Equal(t0.Add(time.Hour)) {
+		t.Errorf("Stats[orders] = %+v, want oldest ready %v, oldest scheduled %v, next due %v", g, t0, t0.Add(time.Minute), t0.Add(time.Hour))
+	}
+	if g := st["archive"]; !g.OldestReady.Equal(t0) || !g.OldestScheduled.IsZero() || !g.NextDue.IsZero() {
+		t.Errorf("Stats[archive] = %+v, want oldest ready %v and nothing scheduled", g, t0)
+	}
 	// The oldest pending delivery is the lowest Seq, ready or scheduled.
 	if err := s.Done("orders", ds[0].Seq); err != nil {
 		t.Fatal(err)

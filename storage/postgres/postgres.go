@@ -558,7 +558,8 @@ SELECT sink FROM s WHERE sink IS NOT NULL`)
 func (s *Store) Stats() (map[string]relay.SinkStats, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `SELECT sink, count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1), min(first_at)
+	rows, err := s.pool.Query(ctx, `SELECT sink, count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1), min(first_at),
+		min(first_at) FILTER (WHERE state = 0), min(first_at) FILTER (WHERE state = 1), min(due_at) FILTER (WHERE state = 1)
 		FROM deliveries GROUP BY sink`)
 	if err != nil {
 		return nil, fmt.Errorf("stats: %w", err)
@@ -569,10 +570,17 @@ func (s *Store) Stats() (map[string]relay.SinkStats, error) {
 		var sink string
 		var r, sc int64
 		var oldest time.Time
-		if err := rows.Scan(&sink, &r, &sc, &oldest); err != nil {
+		var oldestReady, oldestSched, nextDue *time.Time
+		if err := rows.Scan(&sink, &r, &sc, &oldest, &oldestReady, &oldestSched, &nextDue); err != nil {
 			return nil, fmt.Errorf("stats: %w", err)
 		}
-		out[sink] = relay.SinkStats{Ready: int(r), Scheduled: int(sc), Oldest: oldest}
+		st := relay.SinkStats{Ready: int(r), Scheduled: int(sc), Oldest: oldest}
+		for _, f := range []struct{ dst, src *time.Time }{{&st.OldestReady, oldestReady}, {&st.OldestScheduled, oldestSched}, {&st.NextDue, nextDue}} {
+			if f.src != nil {
+				*f.dst = *f.src
+			}
+		}
+		out[sink] = st
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("stats: %w", err)
