@@ -30,6 +30,8 @@ type decoder struct {
 	stop   bool // a limit was reached: decode nothing more
 	// truncated is set when problems were dropped after maxProblems.
 	truncated bool
+	// where holds the position of every key decoded, by path (see Config.Where).
+	where map[string]string
 }
 
 // visit counts n values and reports whether decoding may go on.
@@ -227,6 +229,11 @@ func (d *decoder) addPairs(f fields, n *yaml.Node, path string, allowed []string
 			continue
 		}
 		f[name] = kv{key: k, val: v}
+		if d.where != nil {
+			if _, seen := d.where[p]; !seen {
+				d.where[p] = fmt.Sprintf("%s:%d:%d", d.file, v.Line, v.Column)
+			}
+		}
 	}
 	for _, m := range merges {
 		m = resolve(m)

@@ -44,7 +44,7 @@ func Default() Config {
 			BodyGrace:            5 * time.Second,
 			MaxBodyBytesInFlight: 64 << 20,
 		},
-		Log: Log{Level: "info", Format: "json"},
+		Log: Log{Level: "info", Format: "auto"},
 		Storage: Storage{
 			Dir:           storageDir,
 			DedupWindow:   168 * time.Hour,

@@ -33,9 +33,10 @@ func Parse(file string, data []byte, getenv func(string) string) (*Config, error
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	d := &decoder{file: file, getenv: getenv}
+	d := &decoder{file: file, getenv: getenv, where: map[string]string{}}
 	cfg := Default()
 	cfg.File = file
+	cfg.where = d.where
 	if root := d.parse(data); root != nil {
 		d.config(root, &cfg)
 	}
@@ -384,7 +385,7 @@ func (d *decoder) log(n *yaml.Node, path string, l *Log) {
 		return
 	}
 	d.setOneOf(f, path, "level", &l.Level, "debug", "info", "warn", "error")
-	d.setOneOf(f, path, "format", &l.Format, "json", "text")
+	d.setOneOf(f, path, "format", &l.Format, "auto", "json", "text")
 	d.setBool(f, path, "payloads", &l.Payloads)
 }
 

@@ -24,6 +24,8 @@ type Config struct {
 	Rules *rules.Set
 	// Routing holds what happens to changes the rules do not route.
 	Routing Routing
+
+	where map[string]string
 }
 
 // Routing configures what happens to a change no rule matched and to one a rule failed to
@@ -36,6 +38,13 @@ type Routing struct {
 	// rule-errors sink, to replay once the rule is fixed) or no_match (the rule counts as not
 	// matching, as if the change were not for it).
 	OnRuleError string
+}
+
+// Where returns "FILE:LINE:COL" of the value of the key at path ("server.listen",
+// "sinks[0].url") in the file the config was loaded from, or "" when the file does not set
+// it (a default applies).
+func (c *Config) Where(path string) string {
+	return c.where[path]
 }
 
 // Server configures the public listener that Meta posts to.
@@ -92,7 +101,7 @@ type Admin struct {
 // Log configures logging.
 type Log struct {
 	Level    string // debug | info | warn | error, default info
-	Format   string // json | text, default json
+	Format   string // auto (text when standard error is a terminal, else json) | json | text; default auto
 	Payloads bool   // log message text and phone numbers; default false
 }
 

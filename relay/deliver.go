@@ -93,6 +93,10 @@ type Engine struct {
 	// sweep is how often an idle dispatcher re-reads its ready queue from the start, a safety
 	// net that finds a delivery stranded behind its cursor (defaultSweep; 0 = never).
 	sweep time.Duration
+	// delivered thins the info line of successful deliveries to one per sink per
+	// DefaultLogEvery (with the count left out), so a busy relay does not drown its log; at
+	// debug every delivery is logged.
+	delivered *LogSampler
 
 	mu      sync.Mutex
 	runners map[string]*runner
@@ -122,12 +126,13 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 	}
 	return &Engine{
 		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now, poll: poll, sweep: defaultSweep,
-		runners: map[string]*runner{},
-		last:    map[string]*runner{},
-		live:    map[*runner]struct{}{},
-		promote: make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		delivered: NewLogSampler(DefaultLogEvery),
+		runners:   map[string]*runner{},
+		last:      map[string]*runner{},
+		live:      map[*runner]struct{}{},
+		promote:   make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 }
 
@@ -765,7 +770,7 @@ func (r *runner) handle(job []Delivery) {
 			if r.e.obs != nil {
 				r.e.obs.Delivered(r.name, d.Attempt+1, r.e.now().Sub(d.FirstAt))
 			}
-			r.log.Debug("change delivered", "change_id", evs[i].ID, "seq", d.Seq, "attempt", d.Attempt+1, "duration", took, "batch", len(ds))
+			r.logDelivered(evs[i].ID, d, took, len(ds))
 			r.dones <- d.Seq
 		}
 	case r.attemptCtx.Err() != nil:
@@ -790,6 +795,17 @@ func (r *runner) handle(job []Delivery) {
 			r.failed(d, evs[i], err, start, took)
 		}
 	}
+}
+
+// logDelivered logs a successful delivery: each one at debug, else at most one line per sink
+// per interval at info, counting the others.
+func (r *runner) logDelivered(id string, d Delivery, took time.Duration, batch int) {
+	attrs := []any{"change_id", id, "seq", d.Seq, "attempt", d.Attempt + 1, "duration", took.String(), "batch", batch}
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.log.Debug("change delivered", attrs...)
+		return
+	}
+	r.e.delivered.Log(r.log, slog.LevelInfo, r.name, "change delivered", attrs...)
 }
 
 // failed records a failed attempt of one delivery: dead letter when permanent or out of

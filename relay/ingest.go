@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -128,6 +129,8 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := rc.state.Load()
 	apps := st.byPath[r.URL.Path]
 	if len(apps) == 0 {
+		rc.sample.Log(rc.log, slog.LevelWarn, "request/not_found", "request refused", "reason", "no app on this path",
+			"status", http.StatusNotFound, "method", r.Method, "path", clip(r.URL.Path), "valid_paths", rc.Paths(), "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeNotFound, http.StatusNotFound, time.Now())
 		return
 	}
@@ -138,6 +141,8 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rc.verify(w, r, apps)
 	default:
 		w.Header().Set("Allow", "GET, HEAD, POST")
+		rc.sample.Log(rc.log, slog.LevelWarn, "request/bad_method", "request refused", "reason", "method not allowed: use GET (verification) or POST (notifications)",
+			"status", http.StatusMethodNotAllowed, "method", clip(r.Method), "path", r.URL.Path, "remote", RemoteAddr(r))
 		rc.finish(w, "", OutcomeBadMethod, http.StatusMethodNotAllowed, time.Now())
 	}
 }
@@ -335,7 +340,29 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 	}
 	log.Info("notification accepted", "object", events[0].Object, "changes", len(events), "new", fresh,
 		"duplicates", len(events)-fresh, "bytes", len(body), "duration", time.Since(start))
-	rc.finish(w, app.Name, outcome, http.StatusOK, start)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(AckBody(len(events), fresh))
+	rc.observe(app.Name, outcome, start)
+}
+
+// AckBody is the body of a 200 to a notification: how many of its changes were new and how
+// many were repeats, for a person trying things (Meta ignores it).
+func AckBody(changes, fresh int) []byte {
+	b := fmt.Appendf(nil, `{"changes":%d,"new":%d,"duplicates":%d`, changes, fresh, changes-fresh)
+	if changes > fresh {
+		b = append(b, `,"note":"duplicates were already accepted within storage.dedup_window and are not delivered again"`...)
+	}
+	return append(b, "}\n"...)
+}
+
+// clip shortens a client-chosen string for a log line.
+func clip(s string) string {
+	const max = 200
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
 }
 
 // rawEvent is the whole notification as one change, for body: raw sinks. Its key is derived

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -419,4 +420,22 @@ func compile(src string, opts ...expr.Option) (p *vm.Program, err error) {
 		return nil, exprError(err)
 	}
 	return p, nil
+}
+
+// RuleSummary is the name and the sinks of one rule, for start-up logs.
+type RuleSummary struct {
+	Name  string
+	Sinks []string
+}
+
+// Summaries returns the name and sinks of every rule, in config order.
+func (s *Set) Summaries() []RuleSummary {
+	if s == nil {
+		return nil
+	}
+	out := make([]RuleSummary, len(s.rules))
+	for i, r := range s.rules {
+		out[i] = RuleSummary{Name: r.name, Sinks: slices.Clone(r.sinks)}
+	}
+	return out
 }

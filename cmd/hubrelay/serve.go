@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -69,19 +70,86 @@ func loadConfig(path string, e env) (*config.Config, error) {
 	return nil, err
 }
 
+// newLogger builds the root logger from the log config. Format auto is text when w is a
+// terminal (a person is watching) and JSON lines otherwise (a log collector is). Durations
+// are logged as strings ("168h0m0s"), not as integer nanoseconds.
 func newLogger(c config.Log, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
 		return nil, fmt.Errorf("log level %q: use debug, info, warn or error", c.Level)
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	switch c.Format {
-	case "json", "":
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationsAsStrings}
+	format := c.Format
+	if format == "auto" || format == "" {
+		format = "json"
+		if isTerminal(w) {
+			format = "text"
+		}
+	}
+	switch format {
+	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("log format %q: use json or text", c.Format)
+	return nil, fmt.Errorf("log format %q: use auto, json or text", c.Format)
+}
+
+// durationsAsStrings is a slog ReplaceAttr that writes time.Duration values as Go duration
+// strings.
+func durationsAsStrings(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
+}
+
+// isTerminal reports whether w is a character device (a terminal), not a file or pipe.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// listen binds addr, the value of the config key key. Its error names the key and where the
+// config sets it, so the person knows what to change.
+func listen(cfg *config.Config, key, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		return ln, nil
+	}
+	where := cfg.Where(key)
+	if where == "" {
+		where = "the default"
+	}
+	hint := ""
+	if errors.Is(err, syscall.EADDRINUSE) {
+		hint = ": another process listens there (another hubrelay, or an example still running): stop it or change " + key
+	}
+	return nil, fmt.Errorf("%s %s (%s): %w%s", key, addr, where, err, hint)
+}
+
+// logStartup logs what the relay runs with: the config file and version, each app's path,
+// each sink's type and destination (secret-free), each rule, and the dead-letter dir.
+func logStartup(log *slog.Logger, cfg *config.Config, cfgPath, storage string) {
+	log.Info("hubrelay starting", "version", version, "config", cfgPath, "storage", storage,
+		"dead_letter_dir", cfg.DeadLetter.Dir, "dedup_window", cfg.Storage.DedupWindow)
+	for _, a := range cfg.Apps {
+		path := a.Path
+		if path == "" {
+			path = cfg.Server.Path
+		}
+		log.Info("app", "app", a.Name, "path", path, "secrets", len(a.AppSecrets))
+	}
+	for _, sk := range cfg.Sinks {
+		log.Info("sink", "sink", sk.Name, "type", sk.Type, "to", sinkDestination(sk))
+	}
+	for _, r := range cfg.Rules.Summaries() {
+		log.Info("rule", "rule", r.Name, "sinks", r.Sinks)
+	}
 }
 
 // server is one running relay: everything serve wires together.
@@ -106,6 +174,20 @@ type server struct {
 
 func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.Duration, log *slog.Logger, e env) error {
 	s := &server{log: log, cfgPath: cfgPath, getenv: e.getenv, shutdown: cfg.Server.ShutdownTimeout}
+	// Bind first: a taken port is the most common start-up failure, and it must not be
+	// preceded by opening (and closing) the spool.
+	ln, err := listen(cfg, "server.listen", cfg.Server.Listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close() // after Shutdown, a second Close is harmless
+	var aln net.Listener
+	if cfg.Admin.Listen != "" {
+		if aln, err = listen(cfg, "admin.listen", cfg.Admin.Listen); err != nil {
+			return err
+		}
+		defer aln.Close()
+	}
 	st, err := openStorage(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -158,13 +240,8 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	}
 	mux.Handle("/", webhook)
 
-	ln, err := net.Listen("tcp", cfg.Server.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
 	conns, err := connLimiter(cfg, log, s.metrics)
 	if err != nil {
-		ln.Close()
 		return err
 	}
 	ln = conns.Listener(ln)
@@ -174,20 +251,13 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	if t := cfg.Server.TLS; t != nil {
 		tlsLog := log.With("component", "tls")
 		if certs, err = relay.NewCertReloader(t.CertFile, t.KeyFile, tlsLog); err != nil {
-			ln.Close()
 			return fmt.Errorf("tls: %w", err)
 		}
 		if s.http.TLSConfig, err = relay.ServerTLSConfig(relay.TLSOptions{Certs: certs, ClientCAFile: t.ClientCAFile, Logger: tlsLog}); err != nil {
-			ln.Close()
 			return fmt.Errorf("tls: %w", err)
 		}
 	}
-	if cfg.Admin.Listen != "" {
-		aln, err := net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("listen admin: %w", err)
-		}
+	if aln != nil {
 		s.admin = newHTTPServer(cfg, admin, log)
 		go s.admin.Serve(aln)
 		log.Info("admin listening", "addr", aln.Addr().String())
@@ -201,8 +271,9 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 			serveErr <- s.http.Serve(ln)
 		}
 	}()
+	logStartup(log, cfg, cfgPath, st.where)
 	log.Info("hubrelay listening", "addr", ln.Addr().String(), "tls", useTLS, "paths", s.recv.Paths(),
-		"storage", st.where, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len())
+		"storage", st.where, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len(), "version", version)
 
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
@@ -600,4 +671,25 @@ func connLimiter(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*rel
 	})
 	observe = m.WatchConnections(l.Open)
 	return l, nil
+}
+
+// sinkDestination describes where a sink delivers, without secrets: an http sink's scheme,
+// host and path (no credentials, no query), a Slack webhook's host only (its path is the
+// secret), a file sink's path.
+func sinkDestination(sk config.Sink) string {
+	switch sk.Type {
+	case "file":
+		return sk.Path
+	case "slack":
+		if u, err := url.Parse(sk.WebhookURL); err == nil && u.Host != "" {
+			return "slack incoming webhook at " + u.Host
+		}
+		return "slack incoming webhook"
+	default:
+		u, err := url.Parse(sk.URL)
+		if err != nil || u.Host == "" {
+			return "(unparsable url)"
+		}
+		return u.Scheme + "://" + u.Host + u.Path
+	}
 }

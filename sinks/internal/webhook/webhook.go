@@ -414,8 +414,9 @@ func validToken(s string) bool {
 }
 
 // scrubLogger is the retryablehttp.LeveledLogger handed to retryablehttp: it replaces the URL
-// it logs with the redacted one, scrubs secrets from every string and error, and logs a
-// failed attempt as a warning (the delivery as a whole may still succeed).
+// it logs with the redacted one, scrubs secrets from every string and error, and logs every
+// line at debug: these are per-try lines, and the delivery engine logs the attempt's outcome
+// (rescheduled, dead-lettered, delivered) itself.
 type scrubLogger struct {
 	l     *slog.Logger
 	scrub *strings.Replacer
@@ -424,9 +425,9 @@ type scrubLogger struct {
 
 var _ retryablehttp.LeveledLogger = (*scrubLogger)(nil)
 
-func (s *scrubLogger) Error(msg string, kv ...any) { s.log(slog.LevelWarn, msg, kv) }
-func (s *scrubLogger) Warn(msg string, kv ...any)  { s.log(slog.LevelWarn, msg, kv) }
-func (s *scrubLogger) Info(msg string, kv ...any)  { s.log(slog.LevelInfo, msg, kv) }
+func (s *scrubLogger) Error(msg string, kv ...any) { s.log(slog.LevelDebug, msg, kv) }
+func (s *scrubLogger) Warn(msg string, kv ...any)  { s.log(slog.LevelDebug, msg, kv) }
+func (s *scrubLogger) Info(msg string, kv ...any)  { s.log(slog.LevelDebug, msg, kv) }
 func (s *scrubLogger) Debug(msg string, kv ...any) { s.log(slog.LevelDebug, msg, kv) }
 
 func (s *scrubLogger) log(level slog.Level, msg string, kv []any) {
