@@ -279,8 +279,17 @@ func TestPostgres_DeadLetters(t *testing.T) {
 	t.Cleanup(a.srv.Close)
 	b := newCrashSink(t, "sink-b")
 	dir := t.TempDir()
-	cfg := writePGConfig(t, dir, freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL)
+	// A password in the URL (the test server trusts loopback, so it is ignored) must never
+	// reach a log line or an output.
+	const pw = "s3cret-db-pw"
+	withPW := strings.Replace(pgURL, "postgres@", "postgres:"+pw+"@", 1)
+	cfg := writePGConfig(t, dir, freeAddr(t), withPW, schema, a.srv.URL, b.srv.URL)
 	r := startPGRelay(t, cfg)
+	defer func() {
+		if strings.Contains(r.logs.String(), pw) {
+			t.Error("the relay's logs hold the database password")
+		}
+	}()
 	note := crashLoadItem(t, 1, 1, "dead")
 	if st, err := postOnce(http.DefaultClient, r.url+"/webhooks", note); err != nil || st != 200 {
 		t.Fatalf("POST: %d, %v", st, err)
@@ -288,6 +297,9 @@ func TestPostgres_DeadLetters(t *testing.T) {
 	cliPG := func(args ...string) (string, error) {
 		var out strings.Builder
 		err := run(context.Background(), args, pgGetenv, strings.NewReader(""), &out, &out)
+		if strings.Contains(out.String(), pw) {
+			t.Errorf("hubrelay %s printed the database password", strings.Join(args[:2], " "))
+		}
 		return out.String(), err
 	}
 	waitFor(t, "dead letter in the database", func() bool { return pgCount(t, pgURL, schema, "dead_letters") == 1 })
@@ -320,5 +332,20 @@ func TestPostgres_DeadLetters(t *testing.T) {
 	}
 	if len(b.missing(note.ids)) != 0 {
 		t.Fatal("sink-b never got the change")
+	}
+	resp, err := http.Get(r.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{`hubrelay_postgres_commit_seconds_count{outcome="ok"}`, `hubrelay_postgres_claim_lag_seconds_count{sink="sink-a"}`,
+		"hubrelay_postgres_pool_max_connections 4", `hubrelay_dead_letters{sink="sink-a"} 0`} {
+		if !strings.Contains(string(body), m) {
+			t.Errorf("/metrics has no %s", m)
+		}
+	}
+	if strings.Contains(string(body), pw) {
+		t.Error("/metrics holds the database password")
 	}
 }
