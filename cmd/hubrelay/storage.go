@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -59,6 +60,9 @@ func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*st
 		DedupWindow:   cfg.Storage.DedupWindow,
 		Logger:        log,
 	})
+	if errors.Is(err, spool.ErrDamaged) {
+		return nil, fmt.Errorf("%w; %s (hubrelay spool recover -config FILE)", err, spool.RecoverHint)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}

@@ -31,9 +31,12 @@ import (
 //	        seq uvarint (0: no delivery), accepted-at varint (Unix ns),
 //	        key, data (uvarint length + bytes each), sink count uvarint, sinks (same form)
 //
-// A torn or corrupt frame ends its segment: it was never acknowledged, because the write or
-// the sync that would have made it durable failed, and after such a failure the journal starts
-// a new segment.
+// Only a torn tail may be dropped: an incomplete last frame of the newest segment (fewer bytes
+// than its header, or a length that runs past the end of the file while the bytes there do not
+// check out as a whole payload, or nothing but zeros), which a crash in the middle of a write
+// leaves and which was never acknowledged, because its sync did not return. Any other frame
+// that fails its checksum held acknowledged changes: Open refuses the spool (scan.go) and
+// Recover applies every frame that still checks out and sets the damaged segment aside.
 
 // journalSegmentSize is the size at which the journal starts a new segment (a variable so
 // that tests can make segments small).
@@ -45,7 +48,7 @@ const maxFrameLen = 1 << 30
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// errCorruptFrame marks the end of a segment's readable frames.
+// errCorruptFrame marks a frame that does not check out.
 var errCorruptFrame = errors.New("torn or corrupt journal frame")
 
 // jItem is one accepted item as the journal records it.
@@ -107,23 +110,11 @@ func (r *frameReader) next() (*jFrame, error) {
 	if r.off == len(r.b) {
 		return nil, io.EOF
 	}
-	if len(r.b)-r.off < 8 {
-		return nil, errCorruptFrame
-	}
-	n := int(binary.BigEndian.Uint32(r.b[r.off:]))
-	sum := binary.BigEndian.Uint32(r.b[r.off+4:])
-	if n > maxFrameLen || n > len(r.b)-r.off-8 {
-		return nil, errCorruptFrame
-	}
-	payload := r.b[r.off+8 : r.off+8+n]
-	if crc32.Checksum(payload, crcTable) != sum {
-		return nil, errCorruptFrame
-	}
-	f, err := decodeFrame(payload)
+	f, n, err := frameAt(r.b, r.off)
 	if err != nil {
-		return nil, errCorruptFrame
+		return nil, err
 	}
-	r.off += 8 + n
+	r.off += n
 	return f, nil
 }
 
@@ -211,12 +202,13 @@ type segment struct {
 // journal owns the segment files. Only the spool's journal goroutine writes; removeApplied
 // runs on the committer's goroutine, so the sealed list has its own lock.
 type journal struct {
-	dir    string
-	log    *slog.Logger
-	f      *os.File // active segment; nil until the first write after open or a failure
-	size   int64
-	active segment // path and last LSN of the active segment
-	buf    []byte
+	dir     string
+	log     *slog.Logger
+	f       *os.File // active segment; nil until the first write after open or a failure
+	size    int64
+	active  segment // path and last LSN of the active segment
+	durable uint64  // LSN of the last frame synced (or applied when the spool opened)
+	buf     []byte
 
 	mu     sync.Mutex
 	sealed []segment
@@ -269,38 +261,6 @@ func listSegments(dir string) ([]string, error) {
 	return out, nil
 }
 
-// readSegments returns every intact frame of the segments in dir, in order. A corrupt frame
-// ends its segment; it is logged, since frames after it in that segment cannot be read.
-func readSegments(dir string, log *slog.Logger) ([]*jFrame, []string, error) {
-	paths, err := listSegments(dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("list journal: %w", err)
-	}
-	var frames []*jFrame
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, nil, fmt.Errorf("read journal: %w", err)
-		}
-		r := frameReader{b: b}
-		for {
-			f, err := r.next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				if rest := len(b) - r.off; rest > 0 {
-					log.Warn("journal segment ends in a torn or corrupt frame; the rest is ignored",
-						"segment", p, "offset", r.off, "bytes_ignored", rest)
-				}
-				break
-			}
-			frames = append(frames, f)
-		}
-	}
-	return frames, paths, nil
-}
-
 // write appends frame to the active segment and syncs it, opening a new segment first when
 // there is none or the active one is full. After a failed write or sync the segment is closed
 // (best effort truncated back to where the frame began) and the next write starts a new one:
@@ -311,7 +271,10 @@ func (j *journal) write(f *jFrame) error {
 		j.seal()
 	}
 	if j.f == nil {
-		if err := j.open(f.lsn); err != nil {
+		// A segment is named after the frame that follows the last durable one, also when a
+		// failed write burnt numbers since: the names then tile the LSNs without a gap, and a
+		// gap means missing frames.
+		if err := j.open(j.durable + 1); err != nil {
 			return err
 		}
 	}
@@ -326,6 +289,7 @@ func (j *journal) write(f *jFrame) error {
 	}
 	j.size += int64(len(j.buf))
 	j.active.last = f.lsn
+	j.durable = f.lsn
 	if cap(j.buf) > 1<<20 {
 		j.buf = nil // do not keep a large frame's buffer
 	}

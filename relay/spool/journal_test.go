@@ -251,7 +251,7 @@ func TestSpool_JournalTornTail(t *testing.T) {
 	if got := datasOf(mustReady(t, c, "a", 0, 10)); !slices.Equal(got, []string{"one"}) {
 		t.Fatalf("copy holds %q", got)
 	}
-	if !bytes.Contains(logs.Bytes(), []byte("torn or corrupt")) {
+	if !bytes.Contains(logs.Bytes(), []byte("torn frame")) {
 		t.Fatalf("torn tail not logged:\n%s", logs.String())
 	}
 	if dup := mustAccept(t, c, t0, item("torn", "x")); dup[0] {

@@ -178,34 +178,55 @@ type Spool struct {
 
 // Open opens the spool file at path, creating it and its directory if needed. It returns
 // ErrLocked if the file stays locked by another process for opt.OpenTimeout. Every commit is
-// fsync'd.
+// fsync'd. Open applies the journal frames a crash left unapplied; if any part of the journal
+// other than a torn tail fails its checksum, it applies nothing and returns a *DamageError
+// (errors.Is ErrDamaged), and Recover repairs the spool.
 func Open(path string, opt Options) (*Spool, error) {
-	if opt.MaxBatchDelay < 0 {
-		opt.MaxBatchDelay = 0
-	}
-	if opt.CommitInterval <= 0 {
-		opt.CommitInterval = DefaultCommitInterval
-	}
-	if opt.ApplyDelay <= 0 {
-		opt.ApplyDelay = DefaultApplyDelay
-	}
-	if opt.MaxBatchSize <= 0 {
-		opt.MaxBatchSize = DefaultMaxBatchSize
-	}
-	if opt.DedupWindow <= 0 {
-		opt.DedupWindow = DefaultDedupWindow
-	}
-	if opt.OpenTimeout <= 0 {
-		opt.OpenTimeout = DefaultOpenTimeout
-	}
-	log := opt.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	log = log.With("component", "spool")
+	opt = opt.withDefaults()
+	log := opt.logger()
 
+	db, dedup, jlsn, err := openFile(path, opt, log)
+	if err != nil {
+		return nil, err
+	}
+	jdir := journalDir(path)
+	jlsn, err = replayJournal(db, dedup, path, jlsn, opt.DedupWindow, log)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	var seq, dedupN uint64
+	err = db.View(func(tx *bolt.Tx) error {
+		seq = tx.Bucket(bucketItems).Sequence()
+		dedupN = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
+		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
+	s := &Spool{db: db, path: path,
+		window: opt.DedupWindow, log: log, promoteLimit: maxPromote, dedup: dedup,
+		delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize, applyDelay: opt.ApplyDelay,
+		jr:      &journal{dir: jdir, log: log, durable: jlsn},
+		jdone:   make(chan struct{}),
+		lastLSN: jlsn, lastSeq: seq, pendingLSN: jlsn, appliedLSN: jlsn,
+		pendingKeys: map[string]pendingKey{},
+	}
+	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs)
+	s.jcond = sync.NewCond(&s.jmu)
+	s.pcond = sync.NewCond(&s.pmu)
+	go s.journalLoop()
+	return s, nil
+}
+
+// openFile opens the bbolt file of the spool at path, creating it if needed, migrates an
+// older format and loads the dedup index. It returns the last journal LSN the file records.
+func openFile(path string, opt Options, log *slog.Logger) (*bolt.DB, *dedupIndex, uint64, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("open spool: create directory: %w", err)
+		return nil, nil, 0, fmt.Errorf("open spool: create directory: %w", err)
 	}
 	bopt := &bolt.Options{
 		Timeout:         opt.OpenTimeout,
@@ -222,13 +243,12 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("open spool %s: %w", path, ErrLocked)
+			return nil, nil, 0, fmt.Errorf("open spool %s: %w", path, ErrLocked)
 		}
-		return nil, fmt.Errorf("open spool %s: %w", path, err)
+		return nil, nil, 0, fmt.Errorf("open spool %s: %w", path, err)
 	}
 
-	var seq, jlsn uint64
-	var dedupN uint64
+	var jlsn uint64
 	var from uint64 // the format to migrate from, 0 for none
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range topBuckets {
@@ -261,38 +281,9 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	if err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("open spool %s: %w", path, err)
+		return nil, nil, 0, fmt.Errorf("open spool %s: %w", path, err)
 	}
-	jdir := journalDir(path)
-	jlsn, err = replayJournal(db, dedup, jdir, jlsn, opt.DedupWindow, log)
-	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("open spool %s: %w", path, err)
-	}
-	err = db.View(func(tx *bolt.Tx) error {
-		seq = tx.Bucket(bucketItems).Sequence()
-		dedupN = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))
-		return nil
-	})
-	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("open spool %s: %w", path, err)
-	}
-	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
-		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
-	s := &Spool{db: db, path: path,
-		window: opt.DedupWindow, log: log, promoteLimit: maxPromote, dedup: dedup,
-		delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize, applyDelay: opt.ApplyDelay,
-		jr:      &journal{dir: jdir, log: log},
-		jdone:   make(chan struct{}),
-		lastLSN: jlsn, lastSeq: seq, pendingLSN: jlsn, appliedLSN: jlsn,
-		pendingKeys: map[string]pendingKey{},
-	}
-	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs)
-	s.jcond = sync.NewCond(&s.jmu)
-	s.pcond = sync.NewCond(&s.pmu)
-	go s.journalLoop()
-	return s, nil
+	return db, dedup, jlsn, nil
 }
 
 // migrateDedupV2 turns format 2's dedup index into format 3's. Each transaction takes the
@@ -457,20 +448,76 @@ func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
 	return nil
 }
 
-// replayJournal applies the frames of the journal in dir that come after the applied LSN, in
-// transactions of a bounded size, then deletes the journal's segments. It returns the last
-// LSN, from which the journal continues.
-func replayJournal(db *bolt.DB, dedup *dedupIndex, dir string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
-	frames, paths, err := readSegments(dir, log)
+// replayJournal applies the intact frames of the journal of the spool file at path that come
+// after the applied LSN, then deletes the journal's segments; a segment that ends in a torn
+// tail is moved aside instead (setAside). It returns the last LSN, from which the journal
+// continues. If any other part of the journal fails its checksum it changes nothing and
+// returns a *DamageError.
+func replayJournal(db *bolt.DB, dedup *dedupIndex, path string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
+	js, err := scanJournal(journalDir(path))
 	if err != nil {
 		return 0, err
 	}
+	if d := js.damage(applied); len(d) > 0 {
+		return 0, &DamageError{Path: path, Damage: d}
+	}
+	last, nitems, err := applyFrames(db, dedup, js.frames(), applied, window)
+	if err != nil {
+		return 0, err
+	}
+	if nitems > 0 {
+		log.Info("journal replayed", "items", nitems, "last_lsn", last)
+	}
+	var torn []string
+	for _, ss := range js.segs {
+		if ss.torn {
+			r := ss.bad[len(ss.bad)-1]
+			log.Warn("journal segment ends in a torn frame (a crash during its write, never acknowledged); the segment is set aside",
+				"segment", ss.path, "offset", r.off, "bytes", r.end-r.off)
+			torn = append(torn, ss.path)
+		}
+	}
+	if len(torn) > 0 {
+		dir, err := setAside(path, torn, "torn tail of the newest journal segment: the last write before a crash, never acknowledged\n")
+		if err != nil {
+			return 0, err
+		}
+		log.Warn("torn journal segment set aside", "dir", dir)
+	}
+	if err := removeSegments(js, torn); err != nil {
+		return 0, err
+	}
+	return last, nil
+}
+
+// removeSegments deletes the segments of js except those in keep (already moved) and syncs
+// the journal's directory.
+func removeSegments(js *journalScan, keep []string) error {
+	removed := 0
+	for _, ss := range js.segs {
+		if slices.Contains(keep, ss.path) {
+			continue
+		}
+		if err := os.Remove(ss.path); err != nil {
+			return fmt.Errorf("remove replayed journal segment: %w", err)
+		}
+		removed++
+	}
+	if removed > 0 {
+		if err := syncDir(js.dir); err != nil {
+			return fmt.Errorf("sync journal directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// applyFrames applies the frames after the applied LSN, in transactions of a bounded size. It
+// returns the last LSN and the number of items applied.
+func applyFrames(db *bolt.DB, dedup *dedupIndex, frames []*jFrame, applied uint64, window time.Duration) (uint64, int, error) {
 	last := applied
 	var todo []*jFrame
 	nitems := 0
 	for _, f := range frames {
-		// A frame whose number does not increase was written again after a failed write
-		// or sync; the journal never gives a number twice, so skip anything out of order.
 		if f.lsn > last {
 			todo = append(todo, f)
 			nitems += len(f.items)
@@ -494,23 +541,10 @@ func replayJournal(db *bolt.DB, dedup *dedupIndex, dir string, applied uint64, w
 			return nil
 		})
 		if err != nil {
-			return 0, fmt.Errorf("replay journal: %w", err)
+			return 0, 0, fmt.Errorf("replay journal: %w", err)
 		}
 	}
-	if nitems > 0 {
-		log.Info("journal replayed", "items", nitems, "last_lsn", last)
-	}
-	for _, p := range paths {
-		if err := os.Remove(p); err != nil {
-			return 0, fmt.Errorf("remove replayed journal segment: %w", err)
-		}
-	}
-	if len(paths) > 0 {
-		if err := syncDir(dir); err != nil {
-			return 0, fmt.Errorf("sync journal directory: %w", err)
-		}
-	}
-	return last, nil
+	return last, nitems, nil
 }
 
 // Close waits for running transactions and closes the file. Calls after the first return

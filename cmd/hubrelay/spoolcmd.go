@@ -1,0 +1,92 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/hubrelay/hubrelay/relay/spool"
+)
+
+const spoolUsage = `usage:
+  hubrelay spool verify  -config FILE [-json]   check every checksum of the spool; changes nothing
+  hubrelay spool recover -config FILE [-json]   apply every change that still checks out, set the damaged files aside
+
+Both need the relay stopped. verify exits 1 when the spool is damaged.
+`
+
+// runSpool checks and repairs the embedded spool in storage.dir.
+func runSpool(args []string, e env) error {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, spoolUsage)
+		return errUsage
+	}
+	sub := args[0]
+	fs := flag.NewFlagSet("spool "+sub, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return errUsage
+	}
+	if sub != "verify" && sub != "recover" {
+		fmt.Fprint(e.stderr, spoolUsage)
+		return errUsage
+	}
+	cfg, err := loadConfig(*cfgPath, e)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(cfg.Storage.Dir, spoolFile)
+	opt := spool.Options{DedupWindow: cfg.Storage.DedupWindow,
+		Logger: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	var r *spool.Report
+	if sub == "verify" {
+		r, err = spool.Verify(path, opt)
+	} else {
+		r, err = spool.Recover(path, opt)
+	}
+	if errors.Is(err, spool.ErrLocked) {
+		return fmt.Errorf("%s: the spool is in use: stop the relay first", path)
+	}
+	if r != nil {
+		printReport(e, r, sub, *asJSON)
+	}
+	if err != nil {
+		return err
+	}
+	if sub == "verify" && !r.OK() {
+		fmt.Fprintf(e.stderr, "the spool is damaged: run hubrelay spool recover -config %s\n", *cfgPath)
+		return errReported
+	}
+	return nil
+}
+
+// printReport writes a Verify or Recover report.
+func printReport(e env, r *spool.Report, sub string, asJSON bool) {
+	if asJSON {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		fmt.Fprintf(e.stdout, "%s\n", b)
+		return
+	}
+	fmt.Fprintf(e.stdout, "spool %s\n", r.Path)
+	fmt.Fprintf(e.stdout, "journal: %d segment(s), %d intact frame(s), %d not yet applied (%d item(s)); the file has applied up to frame %d\n",
+		r.Segments, r.Frames, r.Unapplied, r.UnappliedItems, r.AppliedLSN)
+	for _, d := range r.Torn {
+		fmt.Fprintf(e.stdout, "torn:    %s\n", d)
+	}
+	for _, d := range r.Damage {
+		fmt.Fprintf(e.stdout, "damaged: %s\n", d)
+	}
+	switch {
+	case sub == "recover" && r.SetAside != "":
+		fmt.Fprintf(e.stdout, "recovered: every intact frame applied; damaged files moved to %s (see NOTE.txt there)\n", r.SetAside)
+	case sub == "recover":
+		fmt.Fprintln(e.stdout, "recovered: nothing was damaged")
+	case r.OK():
+		fmt.Fprintln(e.stdout, "ok")
+	}
+}

@@ -1,0 +1,222 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// Report is what Verify found, or what Recover did.
+type Report struct {
+	// Path is the spool file.
+	Path string `json:"path"`
+	// Segments is the number of journal segments, Frames the intact frames in them, and
+	// Unapplied the intact frames not yet in the spool file, holding UnappliedItems items.
+	Segments       int `json:"segments"`
+	Frames         int `json:"frames"`
+	Unapplied      int `json:"unapplied_frames"`
+	UnappliedItems int `json:"unapplied_items"`
+	// AppliedLSN is the last journal frame the spool file records.
+	AppliedLSN uint64 `json:"applied_lsn"`
+	// Torn lists torn tails: the last write before a crash, never acknowledged; Open drops
+	// them and sets their segment aside.
+	Torn []Damage `json:"torn,omitempty"`
+	// Damage lists everything else that fails its checksum; Open refuses the spool while any
+	// is left.
+	Damage []Damage `json:"damage,omitempty"`
+	// SetAside is where Recover moved the damaged files ("" when it moved none).
+	SetAside string `json:"set_aside,omitempty"`
+}
+
+// OK reports whether Open would take the spool as it is.
+func (r *Report) OK() bool { return len(r.Damage) == 0 }
+
+// Verify checks the spool at path without changing it: every journal frame's checksum and
+// the spool file's. It returns ErrLocked while a running relay holds the spool. Damage is
+// reported in the Report, not as an error.
+func Verify(path string, opt Options) (*Report, error) {
+	opt = opt.withDefaults()
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("verify spool %s: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: opt.OpenTimeout})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("verify spool %s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("verify spool %s: %w", path, err)
+	}
+	defer db.Close()
+	var applied uint64
+	if err := db.View(func(tx *bolt.Tx) error {
+		if m := tx.Bucket(bucketMeta); m != nil {
+			applied = decUint(m.Get(metaJournalLSN))
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("verify spool %s: %w", path, err)
+	}
+	js, err := scanJournal(journalDir(path))
+	if err != nil {
+		return nil, fmt.Errorf("verify spool %s: %w", path, err)
+	}
+	return journalReport(path, js, applied), nil
+}
+
+// journalReport summarises a journal scan against the applied LSN.
+func journalReport(path string, js *journalScan, applied uint64) *Report {
+	r := &Report{Path: path, Segments: len(js.segs), AppliedLSN: applied, Damage: js.damage(applied)}
+	for _, f := range js.frames() {
+		r.Frames++
+		if f.lsn > applied {
+			r.Unapplied++
+			r.UnappliedItems += len(f.items)
+		}
+	}
+	for _, ss := range js.segs {
+		if ss.torn {
+			b := ss.bad[len(ss.bad)-1]
+			r.Torn = append(r.Torn, Damage{File: ss.path, Offset: int64(b.off), Len: int64(b.end - b.off),
+				What: "torn tail: the last write before a crash, never acknowledged"})
+		}
+	}
+	return r
+}
+
+// Recover repairs a damaged spool so that Open takes it again: it applies every journal frame
+// that still checks out to the spool file, then moves every journal segment that holds
+// damaged bytes (or a torn tail) into a new directory next to the spool file,
+// <spool file>.damaged/<UTC time>/, with a NOTE.txt that says what was wrong, and deletes the
+// intact segments, which are applied. Nothing that failed its checksum is deleted. The spool
+// must not be in use (ErrLocked).
+func Recover(path string, opt Options) (*Report, error) {
+	opt = opt.withDefaults()
+	log := opt.logger()
+	db, dedup, applied, err := openFile(path, opt, log)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	js, err := scanJournal(journalDir(path))
+	if err != nil {
+		return nil, fmt.Errorf("recover spool %s: %w", path, err)
+	}
+	r := journalReport(path, js, applied)
+	last, nitems, err := applyFrames(db, dedup, js.frames(), applied, opt.DedupWindow)
+	if err != nil {
+		return r, fmt.Errorf("recover spool %s: %w", path, err)
+	}
+	log.Info("journal frames recovered", "items", nitems, "last_lsn", last)
+	var moved []string
+	var note strings.Builder
+	fmt.Fprintf(&note, "hubrelay spool recover, %s\n\nThese journal segments of %s held bytes that failed their checksum.\n"+
+		"Every frame in them that still checked out was applied to the spool; what is listed below was not.\n\n",
+		time.Now().UTC().Format(time.RFC3339), path)
+	for _, ss := range js.segs {
+		damaged := len(ss.bad) > 0
+		for _, d := range r.Damage {
+			damaged = damaged || d.File == ss.path
+		}
+		if damaged {
+			moved = append(moved, ss.path)
+		}
+	}
+	for _, d := range append(append([]Damage{}, r.Damage...), r.Torn...) {
+		fmt.Fprintf(&note, "- %s\n", d)
+	}
+	if len(moved) > 0 {
+		if r.SetAside, err = setAside(path, moved, note.String()); err != nil {
+			return r, fmt.Errorf("recover spool %s: %w", path, err)
+		}
+		log.Warn("damaged journal segments set aside", "dir", r.SetAside, "segments", len(moved))
+	}
+	if err := removeSegments(js, moved); err != nil {
+		return r, fmt.Errorf("recover spool %s: %w", path, err)
+	}
+	r.AppliedLSN = last
+	return r, nil
+}
+
+// setAside moves files into a new directory <spool file>.damaged/<UTC time>/ and writes note
+// there as NOTE.txt; it returns the directory. Every step is synced.
+func setAside(path string, files []string, note string) (string, error) {
+	dir := filepath.Join(path+".damaged", time.Now().UTC().Format("20060102T150405.000000000Z"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("set damaged files aside: %w", err)
+	}
+	if err := writeSynced(filepath.Join(dir, "NOTE.txt"), []byte(note)); err != nil {
+		return "", fmt.Errorf("set damaged files aside: %w", err)
+	}
+	from := map[string]bool{}
+	for _, f := range files {
+		if err := os.Rename(f, filepath.Join(dir, filepath.Base(f))); err != nil {
+			return "", fmt.Errorf("set damaged files aside: %w", err)
+		}
+		from[filepath.Dir(f)] = true
+	}
+	for d := range from {
+		if err := syncDir(d); err != nil {
+			return "", fmt.Errorf("set damaged files aside: %w", err)
+		}
+	}
+	for _, d := range []string{dir, filepath.Dir(dir), filepath.Dir(path)} {
+		if err := syncDir(d); err != nil {
+			return "", fmt.Errorf("set damaged files aside: %w", err)
+		}
+	}
+	return dir, nil
+}
+
+// writeSynced writes b to a new file at path and fsyncs it.
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// withDefaults fills the zero fields of opt with their defaults.
+func (opt Options) withDefaults() Options {
+	if opt.MaxBatchDelay < 0 {
+		opt.MaxBatchDelay = 0
+	}
+	if opt.CommitInterval <= 0 {
+		opt.CommitInterval = DefaultCommitInterval
+	}
+	if opt.ApplyDelay <= 0 {
+		opt.ApplyDelay = DefaultApplyDelay
+	}
+	if opt.MaxBatchSize <= 0 {
+		opt.MaxBatchSize = DefaultMaxBatchSize
+	}
+	if opt.DedupWindow <= 0 {
+		opt.DedupWindow = DefaultDedupWindow
+	}
+	if opt.OpenTimeout <= 0 {
+		opt.OpenTimeout = DefaultOpenTimeout
+	}
+	return opt
+}
+
+// logger is opt.Logger with the spool's component, or a logger that discards.
+func (opt Options) logger() *slog.Logger {
+	if opt.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return opt.Logger.With("component", "spool")
+}
