@@ -3,38 +3,40 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/hubrelay/hubrelay/relay/spool"
 )
 
-const spoolUsage = `usage:
-  hubrelay spool verify  -config FILE [-json]   check every checksum of the spool; changes nothing
-  hubrelay spool recover -config FILE [-json]   apply every change that still checks out, set the damaged files aside
-
-Both need the relay stopped. verify exits 1 when the spool is damaged.
-`
-
 // runSpool checks and repairs the embedded spool in storage.dir.
 func runSpool(args []string, e env) error {
+	group := lookup("spool")
+	names := []string{"verify", "recover"}
 	if len(args) == 0 {
-		fmt.Fprint(e.stderr, spoolUsage)
+		fmt.Fprintln(e.stderr, "hubrelay spool: missing command: "+strings.Join(names, ", "))
+		group.shortUsage(e.stderr)
 		return errUsage
 	}
 	sub := args[0]
-	fs := flag.NewFlagSet("spool "+sub, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
-	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := fs.Parse(args[1:]); err != nil {
+	switch sub {
+	case "-h", "-help", "--help", "help":
+		group.help(e.stdout, nil)
+		return errHelp
+	}
+	if !slices.Contains(names, sub) {
+		unknownCommand(e.stderr, "hubrelay spool", sub, names)
+		group.shortUsage(e.stderr)
 		return errUsage
 	}
-	if sub != "verify" && sub != "recover" {
-		fmt.Fprint(e.stderr, spoolUsage)
-		return errUsage
+	fs := newFlags("spool "+sub, e)
+	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if _, err := parseArgs(fs, args[1:], e); err != nil {
+		return err
 	}
 	cfg, err := loadConfig(*cfgPath, e)
 	if err != nil {
