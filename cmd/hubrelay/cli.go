@@ -46,7 +46,7 @@ func init() {
 			summary: "dry run: decode a payload and print the rules and sinks each change matches; delivers nothing",
 			args:    "PAYLOAD.json  a Meta notification, as Meta posts it (- for standard input)", minArgs: 1, maxArgs: 1,
 			run: func(_ context.Context, args []string, e env) error { return runRoute(args, e) }},
-		{name: "send", synopsis: "-url URL [-secret S | -secret-env VAR] [-sha1] PAYLOAD.json",
+		{name: "send", synopsis: "-url URL [-secret S | -secret-env VAR] [-sha1] [-unique] PAYLOAD.json",
 			summary: "sign a payload's exact bytes as Meta does and POST it to a relay (to try a deployment)",
 			args:    "PAYLOAD.json  a Meta notification to sign and post (- for standard input)", minArgs: 1, maxArgs: 1,
 			run: runSend},

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -162,6 +164,7 @@ func runSend(ctx context.Context, args []string, e env) error {
 	secret := fs.String("secret", "", "app `secret` to sign with (visible in ps: prefer -secret-env)")
 	secretEnv := fs.String("secret-env", "HUBRELAY_APP_SECRET", "environment `variable` holding the app secret, used when -secret is empty")
 	sha1 := fs.Bool("sha1", false, "also send the legacy X-Hub-Signature: sha1= header")
+	unique := fs.Bool("unique", false, "make the payload's ids new (message ids, mids, entry ids get a random suffix) so the relay does not drop it as a repeat")
 	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
 	pos, err := parseArgs(fs, args, e)
 	if err != nil {
@@ -182,6 +185,11 @@ func runSend(ctx context.Context, args []string, e env) error {
 	body, err := readPayload(pos[0], e)
 	if err != nil {
 		return err
+	}
+	if *unique {
+		if body, err = uniquePayload(body); err != nil {
+			return fmt.Errorf("-unique %s: %w", pos[0], err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -205,8 +213,72 @@ func runSend(ctx context.Context, args []string, e env) error {
 	if len(respBody) > 0 {
 		fmt.Fprintf(e.stdout, "%s\n", bytes.TrimRight(respBody, "\n"))
 	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%w: status %d", errReported, resp.StatusCode)
+	if resp.StatusCode == http.StatusOK {
+		var ack struct{ Changes, New, Duplicates int }
+		if json.Unmarshal(respBody, &ack) == nil && ack.Duplicates > 0 {
+			fmt.Fprintf(e.stdout, "%d of %d change(s) already seen within storage.dedup_window: acknowledged, not delivered again (send -unique makes the ids new)\n",
+				ack.Duplicates, ack.Changes)
+		}
+		return nil
 	}
-	return nil
+	if hint := sendHint(resp.StatusCode); hint != "" {
+		fmt.Fprintln(e.stderr, "hint: "+hint)
+	}
+	return fmt.Errorf("%w: status %d", errReported, resp.StatusCode)
+}
+
+// sendHint explains a refusal of send's request.
+func sendHint(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return "the signature did not match: the secret must be one of apps[].app_secrets of the app on this path (-secret or $HUBRELAY_APP_SECRET), and the file is sent byte for byte"
+	case http.StatusForbidden:
+		return "refused by the relay's client checks (mutual TLS or trusted_proxy), not by the signature"
+	case http.StatusNotFound:
+		return "no app on this path: the URL's path must be server.path or an apps[].path (the relay logs the valid paths)"
+	case http.StatusMethodNotAllowed:
+		return "the relay answers GET (verification) and POST (notifications) only"
+	case http.StatusBadRequest:
+		return "the body is not a Meta notification (object + entry array), or too old (server.max_event_age)"
+	case http.StatusRequestEntityTooLarge:
+		return "over server.max_body_bytes or server.max_changes"
+	}
+	return ""
+}
+
+// uniquePayload returns the payload with a random suffix on every "id" and "mid" string, and
+// a hubrelay_unique key in every change value, so that its changes get new dedup keys (for trying things: a re-sent
+// sample is otherwise a repeat). The JSON is re-encoded.
+func uniquePayload(body []byte) ([]byte, error) {
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("parse json: %w", err)
+	}
+	var b [6]byte
+	rand.Read(b[:])
+	suffix := "-" + hex.EncodeToString(b[:])
+	var walk func(any)
+	walk = func(x any) {
+		switch x := x.(type) {
+		case map[string]any:
+			for k, val := range x {
+				if s, ok := val.(string); ok && (k == "id" || k == "mid") {
+					x[k] = s + suffix
+					continue
+				}
+				if m, ok := val.(map[string]any); ok && k == "value" {
+					m["hubrelay_unique"] = suffix[1:] // a new hash for changes without natural ids
+				}
+				walk(val)
+			}
+		case []any:
+			for _, val := range x {
+				walk(val)
+			}
+		}
+	}
+	walk(v)
+	return json.Marshal(v)
 }
