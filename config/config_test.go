@@ -484,3 +484,39 @@ func TestParse_Routing(t *testing.T) {
 		}
 	}
 }
+
+// TestParse_SinkRate: rate takes per_second (any positive number) and an optional burst,
+// which defaults to per_second rounded up; anything else is a problem at its line.
+func TestParse_SinkRate(t *testing.T) {
+	for _, c := range []struct {
+		name, rate string
+		want       Rate
+		problem    string
+	}{
+		{"slack", "{per_second: 1, burst: 3}", Rate{PerSecond: 1, Burst: 3}, ""},
+		{"default burst", "{per_second: 2.5}", Rate{PerSecond: 2.5, Burst: 3}, ""},
+		{"below one", "{per_second: 0.2}", Rate{PerSecond: 0.2, Burst: 1}, ""},
+		{"zero", "{per_second: 0}", Rate{}, "p.yaml:2:59: sinks[0].rate.per_second: must be more than 0"},
+		{"not a number", "{per_second: fast}", Rate{}, "sinks[0].rate.per_second: invalid number \"fast\""},
+		{"missing", "{burst: 2}", Rate{}, "sinks[0].rate: missing per_second"},
+		{"bad burst", "{per_second: 1, burst: 0}", Rate{}, "sinks[0].rate.burst: must be at least 1"},
+		{"unknown key", "{per_second: 1, per_minute: 3}", Rate{}, "per_minute"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := "apps: [{name: a, verify_token: t, app_secrets: [s]}]\nsinks: [{name: s, type: file, path: x, rate: " + c.rate + "}]\n"
+			cfg, err := Parse("p.yaml", []byte(src), noEnv)
+			if c.problem != "" {
+				if err == nil || !strings.Contains(err.Error(), c.problem) {
+					t.Fatalf("Parse = %v, want a problem containing %q", err, c.problem)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.Sinks[0].Rate; got != c.want {
+				t.Fatalf("rate = %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}

@@ -2,9 +2,11 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/hubrelay/hubrelay/rules"
@@ -18,6 +20,7 @@ var sinkKeys = map[string][]string{
 	"concurrency":      nil,
 	"retry":            nil,
 	"batch":            {SinkHTTP, SinkFile},
+	"rate":             nil,
 	"timeout":          {SinkHTTP, SinkSlack},
 	"url":              {SinkHTTP},
 	"method":           {SinkHTTP},
@@ -35,7 +38,7 @@ var sinkKeys = map[string][]string{
 }
 
 // sinkKeyOrder is sinkKeys' keys in the order they are documented.
-var sinkKeyOrder = []string{"name", "type", "concurrency", "retry", "batch", "timeout", "url", "method", "headers",
+var sinkKeyOrder = []string{"name", "type", "concurrency", "retry", "batch", "rate", "timeout", "url", "method", "headers",
 	"body", "sign_secret", "sign_secret_file", "webhook_url", "webhook_url_file", "text", "blocks", "path",
 	"max_bytes", "max_files"}
 
@@ -108,6 +111,9 @@ func (d *decoder) sinks(n *yaml.Node, path string) ([]Sink, map[string]bool) {
 		if e, ok := f["batch"]; ok {
 			d.batch(e.val, join(p, "batch"), &s.Batch)
 		}
+		if e, ok := f["rate"]; ok {
+			d.rate(e.val, join(p, "rate"), &s.Rate)
+		}
 		d.setDuration(f, p, "timeout", true, &s.Timeout)
 		switch typ {
 		case SinkHTTP:
@@ -150,6 +156,33 @@ func (d *decoder) retry(n *yaml.Node, path string, r *Retry) {
 		} else if e, ok := f["max_backoff"]; ok {
 			d.problem(e.val, join(path, "max_backoff"), "%s is less than min_backoff %s", r.MaxBackoff, r.MinBackoff)
 		}
+	}
+}
+
+func (d *decoder) rate(n *yaml.Node, path string, r *Rate) {
+	f, ok := d.mapping(n, path, "per_second", "burst")
+	if !ok {
+		return
+	}
+	if e, ok := f["per_second"]; ok {
+		p := join(path, "per_second")
+		if x, ok := d.scalar(e.val, p); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(x.val), 64)
+			switch {
+			case err != nil || math.IsNaN(v) || math.IsInf(v, 0):
+				d.problem(e.val, p, "invalid number %q: use requests per second, like 1 or 0.5", x.val)
+			case v <= 0:
+				d.problem(e.val, p, "must be more than 0 (got %s); remove rate for no limit", x.val)
+			default:
+				r.PerSecond = v
+			}
+		}
+	} else {
+		d.missing(n, path, "per_second", "set the sustained requests per second")
+	}
+	d.setInt(f, path, "burst", 1, &r.Burst)
+	if r.Burst == 0 && r.PerSecond > 0 {
+		r.Burst = max(1, int(math.Ceil(r.PerSecond)))
 	}
 }
 

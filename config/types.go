@@ -164,6 +164,7 @@ type Sink struct {
 	Concurrency int    // parallel deliveries, default 4 (file: 1)
 	Retry       Retry
 	Batch       Batch
+	Rate        Rate
 
 	// http
 	URL        string
@@ -191,6 +192,12 @@ type Retry struct {
 	MaxBackoff  time.Duration // default 5m
 	MaxAge      time.Duration // give up when the change is older than this, default 24h
 	InProcess   int           // quick in-process retries inside one attempt, default 2
+}
+
+// Rate limits a sink's requests (a batch is one request) across its workers. Zero = no limit.
+type Rate struct {
+	PerSecond float64 // sustained requests per second
+	Burst     int     // requests that may go at once after a quiet spell, default max(1, PerSecond)
 }
 
 // Batch groups several changes into one request (http) or one write (file). Zero = off.

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 )
 
@@ -36,6 +38,15 @@ type SinkConfig struct {
 	Concurrency int
 	Retry       RetryPolicy
 	Batch       BatchPolicy // used only when Sink is a BatchSink
+	Rate        RatePolicy
+}
+
+// RatePolicy limits a sink's requests (a batch is one request) across all its workers.
+// PerSecond <= 0 means no limit. Waiting for the limiter is not an attempt: it counts towards
+// nothing but the time that passes.
+type RatePolicy struct {
+	PerSecond float64 // sustained requests per second
+	Burst     int     // requests that may go at once after a quiet spell (at least 1)
 }
 
 // DeadLetters is what the engine needs of the dead-letter directory.
@@ -194,7 +205,7 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 	}
 	var stopping []*runner
 	for name, r := range e.runners {
-		if c, ok := want[name]; !ok || c.Sink != r.cfg.Sink || c.Concurrency != r.cfg.Concurrency || c.Retry != r.cfg.Retry || c.Batch != r.cfg.Batch {
+		if c, ok := want[name]; !ok || c.Sink != r.cfg.Sink || c.Concurrency != r.cfg.Concurrency || c.Retry != r.cfg.Retry || c.Batch != r.cfg.Batch || c.Rate != r.cfg.Rate {
 			stopping = append(stopping, r)
 			delete(e.runners, name)
 		}
@@ -348,6 +359,7 @@ type runner struct {
 
 	attemptCtx context.Context
 	cancel     context.CancelFunc
+	limiter    *rate.Limiter // nil without a rate limit
 
 	mu sync.Mutex
 	// inflight holds the deliveries handed to workers, true once released. A released
@@ -378,9 +390,14 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 	if b, ok := c.Sink.(BatchSink); ok && c.Batch.MaxChanges > 1 {
 		bs = b
 	}
+	var lim *rate.Limiter
+	if c.Rate.PerSecond > 0 {
+		lim = rate.NewLimiter(rate.Limit(c.Rate.PerSecond), max(c.Rate.Burst, 1))
+	}
 	return &runner{
-		batch: bs,
-		e:     e, cfg: c, name: name, log: e.log.With("sink", name),
+		limiter: lim,
+		batch:   bs,
+		e:       e, cfg: c, name: name, log: e.log.With("sink", name),
 		wake:       make(chan struct{}, 1),
 		jobs:       make(chan []Delivery),
 		dones:      make(chan uint64, doneBatch),
@@ -751,6 +768,15 @@ func (r *runner) handle(job []Delivery) {
 	}
 	if len(ds) == 0 {
 		return
+	}
+	if r.limiter != nil {
+		if err := r.limiter.Wait(r.attemptCtx); err != nil {
+			// Shutting down while waiting for the limiter: nothing was attempted.
+			for _, d := range ds {
+				r.release(true, d.Seq)
+			}
+			return
+		}
 	}
 	start := r.e.now()
 	var err error

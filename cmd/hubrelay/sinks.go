@@ -69,6 +69,7 @@ func (ss *sinkSet) update(cfgs []config.Sink) ([]relay.SinkConfig, error) {
 				MaxBytes:   int(c.Batch.MaxBytes),
 				MaxWait:    c.Batch.MaxWait,
 			},
+			Rate: relay.RatePolicy{PerSecond: c.Rate.PerSecond, Burst: c.Rate.Burst},
 		}}
 		next[c.Name] = b
 		out = append(out, b.cfg)
