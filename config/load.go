@@ -363,7 +363,7 @@ func (d *decoder) items(n *yaml.Node, path string) []item {
 }
 
 func (d *decoder) admin(n *yaml.Node, path string, a *Admin, serverListen string) {
-	f, ok := d.mapping(n, path, "listen")
+	f, ok := d.mapping(n, path, "listen", "console", "token", "token_file")
 	if !ok {
 		return
 	}
@@ -377,6 +377,33 @@ func (d *decoder) admin(n *yaml.Node, path string, a *Admin, serverListen string
 			}
 		}
 	}
+	d.setBool(f, path, "console", &a.Console)
+	d.setPair(n, f, path, "token", "admin token", false, &a.Token)
+	e, on := f["console"]
+	if !on || !a.Console {
+		return
+	}
+	p := join(path, "console")
+	switch {
+	case a.Listen == "":
+		d.problem(e.val, p, "the console is never served on the webhook listener: set admin.listen (e.g. 127.0.0.1:9090)")
+	case a.Token == "" && !loopback(a.Listen):
+		d.problem(e.val, p, "admin.listen %s is not a loopback address: set admin.token or admin.token_file to protect the console", a.Listen)
+	}
+}
+
+// loopback reports whether the host of a host:port address is a loopback address or
+// localhost; an empty host (all interfaces) is not.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (d *decoder) log(n *yaml.Node, path string, l *Log) {

@@ -93,9 +93,14 @@ type TrustedProxy struct {
 	From          []string // CIDRs of the proxies; required, non-empty
 }
 
-// Admin configures the optional separate listener for /metrics, /healthz, /readyz.
+// Admin configures the optional separate listener for /metrics, /healthz, /readyz and the
+// console.
 type Admin struct {
-	Listen string // empty = serve them on the main listener
+	Listen  string // empty = serve them on the main listener
+	Console bool   // serve the console at /console/ (needs Listen)
+	// Token protects the console (a bearer token, or the password of basic auth); required
+	// when Listen is not a loopback address. It is a secret: never log it.
+	Token string
 }
 
 // Log configures logging.

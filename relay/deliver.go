@@ -66,6 +66,29 @@ type DeliveryObserver interface {
 	DeadLettered(sink string)
 }
 
+// DeliveryTrace is what happened to one delivery of one change in one attempt, for a
+// DeliveryTracer.
+type DeliveryTrace struct {
+	Sink     string
+	ChangeID string
+	Attempt  int       // 1-based
+	At       time.Time // when the attempt started
+	Status   int       // HTTP status of a failed attempt, 0 if none
+	Err      string    // the attempt's error, "" when delivered
+	// Outcome is "delivered", "retrying" (then RetryAt is set) or "dead_letter" (then
+	// DeadLetter names the letter).
+	Outcome    string
+	RetryAt    time.Time
+	DeadLetter string
+}
+
+// DeliveryTracer is an optional extension of DeliveryObserver that sees each delivery's
+// change id and outcome (the console's story of a change). It must be cheap and must not
+// block.
+type DeliveryTracer interface {
+	Trace(t DeliveryTrace)
+}
+
 // maxHistory bounds the attempt log kept with a delivery (the first attempt and the latest
 // ones are kept), so a long outage does not grow spool records without limit.
 const maxHistory = 20
@@ -96,6 +119,7 @@ type Engine struct {
 	q   Queue
 	dl  DeadLetters
 	obs DeliveryObserver
+	tr  DeliveryTracer // obs, when it is one; else nil
 	log *slog.Logger
 	now func() time.Time
 	// poll, when positive, makes dispatchers re-read their queue from its start that often
@@ -135,7 +159,7 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 	if p, ok := q.(Poller); ok {
 		poll = p.PollInterval()
 	}
-	return &Engine{
+	e := &Engine{
 		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now, poll: poll, sweep: defaultSweep,
 		delivered: NewLogSampler(DefaultLogEvery),
 		runners:   map[string]*runner{},
@@ -145,6 +169,8 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	e.tr, _ = obs.(DeliveryTracer)
+	return e
 }
 
 // Start runs the promoter, which makes rescheduled deliveries ready when their time comes.
@@ -796,6 +822,9 @@ func (r *runner) handle(job []Delivery) {
 			if r.e.obs != nil {
 				r.e.obs.Delivered(r.name, d.Attempt+1, r.e.now().Sub(d.FirstAt))
 			}
+			if r.e.tr != nil {
+				r.e.tr.Trace(DeliveryTrace{Sink: r.name, ChangeID: evs[i].ID, Attempt: d.Attempt + 1, At: start, Outcome: "delivered"})
+			}
 			r.logDelivered(evs[i].ID, d, took, len(ds))
 			r.dones <- d.Seq
 		}
@@ -862,6 +891,10 @@ func (r *runner) failed(d Delivery, ev *Event, err error, start time.Time, took 
 		r.deadLetter(d, ev, history, fmt.Sprintf("max age %s exceeded after %d attempt(s): %v", pol.MaxAge, attempt, err))
 	default:
 		log.Info("delivery failed, rescheduled", "err", err, "retry_at", next)
+		if r.e.tr != nil {
+			r.e.tr.Trace(DeliveryTrace{Sink: r.name, ChangeID: ev.ID, Attempt: attempt, At: start, Status: statusOf(err),
+				Err: err.Error(), Outcome: "retrying", RetryAt: next})
+		}
 		r.reschedule(d.Seq, next, attempt, history)
 	}
 }
@@ -905,6 +938,14 @@ func (r *runner) deadLetter(d Delivery, ev *Event, history []byte, reason string
 	}
 	if r.e.obs != nil {
 		r.e.obs.DeadLettered(r.name)
+	}
+	if r.e.tr != nil {
+		t := DeliveryTrace{Sink: r.name, ChangeID: l.ChangeID, Attempt: d.Attempt + 1, Outcome: "dead_letter", DeadLetter: l.ID, At: l.DeadAt}
+		if n := len(l.Attempts); n > 0 {
+			a := l.Attempts[n-1]
+			t.At, t.Status, t.Err = a.At, a.Status, a.Error
+		}
+		r.e.tr.Trace(t)
 	}
 	r.log.Warn("delivery dead-lettered", "change_id", l.ChangeID, "seq", d.Seq, "reason", reason, "dead_letter", l.ID)
 	r.dones <- d.Seq

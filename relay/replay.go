@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay/deadletter"
@@ -85,6 +86,8 @@ type Replayer struct {
 	Router *Router
 	Notify func(sinks []string)
 	Log    *slog.Logger
+
+	mu sync.Mutex // one Once at a time: Run's and an admin request's would replay a letter twice
 }
 
 // replayErrorEvery is how often Run logs a replay error at most: a file in the replay folder
@@ -112,6 +115,8 @@ func (rp *Replayer) Run(ctx context.Context, interval time.Duration) {
 
 // Once replays every queued letter and returns how many it put back.
 func (rp *Replayer) Once(ctx context.Context) (int, error) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
 	letters, err := rp.DL.Pending()
 	if len(letters) == 0 {
 		return 0, err

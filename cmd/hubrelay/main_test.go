@@ -158,6 +158,13 @@ func testGetenv(k string) string {
 
 func startRelay(t *testing.T, dir, cfgPath string) *relayUnderTest {
 	t.Helper()
+	return startRelayHealth(t, dir, cfgPath, "")
+}
+
+// startRelayHealth is startRelay polling health at healthURL (default: the server's own
+// /healthz, right when admin.listen is not set).
+func startRelayHealth(t *testing.T, dir, cfgPath, healthURL string) *relayUnderTest {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &relayUnderTest{dir: dir, cfg: cfgPath, logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
 	go func() {
@@ -167,9 +174,12 @@ func startRelay(t *testing.T, dir, cfgPath string) *relayUnderTest {
 	raw, _ := os.ReadFile(cfgPath)
 	addr := strings.TrimSpace(strings.SplitN(strings.SplitN(string(raw), "listen:", 2)[1], "\n", 2)[0])
 	r.url = "http://" + addr
+	if healthURL == "" {
+		healthURL = r.url + "/healthz"
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		resp, err := http.Get(r.url + "/healthz")
+		resp, err := http.Get(healthURL)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

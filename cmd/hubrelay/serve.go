@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hubrelay/hubrelay/config"
+	"github.com/hubrelay/hubrelay/console"
 	"github.com/hubrelay/hubrelay/metrics"
 	"github.com/hubrelay/hubrelay/relay"
 )
@@ -165,6 +166,8 @@ type server struct {
 	http     *http.Server
 	admin    *http.Server
 	metrics  *metrics.Metrics
+	feed     *console.Feed    // nil unless admin.console
+	console  *console.Handler // nil unless admin.console
 	ready    func() error
 	shutdown time.Duration
 	// abandoned is set when deliveries did not end at shutdown: the spool and the sinks are
@@ -216,18 +219,34 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	if st.pg != nil {
 		registerPostgresMetrics(reg, st.pg)
 	}
-	s.engine = relay.NewEngine(sp, st.letters, s.metrics, log)
+	var obs interface {
+		relay.Observer
+		relay.DeliveryObserver
+	} = s.metrics
+	if cfg.Admin.Console {
+		s.feed = console.NewFeed(cfg.Log.Payloads)
+		obs = teeObserver{s.metrics, s.feed}
+	}
+	s.engine = relay.NewEngine(sp, st.letters, obs, log)
 	s.engine.Start()
 	if err := s.engine.SetSinks(withRuleErrors(sinkCfgs)); err != nil {
 		return err
 	}
 	s.router = newRouter(cfg)
-	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, s.metrics, log)
+	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, obs, log)
+	var rp *relay.Replayer
+	if st.dir != nil {
+		// Postgres mode needs no replay folder: `deadletter replay` writes to the database.
+		rp = &relay.Replayer{DL: st.dir, Spool: sp, Router: s.router, Notify: s.engine.Notify, Log: log.With("component", "replay")}
+	}
 
 	admin := http.NewServeMux()
 	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	admin.Handle("GET /readyz", readyHandler(sp.Check, log))
 	admin.Handle("GET /metrics", s.metrics.Handler(reg))
+	if err := s.mountConsole(cfg, admin, rp, log); err != nil {
+		return fmt.Errorf("console: %w", err)
+	}
 	mux := http.NewServeMux()
 	if cfg.Admin.Listen == "" {
 		mux.Handle("/healthz", admin)
@@ -278,9 +297,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go s.maintain(bg)
-	if st.dir != nil {
-		// Postgres mode needs no replay folder: `deadletter replay` writes to the database.
-		rp := &relay.Replayer{DL: st.dir, Spool: sp, Router: s.router, Notify: s.engine.Notify, Log: log.With("component", "replay")}
+	if rp != nil {
 		go rp.Run(bg, time.Second)
 	}
 
@@ -468,6 +485,9 @@ func (s *server) reload() {
 	s.sinks.closeRetired()
 	s.router.Configure(cfg.Rules, rawSinks(cfg), routeOptions(cfg))
 	s.recv.Configure(receiverConfig(cfg))
+	if s.console != nil {
+		s.console.Configure(consoleSetup(cfg))
+	}
 	s.metrics.Reload(true)
 	s.log.Info("config reloaded", "rules", cfg.Rules.Len(), "sinks", len(cfg.Sinks), "apps", len(cfg.Apps))
 }

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+)
+
+// consoleToken is the admin token of the browser test's relay.
+const consoleToken = "console-test-token-7c1e"
+
+// chromiumPath finds Debian's chromium. Outside CI a missing browser skips the test (loudly);
+// in CI (CI=true, where .ci/run installs it) it fails.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium not found: .ci/run installs it with apt-get install -y chromium")
+	}
+	t.Skip("SKIPPED: browser test needs chromium (apt-get install -y chromium); CI runs it")
+	return ""
+}
+
+func signBody(body []byte) string {
+	m := hmac.New(sha256.New, []byte(testSecret))
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// TestConsole_Browser drives the console of a running relay in headless Chromium: the
+// overview, signed notifications appearing in the live tail, a change's story, replaying a
+// dead letter until it is delivered, and the route tester. It saves a screenshot of each page
+// in $CONSOLE_SCREENSHOTS (default: a temporary directory) and logs the overview's load time.
+func TestConsole_Browser(t *testing.T) {
+	chrome := chromiumPath(t)
+	dir := t.TempDir()
+	shots := os.Getenv("CONSOLE_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	} else if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sink := newCollector(t)
+	sink.setReject(true) // orders rejects: its deliveries become dead letters
+	addr, adminAddr := freeAddr(t), freeAddr(t)
+	cfgPath := writeConfig(t, dir, addr, sink.srv.URL)
+	raw, _ := os.ReadFile(cfgPath)
+	cfg := strings.Replace(string(raw), "apps:\n", fmt.Sprintf("admin:\n  listen: %s\n  console: true\n  token: %s\nlog:\n  payloads: true\napps:\n", adminAddr, consoleToken), 1)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startRelayHealth(t, dir, cfgPath, "http://"+adminAddr+"/healthz")
+	base := "http://" + adminAddr + "/console/"
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:0:0],
+		chromedp.ExecPath(chrome),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+	)
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelA()
+	ctx, cancelC := chromedp.NewContext(actx)
+	defer cancelC()
+	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancelT()
+	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte("operator:"+consoleToken))
+	if err := chromedp.Run(ctx, network.Enable(), network.SetExtraHTTPHeaders(network.Headers{"Authorization": auth})); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	shot := func(name string) chromedp.Action {
+		return chromedp.ActionFunc(func(ctx context.Context) error {
+			var png []byte
+			if err := chromedp.FullScreenshot(&png, 90).Do(ctx); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(shots, name+".png"), png, 0o644)
+		})
+	}
+	run := func(what string, actions ...chromedp.Action) {
+		t.Helper()
+		if err := chromedp.Run(ctx, actions...); err != nil {
+			var body string
+			chromedp.Run(ctx, chromedp.Text("body", &body, chromedp.ByQuery))
+			t.Fatalf("%s: %v\npage:\n%.2000s\nrelay logs:\n%.3000s", what, err, body, r.logs)
+		}
+	}
+	// contains waits until the text of sel contains want.
+	contains := func(sel, want string) chromedp.Action {
+		return chromedp.Poll(fmt.Sprintf(`(document.querySelector(%q)||{}).textContent?.includes(%q)`, sel, want), nil,
+			chromedp.WithPollingTimeout(30*time.Second))
+	}
+
+	// Traffic first, so every page has something to show: three new changes, one repeat,
+	// one request with a bad signature.
+	ids := []string{"console-1", "console-2", "console-3"}
+	for _, id := range ids {
+		body := waPayload(id)
+		if st, b := post(t, r.url+"/webhooks", body, signBody(body)); st != 200 {
+			t.Fatalf("post %s: %d %s", id, st, b)
+		}
+	}
+	body := waPayload(ids[0])
+	post(t, r.url+"/webhooks", body, signBody(body))
+	post(t, r.url+"/webhooks", body, "sha256=00")
+	changeID := "wa:msg:shop:wamid." + ids[0]
+
+	// Overview, with its load time.
+	var loadMS float64
+	run("overview",
+		chromedp.Navigate(base),
+		contains("#sinks tbody", "orders"),
+		contains("#apps", "accepted"),
+		chromedp.Evaluate(`(() => { const n = performance.getEntriesByType("navigation")[0]; return n.loadEventEnd - n.startTime })()`, &loadMS),
+	)
+	run("overview dead letters", contains("#sinks tbody", "400"), shot("console-overview"))
+	t.Logf("console overview: load event %.1f ms after navigation start", loadMS)
+	if f := os.Getenv("CONSOLE_LOADTIME"); f != "" {
+		os.WriteFile(f, []byte(fmt.Sprintf("%.1f\n", loadMS)), 0o644)
+	}
+
+	// Live tail: a change posted while the page is open appears.
+	run("tail", chromedp.Navigate(base+"tail"), contains("#tail tbody", changeID), contains("#tail tbody", "duplicate"))
+	late := waPayload("console-late")
+	post(t, r.url+"/webhooks", late, signBody(late))
+	run("tail live", contains("#tail tbody", "wamid.console-late"), contains("#tail tbody", `"body":"hi"`), shot("console-tail"))
+
+	// The story of a change: accepted, its attempts, a dead letter for orders.
+	run("story",
+		chromedp.Navigate(base+"change?id="+changeID),
+		contains("#story", "Where it is now"),
+		contains("#story", "dead letter"),
+		contains("#story", "archive: delivered"),
+		shot("console-story"))
+
+	// Dead letters: open one, replay it once orders accepts again, see it delivered.
+	run("dead letters", chromedp.Navigate(base+"deadletters"), contains("#letters tbody", changeID), contains("#summary", "dead letter(s)"))
+	run("open letter",
+		chromedp.Click(`#letters tbody tr:last-child button.link`, chromedp.ByQuery),
+		contains("#detail", "Replay this letter"),
+		shot("console-deadletters"))
+	sink.setReject(false)
+	run("replay", chromedp.Click(`#detail button`, chromedp.ByQuery), contains("#summary", "replayed 1 of 1"))
+	waitFor(t, "the replayed letter delivered to orders", func() bool {
+		for _, id := range sink.ids() {
+			if strings.HasPrefix(id, "wa:msg:shop:wamid.console-") {
+				return true
+			}
+		}
+		return false
+	})
+	run("story after replay", chromedp.Navigate(base+"change?id="+changeID), contains("#story", "orders: delivered"))
+
+	// Route tester: paste a payload, see the rules and sinks; a page change no rule matches.
+	run("route",
+		chromedp.Navigate(base+"route"),
+		chromedp.SetValue(`textarea[name=payload]`, string(waPayload("route-1")), chromedp.ByQuery),
+		chromedp.Click(`#route button`, chromedp.ByQuery),
+		contains("#result", "rules whatsapp-inbound → sinks archive, orders"),
+		shot("console-route"))
+
+	// A narrow screen (a phone): the overview still fits.
+	var scrollW, clientW int
+	run("narrow",
+		chromedp.EmulateViewport(390, 844),
+		chromedp.Navigate(base),
+		contains("#sinks tbody", "orders"),
+		chromedp.Evaluate(`document.documentElement.scrollWidth`, &scrollW),
+		chromedp.Evaluate(`document.documentElement.clientWidth`, &clientW),
+		shot("console-narrow"))
+	if scrollW > clientW+1 {
+		t.Errorf("narrow screen: page is %dpx wide in a %dpx viewport", scrollW, clientW)
+	}
+	for _, s := range []string{testSecret, "verify-me-42", consoleToken} {
+		var html string
+		run("page source", chromedp.OuterHTML("html", &html, chromedp.ByQuery))
+		if strings.Contains(html, s) {
+			t.Errorf("page shows a secret")
+		}
+	}
+}
