@@ -161,16 +161,16 @@ func Compile(specs []Spec) (*Set, error) {
 		seen[sp.Name] = true
 		r := rule{
 			name:    sp.Name,
-			objects: clone(sp.Objects),
-			fields:  clone(sp.Fields),
-			verbs:   clone(sp.Verbs),
+			objects: slices.Clone(sp.Objects),
+			fields:  slices.Clone(sp.Fields),
+			verbs:   slices.Clone(sp.Verbs),
 		}
 		for _, sk := range sp.Sinks {
 			if sk == "" {
 				fail("sinks", errors.New("empty sink name"))
 				continue
 			}
-			if !contains(r.sinks, sk) {
+			if !slices.Contains(r.sinks, sk) {
 				r.sinks = append(r.sinks, sk)
 			}
 		}
@@ -214,7 +214,7 @@ func (s *Set) index() {
 	for o := range s.byObject {
 		var idx []int
 		for i, r := range s.rules {
-			if len(r.objects) == 0 || contains(r.objects, o) {
+			if len(r.objects) == 0 || slices.Contains(r.objects, o) {
 				idx = append(idx, i)
 			}
 		}
@@ -265,7 +265,7 @@ func (s *Set) match(env *Env, skip []string, onErr func(rule string, err error))
 	var m Match
 	for _, i := range idx {
 		r := &s.rules[i]
-		if !accepts(r.fields, env.Field) || !accepts(r.verbs, env.Verb) || (skip != nil && contains(skip, r.name)) {
+		if !accepts(r.fields, env.Field) || !accepts(r.verbs, env.Verb) || (skip != nil && slices.Contains(skip, r.name)) {
 			continue
 		}
 		if r.when != nil {
@@ -298,7 +298,7 @@ func (s *Set) match(env *Env, skip []string, onErr func(rule string, err error))
 		}
 		m.Rules = append(m.Rules, r.name)
 		for _, sk := range r.sinks {
-			if !contains(m.Sinks, sk) {
+			if !slices.Contains(m.Sinks, sk) {
 				m.Sinks = append(m.Sinks, sk)
 			}
 		}
@@ -313,23 +313,7 @@ func (s *Set) match(env *Env, skip []string, onErr func(rule string, err error))
 
 // accepts reports whether list, where empty means any, accepts v.
 func accepts(list []string, v string) bool {
-	return len(list) == 0 || contains(list, v)
-}
-
-func contains(list []string, v string) bool {
-	for _, s := range list {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
-
-func clone(list []string) []string {
-	if len(list) == 0 {
-		return nil
-	}
-	return append([]string(nil), list...)
+	return len(list) == 0 || slices.Contains(list, v)
 }
 
 // CompileWhen compiles a `when` expression against Env. It fails, with an *ExprError, if the

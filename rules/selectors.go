@@ -1,5 +1,7 @@
 package rules
 
+import "slices"
+
 // Selector is what a rule matches on before its `when` expression: the object, field and
 // verb lists (empty = any) and whether a `when` narrows it further.
 type Selector struct {
@@ -17,7 +19,7 @@ func (s *Set) Selectors() []Selector {
 	}
 	out := make([]Selector, len(s.rules))
 	for i, r := range s.rules {
-		out[i] = Selector{Name: r.name, Objects: clone(r.objects), Fields: clone(r.fields), Verbs: clone(r.verbs), HasWhen: r.when != nil}
+		out[i] = Selector{Name: r.name, Objects: slices.Clone(r.objects), Fields: slices.Clone(r.fields), Verbs: slices.Clone(r.verbs), HasWhen: r.when != nil}
 	}
 	return out
 }

@@ -23,4 +23,21 @@
 //
 // Sinks depend on relay only; the command turns the config of each sink into the sink
 // package's Options.
+//
+// # Adding a sink
+//
+// The contract is relay.Sink (relay/sink.go): Deliver is at least once, honours ctx, returns
+// an error wrapping relay.ErrPermanent when retrying cannot help, and a *relay.StatusError
+// when it speaks HTTP. A new sink of type T touches, in order:
+//
+//  1. config/types.go: the constant SinkT, and any new fields of config.Sink.
+//  2. config/sinks.go: sinkKeys (each new key with the types it applies to), sinkTypes, and
+//     the case for T in the decoder's type switch (required keys, file:line:col errors).
+//  3. config/defaults.go: the case for T in DefaultSink.
+//  4. sinks/T: the package itself (doc.go, Options, New, compile-time assertions such as
+//     var _ relay.Sink = (*Sink)(nil)); relay.BatchSink if it can take a batch as a unit,
+//     relay.SinkCloser if it holds resources (the command closes replaced sinks on reload).
+//  5. cmd/hubrelay/sinks.go: the case for T in buildSink, which maps config.Sink to Options.
+//  6. Tests: the sink's own tests against a real loopback server or temp files, and this
+//     file's list above.
 package sinks

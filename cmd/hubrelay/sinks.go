@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -50,7 +49,7 @@ func (ss *sinkSet) update(cfgs []config.Sink) ([]relay.SinkConfig, error) {
 		if err != nil {
 			for name, b := range next { // close what this failed update built
 				if ss.current[name].cfg.Sink != b.cfg.Sink {
-					closeSink(b.cfg.Sink)
+					ss.closeSink(b.cfg.Sink)
 				}
 			}
 			return nil, fmt.Errorf("sink %s: %w", c.Name, err)
@@ -88,7 +87,7 @@ func (ss *sinkSet) closeRetired() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for _, s := range ss.retired {
-		closeSink(s)
+		ss.closeSink(s)
 	}
 	ss.retired = nil
 }
@@ -109,14 +108,17 @@ func (ss *sinkSet) closeAll() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for _, b := range ss.current {
-		closeSink(b.cfg.Sink)
+		ss.closeSink(b.cfg.Sink)
 	}
 	ss.current = map[string]builtSink{}
 }
 
-func closeSink(s relay.Sink) {
-	if c, ok := s.(io.Closer); ok {
-		c.Close()
+// closeSink closes a replaced, removed or shut-down sink that implements relay.SinkCloser.
+func (ss *sinkSet) closeSink(s relay.Sink) {
+	if c, ok := s.(relay.SinkCloser); ok {
+		if err := c.Close(); err != nil {
+			ss.log.Warn("close sink", "sink", s.Name(), "err", err)
+		}
 	}
 }
 
@@ -139,7 +141,7 @@ func buildSink(c config.Sink, log *slog.Logger) (relay.Sink, error) {
 	case config.SinkHTTP:
 		return httpsink.New(httpsink.Options{
 			Name: c.Name, URL: c.URL, Method: c.Method, Headers: c.Headers, Timeout: c.Timeout,
-			Raw: c.Body == "raw", SignSecret: c.SignSecret,
+			Raw: c.Body == config.BodyRaw, SignSecret: c.SignSecret,
 			InProcessRetries: c.Retry.InProcess, MinBackoff: quickMin(c.Retry), MaxBackoff: quickMax(c.Retry),
 			Logger: l,
 		})

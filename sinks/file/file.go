@@ -77,7 +77,10 @@ type Sink struct {
 	syncs atomic.Int64 // fsyncs of the file, for tests
 }
 
-var _ relay.BatchSink = (*Sink)(nil)
+var (
+	_ relay.BatchSink  = (*Sink)(nil)
+	_ relay.SinkCloser = (*Sink)(nil)
+)
 
 // waiter is one Deliver or DeliverBatch call waiting for its lines to be committed.
 type waiter struct {

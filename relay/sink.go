@@ -15,6 +15,10 @@ import (
 // help (the destination rejected the change); the delivery is dead-lettered at once. Any other
 // error is retried later with backoff until the sink's retry budget is spent. Deliver must
 // honour ctx: when it is cancelled the attempt is abandoned and retried after restart.
+//
+// A sink that holds resources (open files, background flushers) also implements SinkCloser.
+// When a configuration reload replaces or removes a sink, and at shutdown, the command calls
+// Close once the engine no longer delivers to it; Deliver is not called after Close.
 type Sink interface {
 	Name() string
 	Deliver(ctx context.Context, ev *Event) error
@@ -44,4 +48,13 @@ func (e *StatusError) Is(target error) bool { return target == ErrPermanent && e
 type BatchSink interface {
 	Sink
 	DeliverBatch(ctx context.Context, evs []*Event) error
+}
+
+// SinkCloser is the optional part of the Sink contract for sinks that hold resources. Close
+// releases them (for a file sink: flush, fsync and close the file) and is called exactly once,
+// after the last Deliver or DeliverBatch call has returned. Sinks without resources (the HTTP
+// sinks, whose connections belong to a shared client) do not implement it.
+type SinkCloser interface {
+	Sink
+	Close() error
 }
