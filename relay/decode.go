@@ -1087,7 +1087,8 @@ var strPlain = func() (t [256]bool) {
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 func isHex(c byte) bool {
-	return isDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+	_, ok := fromHex(c)
+	return ok
 }
 
 // kindOf names the JSON type a value starting with c has, "" when c cannot start one.

@@ -314,21 +314,9 @@ func unhexPair(s string) (byte, bool) {
 	if len(s) < 2 {
 		return 0, false
 	}
-	hi, ok1 := unhex(s[0])
-	lo, ok2 := unhex(s[1])
+	hi, ok1 := fromHex(s[0])
+	lo, ok2 := fromHex(s[1])
 	return hi<<4 | lo, ok1 && ok2
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // ClientIP returns the address of the client for logs and per-address limits. When the
