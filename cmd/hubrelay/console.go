@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -97,7 +98,20 @@ func (s *server) mountConsole(cfg *config.Config, admin *http.ServeMux, rp *rela
 			if err := st.dir.QueueReplay(ids...); err != nil {
 				return 0, err
 			}
-			return rp.Once(ctx)
+			_, err := rp.Once(ctx)
+			// The poller may have taken some of them first: count what left the folder.
+			pending, perr := st.dir.Pending()
+			left := map[string]bool{}
+			for _, l := range pending {
+				left[l.ID] = true
+			}
+			n := 0
+			for _, id := range ids {
+				if !left[id] {
+					n++
+				}
+			}
+			return n, errors.Join(err, perr)
 		}
 	case st.pg != nil:
 		opt.LettersAt = "the Postgres database"
