@@ -2,7 +2,6 @@ package httpsink
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -159,7 +158,7 @@ func (s *Sink) Deliver(ctx context.Context, ev *relay.Event) error {
 	h[HeaderIdempotencyKey] = id
 	h[HeaderChangeID] = id
 	if s.secret != nil {
-		h[HeaderSignature] = []string{Sign(s.secret, body)}
+		h[HeaderSignature] = []string{Sign(body, string(s.secret))}
 	}
 	return s.client.Do(ctx, h, body)
 }
@@ -213,7 +212,7 @@ func (s *Sink) DeliverBatch(ctx context.Context, evs []*relay.Event) error {
 	h[HeaderIdempotencyKey] = []string{BatchKey(evs)}
 	h[HeaderBatchSize] = []string{strconv.Itoa(len(evs))}
 	if s.secret != nil {
-		h[HeaderSignature] = []string{Sign(s.secret, body)}
+		h[HeaderSignature] = []string{Sign(body, string(s.secret))}
 	}
 	err := s.client.Do(ctx, h, body)
 	if se, ok := errors.AsType[*relay.StatusError](err); ok {
@@ -245,15 +244,9 @@ func BatchKey(evs []*relay.Event) string {
 }
 
 // Sign returns the X-Hubrelay-Signature-256 value of body: "sha256=" and the lowercase hex
-// HMAC-SHA256 of body keyed with secret.
-func Sign(secret, body []byte) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write(body)
-	var sum [sha256.Size]byte
-	out := make([]byte, 0, len("sha256=")+2*sha256.Size)
-	out = append(out, "sha256="...)
-	return string(hex.AppendEncode(out, m.Sum(sum[:0])))
-}
+// HMAC-SHA256 of body keyed with secret. It is relay.Sign (the same scheme and argument order
+// as Meta's X-Hub-Signature-256), so a receiver verifies both with one function.
+func Sign(body []byte, secret string) string { return relay.Sign(body, secret) }
 
 // validHeaderName reports whether k is an RFC 9110 token.
 func validHeaderName(k string) bool {

@@ -152,7 +152,7 @@ func TestSink_Success(t *testing.T) {
 	if got := r.header.Get(HeaderMetaSignature); got != "" {
 		t.Errorf("envelope request carries %s: %q", HeaderMetaSignature, got)
 	}
-	if want := Sign([]byte(testSignSecret), r.body); !hmac.Equal([]byte(r.header.Get(HeaderSignature)), []byte(want)) {
+	if want := Sign(r.body, testSignSecret); !hmac.Equal([]byte(r.header.Get(HeaderSignature)), []byte(want)) {
 		t.Errorf("signature %q does not verify (want %q)", r.header.Get(HeaderSignature), want)
 	}
 	if want := relay.AppendEnvelope(nil, ev); !bytes.Equal(r.body, want) {
@@ -185,7 +185,7 @@ func TestSink_Raw(t *testing.T) {
 	if got := r.header.Get(HeaderMetaSignature); got != ev.Signature {
 		t.Errorf("%s = %q, want %q", HeaderMetaSignature, got, ev.Signature)
 	}
-	if got, want := r.header.Get(HeaderSignature), Sign([]byte(testSignSecret), notification); got != want {
+	if got, want := r.header.Get(HeaderSignature), Sign(notification, testSignSecret); got != want {
 		t.Errorf("%s = %q, want %q", HeaderSignature, got, want)
 	}
 
@@ -548,7 +548,7 @@ func TestSink_DeliverBatch(t *testing.T) {
 				}
 			}
 			sig := []byte(r.header.Get(HeaderSignature))
-			if want := Sign([]byte(testSignSecret), r.body); !hmac.Equal(sig, []byte(want)) {
+			if want := Sign(r.body, testSignSecret); !hmac.Equal(sig, []byte(want)) {
 				t.Errorf("signature %q does not verify over the array (want %q)", sig, want)
 			}
 		})
