@@ -136,6 +136,37 @@ func FuzzJournalFrames(f *testing.F) {
 	f.Add(appendFrame(nil, &jFrame{lsn: 1, items: []jItem{{seq: 1, key: "k", data: []byte("d"), sinks: []string{"a"}}}}))
 	f.Add([]byte{0, 0, 0, 1, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The scan that Open and Recover use: frames and bad ranges tile the bytes in order,
+		// LSNs increase, and a torn tail is only ever the last bad range.
+		frames, offs, bad := scanSegment(b)
+		off, fi, bi := 0, 0, 0
+		var last uint64
+		for off < len(b) {
+			switch {
+			case fi < len(offs) && offs[fi] == off:
+				if frames[fi].lsn <= last {
+					t.Fatalf("frame %d at %d: LSN %d after %d", fi, off, frames[fi].lsn, last)
+				}
+				last = frames[fi].lsn
+				_, n, err := frameAt(b, off)
+				if err != nil {
+					t.Fatalf("frame at %d does not decode again: %v", off, err)
+				}
+				off += n
+				fi++
+			case bi < len(bad) && bad[bi].off == off && bad[bi].end > off:
+				off = bad[bi].end
+				bi++
+			default:
+				t.Fatalf("offset %d is neither a frame nor a bad range (frames at %v, bad %v)", off, offs, bad)
+			}
+		}
+		if fi != len(frames) || bi != len(bad) {
+			t.Fatalf("%d of %d frames and %d of %d bad ranges tile %d bytes", fi, len(frames), bi, len(bad), len(b))
+		}
+		if len(bad) > 0 {
+			_ = tornTail(b[bad[len(bad)-1].off:])
+		}
 		r := frameReader{b: b}
 		for range len(b) + 1 {
 			f, err := r.next()
