@@ -557,6 +557,10 @@ func suggest(s string, choices []string) string {
 	return fmt.Sprintf(" (did you mean %q?)", best)
 }
 
+// EditDistance returns the Levenshtein distance between a and b, for "did you mean" hints
+// (capped for strings over 64 bytes, so a hostile input costs little). The CLI uses it too.
+func EditDistance(a, b string) int { return levenshtein(a, b) }
+
 // levenshtein returns the edit distance between a and b.
 func levenshtein(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	"github.com/hubrelay/hubrelay/config"
 )
 
 // command is one subcommand of hubrelay. To add one: write its run function (build the flag
@@ -276,7 +278,7 @@ func (c *command) shortUsage(w io.Writer) {
 func suggest(s string, names []string) string {
 	best, bestD := "", 3
 	for _, n := range names {
-		d := levenshtein(s, n)
+		d := config.EditDistance(s, n)
 		if strings.HasPrefix(n, s) && len(s) >= 3 {
 			d = 1
 		}
@@ -288,27 +290,6 @@ func suggest(s string, names []string) string {
 		return ""
 	}
 	return best
-}
-
-// levenshtein is the edit distance between a and b.
-func levenshtein(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // unknownCommand explains a command name that is none of names, with the nearest one.
