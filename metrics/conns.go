@@ -5,7 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // WatchConnections registers the webhook listener's connection metrics:
 // hubrelay_open_connections, read through open at scrape time (relay.(*ConnLimiter).Open), and
 // hubrelay_connections_dropped_total{reason}, counted through the returned function, which
-// relay.ConnLimitOptions.Observe takes (reason is refused_total, refused_per_ip or
+// front.ConnLimitOptions.Observe takes (reason is refused_total, refused_per_ip or
 // closed_for_room). Call it once per Metrics.
 func (m *Metrics) WatchConnections(open func() int) func(reason string) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/hubrelay/hubrelay/relay/internal/hexdigit"
 )
 
 // ErrMalformed is the class of bodies that are not JSON or not a Meta notification envelope.
@@ -1087,7 +1089,7 @@ var strPlain = func() (t [256]bool) {
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 func isHex(c byte) bool {
-	_, ok := fromHex(c)
+	_, ok := hexdigit.Value(c)
 	return ok
 }
 

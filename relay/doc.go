@@ -3,12 +3,13 @@
 //
 // The flow of one POST, one file per stage:
 //
-//	guard.go      client address, mutual-TLS identity or trusted-proxy subject, concurrency
-//	              limits (per address and global), stale cutoff
-//	tlsconfig.go  the HTTPS listener's configuration and certificate reload
+//	front/        the front door, before the Receiver: TLS and certificate reload, connection
+//	              limits, client address, bodies read under a budget, concurrency limits,
+//	              mutual-TLS identity or trusted-proxy subject
 //	ingest.go     HTTP: GET subscribe challenge; POST, size-capped, app chosen by path
 //	verify.go     X-Hub-Signature-256 over the exact bytes received, every secret of the app
 //	decode.go     notification envelope -> []Event (changes, changed_fields, messaging, standby)
+//	stale.go      the stale cutoff: every entry.time older than max_event_age
 //	key.go        the dedup key of each change, independent of entry.time
 //	route.go      rules -> sink names for each change (jsonvalue.go decodes values for `when`)
 //	codec.go      the spool encoding of an Event

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -43,6 +44,17 @@ const (
 	OutcomeBadMethod    Outcome = "bad_method"    // neither GET nor POST
 	OutcomeNotFound     Outcome = "not_found"     // no app on this path
 	OutcomeReadError    Outcome = "read_error"    // the client's body could not be read
+	OutcomeStale        Outcome = "stale"         // every entry.time older than max_event_age: 400
+)
+
+// Outcomes of requests the front door (relay/front) refuses before they reach the Receiver.
+// They are declared here, with the others, so that metrics know every outcome from one list.
+const (
+	OutcomeOverloaded  Outcome = "overloaded"       // over the global concurrency limit: 503
+	OutcomeRateLimited Outcome = "rate_limited"     // over the per-address concurrency limit: 429
+	OutcomeForbidden   Outcome = "forbidden_client" // no, or not Meta's, client certificate: 403
+	OutcomeTooSlow     Outcome = "too_slow"         // body slower than the minimum rate: 408
+	OutcomeBodyBudget  Outcome = "body_budget"      // bodies in flight over their byte budget: 503
 )
 
 // Observer receives what the receiver does, for metrics. Every method must be cheap and safe
@@ -440,14 +452,23 @@ func (rc *Receiver) getBuf() *bytes.Buffer {
 	return new(bytes.Buffer)
 }
 
+// HeldBody is a request body already read into memory, as the front door's ReadBodies
+// (relay/front) hands it on: the Receiver takes its bytes as they are instead of copying them.
+type HeldBody interface {
+	io.ReadCloser
+	// HeldBytes returns the whole body; the caller must not modify it.
+	HeldBytes() []byte
+}
+
 // readBody reads the whole body, refusing more than max bytes (max <= 0: no limit). The body
 // is never cut short: a body over the limit is an error, not a truncated body.
 func readBody(buf *bytes.Buffer, r *http.Request, max int64) ([]byte, error) {
-	if bb, ok := r.Body.(*bufferedBody); ok { // read by ReadBodies already
-		if max > 0 && int64(len(bb.b)) > max {
+	if hb, ok := r.Body.(HeldBody); ok { // read by front.ReadBodies already
+		b := hb.HeldBytes()
+		if max > 0 && int64(len(b)) > max {
 			return nil, &http.MaxBytesError{Limit: max}
 		}
-		return bb.b, nil
+		return b, nil
 	}
 	var src io.Reader = r.Body
 	if max > 0 {
@@ -460,4 +481,22 @@ func readBody(buf *bytes.Buffer, r *http.Request, max int64) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// clientAddrKey is the context key of the client address WithRemoteAddr records.
+type clientAddrKey struct{}
+
+// WithRemoteAddr returns r with addr recorded as its client's address. The front door
+// (front.WithClientIP) records there the address a trusted proxy forwarded, so that log lines
+// name the real caller, not the load balancer.
+func WithRemoteAddr(r *http.Request, addr string) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), clientAddrKey{}, addr))
+}
+
+// RemoteAddr returns the client address WithRemoteAddr recorded for r, else r.RemoteAddr.
+func RemoteAddr(r *http.Request) string {
+	if ip, ok := r.Context().Value(clientAddrKey{}).(string); ok && ip != "" {
+		return ip
+	}
+	return r.RemoteAddr
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/relay/front"
 	"github.com/hubrelay/hubrelay/relay/spool"
 	"github.com/hubrelay/hubrelay/rules"
 	"github.com/hubrelay/hubrelay/storage/embedded"
@@ -195,7 +196,7 @@ func loggingReceiver(t *testing.T, cfg relay.ReceiverConfig) (*relay.Receiver, *
 // TestReceiver_LogsClientBehindTrustedProxy: log lines name the client a trusted proxy
 // forwarded, and the peer itself for anyone else (whose X-Forwarded-For is ignored).
 func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
-	trusted, _ := relay.ParseCIDRs([]string{"10.0.0.0/8"})
+	trusted, _ := front.ParseCIDRs([]string{"10.0.0.0/8"})
 	cases := []struct{ peer, want string }{
 		{"10.1.2.3:5555", `"remote":"203.0.113.9"`},
 		{"198.51.100.7:4444", `"remote":"198.51.100.7"`},
@@ -205,7 +206,7 @@ func TestReceiver_LogsClientBehindTrustedProxy(t *testing.T) {
 		rc, logs := loggingReceiver(t, relay.ReceiverConfig{
 			Apps: []relay.App{{Name: "shop", Path: "/webhooks", VerifyToken: "tok", Verifier: relay.NewVerifier([]string{ingestSecret}, false)}},
 		})
-		h := relay.WithClientIP(rc, trusted)
+		h := front.WithClientIP(rc, trusted)
 		req := httptest.NewRequest(http.MethodGet, "/webhooks?hub.mode=subscribe&hub.verify_token=wrong", nil)
 		req.RemoteAddr = c.peer
 		req.Header.Set("X-Forwarded-For", "203.0.113.9")

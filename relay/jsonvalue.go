@@ -2,10 +2,11 @@ package relay
 
 import (
 	"errors"
-	"github.com/hubrelay/hubrelay/rules"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/hubrelay/hubrelay/rules"
 )
 
 // errValue reports a value that is not valid JSON.

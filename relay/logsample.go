@@ -60,7 +60,15 @@ func NewLogSampler(every time.Duration) *LogSampler {
 	if every <= 0 {
 		every = DefaultLogEvery
 	}
-	return &LogSampler{every: every, now: time.Now, kinds: map[string]*kindState{}}
+	return NewLogSamplerClock(every, time.Now)
+}
+
+// NewLogSamplerClock is NewLogSampler with the clock now, for tests that move time by hand.
+func NewLogSamplerClock(every time.Duration, now func() time.Time) *LogSampler {
+	if every <= 0 {
+		every = DefaultLogEvery
+	}
+	return &LogSampler{every: every, now: now, kinds: map[string]*kindState{}}
 }
 
 // Log writes msg with attrs to lg at level, unless a line of the same kind was written less

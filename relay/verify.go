@@ -9,6 +9,8 @@ import (
 	"hash"
 	"strings"
 	"sync"
+
+	"github.com/hubrelay/hubrelay/relay/internal/hexdigit"
 )
 
 // ErrSignature is the class of all signature failures; the receiver answers them with 401.
@@ -135,26 +137,13 @@ func parseSignature(sig, prefix string, dst []byte) bool {
 	}
 	h := sig[len(prefix):]
 	for i := range dst {
-		hi, ok1 := fromHex(h[2*i])
-		lo, ok2 := fromHex(h[2*i+1])
-		if !ok1 || !ok2 {
+		b, ok := hexdigit.Pair(h[2*i], h[2*i+1])
+		if !ok {
 			return false
 		}
-		dst[i] = hi<<4 | lo
+		dst[i] = b
 	}
 	return true
-}
-
-func fromHex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // Sign returns the X-Hub-Signature-256 value Meta would send for body: "sha256=" and the

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/relay/front"
 )
 
 // attackConfig writes a config for the attack tests: one app, one file sink, extra server
@@ -158,7 +159,7 @@ func TestServe_SlowBodiesDoNotLockMetaOut(t *testing.T) {
 	if cut.Load() == 0 {
 		t.Errorf("no slow body was cut off")
 	}
-	if !strings.Contains(r.logs.String(), relay.ReasonBodyTooSlow) {
+	if !strings.Contains(r.logs.String(), front.ReasonBodyTooSlow) {
 		t.Errorf("no line says a body was too slow")
 	}
 }

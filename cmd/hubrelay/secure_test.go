@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/relay/front"
 )
 
 // testCA issues certificates for the TLS tests.
@@ -119,10 +120,10 @@ func TestServe_MutualTLS(t *testing.T) {
 		status int // 0: the handshake or request fails
 		log    string
 	}{
-		{"Meta's certificate", client(metaCA, relay.MetaClientCommonName), 200, ""},
+		{"Meta's certificate", client(metaCA, front.MetaClientCommonName), 200, ""},
 		{"wrong common name", client(metaCA, "evil.example.com"), 403, "evil.example.com"},
 		{"no client certificate", client(nil, ""), 403, "no client certificate"},
-		{"untrusted CA", client(otherCA, relay.MetaClientCommonName), 0, "client certificate refused"},
+		{"untrusted CA", client(otherCA, front.MetaClientCommonName), 0, "client certificate refused"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

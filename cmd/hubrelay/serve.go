@@ -266,15 +266,12 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	ln = conns.Listener(ln)
 	s.http = newHTTPServer(cfg, mux, log)
 	s.http.ConnState = conns.ConnState
-	var certs *relay.CertReloader
-	if t := cfg.Server.TLS; t != nil {
-		tlsLog := log.With("component", "tls")
-		if certs, err = relay.NewCertReloader(t.CertFile, t.KeyFile, tlsLog); err != nil {
-			return fmt.Errorf("tls: %w", err)
-		}
-		if s.http.TLSConfig, err = relay.ServerTLSConfig(relay.TLSOptions{Certs: certs, ClientCAFile: t.ClientCAFile, Logger: tlsLog}); err != nil {
-			return fmt.Errorf("tls: %w", err)
-		}
+	certs, err := serverTLS(cfg, log)
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		s.http.TLSConfig = certs.config
 	}
 	if aln != nil {
 		s.admin = newHTTPServer(cfg, admin, log)
@@ -308,9 +305,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	for {
 		select {
 		case <-hup:
-			if certs != nil {
-				certs.Reload() // logs its own errors and keeps the old pair
-			}
+			certs.reload() // logs its own errors and keeps the old pair
 			s.reload()
 			continue
 		case <-changed:
@@ -540,18 +535,6 @@ func receiverConfig(cfg *config.Config) relay.ReceiverConfig {
 	return rc
 }
 
-func newHTTPServer(cfg *config.Config, h http.Handler, log *slog.Logger) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-		ReadTimeout:       cfg.Server.ReadTimeout,
-		WriteTimeout:      cfg.Server.WriteTimeout,
-		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          relay.HTTPErrorLog(log.With("component", "http")),
-	}
-}
-
 // watchFile reports on the returned channel when path's size or modification time changes,
 // checking every interval (0: never). Polling keeps it dependency-free and works for files
 // replaced by rename (editors, Kubernetes ConfigMap symlink swaps).
@@ -605,92 +588,6 @@ func readyHandler(check func(context.Context) error, log *slog.Logger) http.Hand
 		}
 		io.WriteString(w, "ready\n")
 	})
-}
-
-// guard wraps the webhook receiver in the request guards, outermost first: concurrency limits
-// (global, per client address), then the caller's identity — Meta's client certificate when
-// hubrelay terminates mutual TLS, or the subject a trusted load balancer vouches for. Health
-// and metrics endpoints stay outside.
-func guard(cfg *config.Config, recv http.Handler, obs relay.Observer, log *slog.Logger) (http.Handler, error) {
-	h := recv
-	var trusted []*net.IPNet
-	mtlsLog := log.With("component", "mtls")
-	switch {
-	case cfg.Server.TLS != nil && cfg.Server.TLS.ClientCAFile != "":
-		h = relay.RequireClientCert(h, relay.ClientCertOptions{
-			CommonNames: cfg.Server.TLS.ClientCommonNames, Logger: mtlsLog, Observer: obs})
-	case cfg.Server.TrustedProxy != nil:
-		tp := cfg.Server.TrustedProxy
-		var err error
-		if trusted, err = relay.ParseCIDRs(tp.From); err != nil {
-			return nil, fmt.Errorf("trusted_proxy.from: %w", err)
-		}
-		if h, err = relay.TrustedProxy(h, relay.ProxyOptions{SubjectHeader: tp.SubjectHeader,
-			CommonNames: tp.CommonNames, From: tp.From, Logger: mtlsLog, Observer: obs}); err != nil {
-			return nil, err
-		}
-	}
-	h = relay.Limit(h, relay.LimitOptions{
-		MaxConcurrent:      cfg.Server.MaxConcurrent,
-		MaxConcurrentPerIP: cfg.Server.MaxConcurrentIP,
-		ClientIP:           relay.RemoteAddr,
-		Logger:             log.With("component", "ingest"),
-		Observer:           obs,
-	})
-	// Bodies are read before a concurrency slot is taken, under their own budget: a slow
-	// body holds no slot a fast request needs.
-	h = relay.ReadBodies(h, relay.BodyOptions{
-		MaxBytes:    cfg.Server.MaxBodyBytes,
-		MinRate:     cfg.Server.MinBodyRate,
-		Grace:       cfg.Server.BodyGrace,
-		MaxInFlight: cfg.Server.MaxBodyBytesInFlight,
-		ReadTimeout: cfg.Server.ReadTimeout,
-		Logger:      log.With("component", "ingest"),
-		Observer:    obs,
-	})
-	// Outermost: the client address (X-Forwarded-For believed only from trusted proxies) for
-	// the per-address limit and every log line.
-	return relay.WithClientIP(h, trusted), nil
-}
-
-// fdReserve is how many file descriptors are kept for everything but client connections:
-// the spool and its journal, dead letters, file sinks, and connections to sinks.
-const fdReserve = 256
-
-// connLimiter raises the soft limit on open files to the hard limit and returns the limiter of
-// the webhook listener's connections, with server.max_connections lowered, and a warning
-// logged, when the limit leaves too few descriptors for it.
-func connLimiter(cfg *config.Config, log *slog.Logger, m *metrics.Metrics) (*relay.ConnLimiter, error) {
-	limit := cfg.Server.MaxConnections
-	soft, hard, raised, err := raiseFileLimit()
-	if err != nil {
-		log.Warn("raise the open file limit", "err", err)
-	}
-	if soft > 0 {
-		log.Info("open file limit", "soft", soft, "hard", hard, "raised", raised, "max_connections", limit)
-		if room := int(min(soft, 1<<30)) - fdReserve; limit > room {
-			limit = max(room, 1)
-			log.Warn("max_connections lowered to fit the open file limit; raise the limit (ulimit -n, LimitNOFILE=) to allow more",
-				"max_connections", cfg.Server.MaxConnections, "lowered_to", limit, "soft_limit", soft, "reserved", fdReserve)
-		}
-	}
-	var exempt []*net.IPNet
-	if tp := cfg.Server.TrustedProxy; tp != nil {
-		var err error
-		if exempt, err = relay.ParseCIDRs(tp.From); err != nil {
-			return nil, fmt.Errorf("trusted_proxy.from: %w", err)
-		}
-	}
-	var observe func(reason string) // set below, before the listener accepts anything
-	l := relay.NewConnLimiter(relay.ConnLimitOptions{
-		Max:      limit,
-		MaxPerIP: cfg.Server.MaxConnectionsIP,
-		Exempt:   exempt,
-		Logger:   log.With("component", "http"),
-		Observe:  func(reason string) { observe(reason) },
-	})
-	observe = m.WatchConnections(l.Open)
-	return l, nil
 }
 
 // sinkDestination describes where a sink delivers, without secrets: an http sink's scheme,

@@ -1,4 +1,4 @@
-package relay
+package front
 
 import (
 	"log/slog"
@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/hubrelay/hubrelay/relay"
 )
 
 // Reasons logged (as "reason") when ConnLimiter refuses or closes a connection.
@@ -26,7 +28,7 @@ type ConnLimitOptions struct {
 	MaxPerIP int // open connections from one peer address
 	// Exempt lists peers not limited per address (the trusted proxies, which carry everyone's
 	// requests); their connections still count toward Max.
-	Exempt []*net.IPNet
+	Exempt []netip.Prefix
 	Logger *slog.Logger
 	// Observe, if set, is told of every connection the limiter drops, as
 	// ConnRefusedTotal, ConnRefusedPerIP or ConnClosedForRoom. It must be cheap.
@@ -53,7 +55,7 @@ const (
 type ConnLimiter struct {
 	o      ConnLimitOptions
 	log    *slog.Logger
-	sample *LogSampler
+	sample *relay.LogSampler
 
 	mu    sync.Mutex // guards the fields below
 	conns map[*limitedConn]struct{}
@@ -66,7 +68,7 @@ func NewConnLimiter(o ConnLimitOptions) *ConnLimiter {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	return &ConnLimiter{o: o, log: lg, sample: NewLogSampler(DefaultLogEvery),
+	return &ConnLimiter{o: o, log: lg, sample: relay.NewLogSampler(relay.DefaultLogEvery),
 		conns: map[*limitedConn]struct{}{}, perIP: map[netip.Addr]int{}}
 }
 

@@ -1,4 +1,4 @@
-package relay
+package front
 
 import (
 	"crypto/tls"
@@ -11,24 +11,23 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hubrelay/hubrelay/relay"
 )
 
 // guardObserver records the outcomes reported to it.
 type guardObserver struct {
 	mu       sync.Mutex
-	outcomes []Outcome
+	outcomes []relay.Outcome
 }
 
-func (o *guardObserver) Request(app string, oc Outcome, _ time.Duration) {
+func (o *guardObserver) Request(app string, oc relay.Outcome, _ time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.outcomes = append(o.outcomes, oc)
 }
 
-func (o *guardObserver) Change(*Event, *Route, bool) {}
-func (o *guardObserver) RuleError(string)            {}
-
-func (o *guardObserver) count(oc Outcome) int {
+func (o *guardObserver) count(oc relay.Outcome) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	n := 0
@@ -81,13 +80,13 @@ func TestRequireClientCert_Decisions(t *testing.T) {
 				t.Fatalf("status %d, want %d", rec.Code, tt.status)
 			}
 			if tt.status == 200 {
-				if rec.Body.String() != "reached" || obs.count(OutcomeForbidden) != 0 {
-					t.Fatalf("body %q, forbidden %d", rec.Body, obs.count(OutcomeForbidden))
+				if rec.Body.String() != "reached" || obs.count(relay.OutcomeForbidden) != 0 {
+					t.Fatalf("body %q, forbidden %d", rec.Body, obs.count(relay.OutcomeForbidden))
 				}
 				return
 			}
-			if logs.count(`"msg":"client certificate refused"`, tt.reason) != 1 || obs.count(OutcomeForbidden) != 1 {
-				t.Fatalf("want one refusal logged with %s and one observed (%d); log:\n%s", tt.reason, obs.count(OutcomeForbidden), logs)
+			if logs.count(`"msg":"client certificate refused"`, tt.reason) != 1 || obs.count(relay.OutcomeForbidden) != 1 {
+				t.Fatalf("want one refusal logged with %s and one observed (%d); log:\n%s", tt.reason, obs.count(relay.OutcomeForbidden), logs)
 			}
 		})
 	}
@@ -162,7 +161,7 @@ func TestTrustedProxy(t *testing.T) {
 				}
 				return
 			}
-			if logs.count(append([]string{`"msg":"client certificate refused"`}, tt.logs...)...) != 1 || obs.count(OutcomeForbidden) != 1 {
+			if logs.count(append([]string{`"msg":"client certificate refused"`}, tt.logs...)...) != 1 || obs.count(relay.OutcomeForbidden) != 1 {
 				t.Fatalf("want one refusal logged with %q and one observed; log:\n%s", tt.logs, logs)
 			}
 		})
@@ -395,8 +394,8 @@ func TestLimit_Global(t *testing.T) {
 	if n := h.perIPLen(); n != 0 {
 		t.Fatalf("per-address map holds %d entries after all requests ended", n)
 	}
-	if h.obs.count(OutcomeOverloaded) != 1 {
-		t.Fatalf("overloaded observed %d times", h.obs.count(OutcomeOverloaded))
+	if h.obs.count(relay.OutcomeOverloaded) != 1 {
+		t.Fatalf("overloaded observed %d times", h.obs.count(relay.OutcomeOverloaded))
 	}
 	h.logs.waitLog(t, `"msg":"request refused"`, `"reason":"too many concurrent requests"`, `"status":503`)
 }
@@ -423,7 +422,7 @@ func TestLimit_PerIP(t *testing.T) {
 	if n := h.perIPLen(); n != 0 {
 		t.Fatalf("per-address map holds %d entries after all requests ended", n)
 	}
-	if h.obs.count(OutcomeRateLimited) != 2 || h.obs.count(OutcomeOverloaded) != 1 {
+	if h.obs.count(relay.OutcomeRateLimited) != 2 || h.obs.count(relay.OutcomeOverloaded) != 1 {
 		t.Fatalf("observed %v", h.obs.outcomes)
 	}
 	// Two 429s within a second: one line.
@@ -449,11 +448,10 @@ func TestLimit_Off(t *testing.T) {
 func TestRefuser_Sampling(t *testing.T) {
 	logs, obs := &logSink{}, &guardObserver{}
 	f := newRefuser(logs.logger(), obs, "request refused")
-	f.sample = NewLogSampler(time.Hour) // no end-of-interval line during the test
 	now := time.Now()
-	f.sample.now = func() time.Time { return now }
+	f.sample = relay.NewLogSamplerClock(time.Hour, func() time.Time { return now }) // no end-of-interval line during the test
 	refuse := func(reason string) {
-		f.refuse(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), now, 503, OutcomeOverloaded, reason, "")
+		f.refuse(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), now, 503, relay.OutcomeOverloaded, reason, "")
 	}
 	for range 5 {
 		refuse(ReasonOverloaded)
@@ -467,47 +465,8 @@ func TestRefuser_Sampling(t *testing.T) {
 	if logs.count(`"reason":"too many concurrent requests"`, `"suppressed":4`) != 1 {
 		t.Fatalf("no line counting the 4 unlogged refusals:\n%s", logs)
 	}
-	if obs.count(OutcomeOverloaded) != 7 {
-		t.Fatalf("observed %d refusals, want every one (7)", obs.count(OutcomeOverloaded))
-	}
-}
-
-func TestStaleCutoff(t *testing.T) {
-	now := time.Unix(1_700_000_000, 0)
-	ev := func(times ...int64) []Event {
-		out := make([]Event, len(times))
-		for i, tm := range times {
-			out[i].Entry.Time = tm
-		}
-		return out
-	}
-	sec := func(d time.Duration) int64 { return now.Add(-d).Unix() }
-	ms := func(d time.Duration) int64 { return now.Add(-d).UnixMilli() }
-	tests := []struct {
-		name   string
-		events []Event
-		maxAge time.Duration
-		want   bool
-	}{
-		{"off", ev(sec(48 * time.Hour)), 0, false},
-		{"no events", nil, time.Hour, false},
-		{"seconds, old", ev(sec(2 * time.Hour)), time.Hour, true},
-		{"seconds, fresh", ev(sec(time.Minute)), time.Hour, false},
-		{"milliseconds, old", ev(ms(2 * time.Hour)), time.Hour, true},
-		{"milliseconds, fresh", ev(ms(time.Minute)), time.Hour, false},
-		{"exactly maxAge is not stale", ev(sec(time.Hour)), time.Hour, false},
-		{"one fresh entry keeps it", ev(sec(3*time.Hour), sec(time.Minute)), time.Hour, false},
-		{"all old", ev(sec(3*time.Hour), ms(2*time.Hour)), time.Hour, true},
-		{"no time (WhatsApp)", ev(0), time.Hour, false},
-		{"one without time keeps it", ev(sec(3*time.Hour), 0), time.Hour, false},
-		{"future", ev(sec(-time.Hour)), time.Hour, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := StaleCutoff(tt.events, tt.maxAge, now); got != tt.want {
-				t.Fatalf("StaleCutoff = %v, want %v", got, tt.want)
-			}
-		})
+	if obs.count(relay.OutcomeOverloaded) != 7 {
+		t.Fatalf("observed %d refusals, want every one (7)", obs.count(relay.OutcomeOverloaded))
 	}
 }
 

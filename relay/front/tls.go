@@ -1,4 +1,4 @@
-package relay
+package front
 
 import (
 	"crypto/tls"
@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hubrelay/hubrelay/relay"
 )
 
 // MetaClientCommonName is the subject common name of the client certificate Meta presents
@@ -236,14 +238,14 @@ func HTTPErrorLog(lg *slog.Logger) *log.Logger {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	return log.New(errorLogWriter{lg, NewLogSampler(DefaultLogEvery)}, "", 0)
+	return log.New(errorLogWriter{lg, relay.NewLogSampler(relay.DefaultLogEvery)}, "", 0)
 }
 
 // errorLogWriter turns http.Server's error lines into sampled slog lines: a client can cause
 // one per connection (a failed handshake), so they are rate-limited like refusals.
 type errorLogWriter struct {
 	log    *slog.Logger
-	sample *LogSampler
+	sample *relay.LogSampler
 }
 
 const handshakePrefix = "http: TLS handshake error from "

@@ -1,4 +1,4 @@
-package relay
+package front
 
 import (
 	"bytes"
@@ -11,12 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-)
 
-// Outcomes of bodies ReadBodies refuses (besides OutcomeTooLarge and OutcomeReadError).
-const (
-	OutcomeTooSlow    Outcome = "too_slow"    // body slower than the minimum rate: 408
-	OutcomeBodyBudget Outcome = "body_budget" // bodies in flight over their byte budget: 503
+	"github.com/hubrelay/hubrelay/relay"
 )
 
 // Reasons logged (as "reason") when ReadBodies refuses a request.
@@ -98,13 +94,19 @@ const (
 	preemptWait   = time.Second
 )
 
-// bufferedBody is a body ReadBodies read; the Receiver takes its bytes without copying.
+// bufferedBody is a body ReadBodies read; the Receiver takes its bytes without copying
+// (relay.HeldBody).
 type bufferedBody struct {
 	bytes.Reader
 	b []byte
 }
 
+var _ relay.HeldBody = (*bufferedBody)(nil)
+
 func (*bufferedBody) Close() error { return nil }
+
+// HeldBytes returns the body read.
+func (b *bufferedBody) HeldBytes() []byte { return b.b }
 
 var (
 	errBodyBudget = errors.New(ReasonBodyBudget)
@@ -120,7 +122,7 @@ func (b *bodyReader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	max := b.o.MaxBytes
 	if max > 0 && r.ContentLength > max {
 		w.Header().Set("Connection", "close")
-		b.refuse.refuse(w, r, start, http.StatusRequestEntityTooLarge, OutcomeTooLarge, ReasonBodyTooLarge, "",
+		b.refuse.refuse(w, r, start, http.StatusRequestEntityTooLarge, relay.OutcomeTooLarge, ReasonBodyTooLarge, "",
 			"content_length", r.ContentLength, "max_body_bytes", max)
 		return
 	}
@@ -131,19 +133,19 @@ func (b *bodyReader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.As(err, &mbe):
-			b.refuse.refuse(w, r, start, http.StatusRequestEntityTooLarge, OutcomeTooLarge, ReasonBodyTooLarge, "", "max_body_bytes", max)
+			b.refuse.refuse(w, r, start, http.StatusRequestEntityTooLarge, relay.OutcomeTooLarge, ReasonBodyTooLarge, "", "max_body_bytes", max)
 		case errors.Is(err, errPreempted):
-			b.refuse.refuse(w, r, start, http.StatusRequestTimeout, OutcomeTooSlow, ReasonBodyTooSlow, "",
+			b.refuse.refuse(w, r, start, http.StatusRequestTimeout, relay.OutcomeTooSlow, ReasonBodyTooSlow, "",
 				"bytes", len(buf), "duration", time.Since(start).Round(time.Millisecond), "preempted", errPreempted.Error())
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			b.refuse.refuse(w, r, start, http.StatusRequestTimeout, OutcomeTooSlow, ReasonBodyTooSlow, "",
+			b.refuse.refuse(w, r, start, http.StatusRequestTimeout, relay.OutcomeTooSlow, ReasonBodyTooSlow, "",
 				"bytes", len(buf), "duration", time.Since(start).Round(time.Millisecond), "min_body_rate", b.o.MinRate)
 		case errors.Is(err, errBodyBudget):
 			w.Header().Set("Retry-After", "1")
-			b.refuse.refuse(w, r, start, http.StatusServiceUnavailable, OutcomeBodyBudget, ReasonBodyBudget, "",
+			b.refuse.refuse(w, r, start, http.StatusServiceUnavailable, relay.OutcomeBodyBudget, ReasonBodyBudget, "",
 				"max_body_bytes_in_flight", b.o.MaxInFlight)
 		default:
-			b.refuse.refuse(w, r, start, http.StatusBadRequest, OutcomeReadError, ReasonReadBody, "", "err", err)
+			b.refuse.refuse(w, r, start, http.StatusBadRequest, relay.OutcomeReadError, ReasonReadBody, "", "err", err)
 		}
 		return
 	}

@@ -1,8 +1,7 @@
-package relay
+package front
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hubrelay/hubrelay/relay"
 )
 
 // echo answers with the body it was handed and the bytes ReadBodies holds meanwhile.
@@ -29,15 +30,15 @@ func TestReadBodies(t *testing.T) {
 		body      io.Reader
 		length    int64 // -1: chunked
 		status    int
-		outcome   Outcome
+		outcome   relay.Outcome
 		wantEcho  string
 		holdsSome bool
 	}{
 		{name: "small", o: BodyOptions{MaxBytes: 1 << 20}, body: strings.NewReader(`{"a":1}`), length: 7, status: 200, wantEcho: `{"a":1}`, holdsSome: true},
 		{name: "chunked, grows", o: BodyOptions{MaxBytes: 1 << 20}, body: strings.NewReader(big), length: -1, status: 200, wantEcho: big, holdsSome: true},
-		{name: "over max, by length", o: BodyOptions{MaxBytes: 10}, body: strings.NewReader(big), length: int64(len(big)), status: 413, outcome: OutcomeTooLarge},
-		{name: "over max, chunked", o: BodyOptions{MaxBytes: 10}, body: strings.NewReader(big), length: -1, status: 413, outcome: OutcomeTooLarge},
-		{name: "over the bytes in flight", o: BodyOptions{MaxBytes: 1 << 20, MaxInFlight: 64 << 10}, body: strings.NewReader(big), length: -1, status: 503, outcome: OutcomeBodyBudget},
+		{name: "over max, by length", o: BodyOptions{MaxBytes: 10}, body: strings.NewReader(big), length: int64(len(big)), status: 413, outcome: relay.OutcomeTooLarge},
+		{name: "over max, chunked", o: BodyOptions{MaxBytes: 10}, body: strings.NewReader(big), length: -1, status: 413, outcome: relay.OutcomeTooLarge},
+		{name: "over the bytes in flight", o: BodyOptions{MaxBytes: 1 << 20, MaxInFlight: 64 << 10}, body: strings.NewReader(big), length: -1, status: 503, outcome: relay.OutcomeBodyBudget},
 		{name: "no body", o: BodyOptions{MaxBytes: 10}, length: 0, status: 200, wantEcho: ""},
 	}
 	for _, tt := range tests {
@@ -105,7 +106,7 @@ func TestReadBodies_TooSlow(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestTimeout || !resp.Close {
 		t.Fatalf("status %d, close %v; want 408 and the connection closed", resp.StatusCode, resp.Close)
 	}
-	if obs.count(OutcomeTooSlow) != 1 {
+	if obs.count(relay.OutcomeTooSlow) != 1 {
 		t.Errorf("too_slow not observed")
 	}
 }
@@ -133,18 +134,22 @@ func TestBodyDeadline(t *testing.T) {
 	}
 }
 
-// TestReceiver_TakesBufferedBody: the Receiver uses the bytes ReadBodies read as they are.
-func TestReceiver_TakesBufferedBody(t *testing.T) {
-	body := []byte(`{"object":"page"}`)
-	r := httptest.NewRequest(http.MethodPost, "/", nil)
-	r.Body = &bufferedBody{Reader: *bytes.NewReader(body), b: body}
-	got, err := readBody(new(bytes.Buffer), r, 5)
-	if err == nil {
-		t.Fatalf("a buffered body over max was taken: %q", got)
-	}
-	got, err = readBody(new(bytes.Buffer), r, 1<<20)
-	if err != nil || &got[0] != &body[0] {
-		t.Fatalf("readBody = %q, %v; want the same bytes, not a copy", got, err)
+// TestReadBodies_HandsHeldBody: next gets the body as a relay.HeldBody whose bytes are the
+// ones read, which the Receiver takes without copying them.
+func TestReadBodies_HandsHeldBody(t *testing.T) {
+	var held []byte
+	h := ReadBodies(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hb, ok := r.Body.(relay.HeldBody)
+		if !ok {
+			t.Errorf("body %T is not a relay.HeldBody", r.Body)
+			return
+		}
+		held = hb.HeldBytes()
+	}), BodyOptions{MaxBytes: 1 << 20})
+	body := `{"object":"page"}`
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body)))
+	if string(held) != body {
+		t.Fatalf("held %q, want %q", held, body)
 	}
 }
 
@@ -184,7 +189,7 @@ func TestReadBodies_PreemptsSlowest(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("fast body: status %d, want 200 (a slow one preempted)", resp.StatusCode)
 	}
-	if obs.count(OutcomeTooSlow) == 0 {
+	if obs.count(relay.OutcomeTooSlow) == 0 {
 		t.Fatal("no slow body was cut off")
 	}
 }
