@@ -16,7 +16,7 @@ import (
 // themselves. No request waits for it (Accept waits for the journal only), so a commit starts
 // no sooner than interval after the previous one began: fewer, larger commits cost less CPU
 // and fewer fsyncs per change. (How long journal frames wait for their apply is ApplyDelay's
-// business, in queueApply.)
+// business: the applier's, in apply.go.)
 //
 // A call's function may run more than once: when one function of a shared transaction fails,
 // the transaction is rolled back, that function runs alone, and the others run again without
@@ -26,6 +26,9 @@ type committer struct {
 	maxSize  int
 	interval time.Duration
 	commits  *atomic.Uint64 // counts the transactions committed
+	// fault, when set by tests, can turn a commit that succeeded into a reported failure, as
+	// when bbolt's last fdatasync fails after the new meta page was written.
+	fault func() error
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -52,8 +55,8 @@ type errCallFailed struct {
 
 func (e *errCallFailed) Error() string { return e.err.Error() }
 
-func newCommitter(db *bolt.DB, maxSize int, interval time.Duration, commits *atomic.Uint64) *committer {
-	c := &committer{db: db, maxSize: maxSize, interval: interval, commits: commits, done: make(chan struct{})}
+func newCommitter(db *bolt.DB, maxSize int, interval time.Duration, commits *atomic.Uint64, fault func() error) *committer {
+	c := &committer{db: db, maxSize: maxSize, interval: interval, commits: commits, fault: fault, done: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	go c.loop()
 	return c
@@ -136,10 +139,6 @@ func (c *committer) loop() {
 	}
 }
 
-// commitFault, when set by tests, can turn a commit that succeeded into a reported failure, as
-// when bbolt's last fdatasync fails after the new meta page was written.
-var commitFault func() error
-
 // run commits batch in one transaction, setting aside any call whose function fails. The calls
 // keep their order: when one fails, those before it commit again first, then it runs alone,
 // then the rest.
@@ -156,8 +155,8 @@ func (c *committer) run(batch []*call) {
 		if err == nil {
 			c.commits.Add(1)
 		}
-		if err == nil && commitFault != nil {
-			err = commitFault()
+		if err == nil && c.fault != nil {
+			err = c.fault()
 		}
 		var failed *errCallFailed
 		if !errors.As(err, &failed) {

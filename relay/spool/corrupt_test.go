@@ -34,10 +34,7 @@ type frameLoc struct {
 // it. Segments are made small, so the frames span several.
 func newCorruptBase(t *testing.T, nApplied, nPending int) *corruptBase {
 	t.Helper()
-	old := journalSegmentSize
-	journalSegmentSize = 700
-	t.Cleanup(func() { journalSegmentSize = old })
-	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond})
+	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond, test: testHooks{segmentSize: 700}})
 	b := &corruptBase{data: map[string]string{}, frameOf: map[string]frameLoc{}}
 	accept := func(i int) {
 		k := fmt.Sprintf("wa:msg:shop:wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA%03d", i)
@@ -48,7 +45,7 @@ func newCorruptBase(t *testing.T, nApplied, nPending int) *corruptBase {
 	for i := range nApplied {
 		accept(i)
 	}
-	s.waitApplied()
+	s.apply.waitApplied()
 	release := holdCommits(t, s)
 	for i := nApplied; i < nApplied+nPending; i++ {
 		accept(i)

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"sort"
@@ -632,4 +633,26 @@ func (f *bloom) read(b *bolt.Bucket) bool {
 		}
 	}
 	return w == len(f.words)
+}
+
+// dedupHash is what the file stores of a dedup key: 16 bytes of its SHA-256. Keys run to tens
+// of bytes (a WhatsApp message id alone is ~60) and land at random places in the index, so
+// every page they touch is rewritten at the next commit: short fixed-size keys mean several
+// times fewer pages. A false repeat needs two keys among those in the window to collide in
+// 128 bits.
+func dedupHash(key []byte) []byte {
+	h := sha256.Sum256(key)
+	return h[:16]
+}
+
+// addDedupN adds delta to the stored dedup key count.
+func addDedupN(meta *bolt.Bucket, delta int64) error {
+	n := int64(decUint(meta.Get(metaDedupN))) + delta
+	if n < 0 {
+		n = 0
+	}
+	if err := meta.Put(metaDedupN, encUint(uint64(n))); err != nil {
+		return fmt.Errorf("put dedup count: %w", err)
+	}
+	return nil
 }

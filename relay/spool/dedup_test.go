@@ -130,7 +130,7 @@ func dedupModel(t *testing.T, pool int) {
 // run's metadata against its chunks and its stored filter against its records.
 func checkDedupCounts(t *testing.T, s *Spool) {
 	t.Helper()
-	s.waitApplied()
+	s.apply.waitApplied()
 	err := s.db.View(func(tx *bolt.Tx) error {
 		l0 := 0
 		c := tx.Bucket(bucketDedup).Cursor()

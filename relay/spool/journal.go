@@ -38,9 +38,9 @@ import (
 // that fails its checksum held acknowledged changes: Open refuses the spool (scan.go) and
 // Recover applies every frame that still checks out and sets the damaged segment aside.
 
-// journalSegmentSize is the size at which the journal starts a new segment (a variable so
-// that tests can make segments small).
-var journalSegmentSize int64 = 32 << 20
+// journalSegmentSize is the size at which the journal starts a new segment, unless tests set
+// another (testHooks.segmentSize).
+const journalSegmentSize = 32 << 20
 
 // maxFrameLen bounds a frame's payload when reading, so a corrupt length cannot make Open
 // allocate gigabytes.
@@ -210,8 +210,23 @@ type journal struct {
 	durable uint64  // LSN of the last frame synced (or applied when the spool opened)
 	buf     []byte
 
+	segmentSize int64                // journalSegmentSize, or what tests set
+	sync        func(*os.File) error // fdatasync, or what tests set
+
 	mu     sync.Mutex
 	sealed []segment
+}
+
+// newJournal returns the journal in dir, whose frames up to durable are applied.
+func newJournal(dir string, log *slog.Logger, durable uint64, h testHooks) *journal {
+	j := &journal{dir: dir, log: log, durable: durable, segmentSize: h.segmentSize, sync: h.syncFile}
+	if j.segmentSize <= 0 {
+		j.segmentSize = journalSegmentSize
+	}
+	if j.sync == nil {
+		j.sync = fdatasync
+	}
+	return j
 }
 
 // journalDir is the directory of the journal of the spool file at path.
@@ -267,7 +282,7 @@ func listSegments(dir string) ([]string, error) {
 // after a failed fsync the kernel may have dropped the dirty pages, so the file cannot be
 // trusted to hold what later writes expect.
 func (j *journal) write(f *jFrame) error {
-	if j.f != nil && j.size >= journalSegmentSize {
+	if j.f != nil && j.size >= j.segmentSize {
 		j.seal()
 	}
 	if j.f == nil {
@@ -283,7 +298,7 @@ func (j *journal) write(f *jFrame) error {
 		j.fail(err)
 		return fmt.Errorf("write journal: %w", err)
 	}
-	if err := syncFile(j.f); err != nil {
+	if err := j.sync(j.f); err != nil {
 		j.fail(err)
 		return fmt.Errorf("sync journal: %w", err)
 	}
@@ -366,9 +381,6 @@ func (j *journal) close() {
 		j.f = nil
 	}
 }
-
-// syncFile makes a journal write durable: fdatasync (a variable so that tests can make it fail).
-var syncFile = fdatasync
 
 // syncDir fsyncs a directory so that entries created or removed in it are durable.
 func syncDir(dir string) error {

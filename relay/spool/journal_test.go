@@ -188,7 +188,7 @@ func FuzzJournalFrames(f *testing.F) {
 func TestSpool_JournalReplay(t *testing.T) {
 	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	mustAccept(t, s, t0, item("k0", "applied"))
-	s.waitApplied()
+	s.apply.waitApplied()
 	release := holdCommits(t, s)
 	mustAccept(t, s, t0, item("k1", "one"), Item{Key: "k2", Data: []byte("unrouted")})
 	mustAccept(t, s, t0.Add(time.Second), item("k3", "three"), item("", "keyless"))
@@ -310,7 +310,7 @@ func TestSpool_DoneBeforeApply(t *testing.T) {
 		t.Fatalf("sink b lost its delivery: %+v", got)
 	}
 	release()
-	s.waitApplied()
+	s.apply.waitApplied()
 	if n := itemCount(t, s); n != 1 {
 		t.Fatalf("file holds %d items, want only the one b still needs", n)
 	}
@@ -331,10 +331,7 @@ func TestSpool_DoneBeforeApply(t *testing.T) {
 // TestSpool_JournalSegments: with small segments the journal rotates, deletes the segments
 // whose frames are applied, and leaves nothing after a clean Close.
 func TestSpool_JournalSegments(t *testing.T) {
-	old := journalSegmentSize
-	journalSegmentSize = 512
-	t.Cleanup(func() { journalSegmentSize = old })
-	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
+	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond, test: testHooks{segmentSize: 512}}) // the held committer keeps frames out of the file
 	release := holdCommits(t, s)
 	for i := range 20 {
 		mustAccept(t, s, t0, item(fmt.Sprint(i), string(bytes.Repeat([]byte("d"), 100))))
@@ -344,7 +341,7 @@ func TestSpool_JournalSegments(t *testing.T) {
 		t.Fatalf("%d segments for 20 frames of ~130 bytes with 512-byte segments", len(paths))
 	}
 	release()
-	s.waitApplied()
+	s.apply.waitApplied()
 	if paths, _ := listSegments(journalDir(path)); len(paths) != 1 {
 		t.Fatalf("after the applies %d segments remain, want the active one", len(paths))
 	}
@@ -363,17 +360,14 @@ func TestSpool_JournalSegments(t *testing.T) {
 func TestSpool_ApplyFailure(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)
-	applyFault = func() error {
+	hooks := testHooks{applyRetryDelay: 10 * time.Millisecond, applyFault: func() error {
 		if failing.Load() {
 			return errors.New("disk says no")
 		}
 		return nil
-	}
-	oldDelay := applyRetryDelay
-	applyRetryDelay = 10 * time.Millisecond
-	t.Cleanup(func() { applyFault, applyRetryDelay = nil, oldDelay })
+	}}
 
-	s, path := openTest(t, Options{CommitInterval: time.Millisecond})
+	s, path := openTest(t, Options{CommitInterval: time.Millisecond, test: hooks})
 	for i := range 10 {
 		mustAccept(t, s, t0, item(fmt.Sprint(i), fmt.Sprint(i)))
 	}
@@ -421,7 +415,7 @@ func TestSpool_ApplyFailure(t *testing.T) {
 	waitCheck(t, s, true, "Check stays failed after the file recovered, under load")
 	stopLoad()
 	<-loadDone // no Accept is still running
-	s.waitApplied()
+	s.apply.waitApplied()
 	want := 10 + int(more.Load())
 	if n := itemCount(t, s); n != want {
 		t.Fatalf("file holds %d items, want %d (each applied once)", n, want)
@@ -430,9 +424,9 @@ func TestSpool_ApplyFailure(t *testing.T) {
 	if n, _ := s.DedupLen(); n != want {
 		t.Fatalf("DedupLen = %d, want %d", n, want)
 	}
-	s.pmu.Lock()
-	pb := s.pendingBytes
-	s.pmu.Unlock()
+	s.apply.mu.Lock()
+	pb := s.apply.pendingBytes
+	s.apply.mu.Unlock()
 	if pb != 0 {
 		t.Fatalf("pendingBytes = %d with nothing pending", pb)
 	}
@@ -450,7 +444,7 @@ func TestSpool_ApplyFailure(t *testing.T) {
 func TestSpool_DoneDuringFailedApply(t *testing.T) {
 	inApply, fail := make(chan struct{}), make(chan error)
 	var calls atomic.Int32
-	applyFault = func() error {
+	hooks := testHooks{applyRetryDelay: 10 * time.Millisecond, applyFault: func() error {
 		switch calls.Add(1) {
 		case 1:
 			close(inApply)
@@ -459,12 +453,9 @@ func TestSpool_DoneDuringFailedApply(t *testing.T) {
 			return errors.New("still no")
 		}
 		return nil
-	}
-	oldDelay := applyRetryDelay
-	applyRetryDelay = 10 * time.Millisecond
-	t.Cleanup(func() { applyFault, applyRetryDelay = nil, oldDelay })
+	}}
 
-	s, _ := openTest(t, Options{})
+	s, _ := openTest(t, Options{test: hooks})
 	mustAccept(t, s, t0, Item{Key: "k", Data: []byte("x"), Sinks: []string{"a", "b"}})
 	<-inApply // the apply has taken the frame
 	ds := mustReady(t, s, "a", 0, 10)
@@ -475,7 +466,7 @@ func TestSpool_DoneDuringFailedApply(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	s.waitApplied()
+	s.apply.waitApplied()
 	waitCheck(t, s, true, "applies did not recover")
 	if got := mustReady(t, s, "a", 0, 10); len(got) != 0 {
 		t.Fatalf("a delivery done during a failed apply came back: %+v", got)
@@ -492,25 +483,24 @@ func TestSpool_PendingKeyReaccepted(t *testing.T) {
 	const window = time.Hour
 	inApply, proceed := make(chan struct{}), make(chan struct{})
 	var calls atomic.Int32
-	applyFault = func() error {
+	hooks := testHooks{applyFault: func() error {
 		if calls.Add(1) == 1 { // the first frame's apply waits inside its commit
 			close(inApply)
 			<-proceed
 		}
 		return nil
-	}
-	t.Cleanup(func() { applyFault = nil })
-	s, _ := openTest(t, Options{DedupWindow: window, CommitInterval: 300 * time.Millisecond})
+	}}
+	s, _ := openTest(t, Options{DedupWindow: window, CommitInterval: 300 * time.Millisecond, test: hooks})
 	mustAccept(t, s, t0, item("k", "first"))
-	first := s.lastLSN
+	first := s.jq.lastLSN
 	<-inApply
 	mustAccept(t, s, t0.Add(window), item("k", "second")) // a new acceptance: the window is over
 	close(proceed)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		s.pmu.Lock()
-		applied, pending := s.appliedLSN, s.pendingLSN
-		s.pmu.Unlock()
+		s.apply.mu.Lock()
+		applied, pending := s.apply.appliedLSN, s.apply.pendingLSN
+		s.apply.mu.Unlock()
 		if applied == first && pending > first {
 			break // the first frame is applied; the second waits for the next commit
 		}
@@ -648,14 +638,13 @@ func TestOpen_MigratesFormat1(t *testing.T) {
 // Check reports the journal's directory, and the next Accept works on a new segment.
 func TestSpool_JournalSyncFailure(t *testing.T) {
 	var failing atomic.Bool
-	syncFile = func(f *os.File) error {
+	hooks := testHooks{syncFile: func(f *os.File) error {
 		if failing.Load() {
 			return errors.New("EIO")
 		}
 		return fdatasync(f)
-	}
-	t.Cleanup(func() { syncFile = fdatasync })
-	s, path := openTest(t, Options{})
+	}}
+	s, path := openTest(t, Options{test: hooks})
 	mustAccept(t, s, t0, item("k0", "before"))
 	failing.Store(true)
 	if _, err := s.Accept(context.Background(), []Item{item("k1", "lost")}, t0); err == nil {
@@ -688,20 +677,18 @@ func TestSpool_JournalSyncFailure(t *testing.T) {
 // frame again (stats counted twice, a delivery done in memory meanwhile stored without data).
 func TestSpool_ApplyReportedFailedButCommitted(t *testing.T) {
 	var once atomic.Bool
-	commitFault = func() error {
+	hooks := testHooks{commitFault: func() error {
 		if once.CompareAndSwap(false, true) {
 			return errors.New("fdatasync: EIO")
 		}
 		return nil
-	}
+	}}
 	// The test retries by hand once the failure is recorded: with a timer, the retry could
 	// run before Done below, or Done before the failure is recorded, and either race takes
 	// another path than the one tested here.
-	oldDelay := applyRetryDelay
-	applyRetryDelay = time.Hour
-	t.Cleanup(func() { commitFault, applyRetryDelay = nil, oldDelay })
+	hooks.applyRetryDelay = time.Hour
 
-	s, _ := openTest(t, Options{})
+	s, _ := openTest(t, Options{test: hooks})
 	mustAccept(t, s, t0, Item{Key: "k", Data: []byte("x"), Sinks: []string{"a", "b"}})
 	waitCheck(t, s, false, "no commit was made to fail")
 	if !once.Load() {
@@ -714,9 +701,9 @@ func TestSpool_ApplyReportedFailedButCommitted(t *testing.T) {
 	if err := s.Done("a", a[0].Seq); err != nil { // in memory: the frame was given back
 		t.Fatal(err)
 	}
-	s.retryApply()
+	s.apply.retryApply()
 	waitCheck(t, s, true, "applies did not recover")
-	s.waitApplied()
+	s.apply.waitApplied()
 	b := mustReady(t, s, "b", 0, 10)
 	if len(b) != 1 {
 		t.Fatalf("Ready(b) = %+v", b)
@@ -741,16 +728,14 @@ func TestSpool_ApplyReportedFailedButCommitted(t *testing.T) {
 // TestSpool_CheckSharesAHangingProbe: while the disk hangs, readiness checks that time out
 // share the one probe in flight instead of each leaving a goroutine stuck in fdatasync.
 func TestSpool_CheckSharesAHangingProbe(t *testing.T) {
-	s, _ := openTest(t, Options{})
 	release := make(chan struct{})
 	var calls atomic.Int32
-	syncFile = func(f *os.File) error {
+	s, _ := openTest(t, Options{test: testHooks{syncFile: func(f *os.File) error {
 		if calls.Add(1) == 1 {
 			<-release
 		}
 		return fdatasync(f)
-	}
-	t.Cleanup(func() { syncFile = fdatasync })
+	}}})
 	for range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
 		if err := s.Check(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -803,9 +788,9 @@ func TestCommitter_FailedCallKeepsOrder(t *testing.T) {
 
 // appliedLSN returns the last frame applied to the file, without waiting for anything.
 func appliedLSN(s *Spool) uint64 {
-	s.pmu.Lock()
-	defer s.pmu.Unlock()
-	return s.appliedLSN
+	s.apply.mu.Lock()
+	defer s.apply.mu.Unlock()
+	return s.apply.appliedLSN
 }
 
 // TestSpool_ApplyDelay: frames wait ApplyDelay before they go to the file, and a delivery done
@@ -908,15 +893,15 @@ func TestSpool_ApplyDelay(t *testing.T) {
 		waitApply := func(what string) {
 			t.Helper()
 			waitFor(t, 20*time.Second, what, func() bool {
-				s.pmu.Lock()
-				defer s.pmu.Unlock()
-				return len(s.frames) == 0
+				s.apply.mu.Lock()
+				defer s.apply.mu.Unlock()
+				return len(s.apply.frames) == 0
 			})
 		}
 		keepUp := func() bool {
-			s.pmu.Lock()
-			defer s.pmu.Unlock()
-			return s.sinksKeepUp
+			s.apply.mu.Lock()
+			defer s.apply.mu.Unlock()
+			return s.apply.sinksKeepUp
 		}
 		// Nothing delivered: 256 waiting items go to the file once the oldest is 50ms old.
 		mustAccept(t, s, t0, batch("a")...)
@@ -943,9 +928,9 @@ func TestSpool_ApplyDelay(t *testing.T) {
 		// Now 256 items wait for their delay.
 		mustAccept(t, s, t0, batch("c")...)
 		time.Sleep(200 * time.Millisecond)
-		s.pmu.Lock()
-		waiting := len(s.frames)
-		s.pmu.Unlock()
+		s.apply.mu.Lock()
+		waiting := len(s.apply.frames)
+		s.apply.mu.Unlock()
 		if waiting == 0 {
 			t.Fatal("256 items were applied early while the sinks keep up")
 		}

@@ -1,12 +1,9 @@
 package spool
 
 import (
-	"cmp"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -39,7 +36,7 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 	}
 	// Items not applied to the file yet come from memory. They are read first: an item leaves
 	// memory only after its apply is committed, so it is in one place or both, never neither.
-	mem := s.pendingReady(sink, after, max)
+	mem := s.apply.pendingReady(sink, after, max)
 	var out []Delivery
 	err := s.view(func(tx *bolt.Tx) error {
 		b := openBuckets(tx)
@@ -80,30 +77,6 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 	return mergeDeliveries(out, mem, max), nil
 }
 
-// pendingReady returns up to max deliveries of sink with Seq greater than after among the
-// accepted items not yet applied to the file.
-func (s *Spool) pendingReady(sink string, after uint64, max int) []Delivery {
-	s.pmu.Lock()
-	i, _ := slices.BinarySearchFunc(s.pending, after+1, func(p *pendingItem, seq uint64) int {
-		return cmp.Compare(p.seq, seq)
-	})
-	var picked []*pendingItem
-	for ; i < len(s.pending) && len(picked) < max; i++ {
-		if p := s.pending[i]; slices.Contains(p.sinks, sink) {
-			picked = append(picked, p)
-		}
-	}
-	s.pmu.Unlock()
-	if len(picked) == 0 {
-		return nil
-	}
-	out := make([]Delivery, len(picked))
-	for i, p := range picked {
-		out[i] = Delivery{Sink: sink, Seq: p.seq, Data: append([]byte{}, p.data...), FirstAt: p.at}
-	}
-	return out
-}
-
 // mergeDeliveries merges two Seq-ordered lists into the first max in Seq order, keeping the
 // file's copy of a delivery that is in both.
 func mergeDeliveries(file, mem []Delivery, max int) []Delivery {
@@ -134,7 +107,7 @@ func (s *Spool) Done(sink string, seqs ...uint64) error {
 	if s.closed.Load() {
 		return fmt.Errorf("done %s: %w", sink, ErrClosed)
 	}
-	if seqs = s.donePending(sink, seqs); len(seqs) == 0 {
+	if seqs = s.apply.donePending(sink, seqs); len(seqs) == 0 {
 		return nil
 	}
 	err := s.batch(func(tx *bolt.Tx) error {
@@ -159,9 +132,7 @@ func (s *Spool) Done(sink string, seqs ...uint64) error {
 			default:
 				// Not in the file: its frame's apply failed after taking it, so it is
 				// pending again and can be done in memory.
-				s.pmu.Lock()
-				s.doneInMemory(sink, seq)
-				s.pmu.Unlock()
+				s.apply.doneInMemoryLocked(sink, seq)
 				continue
 			}
 			if err := release(b, k); err != nil {
@@ -235,7 +206,7 @@ func (s *Spool) reschedule(sink string, rs []Retry) (int, error) {
 	}
 	// A delivery still in memory is parked in the file: wait for its frame to get there.
 	// Frames are applied in order, so the frame of the highest seq is the last to wait for.
-	if err := s.waitItemApplied(last); err != nil {
+	if err := s.apply.waitItemApplied(last); err != nil {
 		return 0, err
 	}
 	var found int
@@ -438,51 +409,6 @@ func release(b buckets, seqB []byte) error {
 		return fmt.Errorf("put refs: %w", err)
 	}
 	return nil
-}
-
-// schedKey is the sched key: 8-byte due time followed by the 8-byte seq.
-func schedKey(due, seqB []byte) []byte {
-	k := make([]byte, 0, 16)
-	return append(append(k, due...), seqB...)
-}
-
-// getBucket is b.Get(k) that tolerates a missing bucket.
-func getBucket(b *bolt.Bucket, k []byte) []byte {
-	if b == nil {
-		return nil
-	}
-	return b.Get(k)
-}
-
-// metaVersion1 tags the delivery meta encoding.
-const metaVersion1 = 1
-
-var errBadMeta = errors.New("malformed delivery record")
-
-// encMeta appends a delivery record: version, attempt (uvarint), first accepted time (8
-// bytes), then the history bytes to the end.
-func encMeta(dst []byte, attempt int, firstAt time.Time, history []byte) []byte {
-	dst = append(dst, metaVersion1)
-	dst = binary.AppendUvarint(dst, uint64(attempt))
-	dst = binary.BigEndian.AppendUint64(dst, timeBits(firstAt))
-	return append(dst, history...)
-}
-
-// decMeta decodes a record written by encMeta; history aliases v.
-func decMeta(v []byte) (attempt int, firstAt time.Time, history []byte, err error) {
-	if len(v) < 1 || v[0] != metaVersion1 {
-		return 0, time.Time{}, nil, errBadMeta
-	}
-	a, n := binary.Uvarint(v[1:])
-	if n <= 0 || a > math.MaxInt32 || len(v) < 1+n+8 {
-		return 0, time.Time{}, nil, errBadMeta
-	}
-	rest := v[1+n:]
-	firstAt = bitsTime(binary.BigEndian.Uint64(rest))
-	if h := rest[8:]; len(h) > 0 {
-		history = h
-	}
-	return int(a), firstAt, history, nil
 }
 
 // cloneBytes copies b, keeping nil as nil.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -190,33 +191,101 @@ func writeSynced(path string, b []byte) error {
 	return err
 }
 
-// withDefaults fills the zero fields of opt with their defaults.
-func (opt Options) withDefaults() Options {
-	if opt.MaxBatchDelay < 0 {
-		opt.MaxBatchDelay = 0
+// replayJournal applies the intact frames of the journal of the spool file at path that come
+// after the applied LSN, then deletes the journal's segments; a segment that ends in a torn
+// tail is moved aside instead (setAside). It returns the last LSN, from which the journal
+// continues. If any other part of the journal fails its checksum it changes nothing and
+// returns a *DamageError.
+func replayJournal(db *bolt.DB, dedup *dedupIndex, path string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
+	js, err := scanJournal(journalDir(path))
+	if err != nil {
+		return 0, err
 	}
-	if opt.CommitInterval <= 0 {
-		opt.CommitInterval = DefaultCommitInterval
+	if d := js.damage(applied); len(d) > 0 {
+		return 0, &DamageError{Path: path, Damage: d}
 	}
-	if opt.ApplyDelay <= 0 {
-		opt.ApplyDelay = DefaultApplyDelay
+	last, nitems, err := applyFrames(db, dedup, js.frames(), applied, window)
+	if err != nil {
+		return 0, err
 	}
-	if opt.MaxBatchSize <= 0 {
-		opt.MaxBatchSize = DefaultMaxBatchSize
+	if nitems > 0 {
+		log.Info("journal replayed", "items", nitems, "last_lsn", last)
 	}
-	if opt.DedupWindow <= 0 {
-		opt.DedupWindow = DefaultDedupWindow
+	var torn []string
+	for _, ss := range js.segs {
+		if ss.torn {
+			r := ss.bad[len(ss.bad)-1]
+			log.Warn("journal segment ends in a torn frame (a crash during its write, never acknowledged); the segment is set aside",
+				"segment", ss.path, "offset", r.off, "bytes", r.end-r.off)
+			torn = append(torn, ss.path)
+		}
 	}
-	if opt.OpenTimeout <= 0 {
-		opt.OpenTimeout = DefaultOpenTimeout
+	if len(torn) > 0 {
+		dir, err := setAside(path, torn, "torn tail of the newest journal segment: the last write before a crash, never acknowledged\n")
+		if err != nil {
+			return 0, err
+		}
+		log.Warn("torn journal segment set aside", "dir", dir)
 	}
-	return opt
+	if err := removeSegments(js, torn); err != nil {
+		return 0, err
+	}
+	return last, nil
 }
 
-// logger is opt.Logger with the spool's component, or a logger that discards.
-func (opt Options) logger() *slog.Logger {
-	if opt.Logger == nil {
-		return slog.New(slog.DiscardHandler)
+// removeSegments deletes the segments of js except those in keep (already moved) and syncs
+// the journal's directory.
+func removeSegments(js *journalScan, keep []string) error {
+	removed := 0
+	for _, ss := range js.segs {
+		if slices.Contains(keep, ss.path) {
+			continue
+		}
+		if err := os.Remove(ss.path); err != nil {
+			return fmt.Errorf("remove replayed journal segment: %w", err)
+		}
+		removed++
 	}
-	return opt.Logger.With("component", "spool")
+	if removed > 0 {
+		if err := syncDir(js.dir); err != nil {
+			return fmt.Errorf("sync journal directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// applyFrames applies the frames after the applied LSN, in transactions of a bounded size. It
+// returns the last LSN and the number of items applied.
+func applyFrames(db *bolt.DB, dedup *dedupIndex, frames []*jFrame, applied uint64, window time.Duration) (uint64, int, error) {
+	last := applied
+	var todo []*jFrame
+	nitems := 0
+	for _, f := range frames {
+		if f.lsn > last {
+			todo = append(todo, f)
+			nitems += len(f.items)
+			last = f.lsn
+		}
+	}
+	for len(todo) > 0 {
+		n, size := 0, 0
+		for n < len(todo) && (n == 0 || size+len(todo[n].items) <= 10000) {
+			size += len(todo[n].items)
+			n++
+		}
+		chunk := todo[:n]
+		todo = todo[n:]
+		err := db.Update(func(tx *bolt.Tx) error {
+			for _, f := range chunk {
+				if err := applyItems(tx, dedup, f.items, f.lsn, window); err != nil {
+					return fmt.Errorf("frame %d: %w", f.lsn, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, 0, fmt.Errorf("replay journal: %w", err)
+		}
+	}
+	return last, nitems, nil
 }

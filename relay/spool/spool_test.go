@@ -87,7 +87,7 @@ func datasOf(ds []Delivery) []string {
 // written so far is applied to the file.
 func itemCount(t *testing.T, s *Spool) int {
 	t.Helper()
-	s.waitApplied()
+	s.apply.waitApplied()
 	n := 0
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bucketItems).Stats().KeyN
@@ -765,7 +765,7 @@ func TestSpool_AbandonCopy(t *testing.T) {
 	for i := range n {
 		mustAccept(t, s, t0, Item{Key: fmt.Sprint(i), Data: fmt.Appendf(nil, "d%d", i), Sinks: []string{"a"}})
 	}
-	s.waitApplied() // so that the Done below goes to the file, not to the pending frames
+	s.apply.waitApplied() // so that the Done below goes to the file, not to the pending frames
 	ds := mustReady(t, s, "a", 0, 5)
 	if err := s.Done("a", ds[0].Seq); err != nil {
 		t.Fatal(err)

@@ -27,36 +27,10 @@ type SinkStats struct {
 	NextDue time.Time
 }
 
-// counts is a pair of per-sink counters or counter deltas.
-type counts struct{ ready, sched int64 }
-
-// addCounts adds deltas to the stored counters of sink.
-func addCounts(stats *bolt.Bucket, sink string, dReady, dSched int64) error {
-	key := []byte(sink)
-	c := decCounts(stats.Get(key))
-	c.ready = max(c.ready+dReady, 0)
-	c.sched = max(c.sched+dSched, 0)
-	v := make([]byte, 16)
-	binary.BigEndian.PutUint64(v, uint64(c.ready))
-	binary.BigEndian.PutUint64(v[8:], uint64(c.sched))
-	if err := stats.Put(key, v); err != nil {
-		return fmt.Errorf("put stats: %w", err)
-	}
-	return nil
-}
-
-// decCounts decodes a stats value; anything malformed decodes as zero.
-func decCounts(v []byte) counts {
-	if len(v) != 16 {
-		return counts{}
-	}
-	return counts{int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:]))}
-}
-
 // Stats returns the pending deliveries of every sink that ever had one. It reads maintained
 // counters and the head of each queue, so its cost does not grow with the queue length.
 func (s *Spool) Stats() (map[string]SinkStats, error) {
-	s.waitApplied()
+	s.apply.waitApplied()
 	out := map[string]SinkStats{}
 	err := s.view(func(tx *bolt.Tx) error {
 		b := openBuckets(tx)
@@ -115,7 +89,7 @@ func oldestPending(b buckets, sink []byte, st *SinkStats) error {
 
 // Sinks returns, in name order, the sinks that have pending (ready or scheduled) deliveries.
 func (s *Spool) Sinks() ([]string, error) {
-	s.waitApplied()
+	s.apply.waitApplied()
 	var out []string
 	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketStats).ForEach(func(k, v []byte) error {
@@ -142,7 +116,7 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 	if max <= 0 {
 		return 0, nil
 	}
-	s.waitApplied()
+	s.apply.waitApplied()
 	cutoff := timeBits(now.Add(-s.window))
 	var n int
 	err := s.updateIf(func(tx *bolt.Tx) (bool, error) {
@@ -163,7 +137,7 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 // again after its window, the older record until ExpireDedup or a merge drops it; expired
 // records ExpireDedup has not dropped yet included.
 func (s *Spool) DedupLen() (int, error) {
-	s.waitApplied()
+	s.apply.waitApplied()
 	var n uint64
 	err := s.view(func(tx *bolt.Tx) error {
 		n = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))

@@ -1,0 +1,210 @@
+package spool
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Older formats' buckets, which Open migrates (see formatVersion).
+var (
+	// bucketDedupT is format 2's time index of the dedup keys: (accepted at, key hash) -> nil.
+	// Format 2 kept every key in dedupkeys, the bucket that is now the index's mutable level.
+	bucketDedupT = []byte("dedupkeyt")
+
+	// Format 1's dedup buckets, keyed by the whole key.
+	bucketDedupV1  = []byte("dedup")
+	bucketDedupTV1 = []byte("dedupt")
+)
+
+// migrateDedupV2 turns format 2's dedup index into format 3's. Each transaction takes the
+// maxRun oldest entries of the time index (deletes there are sequential) and writes their keys
+// as a final run, so that each run covers a stretch of time and expires as a whole; dedupkeys
+// is only read meanwhile. A crash in between resumes where it stopped, and a format-2 binary
+// still finds every key. The last transaction empties dedupkeys (now L0), drops the time
+// index and records format 3.
+func migrateDedupV2(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) error {
+	moved := 0
+	var err error
+	for done := false; err == nil && !done; {
+		err = db.Update(func(tx *bolt.Tx) error {
+			n, more, err := migrateRun(tx, dedup)
+			moved += n
+			done = !more
+			return err
+		})
+		if err == nil && !done {
+			log.Info("migrating the dedup index", "format", formatVersion, "keys_so_far", moved)
+		}
+	}
+	if err == nil {
+		err = db.Update(func(tx *bolt.Tx) error {
+			for _, name := range [][]byte{bucketDedupT, bucketDedup} {
+				if tx.Bucket(name) != nil {
+					if err := tx.DeleteBucket(name); err != nil {
+						return err
+					}
+				}
+			}
+			if _, err := tx.CreateBucket(bucketDedup); err != nil {
+				return err
+			}
+			meta := tx.Bucket(bucketMeta)
+			if err := meta.Put(metaDedupL0N, encUint(0)); err != nil {
+				return err
+			}
+			return meta.Put(metaVersion, encUint(formatVersion))
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("migrate dedup keys to format %d: %w", formatVersion, err)
+	}
+	log.Info("dedup index migrated", "format", formatVersion, "keys", moved)
+	return nil
+}
+
+// migrateRun writes the keys of the maxRun oldest entries of format 2's time index as a final
+// run and deletes those entries. It returns how many keys it wrote, and whether entries are
+// left.
+func migrateRun(tx *bolt.Tx, dedup *dedupIndex) (int, bool, error) {
+	idx := tx.Bucket(bucketDedupT)
+	if idx == nil {
+		return 0, false, nil
+	}
+	l0 := tx.Bucket(bucketDedup)
+	var entries, recs [][]byte
+	c := idx.Cursor()
+	for k, _ := c.First(); k != nil && len(entries) < dedup.cfg.maxRun; k, _ = c.Next() {
+		entries = append(entries, slices.Clone(k))
+		if len(k) != 24 {
+			continue
+		}
+		// An entry whose key carries another time is stale (the key was accepted again).
+		if v := l0.Get(k[8:]); v != nil && string(v) == string(k[:8]) {
+			recs = append(recs, append(slices.Clone(k[8:]), k[:8]...))
+		}
+	}
+	if len(entries) == 0 {
+		return 0, false, nil
+	}
+	slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:16], b[:16]) })
+	var run []byte
+	minT, maxT := ^uint64(0), uint64(0)
+	for _, r := range recs {
+		run = append(run, r...)
+		t := binary.BigEndian.Uint64(r[16:])
+		minT, maxT = min(minT, t), max(maxT, t)
+	}
+	for _, k := range entries {
+		if err := idx.Delete(k); err != nil {
+			return 0, false, err
+		}
+	}
+	if len(recs) > 0 {
+		if err := dedup.writeRun(tx, runInfo{level: finalLevel, count: len(recs), minT: minT, maxT: maxT}, run); err != nil {
+			return 0, false, err
+		}
+	}
+	return len(recs), true, nil
+}
+
+// migrateDedupV1 moves format 1's dedup keys to the hashed buckets, in transactions of a
+// bounded size (a crash in between resumes where it stopped), then records format 2.
+func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
+	moved := 0
+	for done := false; !done; {
+		err := db.Update(func(tx *bolt.Tx) error {
+			old, oldT := tx.Bucket(bucketDedupV1), tx.Bucket(bucketDedupTV1)
+			if old == nil {
+				done = true
+				return tx.Bucket(bucketMeta).Put(metaVersion, encUint(2))
+			}
+			b := openBuckets(tx)
+			dedupT, err := tx.CreateBucketIfNotExists(bucketDedupT)
+			if err != nil {
+				return err
+			}
+			var keys, vals [][]byte
+			c := old.Cursor()
+			for k, v := c.First(); k != nil && len(keys) < 10000; k, v = c.Next() {
+				keys, vals = append(keys, slices.Clone(k)), append(vals, slices.Clone(v))
+			}
+			for i, k := range keys {
+				h := dedupHash(k)
+				if err := b.dedup.Put(h, vals[i]); err != nil {
+					return err
+				}
+				if err := dedupT.Put(dedupTKey(vals[i], h), nil); err != nil {
+					return err
+				}
+				if err := old.Delete(k); err != nil {
+					return err
+				}
+				if oldT != nil {
+					if err := oldT.Delete(dedupTKey(vals[i], k)); err != nil {
+						return err
+					}
+				}
+			}
+			moved += len(keys)
+			if len(keys) == 0 {
+				if err := tx.DeleteBucket(bucketDedupV1); err != nil {
+					return err
+				}
+				if oldT != nil {
+					return tx.DeleteBucket(bucketDedupTV1)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("migrate dedup keys to format %d: %w", formatVersion, err)
+		}
+	}
+	log.Info("spool migrated to format 2 (hashed dedup keys)", "keys", moved)
+	return nil
+}
+
+// dedupTKey is a key of format 2's dedupkeyt and format 1's dedupt: the 8-byte acceptance
+// time followed by the (hashed) dedup key.
+func dedupTKey(at, key []byte) []byte {
+	k := make([]byte, 0, len(at)+len(key))
+	return append(append(k, at...), key...)
+}
+
+// prepareFile creates the buckets a new file lacks, checks the format version of an existing
+// one and migrates an older format. It returns the last journal LSN the file records.
+func prepareFile(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) (uint64, error) {
+	var jlsn uint64
+	var from uint64 // the format to migrate from, 0 for none
+	err := db.Update(func(tx *bolt.Tx) error {
+		for _, name := range topBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(metaVersion); v == nil {
+			if err := meta.Put(metaVersion, encUint(formatVersion)); err != nil {
+				return err
+			}
+		} else if got := decUint(v); got == 1 || got == 2 {
+			from = got
+		} else if got != formatVersion {
+			return fmt.Errorf("unsupported format version %d (want %d)", got, formatVersion)
+		}
+		jlsn = decUint(meta.Get(metaJournalLSN))
+		return nil
+	})
+	if err == nil && from == 1 {
+		err = migrateDedupV1(db, log)
+	}
+	if err == nil && from != 0 {
+		err = migrateDedupV2(db, dedup, log)
+	}
+	return jlsn, err
+}
