@@ -87,7 +87,7 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 	var pgLetters *postgres.DeadLetters
 	var dir *deadletter.Dir
 	if cfg.Storage.Postgres != nil {
-		pg, err := openPostgres(ctx, cfg, slog.New(slog.DiscardHandler))
+		pg, err := openPostgres(ctx, cfg, slog.New(slog.DiscardHandler), postgres.Open)
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -186,4 +188,56 @@ func TestPostgres_OutageUnderLoad(t *testing.T) {
 	}
 	t.Logf("acknowledged %d changes (%d notifications answered before the stop); %d 503s and %d transport errors during the outage",
 		len(want), stoppedAt, unavail.Load(), transport.Load())
+}
+
+// TestPostgres_StartWithDatabaseDown starts the relay while its database is stopped: it
+// listens, answers Meta's GET verification, answers POSTs 503 and is not ready. Once the
+// database starts it becomes ready by itself (no restart), and a signed POST is acknowledged
+// and delivered to every sink.
+func TestPostgres_StartWithDatabaseDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a PostgreSQL cluster")
+	}
+	pg := startThrowawayPG(t)
+	if err := pg.ctl("stop", "-m", "fast"); err != nil {
+		t.Fatalf("pg_ctl stop: %v", err)
+	}
+	a, b := newCrashSink(t, "sink-a"), newCrashSink(t, "sink-b")
+	dir := t.TempDir()
+	r := startPGRelay(t, writePGConfig(t, dir, freeAddr(t), pg.url(), "hubrelay", a.srv.URL, b.srv.URL))
+	get := func(path string) (int, string) {
+		resp, err := http.Get(r.url + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if st, body := get("/readyz"); st != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz with the database down: %d %q, want 503", st, body)
+	}
+	if st, body := get("/webhooks?hub.mode=subscribe&hub.verify_token=crash-verify&hub.challenge=4242"); st != http.StatusOK || body != "4242" {
+		t.Fatalf("GET verification with the database down: %d %q, want 200 4242", st, body)
+	}
+	note := crashLoadItem(t, 1, 2, "down")
+	if st, err := postOnce(http.DefaultClient, r.url+"/webhooks", note); err != nil || st != http.StatusServiceUnavailable {
+		t.Fatalf("POST with the database down: %d, %v; want 503", st, err)
+	}
+	pg.start(t)
+	waitForWithin(t, "/readyz ready once the database is up", time.Minute, func() bool {
+		st, _ := get("/readyz")
+		return st == http.StatusOK
+	})
+	if st, err := postOnce(http.DefaultClient, r.url+"/webhooks", note); err != nil || st != http.StatusOK {
+		t.Fatalf("POST once the database is up: %d, %v; want 200\nlogs:\n%s", st, err, r.logs)
+	}
+	for _, s := range []*crashSink{a, b} {
+		waitForWithin(t, s.name+" delivery", time.Minute, func() bool { return len(s.missing(note.ids)) == 0 })
+	}
+	for _, line := range []string{"postgres not reachable at start", "postgres reached: storage up"} {
+		if !strings.Contains(r.logs.String(), line) {
+			t.Errorf("no %q in the logs:\n%s", line, r.logs)
+		}
+	}
 }

@@ -163,6 +163,7 @@ type server struct {
 	router   *relay.Router
 	recv     *relay.Receiver
 	sinks    *sinkSet
+	sinkCfgs []relay.SinkConfig // the sinks the engine was last given (without the built-in one)
 	http     *http.Server
 	admin    *http.Server
 	metrics  *metrics.Metrics
@@ -212,6 +213,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	if err != nil {
 		return err
 	}
+	s.sinkCfgs = sinkCfgs
 	reg := prometheus.NewRegistry()
 	s.metrics = metrics.New(reg)
 	s.metrics.SetBuildInfo(version)
@@ -229,6 +231,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	}
 	s.engine = relay.NewEngine(sp, st.letters, obs, log)
 	s.engine.Start()
+	storeUp, storeFatal := st.pending() // before SetSinks: it reads the store's pending sinks
 	if err := s.engine.SetSinks(withRuleErrors(sinkCfgs)); err != nil {
 		return err
 	}
@@ -312,6 +315,16 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 			log.Info("config file changed")
 			s.reload()
 			continue
+		case <-storeUp:
+			storeUp = nil
+			if err := s.engine.SetSinks(withRuleErrors(s.sinkCfgs)); err != nil {
+				log.Error("apply sinks once storage is up", "err", err)
+			}
+			continue
+		case err := <-storeFatal:
+			stopBG()
+			s.drain()
+			return err
 		case err := <-serveErr:
 			stopBG()
 			s.drain()
@@ -477,6 +490,7 @@ func (s *server) reload() {
 		s.log.Error("config reload: sinks", "err", err)
 		return
 	}
+	s.sinkCfgs = sinkCfgs
 	s.sinks.closeRetired()
 	s.router.Configure(cfg.Rules, rawSinks(cfg), routeOptions(cfg))
 	s.recv.Configure(receiverConfig(cfg))

@@ -43,11 +43,27 @@ type storage struct {
 	where string
 }
 
+// pending returns what serve waits for besides requests and signals: up is closed when a
+// Postgres store that started without its database reaches it (serve then applies the sinks
+// again, to find deliveries of sinks it does not run), fatal receives the error that stops it
+// for good. Both are nil when there is nothing to wait for.
+func (st *storage) pending() (up <-chan struct{}, fatal <-chan error) {
+	if st.pg == nil {
+		return nil, nil
+	}
+	select {
+	case <-st.pg.Up():
+		return nil, st.pg.Fatal()
+	default:
+		return st.pg.Up(), st.pg.Fatal()
+	}
+}
+
 // openStorage opens the engine of cfg.Storage: Postgres when storage.postgres is set, else
 // the embedded spool in storage.dir.
 func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*storage, error) {
 	if p := cfg.Storage.Postgres; p != nil {
-		pg, err := openPostgres(ctx, cfg, log)
+		pg, err := openPostgres(ctx, cfg, log, postgres.Start)
 		if err != nil {
 			return nil, err
 		}
@@ -74,11 +90,15 @@ func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*st
 	return &storage{store: sp, letters: dl, dir: dl, releaseMemory: sp.ReleaseMemory, close: sp.Close, where: spoolPath}, nil
 }
 
-func openPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger) (*postgres.Store, error) {
+// openPostgres opens the Postgres engine of cfg with open: postgres.Open, which fails when the
+// database is unreachable (the deadletter commands), or postgres.Start, which comes up without
+// it and keeps trying (serve).
+func openPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger,
+	open func(context.Context, postgres.Options) (*postgres.Store, error)) (*postgres.Store, error) {
 	p := cfg.Storage.Postgres
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	pg, err := postgres.Open(ctx, postgres.Options{
+	pg, err := open(ctx, postgres.Options{
 		URL:          p.URL,
 		Schema:       p.Schema,
 		MaxConns:     p.MaxConns,

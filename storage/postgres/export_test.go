@@ -5,7 +5,7 @@ package postgres
 func (s *Store) Kill() {
 	s.once.Do(func() {
 		close(s.stop)
-		<-s.done
+		s.bg.Wait()
 		s.pool.Close()
 	})
 }

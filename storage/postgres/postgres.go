@@ -11,6 +11,9 @@
 // replica's heartbeat (every lease/3) is younger than the lease, so a replica that dies loses
 // its claims after the lease and another delivers. Each sink's queue is read by one replica at
 // a time (sink_owners, held the same way), which keeps acceptance order per sink.
+//
+// Open needs the database; Start (replica.go), for a server, comes up without it and keeps
+// trying: until the store is up its queue reads as empty and Accept and Check fail.
 package postgres
 
 import (
@@ -20,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -80,6 +82,8 @@ type Store struct {
 	opt  Options
 	log  *slog.Logger
 	lock int64 // the schema's advisory lock key (migrations, maintenance)
+	// host and database are where the store connects, for the log (never the URL).
+	host, database string
 
 	me atomic.Int64 // this replica's id in replicas; a new one after a lapsed heartbeat
 
@@ -88,8 +92,15 @@ type Store struct {
 
 	obs atomic.Pointer[Observer]
 
+	// up is closed once the schema is migrated and this replica registered; until then the
+	// queue reads as empty and Accept and Check fail with ErrNotUp (see Start).
+	up     chan struct{}
+	isUp   atomic.Bool
+	fatal  chan error // Start's background set-up met an error retrying cannot cure
+	upOnce sync.Once
+
 	stop chan struct{}
-	done chan struct{}
+	bg   sync.WaitGroup // the set-up retry loop and the heartbeat
 	once sync.Once
 }
 
@@ -105,99 +116,6 @@ type Observer struct {
 	Claimed func(sink string, lag time.Duration)
 }
 
-// Open connects, creates or migrates the schema (under an advisory lock, so replicas starting
-// at once migrate once) and registers this replica.
-func Open(ctx context.Context, opt Options) (*Store, error) {
-	if opt.Schema == "" {
-		opt.Schema = DefaultSchema
-	}
-	if opt.MaxConns <= 0 {
-		opt.MaxConns = DefaultMaxConns
-	}
-	if opt.Lease <= 0 {
-		opt.Lease = DefaultLease
-	}
-	if opt.PollInterval <= 0 {
-		opt.PollInterval = DefaultPollInterval
-	}
-	if opt.DedupWindow <= 0 {
-		opt.DedupWindow = DefaultDedupWindow
-	}
-	if opt.AcceptTimeout <= 0 {
-		opt.AcceptTimeout = DefaultAcceptTimeout
-	}
-	if opt.Name == "" {
-		host, _ := os.Hostname()
-		opt.Name = fmt.Sprintf("%s/%d", host, os.Getpid())
-	}
-	log := opt.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	cfg, err := ParseURL(opt.URL)
-	if err != nil {
-		return nil, err
-	}
-	cfg.MaxConns = int32(opt.MaxConns)
-	cfg.ConnConfig.RuntimeParams["search_path"] = opt.Schema
-	cfg.ConnConfig.RuntimeParams["application_name"] = "hubrelay"
-	if cfg.ConnConfig.ConnectTimeout == 0 {
-		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
-	}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to postgres: %w", err)
-	}
-	s := &Store{pool: pool, opt: opt, log: log.With("component", "postgres"), lock: lockKey(opt.Schema),
-		parts: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
-	if err := migrate(ctx, pool, opt.Schema); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres schema: %w", err)
-	}
-	if err := s.register(ctx); err != nil {
-		pool.Close()
-		return nil, err
-	}
-	go s.heartbeat()
-	s.log.Info("postgres storage open", "host", cfg.ConnConfig.Host, "database", cfg.ConnConfig.Database,
-		"schema", opt.Schema, "replica", s.me.Load(), "max_conns", opt.MaxConns, "lease", opt.Lease)
-	return s, nil
-}
-
-// ParseURL parses a libpq URL or key=value string; its errors never hold the password.
-func ParseURL(url string) (*pgxpool.Config, error) {
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		return nil, fmt.Errorf("parse postgres url: %s", redact(err.Error(), url))
-	}
-	return cfg, nil
-}
-
-// redact removes the password of url from msg, whatever form the URL has.
-func redact(msg, url string) string {
-	if cfg, err := pgconn.ParseConfig(url); err == nil && cfg.Password != "" {
-		msg = strings.ReplaceAll(msg, cfg.Password, "xxxxx")
-	}
-	if i := strings.Index(url, "://"); i >= 0 {
-		rest := url[i+3:]
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			if c := strings.Index(rest[:at], ":"); c >= 0 && c+1 < at {
-				msg = strings.ReplaceAll(msg, rest[c+1:at], "xxxxx")
-			}
-		}
-	}
-	if i := strings.Index(url, "password="); i >= 0 {
-		pw := url[i+len("password="):]
-		if j := strings.IndexAny(pw, " &"); j >= 0 {
-			pw = pw[:j]
-		}
-		if pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-	}
-	return msg
-}
-
 // SetObserver sets the receiver of database-side figures.
 func (s *Store) SetObserver(o *Observer) { s.obs.Store(o) }
 
@@ -207,72 +125,8 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 // PollInterval implements relay.Poller.
 func (s *Store) PollInterval() time.Duration { return s.opt.PollInterval }
 
-// Replica returns this replica's current id.
+// Replica returns this replica's current id (0 until the store is up).
 func (s *Store) Replica() int64 { return s.me.Load() }
-
-func (s *Store) register(ctx context.Context) error {
-	var id int64
-	if err := s.pool.QueryRow(ctx, "INSERT INTO replicas (name) VALUES ($1) RETURNING id", s.opt.Name).Scan(&id); err != nil {
-		return fmt.Errorf("register replica: %w", err)
-	}
-	s.me.Store(id)
-	return nil
-}
-
-// heartbeat keeps this replica's claims alive, and expires old replicas' rows.
-func (s *Store) heartbeat() {
-	defer close(s.done)
-	t := time.NewTicker(s.opt.Lease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.opt.Lease/3)
-		if err := s.beat(ctx); err != nil {
-			s.log.Warn("replica heartbeat", "err", err)
-		}
-		cancel()
-	}
-}
-
-// beat renews this replica's heartbeat. A heartbeat that had lapsed (other replicas may have
-// taken the claims over) is not renewed: the replica registers again under a new id.
-func (s *Store) beat(ctx context.Context) error {
-	tag, err := s.pool.Exec(ctx, "UPDATE replicas SET heartbeat = now() WHERE id = $1 AND heartbeat > now() - $2::interval",
-		s.me.Load(), s.opt.Lease)
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
-		old := s.me.Load()
-		if err := s.register(ctx); err != nil {
-			return err
-		}
-		s.log.Warn("replica lease had lapsed; registered again", "old_replica", old, "replica", s.me.Load())
-	}
-	// Rows of replicas dead for long are noise; their claims are void already.
-	_, err = s.pool.Exec(ctx, "DELETE FROM replicas WHERE heartbeat < now() - $1::interval", 10*s.opt.Lease)
-	return err
-}
-
-// Close stops the heartbeat, releases this replica's claims (its row goes, so other replicas
-// take its sinks at once) and closes the pool.
-func (s *Store) Close() error {
-	s.once.Do(func() {
-		close(s.stop)
-		<-s.done
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := s.pool.Exec(ctx, "DELETE FROM replicas WHERE id = $1", s.me.Load()); err != nil {
-			s.log.Warn("release replica claims", "err", err)
-		}
-		s.pool.Close()
-	})
-	return nil
-}
 
 // keyHash is what the dedup table stores of a key: 16 bytes of its SHA-256.
 func keyHash(key string) []byte {
@@ -287,6 +141,9 @@ func (s *Store) Accept(ctx context.Context, items []relay.Item, now time.Time) (
 	}
 	if len(items) == 0 {
 		return []bool{}, nil
+	}
+	if !s.isUp.Load() {
+		return nil, fmt.Errorf("accept: %w", ErrNotUp)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.AcceptTimeout)
 	defer cancel()
@@ -387,9 +244,10 @@ WITH live AS (
 UPDATE deliveries d SET owner = $4 FROM c WHERE d.sink = $1 AND d.seq = c.seq
 RETURNING d.seq, d.data, d.attempt, d.first_at, d.history, coalesce(d.due_at, d.first_at)`
 
-// Ready implements relay.Queue; it claims what it returns.
+// Ready implements relay.Queue; it claims what it returns. Until the store is up (Start) it
+// returns none.
 func (s *Store) Ready(sink string, after uint64, max int) ([]relay.Delivery, error) {
-	if max <= 0 || after >= 1<<63 {
+	if max <= 0 || after >= 1<<63 || !s.isUp.Load() {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
@@ -487,8 +345,11 @@ func (s *Store) RescheduleBatch(sink string, rs []relay.Retry) error {
 	return nil
 }
 
-// Promote implements relay.Queue.
+// Promote implements relay.Queue (none until the store is up).
 func (s *Store) Promote(now time.Time) (map[string]uint64, error) {
+	if !s.isUp.Load() {
+		return nil, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
 	rows, err := s.pool.Query(ctx, `
@@ -521,6 +382,9 @@ RETURNING d.sink, d.seq`, now, maxPromote)
 
 // NextScheduled implements relay.Queue.
 func (s *Store) NextScheduled() (time.Time, bool, error) {
+	if !s.isUp.Load() {
+		return time.Time{}, false, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
 	var t *time.Time
@@ -534,7 +398,11 @@ func (s *Store) NextScheduled() (time.Time, bool, error) {
 }
 
 // Sinks implements relay.Queue with a skip scan of the primary key: one index probe per sink.
+// Until the store is up (Start) it reports none; the caller asks again once Up is closed.
 func (s *Store) Sinks() ([]string, error) {
+	if !s.isUp.Load() {
+		return nil, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
 	rows, err := s.pool.Query(ctx, `
@@ -556,6 +424,9 @@ SELECT sink FROM s WHERE sink IS NOT NULL`)
 
 // Stats implements relay.Store. It counts the queue (one scan); metrics call it per scrape.
 func (s *Store) Stats() (map[string]relay.SinkStats, error) {
+	if !s.isUp.Load() {
+		return nil, fmt.Errorf("stats: %w", ErrNotUp)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
 	rows, err := s.pool.Query(ctx, `SELECT sink, count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1), min(first_at),
@@ -594,6 +465,9 @@ const exactBelow = 100_000
 
 // DedupLen implements relay.Store: exact for small tables, the planner's estimate for large ones.
 func (s *Store) DedupLen() (int, error) {
+	if !s.isUp.Load() {
+		return 0, fmt.Errorf("dedup len: %w", ErrNotUp)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
 	var est float64
@@ -615,7 +489,7 @@ func (s *Store) DedupLen() (int, error) {
 // returns how many keys they held. Keys in a partition partly past the window stay until the
 // whole day is; Accept ignores them (it compares their time).
 func (s *Store) ExpireDedup(now time.Time, max int) (int, error) {
-	if max <= 0 {
+	if max <= 0 || !s.isUp.Load() {
 		return 0, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -680,12 +554,4 @@ func (s *Store) dropPartition(ctx context.Context, name string) (int, error) {
 	s.partMu.Unlock()
 	s.log.Info("dedup partition dropped", "partition", name, "keys", n)
 	return int(n), nil
-}
-
-// Check implements relay.Store: a write that commits (this replica's heartbeat).
-func (s *Store) Check(ctx context.Context) error {
-	if err := s.beat(ctx); err != nil {
-		return fmt.Errorf("check postgres: %w", err)
-	}
-	return nil
 }

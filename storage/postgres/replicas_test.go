@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -161,6 +162,56 @@ func TestSchema_MigrateOnceRefuseNewer(t *testing.T) {
 	_, err = postgres.Open(ctx, postgres.Options{URL: url, Schema: schema, MaxConns: 2})
 	if !errors.Is(err, postgres.ErrSchemaTooNew) {
 		t.Fatalf("Open of a newer schema = %v, want ErrSchemaTooNew", err)
+	}
+	// Start comes up without an unreachable database, but not past a newer schema.
+	if s, err := postgres.Start(ctx, postgres.Options{URL: url, Schema: schema, MaxConns: 2}); !errors.Is(err, postgres.ErrSchemaTooNew) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("Start on a newer schema = %v, want ErrSchemaTooNew", err)
+	}
+}
+
+// A store from Start whose database cannot be reached is not up: it claims nothing, its
+// accepts and checks fail with ErrNotUp, and it closes at once.
+func TestStart_DatabaseUnreachable(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nobody listens there now: connections are refused
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := postgres.Start(ctx, postgres.Options{URL: "postgres://u:s3cretpw@" + addr + "/db?sslmode=disable", MaxConns: 2})
+	if err != nil {
+		t.Fatalf("Start with the database down: %v", err)
+	}
+	select {
+	case <-s.Up():
+		t.Fatal("Up is closed, but the database was never reached")
+	default:
+	}
+	_, err = s.Accept(ctx, []relay.Item{{Key: "k", Data: []byte("x"), Sinks: []string{"orders"}}}, time.Now())
+	if !errors.Is(err, postgres.ErrNotUp) {
+		t.Errorf("Accept = %v, want ErrNotUp", err)
+	}
+	if err := s.Check(ctx); !errors.Is(err, postgres.ErrNotUp) || containsPw(err.Error()) {
+		t.Errorf("Check = %v, want ErrNotUp (and no password)", err)
+	}
+	if ds, err := s.Ready("orders", 0, 10); len(ds) != 0 || err != nil {
+		t.Errorf("Ready = %v, %v; want none", ds, err)
+	}
+	if names, err := s.Sinks(); len(names) != 0 || err != nil {
+		t.Errorf("Sinks = %v, %v; want none", names, err)
+	}
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not stop the set-up retries")
 	}
 }
 
