@@ -432,11 +432,12 @@ func (d *decoder) storage(n *yaml.Node, path string, s *Storage) {
 // postgres decodes storage.postgres. The URL is checked for its form only; its errors never
 // quote it, as it may hold a password.
 func (d *decoder) postgres(n *yaml.Node, path string) *Postgres {
-	f, ok := d.mapping(n, path, "url", "url_file", "schema", "max_conns", "lease", "poll_interval")
+	f, ok := d.mapping(n, path, "url", "url_file", "schema", "max_conns", "lease", "poll_interval", "sink_grace")
 	if !ok {
 		return nil
 	}
-	p := &Postgres{Schema: "hubrelay", MaxConns: 16, Lease: 30 * time.Second, PollInterval: 500 * time.Millisecond}
+	p := &Postgres{Schema: "hubrelay", MaxConns: 16, Lease: 30 * time.Second, PollInterval: 500 * time.Millisecond,
+		SinkGrace: DefaultSinkGrace}
 	if node := d.setPair(n, f, path, "url", "PostgreSQL URL", true, &p.URL); node != nil && p.URL != "" {
 		if why := postgresURLProblem(p.URL); why != "" {
 			key := "url"
@@ -458,6 +459,7 @@ func (d *decoder) postgres(n *yaml.Node, path string) *Postgres {
 	d.setInt(f, path, "max_conns", 2, &p.MaxConns)
 	d.setDuration(f, path, "lease", true, &p.Lease)
 	d.setDuration(f, path, "poll_interval", true, &p.PollInterval)
+	d.setDuration(f, path, "sink_grace", true, &p.SinkGrace)
 	if p.Lease > 0 && p.Lease < 3*time.Second {
 		d.problem(f["lease"].val, join(path, "lease"), "must be at least 3s (got %s): replicas renew it every lease/3", p.Lease)
 	}

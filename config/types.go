@@ -148,7 +148,14 @@ type Postgres struct {
 	// PollInterval is how often a replica looks for deliveries other replicas accepted;
 	// default 500ms.
 	PollInterval time.Duration
+	// SinkGrace is how long a sink must have been missing from every replica's config before
+	// a replica that lacks it dead-letters its deliveries as not configured; default
+	// DefaultSinkGrace. A rolling config change that adds or removes a sink finishes within it.
+	SinkGrace time.Duration
 }
+
+// DefaultSinkGrace is the default of storage.postgres.sink_grace.
+const DefaultSinkGrace = 10 * time.Minute
 
 // DeadLetter configures where abandoned deliveries are written.
 type DeadLetter struct {

@@ -22,11 +22,21 @@ import (
 )
 
 // writePGConfig writes a config whose storage is the Postgres schema; the replicas of one test
-// share it and differ only in their listen address.
+// share it and differ only in their listen address, or, with urlB empty, in having no sink-b.
 func writePGConfig(t *testing.T, dir, addr, pgURL, schema, urlA, urlB string) string {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
+	}
+	sinkB, routeB := fmt.Sprintf(`
+  - name: sink-b
+    type: http
+    url: %s
+    timeout: 5s
+    concurrency: 4
+    retry: {min_backoff: 10ms, max_backoff: 200ms, in_process: 1}`, urlB), ", sink-b"
+	if urlB == "" {
+		sinkB, routeB = "", ""
 	}
 	cfg := fmt.Sprintf(`server:
   listen: %s
@@ -50,20 +60,14 @@ sinks:
     url: %s
     timeout: 5s
     concurrency: 4
-    retry: {max_attempts: 3, min_backoff: 10ms, max_backoff: 200ms, in_process: 0}
-  - name: sink-b
-    type: http
-    url: %s
-    timeout: 5s
-    concurrency: 4
-    retry: {min_backoff: 10ms, max_backoff: 200ms, in_process: 1}
+    retry: {max_attempts: 3, min_backoff: 10ms, max_backoff: 200ms, in_process: 0}%s
 rules:
   - name: whatsapp-inbound
     object: whatsapp_business_account
     field: messages
     when: 'value.messages != nil'
-    sinks: [sink-a, sink-b]
-`, addr, crashApp, crashSecretEnv, filepath.Join(dir, "data"), pgURL, schema, urlA, urlB)
+    sinks: [sink-a%s]
+`, addr, crashApp, crashSecretEnv, filepath.Join(dir, "data"), pgURL, schema, urlA, sinkB, routeB)
 	path := filepath.Join(dir, "hubrelay.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -347,5 +351,66 @@ func TestPostgres_DeadLetters(t *testing.T) {
 	}
 	if strings.Contains(string(body), pw) {
 		t.Error("/metrics holds the database password")
+	}
+}
+
+// TestPostgres_ReplicasWithDifferentSinks is a rolling config change: r1 runs sink-a and
+// sink-b, r2 only sink-a, on one database. r2 finds sink-b's deliveries pending at start, and
+// while r1 restarts no replica runs sink-b; r2 must leave them (a live replica ran sink-b within
+// storage.postgres.sink_grace) instead of dead-lettering them as not configured, and r1
+// delivers them when it is back. Nothing is dead-lettered, every change reaches its sinks.
+func TestPostgres_ReplicasWithDifferentSinks(t *testing.T) {
+	pgURL := pgtest.URL(t)
+	schema := pgtest.Schema(t, pgURL)
+	a := newCrashSink(t, "sink-a")
+	var holdB atomic.Bool // sink-b answers 503 while set: its deliveries stay pending
+	holdB.Store(true)
+	b := &crashSink{name: "sink-b", got: map[string][]string{}}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if holdB.Load() {
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		b.serveHTTP(w, r)
+	}))
+	t.Cleanup(b.srv.Close)
+	dir := t.TempDir()
+	cfg1 := writePGConfig(t, filepath.Join(dir, "r1"), freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL)
+	cfg2 := writePGConfig(t, filepath.Join(dir, "r2"), freeAddr(t), pgURL, schema, a.srv.URL, "")
+	r1 := startPGRelay(t, cfg1)
+	postAll := func(r *relayUnderTest, from, n int) (ids []string) {
+		for i := from; i < from+n; i++ {
+			note := crashLoadItem(t, i, 1+i%3, "rolling")
+			if st, err := postOnce(http.DefaultClient, r.url+"/webhooks", note); err != nil || st != http.StatusOK {
+				t.Fatalf("POST %d: %d, %v", i, st, err)
+			}
+			ids = append(ids, note.ids...)
+		}
+		return ids
+	}
+	toBoth := postAll(r1, 0, 20)
+	waitForWithin(t, "sink-a deliveries from r1", time.Minute, func() bool { return len(a.missing(toBoth)) == 0 })
+	r2 := startPGRelay(t, cfg2)
+	waitForWithin(t, "r2 finding sink-b's deliveries", time.Minute, func() bool {
+		return strings.Contains(r2.logs.String(), "deliveries pending for a sink not in the config")
+	})
+	// r1 restarts: meanwhile no replica runs sink-b, and r2 polls its queue every 100ms.
+	r1.stop(t)
+	toA := postAll(r2, 20, 20)
+	time.Sleep(2 * time.Second)
+	if n := pgCount(t, pgURL, schema, "dead_letters"); n != 0 {
+		t.Fatalf("r2 dead-lettered %d of sink-b's deliveries while r1 restarted\nr2 logs:\n%s", n, r2.logs)
+	}
+	r1 = startPGRelay(t, cfg1)
+	holdB.Store(false)
+	waitForWithin(t, "sink-b deliveries once r1 is back", time.Minute, func() bool { return len(b.missing(toBoth)) == 0 })
+	waitForWithin(t, "sink-a deliveries", time.Minute, func() bool { return len(a.missing(append(toBoth, toA...))) == 0 })
+	if n := pgCount(t, pgURL, schema, "dead_letters"); n != 0 {
+		t.Errorf("%d dead letters, want none", n)
+	}
+	for _, r := range []*relayUnderTest{r1, r2} {
+		if strings.Contains(r.logs.String(), "is not configured") {
+			t.Errorf("a delivery was refused as not configured:\n%s", r.logs)
+		}
 	}
 }

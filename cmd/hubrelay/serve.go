@@ -213,7 +213,6 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	if err != nil {
 		return err
 	}
-	s.sinkCfgs = sinkCfgs
 	reg := prometheus.NewRegistry()
 	s.metrics = metrics.New(reg)
 	s.metrics.SetBuildInfo(version)
@@ -232,7 +231,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	s.engine = relay.NewEngine(sp, st.letters, obs, log)
 	s.engine.Start()
 	storeUp, storeFatal := st.pending() // before SetSinks: it reads the store's pending sinks
-	if err := s.engine.SetSinks(withRuleErrors(sinkCfgs)); err != nil {
+	if err := s.applySinks(sinkCfgs); err != nil {
 		return err
 	}
 	s.router = newRouter(cfg)
@@ -317,7 +316,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 			continue
 		case <-storeUp:
 			storeUp = nil
-			if err := s.engine.SetSinks(withRuleErrors(s.sinkCfgs)); err != nil {
+			if err := s.applySinks(s.sinkCfgs); err != nil {
 				log.Error("apply sinks once storage is up", "err", err)
 			}
 			continue
@@ -485,12 +484,11 @@ func (s *server) reload() {
 	// Sinks first, then rules: a change routed with the new rules always finds its sink
 	// running; one routed with the old rules to a sink just removed is dead-lettered (the
 	// engine runs a stand-in for it), to be replayed.
-	if err := s.engine.SetSinks(withRuleErrors(sinkCfgs)); err != nil {
+	if err := s.applySinks(sinkCfgs); err != nil {
 		s.metrics.Reload(false)
 		s.log.Error("config reload: sinks", "err", err)
 		return
 	}
-	s.sinkCfgs = sinkCfgs
 	s.sinks.closeRetired()
 	s.router.Configure(cfg.Rules, rawSinks(cfg), routeOptions(cfg))
 	s.recv.Configure(receiverConfig(cfg))

@@ -43,6 +43,27 @@ type storage struct {
 	where string
 }
 
+// applySinks makes the engine run cfgs and the built-in sinks. A Postgres store is told the
+// set first, so that it hands this replica deliveries of those sinks only, and those of
+// another sink only once no replica has run it for storage.postgres.sink_grace.
+func (s *server) applySinks(cfgs []relay.SinkConfig) error {
+	all := withRuleErrors(cfgs)
+	if pg := s.storage.pg; pg != nil {
+		names := make([]string, len(all))
+		for i, c := range all {
+			names[i] = c.Sink.Name()
+		}
+		if err := pg.SetSinks(names); err != nil {
+			s.log.Warn("record this replica's sinks in the database (the heartbeat tries again)", "err", err)
+		}
+	}
+	if err := s.engine.SetSinks(all); err != nil {
+		return err
+	}
+	s.sinkCfgs = cfgs
+	return nil
+}
+
 // pending returns what serve waits for besides requests and signals: up is closed when a
 // Postgres store that started without its database reaches it (serve then applies the sinks
 // again, to find deliveries of sinks it does not run), fatal receives the error that stops it
@@ -105,6 +126,7 @@ func openPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger,
 		Lease:        p.Lease,
 		PollInterval: p.PollInterval,
 		DedupWindow:  cfg.Storage.DedupWindow,
+		SinkGrace:    p.SinkGrace,
 		Logger:       log,
 	})
 	if err != nil {

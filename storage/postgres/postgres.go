@@ -46,6 +46,9 @@ const (
 	DefaultDedupWindow  = 168 * time.Hour
 	// DefaultAcceptTimeout bounds one Accept, so an unreachable database gives 503 quickly.
 	DefaultAcceptTimeout = 10 * time.Second
+	// DefaultSinkGrace is how long no replica must have run a sink before a replica that lacks
+	// it dead-letters its deliveries (sinks.go).
+	DefaultSinkGrace = 10 * time.Minute
 )
 
 // maxPromote bounds the deliveries one Promote call moves.
@@ -70,6 +73,9 @@ type Options struct {
 	DedupWindow time.Duration
 	// AcceptTimeout bounds one Accept; default DefaultAcceptTimeout.
 	AcceptTimeout time.Duration
+	// SinkGrace is how long a sink must have been run by no replica before one that lacks it
+	// dead-letters the sink's deliveries as not configured; default DefaultSinkGrace.
+	SinkGrace time.Duration
 	// Name names this replica in the replicas table (default: the host name and pid).
 	Name string
 	// Logger receives the engine's logs.
@@ -91,6 +97,11 @@ type Store struct {
 	parts  map[string]bool // dedup partitions known to exist, by name
 
 	obs atomic.Pointer[Observer]
+
+	// sinks are the sinks this replica runs (SetSinks); nil until told, when every sink counts
+	// as run here. started is when the store was made, for the grace of unconfigured sinks.
+	sinks   atomic.Pointer[map[string]bool]
+	started time.Time
 
 	// up is closed once the schema is migrated and this replica registered; until then the
 	// queue reads as empty and Accept and Check fail with ErrNotUp (see Start).
@@ -252,6 +263,9 @@ func (s *Store) Ready(sink string, after uint64, max int) ([]relay.Delivery, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
+	if ok, err := s.mayClaim(ctx, sink); !ok || err != nil {
+		return nil, err
+	}
 	rows, err := s.pool.Query(ctx, readyQuery, sink, int64(after), max, s.me.Load(), s.opt.Lease)
 	if err != nil {
 		return nil, fmt.Errorf("ready %s: %w", sink, err)

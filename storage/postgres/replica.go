@@ -95,6 +95,9 @@ func newStore(ctx context.Context, opt Options) (*Store, error) {
 	if opt.AcceptTimeout <= 0 {
 		opt.AcceptTimeout = DefaultAcceptTimeout
 	}
+	if opt.SinkGrace <= 0 {
+		opt.SinkGrace = DefaultSinkGrace
+	}
 	if opt.Name == "" {
 		host, _ := os.Hostname()
 		opt.Name = fmt.Sprintf("%s/%d", host, os.Getpid())
@@ -119,7 +122,7 @@ func newStore(ctx context.Context, opt Options) (*Store, error) {
 	}
 	return &Store{pool: pool, opt: opt, log: log.With("component", "postgres"), lock: lockKey(opt.Schema),
 		host: cfg.ConnConfig.Host, database: cfg.ConnConfig.Database,
-		parts: map[string]bool{}, up: make(chan struct{}), fatal: make(chan error, 1), stop: make(chan struct{})}, nil
+		parts: map[string]bool{}, started: time.Now(), up: make(chan struct{}), fatal: make(chan error, 1), stop: make(chan struct{})}, nil
 }
 
 // setUp migrates the schema and registers this replica; the first success marks the store up
@@ -129,6 +132,9 @@ func (s *Store) setUp(ctx context.Context) error {
 		return fmt.Errorf("postgres schema: %w", err)
 	}
 	if err := s.register(ctx); err != nil {
+		return err
+	}
+	if err := s.advertise(ctx); err != nil {
 		return err
 	}
 	s.upOnce.Do(func() {
@@ -248,6 +254,8 @@ func (s *Store) heartbeat() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opt.Lease/3)
 		if err := s.beat(ctx); err != nil {
 			s.log.Warn("replica heartbeat", "err", err)
+		} else if err := s.advertise(ctx); err != nil {
+			s.log.Warn("renew the sinks this replica runs", "err", err)
 		}
 		cancel()
 	}

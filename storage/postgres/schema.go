@@ -13,7 +13,7 @@ import (
 // SchemaVersion is the version of the database schema this binary writes. Open migrates an
 // older schema up to it and refuses a newer one: an older binary must not write a schema it
 // does not know.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // ErrSchemaTooNew is wrapped by Open's error when the database was migrated by a newer hubrelay.
 var ErrSchemaTooNew = errors.New("database schema is newer than this hubrelay")
@@ -148,6 +148,18 @@ BEGIN
 	RETURN dup;
 END
 $$;
+`,
+	// 3: the sinks each replica runs, renewed with its heartbeat (sinks.go).
+	`
+-- A replica lacking a sink (a rolling config change) leaves that sink's deliveries to the
+-- replicas that run it, and dead-letters them as not configured only once no replica has
+-- renewed the sink's row for the grace period.
+CREATE TABLE replica_sinks (
+	sink      text        NOT NULL,
+	replica   bigint      NOT NULL,
+	last_seen timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (sink, replica)
+);
 `,
 }
 
