@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -14,15 +13,6 @@ import (
 
 	"github.com/hubrelay/hubrelay/relay/deadletter"
 )
-
-// RetryPolicy is a sink's retry budget across attempts (each attempt may itself make a few
-// quick in-process retries inside the sink).
-type RetryPolicy struct {
-	MaxAttempts int           // attempts before the delivery is dead-lettered
-	MinBackoff  time.Duration // delay before the second attempt; doubles each attempt
-	MaxBackoff  time.Duration // cap of that delay
-	MaxAge      time.Duration // dead-letter once the change is older than this (0 = no limit)
-}
 
 // BatchPolicy groups deliveries of a BatchSink into one call. MaxChanges <= 1 means no
 // batching.
@@ -64,6 +54,12 @@ type DeliveryObserver interface {
 	Delivered(sink string, attempts int, sinceAccept time.Duration)
 	// DeadLettered is called once per abandoned delivery.
 	DeadLettered(sink string)
+}
+
+// RateLimitObserver is an optional extension of DeliveryObserver that sees the time a sink's
+// worker waited for the sink's rate limiter before an attempt. It must be cheap.
+type RateLimitObserver interface {
+	RateLimitWait(sink string, d time.Duration)
 }
 
 // DeliveryTrace is what happened to one delivery of one change in one attempt, for a
@@ -119,7 +115,8 @@ type Engine struct {
 	q   Queue
 	dl  DeadLetters
 	obs DeliveryObserver
-	tr  DeliveryTracer // obs, when it is one; else nil
+	tr  DeliveryTracer    // obs, when it is one; else nil
+	rw  RateLimitObserver // obs, when it is one; else nil
 	log *slog.Logger
 	now func() time.Time
 	// poll, when positive, makes dispatchers re-read their queue from its start that often
@@ -142,12 +139,14 @@ type Engine struct {
 	last       map[string]*runner
 	live       map[*runner]struct{} // every runner not exited yet, for Close
 	configured map[string]bool      // sinks of the last SetSinks: never orphans, even mid-replacement
+	states     map[string]SinkState // operators' pauses, as storage has them (pause.go)
 	closed     bool
 
 	promote   chan struct{} // wakes the promoter early (a reschedule may be due soon)
 	startOnce sync.Once
 	stop      chan struct{}
 	done      chan struct{}
+	watchDone chan struct{} // closed when watchStates ends
 }
 
 // NewEngine returns an engine over q; call Start, then SetSinks.
@@ -168,14 +167,20 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 		promote:   make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
+		watchDone: make(chan struct{}),
+		states:    map[string]SinkState{},
 	}
 	e.tr, _ = obs.(DeliveryTracer)
+	e.rw, _ = obs.(RateLimitObserver)
 	return e
 }
 
 // Start runs the promoter, which makes rescheduled deliveries ready when their time comes.
 func (e *Engine) Start() {
-	e.startOnce.Do(func() { go e.promoter() })
+	e.startOnce.Do(func() {
+		go e.promoter()
+		go e.watchStates()
+	})
 }
 
 // Notify wakes the dispatchers of sinks that have new deliveries. It never blocks. A sink the
@@ -213,6 +218,10 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 	pending, err := e.q.Sinks()
 	if err != nil {
 		return fmt.Errorf("list spooled sinks: %w", err)
+	}
+	if err := e.loadStates("start or reload"); err != nil {
+		// Runners must not start without knowing which sinks an operator paused.
+		return err
 	}
 	for _, name := range pending {
 		if _, ok := want[name]; !ok {
@@ -263,6 +272,12 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 func (e *Engine) startRunner(c SinkConfig) *runner {
 	name := c.Sink.Name()
 	r := newRunner(e, c)
+	if st, ok := e.states[name]; ok {
+		r.opPaused = st.Paused
+		if !st.Paused {
+			r.resumedAt = st.Since
+		}
+	}
 	prev := e.last[name]
 	e.runners[name] = r
 	e.last[name] = r
@@ -304,6 +319,7 @@ func (e *Engine) Close(ctx context.Context) error {
 	close(e.stop)
 	e.Start() // so that done is closed even if Start was never called
 	<-e.done
+	<-e.watchDone
 	var wg sync.WaitGroup
 	for _, r := range rs {
 		wg.Add(1)
@@ -402,6 +418,10 @@ type runner struct {
 	rewindTo  uint64 // lowest seq to re-read from; 0 = none
 	failures  int    // consecutive failed attempts, for the sink-level pause
 	pauseTill time.Time
+	// opPaused is an operator's pause of the sink (pause.go); resumedAt is when it was last
+	// resumed, from which max_age counts.
+	opPaused  bool
+	resumedAt time.Time
 
 	dispatchWG, workWG, commitWG sync.WaitGroup
 }
@@ -533,7 +553,15 @@ func (r *runner) dispatch() {
 		}
 		r.finished = r.finished[:0]
 		pause := time.Until(r.pauseTill)
+		held0 := r.opPaused
 		r.mu.Unlock()
+		if held0 {
+			if !r.holdForOperator(held) {
+				return
+			}
+			held = nil
+			continue // read from where the released deliveries rewound the cursor
+		}
 		if pause > 0 && !r.pause(pause) {
 			return
 		}
@@ -652,11 +680,11 @@ func (r *runner) send(job []Delivery) bool {
 	}
 }
 
-// paused reports whether the sink is in a failure pause.
+// paused reports whether the sink is in a failure pause or paused by an operator.
 func (r *runner) paused() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return time.Now().Before(r.pauseTill)
+	return r.opPaused || time.Now().Before(r.pauseTill)
 }
 
 // pause waits out a failing sink's pause: new changes arriving (wake) do not cut it short,
@@ -796,13 +824,21 @@ func (r *runner) handle(job []Delivery) {
 		return
 	}
 	if r.limiter != nil {
-		if err := r.limiter.Wait(r.attemptCtx); err != nil {
+		start := time.Now()
+		err := r.limiter.Wait(r.attemptCtx)
+		if r.e.rw != nil {
+			r.e.rw.RateLimitWait(r.name, time.Since(start))
+		}
+		if err != nil {
 			// Shutting down while waiting for the limiter: nothing was attempted.
-			for _, d := range ds {
-				r.release(true, d.Seq)
-			}
+			r.putBack(ds)
 			return
 		}
+	}
+	if p, _ := r.operatorState(); p {
+		// Paused by an operator after the dispatcher handed this job over: not attempted.
+		r.putBack(ds)
+		return
 	}
 	start := r.e.now()
 	var err error
@@ -830,9 +866,7 @@ func (r *runner) handle(job []Delivery) {
 		}
 	case r.attemptCtx.Err() != nil:
 		// Shutting down: the attempt did not count; the deliveries stay ready in the spool.
-		for _, d := range ds {
-			r.release(true, d.Seq)
-		}
+		r.putBack(ds)
 	case len(ds) > 1 && errors.Is(err, ErrPermanent):
 		// One bad change must not dead-letter its neighbours: try each alone.
 		r.log.Warn("batch rejected permanently, retrying its changes one by one", "err", err, "batch", len(ds))
@@ -849,6 +883,13 @@ func (r *runner) handle(job []Delivery) {
 		for i, d := range ds {
 			r.failed(d, evs[i], err, start, took)
 		}
+	}
+}
+
+// putBack ends the flight of deliveries not attempted: they stay ready in storage.
+func (r *runner) putBack(ds []Delivery) {
+	for _, d := range ds {
+		r.release(true, d.Seq)
 	}
 }
 
@@ -869,34 +910,32 @@ func (r *runner) failed(d Delivery, ev *Event, err error, start time.Time, took 
 	attempt := d.Attempt + 1
 	history := appendHistory(d.History, deadletter.Attempt{At: start.UTC(), Status: statusOf(err), Error: err.Error()})
 	log := r.log.With("change_id", ev.ID, "seq", d.Seq, "attempt", attempt, "status", statusOf(err))
-	if errors.Is(err, ErrPermanent) {
-		if r.e.obs != nil {
-			r.e.obs.Attempt(r.name, "permanent", took)
-		}
-		log.Warn("delivery rejected permanently", "err", err)
-		r.deadLetter(d, ev, history, "permanent: "+err.Error())
-		return
-	}
+	perm := errors.Is(err, ErrPermanent)
 	if r.e.obs != nil {
-		r.e.obs.Attempt(r.name, "retry", took)
+		outcome := "retry"
+		if perm {
+			outcome = "permanent"
+		}
+		r.e.obs.Attempt(r.name, outcome, took)
 	}
-	pol := r.cfg.Retry
-	next := r.e.now().Add(backoff(pol, attempt))
+	paused, resumed := r.operatorState()
+	dec := r.cfg.Retry.Decide(Failure{Attempt: attempt, FirstAt: d.FirstAt, Now: r.e.now(), Err: err,
+		ResumedAt: resumed, Paused: paused}, DefaultRand)
 	switch {
-	case pol.MaxAttempts > 0 && attempt >= pol.MaxAttempts:
-		log.Warn("delivery failed, giving up", "err", err)
-		r.deadLetter(d, ev, history, fmt.Sprintf("giving up after %d attempt(s): %v", attempt, err))
-	case pol.MaxAge > 0 && next.Sub(d.FirstAt) > pol.MaxAge:
-		log.Warn("delivery failed, too old to retry", "err", err)
-		r.deadLetter(d, ev, history, fmt.Sprintf("max age %s exceeded after %d attempt(s): %v", pol.MaxAge, attempt, err))
+	case perm:
+		log.Warn("delivery rejected permanently", "err", err)
+	case dec.DeadLetter:
+		log.Warn("delivery failed, giving up", "err", err, "reason", dec.Reason)
 	default:
-		log.Info("delivery failed, rescheduled", "err", err, "retry_at", next)
+		log.Info("delivery failed, rescheduled", "err", err, "retry_at", dec.RetryAt)
 		if r.e.tr != nil {
 			r.e.tr.Trace(DeliveryTrace{Sink: r.name, ChangeID: ev.ID, Attempt: attempt, At: start, Status: statusOf(err),
-				Err: err.Error(), Outcome: "retrying", RetryAt: next})
+				Err: err.Error(), Outcome: "retrying", RetryAt: dec.RetryAt})
 		}
-		r.reschedule(d.Seq, next, attempt, history)
+		r.reschedule(d.Seq, dec.RetryAt, attempt, history)
+		return
 	}
+	r.deadLetter(d, ev, history, dec.Reason)
 }
 
 // reschedule hands a failed attempt to the rescheduler; the delivery stays in flight until
@@ -932,8 +971,7 @@ func (r *runner) deadLetter(d Delivery, ev *Event, history []byte, reason string
 	}
 	if err := r.e.dl.Write(l); err != nil {
 		r.log.Error("write dead letter, will retry the delivery", "seq", d.Seq, "err", err)
-		pol := r.cfg.Retry
-		r.reschedule(d.Seq, r.e.now().Add(max(pol.MaxBackoff, time.Second)), d.Attempt, history)
+		r.reschedule(d.Seq, r.e.now().Add(r.cfg.Retry.letterRetry()), d.Attempt, history)
 		return
 	}
 	if r.e.obs != nil {
@@ -964,29 +1002,10 @@ func (r *runner) succeeded() {
 func (r *runner) sinkFailed() {
 	r.mu.Lock()
 	r.failures++
-	if r.failures >= r.cfg.Concurrency {
-		r.pauseTill = r.e.now().Add(backoff(r.cfg.Retry, r.failures-r.cfg.Concurrency+1))
+	if d := r.cfg.Retry.failurePause(r.failures, r.cfg.Concurrency, DefaultRand); d > 0 {
+		r.pauseTill = r.e.now().Add(d)
 	}
 	r.mu.Unlock()
-}
-
-// backoff is the delay after the given attempt (1-based): MinBackoff doubled per attempt,
-// capped at MaxBackoff, with ±20% jitter so retries of a batch do not arrive together.
-func backoff(p RetryPolicy, attempt int) time.Duration {
-	minB, maxB := p.MinBackoff, p.MaxBackoff
-	if minB <= 0 {
-		minB = time.Second
-	}
-	if maxB < minB {
-		maxB = minB
-	}
-	d := minB
-	for i := 1; i < attempt && d < maxB; i++ {
-		d *= 2
-	}
-	d = min(d, maxB)
-	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
-	return max(d+jitter, time.Millisecond)
 }
 
 // statusOf returns the HTTP status recorded in err, 0 when none.

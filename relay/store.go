@@ -72,6 +72,20 @@ type SinkStats struct {
 	NextDue time.Time
 }
 
+// SinkState is an operator's pause of one sink, as storage keeps it (SinkControls): a paused
+// sink keeps its deliveries, and the engine starts no attempt of them until it is resumed.
+type SinkState struct {
+	// Sink is the sink's name.
+	Sink string
+	// Paused reports whether the sink is paused now.
+	Paused bool
+	// Since is when the sink was last paused (Paused) or resumed (not Paused). After a resume,
+	// the max_age of the sink's deliveries counts from Since (see RetryPolicy.Decide).
+	Since time.Time
+	// By says who changed it and from where ("api: alice@ops1 from 127.0.0.1:50412").
+	By string
+}
+
 // ErrNotFound is wrapped by Queue.Reschedule's error when the sink has no pending delivery with
 // that Seq.
 var ErrNotFound = errors.New("delivery not found")
@@ -88,8 +102,22 @@ type Spooler interface {
 	Accept(ctx context.Context, items []Item, now time.Time) (dup []bool, err error)
 }
 
+// SinkControls is the operator's pause and resume of sinks, kept in storage so that a paused
+// sink stays paused across restarts and reloads, and, in a shared store, on every replica.
+type SinkControls interface {
+	// SetPaused pauses (paused true) or resumes sink at time at, recording by (who and from
+	// where), durably, and returns the sink's state afterwards. changed is false when the sink
+	// already was in that state: its state, Since and By included, is then left as it was. A
+	// sink never paused counts as resumed since the zero time.
+	SetPaused(sink string, paused bool, at time.Time, by string) (st SinkState, changed bool, err error)
+	// SinkStates returns the state of every sink ever paused, by name (resumed ones included,
+	// for their Since). Sinks missing from it have never been paused.
+	SinkStates() (map[string]SinkState, error)
+}
+
 // Queue is what the delivery engine needs of storage: each sink's queue of pending deliveries,
-// ready ones in Seq order and scheduled ones parked until a time.
+// ready ones in Seq order and scheduled ones parked until a time, and which sinks an operator
+// paused.
 //
 // Every method is safe for concurrent use. Errors other than ErrNotFound mean the storage could
 // not be read or written; the engine logs them and tries again, so a delivery is never lost to
@@ -123,6 +151,7 @@ type Queue interface {
 	// Sinks returns, in name order, the sinks that have pending (ready or scheduled)
 	// deliveries.
 	Sinks() ([]string, error)
+	SinkControls
 }
 
 // Store is a storage engine: everything the receiver, the delivery engine, readiness and
@@ -145,8 +174,9 @@ type Store interface {
 
 // Poller is implemented by stores whose queues also change outside this process: deliveries
 // accepted by another replica, promoted by another replica, or committed after a delivery with
-// a higher Seq was read. The engine's dispatchers then re-read their sink's queue from its
-// start every PollInterval, besides being woken by Notify.
+// a higher Seq was read, sinks paused or resumed by another replica. The engine's dispatchers
+// then re-read their sink's queue from its start every PollInterval, besides being woken by
+// Notify, and the engine re-reads SinkStates as often.
 type Poller interface {
 	PollInterval() time.Duration
 }

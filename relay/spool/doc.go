@@ -54,6 +54,7 @@
 //	                   'c' + first key hash -> chunk of sorted (key hash, accepted at) records;
 //	                   'b' + 4-byte index -> 64 KiB piece of the run's Bloom filter
 //	stats              sink -> (ready count, scheduled count)
+//	sinkstate          sink -> operator's pause: version, paused, since, by (pause.go)
 //	meta               format version, dedup record counts (all, mutable level), last run id,
 //	                   heartbeat, last applied journal frame
 //

@@ -74,6 +74,9 @@ func Run(t *testing.T, newStore NewFunc) {
 		{"Reopen", testReopen},
 		{"ConcurrentAccept", testConcurrentAccept},
 		{"Check", testCheck},
+		{"Pause", testPause},
+		{"PauseReopen", testPauseReopen},
+		{"PauseConcurrent", testPauseConcurrent},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

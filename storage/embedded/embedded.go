@@ -31,6 +31,7 @@ var (
 	_ = relay.Delivery(spool.Delivery{})
 	_ = relay.SinkStats(spool.SinkStats{})
 	_ = spool.Retry(relay.Retry{})
+	_ = relay.SinkState(spool.SinkState{})
 )
 
 // New returns sp as a relay.Store.
@@ -82,6 +83,25 @@ func (s *Store) Stats() (map[string]relay.SinkStats, error) {
 	out := make(map[string]relay.SinkStats, len(st))
 	for k, v := range st {
 		out[k] = relay.SinkStats(v)
+	}
+	return out, err
+}
+
+// SetPaused implements relay.SinkControls.
+func (s *Store) SetPaused(sink string, paused bool, at time.Time, by string) (relay.SinkState, bool, error) {
+	st, changed, err := s.Spool.SetPaused(sink, paused, at, by)
+	return relay.SinkState(st), changed, err
+}
+
+// SinkStates implements relay.SinkControls.
+func (s *Store) SinkStates() (map[string]relay.SinkState, error) {
+	st, err := s.Spool.SinkStates()
+	if st == nil {
+		return nil, err
+	}
+	out := make(map[string]relay.SinkState, len(st))
+	for k, v := range st {
+		out[k] = relay.SinkState(v)
 	}
 	return out, err
 }

@@ -13,7 +13,7 @@ import (
 // SchemaVersion is the version of the database schema this binary writes. Open migrates an
 // older schema up to it and refuses a newer one: an older binary must not write a schema it
 // does not know.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // ErrSchemaTooNew is wrapped by Open's error when the database was migrated by a newer hubrelay.
 var ErrSchemaTooNew = errors.New("database schema is newer than this hubrelay")
@@ -159,6 +159,15 @@ CREATE TABLE replica_sinks (
 	replica   bigint      NOT NULL,
 	last_seen timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (sink, replica)
+);
+`,
+	// 4: the operator's pause of sinks, shared by every replica (relay.SinkControls).
+	`
+CREATE TABLE sink_states (
+	sink   text        PRIMARY KEY,
+	paused boolean     NOT NULL,
+	since  timestamptz NOT NULL,
+	by_who text        NOT NULL
 );
 `,
 }
