@@ -651,12 +651,16 @@ func (h *Handler) apiSinkAction(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusNotFound, fmt.Sprintf("no sink named %q", name))
 		return
 	}
+	by := "console from " + r.RemoteAddr
+	if user, _, ok := r.BasicAuth(); ok && user != "" {
+		by = "console: " + clean(user) + " from " + r.RemoteAddr
+	}
 	var err error
 	switch action {
 	case "pause":
-		err = h.opt.Sinks.Pause(r.Context(), name)
+		err = h.opt.Sinks.Pause(r.Context(), name, by)
 	case "resume":
-		err = h.opt.Sinks.Resume(r.Context(), name)
+		err = h.opt.Sinks.Resume(r.Context(), name, by)
 	default:
 		writeJSONError(w, http.StatusNotFound, "use pause or resume")
 		return
@@ -665,6 +669,20 @@ func (h *Handler) apiSinkAction(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusInternalServerError, h.scrub(action+" sink: "+err.Error()))
 		return
 	}
-	h.log.Info("sink "+action+"d from the console", "sink", name)
+	h.log.Info("sink "+action+"d from the console", "sink", name, "by", by)
 	writeJSON(w, http.StatusOK, map[string]any{"sink": name, "paused": action == "pause"})
+}
+
+// clean keeps the printable characters of a basic-auth user name, at most 64 bytes.
+func clean(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	return s
 }

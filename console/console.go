@@ -47,12 +47,15 @@ type Setup struct {
 	Payloads bool
 }
 
-// SinkControl pauses and resumes sinks (the delivery engine's admin API). A nil SinkControl
-// hides the controls.
+// SinkControl pauses and resumes sinks (the delivery engine's, as the admin API's). A nil
+// SinkControl hides the controls.
 type SinkControl interface {
+	// Paused returns the sinks paused now.
 	Paused() map[string]bool
-	Pause(ctx context.Context, sink string) error
-	Resume(ctx context.Context, sink string) error
+	// Pause and Resume change a sink's state durably; by says who did it and from where
+	// ("console: operator from 127.0.0.1:50412"), for the relay's log and the stored state.
+	Pause(ctx context.Context, sink, by string) error
+	Resume(ctx context.Context, sink, by string) error
 }
 
 // Letters is what the console reads of the dead letters (a deadletter.Dir, or the Postgres

@@ -61,6 +61,7 @@ type Metrics struct {
 	attemptDuration     *prometheus.HistogramVec
 	latency             *prometheus.HistogramVec
 	attemptsPerDelivery *prometheus.HistogramVec
+	rateWait            *prometheus.CounterVec
 	reloads             *prometheus.CounterVec
 	reloadSuccessful    prometheus.Gauge
 	reloadTime          prometheus.Gauge
@@ -79,6 +80,7 @@ type Metrics struct {
 var (
 	_ relay.Observer         = (*Metrics)(nil)
 	_ relay.DeliveryObserver = (*Metrics)(nil)
+	_ relay.RateLimitObserver = (*Metrics)(nil)
 )
 
 type requestKey struct {
@@ -103,6 +105,7 @@ type sinkChildren struct {
 	attemptDuration                      prometheus.Observer
 	delivered, deadLettered              prometheus.Counter
 	latency, attempts                    prometheus.Observer
+	rateWait                             prometheus.Counter
 }
 
 // New creates the relay's metrics and registers them on reg, together with the Go runtime and
@@ -166,6 +169,10 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help:    "Attempts a delivered change took, by sink.",
 		Buckets: attemptCountBuckets,
 	}, []string{"sink"})
+	m.rateWait = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "rate_limit_wait_seconds_total",
+		Help: "Time the sink's workers spent waiting for its rate limiter (rate: in the config) before attempts, by sink. Not an attempt, and not counted against max_attempts.",
+	}, []string{"sink"})
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "config_reloads_total",
 		Help: "Configuration reloads, by result (ok or error).",
@@ -192,7 +199,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.sinkC = newChildren(maxSinks, m.newSink, overflowString, fitString)
 
 	reg.MustRegister(m.requests, m.ackDuration, m.changes, m.ruleMatches, m.unmatched, m.ruleErrors, m.unrecognised,
-		m.attempts, m.deliveries, m.attemptDuration, m.latency, m.attemptsPerDelivery,
+		m.attempts, m.deliveries, m.attemptDuration, m.latency, m.attemptsPerDelivery, m.rateWait,
 		m.reloads, m.reloadSuccessful, m.reloadTime, m.buildInfo, m.state)
 	for _, c := range []prometheus.Collector{
 		collectors.NewGoCollector(),

@@ -67,6 +67,11 @@ func (m *Metrics) Delivered(sink string, attempts int, sinceAccept time.Duration
 	c.latency.Observe(sinceAccept.Seconds())
 }
 
+// RateLimitWait adds the time a worker of sink waited for the sink's rate limiter.
+func (m *Metrics) RateLimitWait(sink string, d time.Duration) {
+	m.sinkC.get(sink).rateWait.Add(max(d, 0).Seconds())
+}
+
 // DeadLettered counts one delivery to sink abandoned to the dead-letter directory.
 func (m *Metrics) DeadLettered(sink string) {
 	m.sinkC.get(sink).deadLettered.Inc()
@@ -117,5 +122,6 @@ func (m *Metrics) newSink(sink string) *sinkChildren {
 		deadLettered:    m.deliveries.WithLabelValues(sink, "dead_lettered"),
 		latency:         m.latency.WithLabelValues(sink),
 		attempts:        m.attemptsPerDelivery.WithLabelValues(sink),
+		rateWait:        m.rateWait.WithLabelValues(sink),
 	}
 }

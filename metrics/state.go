@@ -35,10 +35,13 @@ type stateFuncs struct {
 type stateCollector struct {
 	m     *Metrics
 	funcs atomic.Pointer[stateFuncs]
+	// paused returns the sinks an operator paused (WatchPaused); nil leaves the gauge out.
+	paused atomic.Pointer[func() map[string]bool]
 	errs  [len(stateSources)]atomic.Uint64
 
 	pending, oldest, dedupKeys, deadLetters, collectErrs *prometheus.Desc
 	oldestReady, oldestScheduled, overdue                *prometheus.Desc
+	pausedDesc                                           *prometheus.Desc
 }
 
 func newStateCollector(m *Metrics) *stateCollector {
@@ -59,6 +62,9 @@ func newStateCollector(m *Metrics) *stateCollector {
 			[]string{"sink"}, nil),
 		overdue: prometheus.NewDesc(name("spool_retry_overdue_seconds"),
 			"How long ago each sink's earliest scheduled retry fell due without being made ready; 0 when none is due. More than a few seconds means a missed promotion.",
+			[]string{"sink"}, nil),
+		pausedDesc: prometheus.NewDesc(name("sink_paused"),
+			"1 while an operator has the sink paused (hubrelay sinks pause, the admin api or the console), else 0; its backlog is hubrelay_spool_pending.",
 			[]string{"sink"}, nil),
 		dedupKeys: prometheus.NewDesc(name("dedup_keys"),
 			"Dedup keys stored in the spool, expired ones not yet removed included.",
@@ -85,6 +91,13 @@ func (m *Metrics) WatchSpool(stats func() (map[string]relay.SinkStats, error), d
 	m.state.funcs.Store(&stateFuncs{stats: stats, dedupLen: dedupLen, deadLetters: deadLetters, sinks: sinks})
 }
 
+// WatchPaused makes every scrape report hubrelay_sink_paused for the configured sinks (those
+// WatchSpool's sinks returns) and every sink paused returns, which must be cheap and safe for
+// concurrent use (relay.Engine.Paused is).
+func (m *Metrics) WatchPaused(paused func() map[string]bool) {
+	m.state.paused.Store(&paused)
+}
+
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.pending
@@ -95,6 +108,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.dedupKeys
 	ch <- c.deadLetters
 	ch <- c.collectErrs
+	ch <- c.pausedDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -156,6 +170,18 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, f *stateFuncs) {
 		}
 	}
 
+	if p := c.paused.Load(); p != nil {
+		paused := (*p)()
+		for _, s := range names {
+			c.send(ch, c.pausedDesc, prometheus.GaugeValue, b2f(paused[s]), s)
+		}
+		for s := range paused {
+			if !configured[s] && fitLabel(s) {
+				c.send(ch, c.pausedDesc, prometheus.GaugeValue, 1, s)
+			}
+		}
+	}
+
 	if f.dedupLen != nil {
 		if n, err := f.dedupLen(); err != nil {
 			c.errs[1].Add(1)
@@ -183,4 +209,11 @@ func (c *stateCollector) send(ch chan<- prometheus.Metric, d *prometheus.Desc, t
 	if m, err := prometheus.NewConstMetric(d, t, v, labels...); err == nil {
 		ch <- m
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

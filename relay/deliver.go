@@ -140,7 +140,9 @@ type Engine struct {
 	live       map[*runner]struct{} // every runner not exited yet, for Close
 	configured map[string]bool      // sinks of the last SetSinks: never orphans, even mid-replacement
 	states     map[string]SinkState // operators' pauses, as storage has them (pause.go)
-	closed     bool
+	// statesKnown is false until SinkStates was read once: every sink is held until then.
+	statesKnown bool
+	closed      bool
 
 	promote   chan struct{} // wakes the promoter early (a reschedule may be due soon)
 	startOnce sync.Once
@@ -220,8 +222,9 @@ func (e *Engine) SetSinks(cfgs []SinkConfig) error {
 		return fmt.Errorf("list spooled sinks: %w", err)
 	}
 	if err := e.loadStates("start or reload"); err != nil {
-		// Runners must not start without knowing which sinks an operator paused.
-		return err
+		// Runners must not deliver without knowing which sinks an operator paused: they start
+		// held, and watchStates reads the states again until it can.
+		e.log.Warn("sink pause states unknown: holding every sink until they can be read", "err", err)
 	}
 	for _, name := range pending {
 		if _, ok := want[name]; !ok {
@@ -277,6 +280,8 @@ func (e *Engine) startRunner(c SinkConfig) *runner {
 		if !st.Paused {
 			r.resumedAt = st.Since
 		}
+	} else if !e.statesKnown {
+		r.opPaused = true // held until the states are read (watchStates)
 	}
 	prev := e.last[name]
 	e.runners[name] = r

@@ -99,6 +99,25 @@ func (e *Engine) loadStates(where string) error {
 			e.logState(st, where)
 		}
 	}
+	e.mu.Lock()
+	wasKnown := e.statesKnown
+	e.statesKnown = true
+	var release []*runner
+	if !wasKnown {
+		// Every sink was held while the states were unknown: let go of those not paused.
+		for name, r := range e.runners {
+			if _, ok := m[name]; !ok {
+				release = append(release, r)
+			}
+		}
+	}
+	e.mu.Unlock()
+	for _, r := range release {
+		r.setOperatorState(SinkState{Sink: r.name})
+	}
+	if !wasKnown {
+		e.log.Info("sink pause states read", "paused", len(e.Paused()))
+	}
 	if err != nil {
 		// Damaged records only: what could be read is applied, the rest is held paused.
 		e.log.Error("sink pause states partly unreadable: holding those sinks paused", "err", err)
@@ -109,12 +128,16 @@ func (e *Engine) loadStates(where string) error {
 // watchStates re-reads the sinks' states every poll interval, for a store shared with other
 // replicas: a pause made on any replica stops this one's deliveries of the sink within one
 // interval (plus the attempts already under way).
+//
+// With a store that is not shared it reads them only while they are unknown (storage could not
+// be read when the sinks were set), every second: every sink is held until then.
 func (e *Engine) watchStates() {
 	defer close(e.watchDone)
-	if e.poll <= 0 {
-		return
+	every := e.poll
+	if every <= 0 {
+		every = time.Second
 	}
-	t := time.NewTicker(e.poll)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	failing := false
 	for {
@@ -122,6 +145,12 @@ func (e *Engine) watchStates() {
 		case <-e.stop:
 			return
 		case <-t.C:
+		}
+		e.mu.Lock()
+		known := e.statesKnown
+		e.mu.Unlock()
+		if e.poll <= 0 && known {
+			continue
 		}
 		if err := e.loadStates("storage poll"); err != nil {
 			if !failing {

@@ -40,6 +40,12 @@ func TestCLI_MisuseGolden(t *testing.T) {
 		{"version-help", []string{"version", "-h"}},
 		{"version-stray", []string{"version", "now"}},
 		{"help-route", []string{"help", "route"}},
+		{"sinks-help", []string{"sinks", "-h"}},
+		{"sinks-none", []string{"sinks"}},
+		{"sinks-typo", []string{"sinks", "paus"}},
+		{"sinks-pause-help", []string{"sinks", "pause", "-h"}},
+		{"sinks-pause-no-name", []string{"sinks", "pause", "-config", "x.yaml"}},
+		{"sinks-list-stray", []string{"sinks", "list", "-config", "x.yaml", "orders"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -49,6 +49,8 @@ func (t teeObserver) DeadLettered(sink string) {
 
 func (t teeObserver) Trace(tr relay.DeliveryTrace) { t.f.Trace(tr) }
 
+func (t teeObserver) RateLimitWait(sink string, d time.Duration) { t.m.RateLimitWait(sink, d) }
+
 // consoleSetup is what the console shows of cfg, with every secret of cfg listed so the
 // console can scrub them from error texts.
 func consoleSetup(cfg *config.Config) console.Setup {
@@ -87,6 +89,7 @@ func (s *server) mountConsole(cfg *config.Config, admin *http.ServeMux, rp *rela
 		Router:      s.router,
 		Stats:       st.store.Stats,
 		DeadLetters: st.letters,
+		Sinks:       consoleSinks{s.engine},
 		Log:         log,
 	}
 	switch {
@@ -141,4 +144,19 @@ func (s *server) mountConsole(cfg *config.Config, admin *http.ServeMux, rp *rela
 	admin.Handle(console.Prefix, h)
 	admin.Handle("GET /console", http.RedirectHandler(console.Prefix, http.StatusMovedPermanently))
 	return nil
+}
+
+// consoleSinks is the console's pause and resume: the engine's, as the admin API's.
+type consoleSinks struct{ e *relay.Engine }
+
+func (c consoleSinks) Paused() map[string]bool { return c.e.Paused() }
+
+func (c consoleSinks) Pause(_ context.Context, sink, by string) error {
+	_, _, err := c.e.SetPaused(sink, true, by)
+	return err
+}
+
+func (c consoleSinks) Resume(_ context.Context, sink, by string) error {
+	_, _, err := c.e.SetPaused(sink, false, by)
+	return err
 }

@@ -230,6 +230,7 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	}
 	s.engine = relay.NewEngine(sp, st.letters, obs, log)
 	s.engine.Start()
+	s.metrics.WatchPaused(s.engine.Paused)
 	storeUp, storeFatal := st.pending() // before SetSinks: it reads the store's pending sinks
 	if err := s.applySinks(sinkCfgs); err != nil {
 		return err
@@ -248,6 +249,10 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	admin.Handle("GET /metrics", s.metrics.Handler(reg))
 	if err := s.mountConsole(cfg, admin, rp, log); err != nil {
 		return fmt.Errorf("console: %w", err)
+	}
+	if cfg.Admin.Listen != "" {
+		api := &sinkAPI{engine: s.engine, stats: sp.Stats, names: s.sinks.names, token: cfg.Admin.Token, log: log.With("component", "admin")}
+		api.mount(admin)
 	}
 	mux := http.NewServeMux()
 	if cfg.Admin.Listen == "" {

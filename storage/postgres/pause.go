@@ -21,6 +21,9 @@ func (s *Store) SetPaused(sink string, paused bool, at time.Time, by string) (re
 	if sink == "" {
 		return relay.SinkState{}, false, errors.New("set pause: empty sink name")
 	}
+	if !s.isUp.Load() {
+		return relay.SinkState{}, false, fmt.Errorf("set pause of sink %q: %w", sink, ErrNotUp)
+	}
 	if len(by) > maxBy {
 		by = by[:maxBy]
 	}
@@ -63,8 +66,13 @@ func (s *Store) SetPaused(sink string, paused bool, at time.Time, by string) (re
 	return st, changed, nil
 }
 
-// SinkStates implements relay.SinkControls.
+// SinkStates implements relay.SinkControls. Until the store is up (Start) it fails with
+// ErrNotUp, and the engine holds every sink meanwhile.
 func (s *Store) SinkStates() (map[string]relay.SinkState, error) {
+	if !s.isUp.Load() {
+		// The engine holds every sink until it can read them.
+		return nil, fmt.Errorf("read sink states: %w", ErrNotUp)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
 	rows, err := s.pool.Query(ctx, "SELECT sink, paused, since, by_who FROM sink_states")
