@@ -78,8 +78,8 @@ type Metrics struct {
 }
 
 var (
-	_ relay.Observer         = (*Metrics)(nil)
-	_ relay.DeliveryObserver = (*Metrics)(nil)
+	_ relay.Observer          = (*Metrics)(nil)
+	_ relay.DeliveryObserver  = (*Metrics)(nil)
 	_ relay.RateLimitObserver = (*Metrics)(nil)
 )
 

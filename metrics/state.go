@@ -37,7 +37,7 @@ type stateCollector struct {
 	funcs atomic.Pointer[stateFuncs]
 	// paused returns the sinks an operator paused (WatchPaused); nil leaves the gauge out.
 	paused atomic.Pointer[func() map[string]bool]
-	errs  [len(stateSources)]atomic.Uint64
+	errs   [len(stateSources)]atomic.Uint64
 
 	pending, oldest, dedupKeys, deadLetters, collectErrs *prometheus.Desc
 	oldestReady, oldestScheduled, overdue                *prometheus.Desc
