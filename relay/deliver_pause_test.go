@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -243,5 +244,63 @@ func TestEngine_RateLimitWait(t *testing.T) {
 	waitFor(t, "every wait observed", func() bool { return o.calls.Load() == 6 })
 	if w := time.Duration(o.waits.Load()); w < time.Second {
 		t.Fatalf("rate limiter waits add up to %s, want at least 1s", w)
+	}
+}
+
+// statesDown is a store whose SinkStates fails until up is set.
+type statesDown struct {
+	*embedded.Store
+	up atomic.Bool
+}
+
+func (s *statesDown) SinkStates() (map[string]relay.SinkState, error) {
+	if !s.up.Load() {
+		return nil, errors.New("storage down")
+	}
+	return s.Store.SinkStates()
+}
+
+// TestEngine_PauseStatesUnknown: while the engine cannot read which sinks are paused it holds
+// every sink (nothing is delivered against an operator's wish); once it can, the sinks not
+// paused deliver and the paused one stays held.
+func TestEngine_PauseStatesUnknown(t *testing.T) {
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	if _, _, err := sp.SetPaused("held", true, time.Now(), "before start"); err != nil {
+		t.Fatal(err)
+	}
+	q := &statesDown{Store: embedded.New(sp)}
+	e := relay.NewEngine(q, &dlCount{ids: map[string]int{}}, nil, discard())
+	e.Start()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		e.Close(ctx)
+	}()
+	held, live := newRecordSink("held", 0), newRecordSink("live", 0)
+	if err := e.SetSinks([]relay.SinkConfig{{Sink: held, Concurrency: 1, Retry: fastRetry(3)}, {Sink: live, Concurrency: 1, Retry: fastRetry(3)}}); err != nil {
+		t.Fatalf("SetSinks with the states unreadable: %v", err)
+	}
+	var items []spool.Item
+	for i := range 5 {
+		ev := relay.Event{ID: fmt.Sprintf("u%d", i), App: "a", Object: "page", Field: "feed", Source: relay.SourceChanges, Value: json.RawMessage(`{}`), ReceivedAt: time.Now()}
+		items = append(items, spool.Item{Key: ev.ID, Data: relay.AppendBinary(nil, &ev), Sinks: []string{"held", "live"}})
+	}
+	if _, err := sp.Accept(context.Background(), items, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	e.Notify([]string{"held", "live"})
+	time.Sleep(2500 * time.Millisecond) // the state watcher retries every second, the sweep runs every 2s
+	if n := len(live.received()) + len(held.received()); n != 0 {
+		t.Fatalf("%d deliveries while the pause states were unreadable", n)
+	}
+	q.up.Store(true)
+	waitFor(t, "the sink not paused delivers once the states are read", func() bool { return len(live.received()) == 5 })
+	time.Sleep(500 * time.Millisecond)
+	if n := len(held.received()); n != 0 {
+		t.Fatalf("the paused sink got %d changes", n)
 	}
 }
