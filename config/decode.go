@@ -5,7 +5,6 @@ import (
 	"math"
 	"net/netip"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +31,9 @@ type decoder struct {
 	truncated bool
 	// where holds the position of every key decoded, by path (see Config.Where).
 	where map[string]string
+	// lines is the text given to the YAML parser (${VAR} references swapped for
+	// placeholders), by line, for positions inside values and for syntax errors.
+	lines []string
 }
 
 // visit counts n values and reports whether decoding may go on.
@@ -50,23 +52,27 @@ func (d *decoder) visit(n *yaml.Node, path string, count int) bool {
 
 // problem records a problem at node n.
 func (d *decoder) problem(n *yaml.Node, path, format string, args ...any) {
-	if len(d.probs) >= maxProblems {
-		d.stop, d.truncated = true, true
-		return
-	}
 	line, col := 1, 1
 	if n != nil && n.Line > 0 {
 		line, col = n.Line, n.Column
 	}
-	d.probs = append(d.probs, Problem{File: d.file, Line: line, Col: col, Path: path, Msg: fmt.Sprintf(format, args...)})
+	d.problemAt(line, col, path, format, args...)
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+// problemAt records a problem at a line and column of the file.
+func (d *decoder) problemAt(line, col int, path, format string, args ...any) {
+	if len(d.probs) >= maxProblems {
+		d.stop, d.truncated = true, true
+		return
+	}
+	d.probs = append(d.probs, Problem{File: d.file, Line: line, Col: col, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
 
 // parse parses data into its root node, reporting malformed YAML as a problem.
 func (d *decoder) parse(data []byte) *yaml.Node {
 	text, env := substitute(data)
 	d.env = env
+	d.lines = strings.Split(strings.ReplaceAll(string(text), "\r\n", "\n"), "\n")
 	dec := yaml.NewDecoder(strings.NewReader(string(text)))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -87,19 +93,6 @@ func (d *decoder) parse(data []byte) *yaml.Node {
 		return nil
 	}
 	return doc.Content[0]
-}
-
-// yamlError reports a yaml.v3 syntax error at the line it names (yaml.v3 omits the line
-// when it is the first one, and never gives a column).
-func (d *decoder) yamlError(err error) {
-	msg, line := err.Error(), 1
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
-	d.probs = append(d.probs, Problem{File: d.file, Line: line, Col: 1, Msg: "invalid YAML: " + d.env.restore(msg)})
 }
 
 // fixColumns moves node columns back to where they are in the original file.
@@ -429,7 +422,7 @@ func (d *decoder) duration(n *yaml.Node, path string, positive bool) (time.Durat
 		return 0, false
 	}
 	if err != nil {
-		d.problem(n, path, "invalid duration %q: use Go syntax like 168h", x.val)
+		d.problem(n, path, "invalid duration %q: %s", x.val, durationHint(s))
 		return 0, false
 	}
 	switch {
@@ -544,17 +537,10 @@ func contains(list []string, s string) bool {
 // suggest returns ` (did you mean "x"?)` for the choice nearest to s, if one is near enough
 // to be a likely typo.
 func suggest(s string, choices []string) string {
-	best, bestDist := "", 0
-	for _, c := range choices {
-		dist := levenshtein(strings.ToLower(s), strings.ToLower(c))
-		if best == "" || dist < bestDist {
-			best, bestDist = c, dist
-		}
+	if best := nearest(s, choices); best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
 	}
-	if best == "" || bestDist >= len(best) || bestDist > max(1, min(3, len(best)/3)) {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
+	return ""
 }
 
 // EditDistance returns the Levenshtein distance between a and b, for "did you mean" hints

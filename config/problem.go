@@ -3,7 +3,9 @@ package config
 import (
 	"cmp"
 	"fmt"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -56,4 +58,15 @@ func (ps Problems) sort() {
 	slices.SortStableFunc(ps, func(a, b Problem) int {
 		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Col, b.Col))
 	})
+}
+
+var daysRE = regexp.MustCompile(`^(\d{1,5})\s*(d|days?)$`)
+
+// durationHint says how to write an invalid duration s in Go syntax.
+func durationHint(s string) string {
+	if m := daysRE.FindStringSubmatch(strings.ToLower(s)); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return fmt.Sprintf("a Go duration has no days: use %dh", n*24)
+	}
+	return "use Go syntax like 168h"
 }

@@ -59,7 +59,7 @@ func (d *decoder) rules(n *yaml.Node, path string, sinkNames map[string]bool) *r
 			wp := join(p, "when")
 			if v, ok := d.nonEmpty(e.val, wp); ok {
 				if _, err := rules.CompileWhen(v); err != nil {
-					d.problem(e.val, wp, "%v", err)
+					d.exprProblem(e.val, wp, v, err)
 				} else {
 					sp.When = v
 				}

@@ -298,7 +298,7 @@ func (d *decoder) slackSink(n *yaml.Node, f fields, path string, s *Sink) {
 		p := join(path, "text")
 		if v, ok := d.nonEmpty(e.val, p); ok {
 			if t, err := rules.CompileText(v); err != nil {
-				d.problem(e.val, p, "%v", err)
+				d.exprProblem(e.val, p, v, err)
 			} else {
 				s.Text = t
 			}
@@ -308,7 +308,7 @@ func (d *decoder) slackSink(n *yaml.Node, f fields, path string, s *Sink) {
 		p := join(path, "blocks")
 		if v, ok := d.nonEmpty(e.val, p); ok {
 			if t, err := rules.CompileAny(v); err != nil {
-				d.problem(e.val, p, "%v", err)
+				d.exprProblem(e.val, p, v, err)
 			} else {
 				s.Blocks = t
 			}

@@ -3,6 +3,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -16,6 +17,9 @@ type ExprError struct {
 	// Line and Column locate the problem within the expression source, both 1-based; zero
 	// when unknown.
 	Line, Column int
+	// Offset is the position of the problem in the source counted in runes from 0, valid
+	// when Column is not zero: the config package maps it to a line and column of the file.
+	Offset int
 }
 
 // Error implements error: the message, then the position within the expression when known,
@@ -40,7 +44,7 @@ func exprError(err error) error {
 	}
 	e := &ExprError{Msg: fe.Message}
 	if fe.Snippet != "" || fe.Line > 0 {
-		e.Line, e.Column = fe.Line, fe.Column+1
+		e.Line, e.Column, e.Offset = fe.Line, fe.Column+1, fe.From
 	}
 	return e
 }
@@ -74,4 +78,21 @@ func ErrorClass(err error) string {
 		}
 	}
 	return class
+}
+
+// Names returns the names an expression sees at its top level (object, field, verb…), for
+// "did you mean" hints.
+func Names() []string { return exprNames(reflect.TypeFor[Env]()) }
+
+// Members returns the members of entry in expressions (id, uid, time).
+func Members() []string { return exprNames(reflect.TypeFor[Entry]()) }
+
+func exprNames(t reflect.Type) []string {
+	var out []string
+	for f := range t.Fields() {
+		if name := f.Tag.Get("expr"); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
 }
