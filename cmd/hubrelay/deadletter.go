@@ -189,7 +189,7 @@ func replay(ctx context.Context, dl *deadletter.Dir, spoolPath string, router *r
 		return len(ids), "queued for the running relay", nil
 	}
 	if err != nil {
-		return 0, "replayed", fmt.Errorf("open spool: %w", err)
+		return 0, "replayed", err // it says "open spool PATH: ..."
 	}
 	defer sp.Close()
 	n := 0

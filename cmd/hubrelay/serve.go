@@ -126,6 +126,10 @@ func listen(cfg *config.Config, key, addr string) (net.Listener, error) {
 	if where == "" {
 		where = "the default"
 	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		err = oe.Err // "bind: address already in use", without "listen tcp ADDR" said again
+	}
 	hint := ""
 	if errors.Is(err, syscall.EADDRINUSE) {
 		hint = ": another process listens there (another hubrelay, or an example still running): stop it or change " + key

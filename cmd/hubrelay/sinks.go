@@ -52,7 +52,7 @@ func (ss *sinkSet) update(cfgs []config.Sink) ([]relay.SinkConfig, error) {
 					ss.closeSink(b.cfg.Sink)
 				}
 			}
-			return nil, fmt.Errorf("sink %s: %w", c.Name, err)
+			return nil, fmt.Errorf("sink %w", err) // the sink packages' errors start with the sink's name
 		}
 		b := builtSink{fingerprint: fp, cfg: relay.SinkConfig{
 			Sink:        sk,

@@ -58,7 +58,10 @@ func runSpool(args []string, e env) error {
 		printReport(e, r, sub, *asJSON)
 	}
 	if err != nil {
-		return err
+		// Printed without the command's name: the spool's errors begin with "open spool" or
+		// "verify spool", and "hubrelay spool: open spool: ..." would say it twice.
+		fmt.Fprintf(e.stderr, "hubrelay: %v\n", err)
+		return errReported
 	}
 	if sub == "verify" && !r.OK() {
 		fmt.Fprintf(e.stderr, "the spool is damaged: run hubrelay spool recover -config %s\n", *cfgPath)

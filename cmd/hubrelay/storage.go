@@ -101,12 +101,12 @@ func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*st
 		return nil, fmt.Errorf("%w; %s (hubrelay spool recover -config FILE)", err, spool.RecoverHint)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open spool: %w", err)
+		return nil, err // it says "open spool PATH: ..."
 	}
 	dl, err := deadletter.Open(cfg.DeadLetter.Dir)
 	if err != nil {
 		sp.Close()
-		return nil, fmt.Errorf("open dead-letter dir: %w", err)
+		return nil, err // it says "open dead-letter dir: ..."
 	}
 	return &storage{store: sp, letters: dl, dir: dl, releaseMemory: sp.ReleaseMemory, close: sp.Close, where: spoolPath}, nil
 }

@@ -45,7 +45,7 @@ func (r *Report) OK() bool { return len(r.Damage) == 0 }
 func Verify(path string, opt Options) (*Report, error) {
 	opt = opt.withDefaults()
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("verify spool %s: %w", path, err)
+		return nil, fmt.Errorf("verify spool %s: %w", path, withoutPath(err, path))
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: opt.OpenTimeout})
 	if err != nil {

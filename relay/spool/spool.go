@@ -231,7 +231,7 @@ func openBolt(path string, opt Options, log *slog.Logger) (*bolt.DB, error) {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open spool %s: %w", path, ErrLocked)
 		}
-		return nil, fmt.Errorf("open spool %s: %w", path, err)
+		return nil, fmt.Errorf("open spool %s: %w", path, withoutPath(err, path))
 	}
 	return db, nil
 }
@@ -449,4 +449,14 @@ func (opt Options) logger() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return opt.Logger.With("component", "spool")
+}
+
+// withoutPath returns the reason of err when it is an *os.PathError about path, which the
+// caller names already ("open spool PATH: is a directory", not "... PATH: open PATH: ...").
+func withoutPath(err error, path string) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) && pe.Path == path {
+		return pe.Err
+	}
+	return err
 }

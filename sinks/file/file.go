@@ -374,12 +374,12 @@ func (s *Sink) rotated(i int) string { return s.path + "." + strconv.Itoa(i) }
 func (s *Sink) open() error {
 	f, err := os.OpenFile(s.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
-		return fmt.Errorf("%s: open: %w", s.name, err)
+		return fmt.Errorf("%s: %w", s.name, err) // an *os.PathError: "open PATH: ..."
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		_ = f.Close()
-		return fmt.Errorf("%s: open: %w", s.name, err)
+		return fmt.Errorf("%s: %w", s.name, err) // "stat PATH: ..."
 	}
 	size := fi.Size()
 	if size > 0 {
@@ -399,7 +399,7 @@ func (s *Sink) open() error {
 	}
 	if err := syncDir(filepath.Dir(s.path)); err != nil {
 		_ = f.Close()
-		return fmt.Errorf("%s: open: %w", s.name, err)
+		return fmt.Errorf("%s: %w", s.name, err) // "sync directory: ..."
 	}
 	s.f, s.size = f, size
 	return nil
