@@ -43,7 +43,7 @@ func repeatedWord(msg string) string {
 func TestRepeatedWord(t *testing.T) {
 	for msg, want := range map[string]string{
 		"open spool: open spool: create directory: mkdir /x: no such file or directory": "open",
-		"listen: listen tcp 127.0.0.1:1: bind: address already in use":                 "listen",
+		"listen: listen tcp 127.0.0.1:1: bind: address already in use":                  "listen",
 		"archive: archive: open: open /a: permission denied":                            "archive",
 		"sink archive: create directory: mkdir /x: not a directory":                     "",
 		"open spool /d/spool.db: permission denied":                                     "",
