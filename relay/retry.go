@@ -47,6 +47,29 @@ func DefaultRand(n int64) int64 { return rand.Int64N(n) }
 // with ±10% jitter (rnd; nil means none) so that retries of deliveries that failed together
 // do not arrive together. lo <= 0 means 1s; hi below lo means lo. It is at least 1ms.
 func Backoff(lo, hi time.Duration, attempt int, rnd Rand) time.Duration {
+	d := doubled(lo, hi, attempt)
+	if rnd != nil {
+		d += time.Duration(rnd(int64(d)/5+1)) - d/10
+	}
+	return max(d, time.Millisecond)
+}
+
+// QuickBackoff is the wait before a sink's quick retry inside one attempt, after the given
+// attempt (1-based): lo doubled per attempt, capped at hi, with "equal jitter" (between half
+// and all of it, rnd; nil means all). The quick retries are a tight loop that many deliveries
+// failing against one endpoint run at the same moment, so they spread wider than the engine's
+// retries through storage (Backoff, ±10%), which keep to the documented schedule.
+func QuickBackoff(lo, hi time.Duration, attempt int, rnd Rand) time.Duration {
+	d := doubled(lo, hi, attempt)
+	if half := d / 2; half > 0 && rnd != nil {
+		d = half + time.Duration(rnd(int64(half)+1))
+	}
+	return d
+}
+
+// doubled is lo doubled per attempt after the first, capped at hi (lo <= 0 means 1s; hi below
+// lo means lo).
+func doubled(lo, hi time.Duration, attempt int) time.Duration {
 	if lo <= 0 {
 		lo = time.Second
 	}
@@ -57,11 +80,7 @@ func Backoff(lo, hi time.Duration, attempt int, rnd Rand) time.Duration {
 	for i := 1; i < attempt && d < hi; i++ {
 		d *= 2
 	}
-	d = min(d, hi)
-	if rnd != nil {
-		d += time.Duration(rnd(int64(d)/5+1)) - d/10
-	}
-	return max(d, time.Millisecond)
+	return min(d, hi)
 }
 
 // Backoff is the policy's wait after the given attempt (1-based); see the function Backoff.

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/hubrelay/hubrelay/config"
 	"github.com/hubrelay/hubrelay/relay"
@@ -57,12 +56,7 @@ func (ss *sinkSet) update(cfgs []config.Sink) ([]relay.SinkConfig, error) {
 		b := builtSink{fingerprint: fp, cfg: relay.SinkConfig{
 			Sink:        sk,
 			Concurrency: c.Concurrency,
-			Retry: relay.RetryPolicy{
-				MaxAttempts: c.Retry.MaxAttempts,
-				MinBackoff:  c.Retry.MinBackoff,
-				MaxBackoff:  c.Retry.MaxBackoff,
-				MaxAge:      c.Retry.MaxAge,
-			},
+			Retry:       retryPolicy(c.Retry),
 			Batch: relay.BatchPolicy{
 				MaxChanges: c.Batch.MaxChanges,
 				MaxBytes:   int(c.Batch.MaxBytes),
@@ -137,18 +131,19 @@ func fingerprint(c config.Sink) string {
 
 func buildSink(c config.Sink, log *slog.Logger) (relay.Sink, error) {
 	l := log.With("component", "sink") // each sink adds its own name
+	quickLo, quickHi := retryPolicy(c.Retry).Quick()
 	switch c.Type {
 	case config.SinkHTTP:
 		return httpsink.New(httpsink.Options{
 			Name: c.Name, URL: c.URL, Method: c.Method, Headers: c.Headers, Timeout: c.Timeout,
 			Raw: c.Body == config.BodyRaw, SignSecret: c.SignSecret,
-			InProcessRetries: c.Retry.InProcess, MinBackoff: quickMin(c.Retry), MaxBackoff: quickMax(c.Retry),
+			InProcessRetries: c.Retry.InProcess, MinBackoff: quickLo, MaxBackoff: quickHi,
 			Logger: l,
 		})
 	case config.SinkSlack:
 		o := slack.Options{
 			Name: c.Name, WebhookURL: c.WebhookURL, Timeout: c.Timeout,
-			InProcessRetries: c.Retry.InProcess, MinBackoff: quickMin(c.Retry), MaxBackoff: quickMax(c.Retry),
+			InProcessRetries: c.Retry.InProcess, MinBackoff: quickLo, MaxBackoff: quickHi,
 			Logger: l,
 		}
 		if c.Text != nil {
@@ -166,10 +161,11 @@ func buildSink(c config.Sink, log *slog.Logger) (relay.Sink, error) {
 	return nil, fmt.Errorf("unknown sink type %q", c.Type)
 }
 
-// The quick retries inside one attempt use the sink's backoff, capped so one attempt never holds
-// a worker for long: longer waits are the engine's, through the spool.
-func quickMin(r config.Retry) time.Duration { return min(r.MinBackoff, time.Second) }
-func quickMax(r config.Retry) time.Duration { return min(r.MaxBackoff, 30*time.Second) }
+// retryPolicy is a sink's retry configuration as relay's policy (relay/retry.go), which also
+// bounds the sink's quick retries inside one attempt (RetryPolicy.Quick).
+func retryPolicy(r config.Retry) relay.RetryPolicy {
+	return relay.RetryPolicy{MaxAttempts: r.MaxAttempts, MinBackoff: r.MinBackoff, MaxBackoff: r.MaxBackoff, MaxAge: r.MaxAge}
+}
 
 // ruleEnv is the expression environment of one change, as templates see it.
 func ruleEnv(ev *relay.Event) *rules.Env {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -278,26 +277,15 @@ func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, erro
 	return false, nil
 }
 
-// backoff waits for Retry-After on 429 and 503 (at most hi); otherwise lo·2^attempt capped
-// at hi, with "equal jitter" (between half and all of it) so that many deliveries failing
-// together do not retry together.
+// backoff waits for Retry-After on 429 and 503 (at most hi); otherwise it is relay's quick
+// retry backoff (relay.QuickBackoff) after retryablehttp's attempt (0-based).
 func backoff(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration {
 	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) &&
 		resp.Header.Get("Retry-After") != "" {
 		// DefaultBackoff parses both forms of Retry-After (seconds, HTTP date).
 		return min(retryablehttp.DefaultBackoff(lo, hi, attempt, resp), hi)
 	}
-	d := lo
-	for i := 0; i < attempt && d < hi; i++ {
-		d *= 2
-	}
-	if d > hi || d <= 0 {
-		d = hi
-	}
-	if half := d / 2; half > 0 {
-		d = half + rand.N(half+1)
-	}
-	return d
+	return relay.QuickBackoff(lo, hi, attempt+1, relay.DefaultRand)
 }
 
 // defaultClient returns a client with its own pooled transport, sized for a sink delivering
