@@ -50,11 +50,15 @@ type BatchSink interface {
 	DeliverBatch(ctx context.Context, evs []*Event) error
 }
 
-// SinkCloser is the optional part of the Sink contract for sinks that hold resources. Close
-// releases them (for a file sink: flush, fsync and close the file) and is called exactly once,
-// after the last Deliver or DeliverBatch call has returned. Sinks without resources (the HTTP
-// sinks, whose connections belong to a shared client) do not implement it.
+// SinkCloser is the part of the Sink contract for sinks that hold resources. Close releases
+// them (for a file sink: commit what is queued, fsync and close the file) and is called exactly
+// once, after the last Deliver or DeliverBatch call has returned: by the command when a reload
+// replaces or removes the sink, and at shutdown. Close honours ctx like Deliver: when ctx ends
+// first it returns an error wrapping ctx's, and lets go of the resources as soon as it can
+// (the process may be exiting). Sinks without resources (the HTTP sinks, whose connections
+// belong to a shared client) do not implement it; callers check for it with a type switch
+// on this interface, never on io.Closer.
 type SinkCloser interface {
 	Sink
-	Close() error
+	Close(ctx context.Context) error
 }

@@ -21,6 +21,8 @@
 // secrets, Slack webhook paths) scrubbed from logs and errors. Every failure a longer wait may
 // cure is returned as non-permanent, for the delivery engine to reschedule.
 //
+// sinktest is the conformance suite every sink runs (as relay/storetest is for storage).
+//
 // Sinks depend on relay only; the command turns the config of each sink into the sink
 // package's Options.
 //
@@ -36,8 +38,12 @@
 //  3. config/defaults.go: the case for T in DefaultSink.
 //  4. sinks/T: the package itself (doc.go, Options, New, compile-time assertions such as
 //     var _ relay.Sink = (*Sink)(nil)); relay.BatchSink if it can take a batch as a unit,
-//     relay.SinkCloser if it holds resources (the command closes replaced sinks on reload).
-//  5. cmd/hubrelay/sinks.go: the case for T in buildSink, which maps config.Sink to Options.
-//  6. Tests: the sink's own tests against a real loopback server or temp files, and this
-//     file's list above.
+//     relay.SinkCloser (Close(ctx) error) if it holds resources (the command closes replaced
+//     sinks on reload and every sink at shutdown, within a timeout).
+//  5. cmd/hubrelay/sinks.go: the case for T in buildSink, which maps config.Sink to Options;
+//     the quick-retry bounds come from relay.RetryPolicy.Quick (relay/retry.go).
+//  6. Tests: TestConformance running sinks/sinktest (context cancellation, ErrPermanent,
+//     StatusError for HTTP, batch as a unit, Close) against a real destination:
+//     sinktest.NewEndpoint for an HTTP sink, temp files otherwise; then the sink's own
+//     tests, and this file's list above.
 package sinks

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/hubrelay/hubrelay/config"
 	"github.com/hubrelay/hubrelay/relay"
@@ -107,10 +109,15 @@ func (ss *sinkSet) closeAll() {
 	ss.current = map[string]builtSink{}
 }
 
+// closeTimeout bounds how long closing one sink may take (a file sink on a hung disk).
+const closeTimeout = 10 * time.Second
+
 // closeSink closes a replaced, removed or shut-down sink that implements relay.SinkCloser.
 func (ss *sinkSet) closeSink(s relay.Sink) {
 	if c, ok := s.(relay.SinkCloser); ok {
-		if err := c.Close(); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer cancel()
+		if err := c.Close(ctx); err != nil {
 			ss.log.Warn("close sink", "sink", s.Name(), "err", err)
 		}
 	}

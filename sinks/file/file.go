@@ -422,8 +422,21 @@ func syncDir(dir string) error {
 }
 
 // Close waits for the lines already queued to be committed, then closes the file. Later
-// Deliver calls return ErrClosed. Closing twice is harmless.
-func (s *Sink) Close() error {
+// Deliver calls return ErrClosed. Closing twice is harmless. When ctx ends before the commit
+// in progress does (a hung disk), Close returns ctx's error and the file is closed once that
+// commit ends.
+func (s *Sink) Close(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- s.close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s: close: %w", s.name, ctx.Err())
+	}
+}
+
+func (s *Sink) close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/sinks/sinktest"
 )
 
 func testEvent(id string) *relay.Event {
@@ -40,7 +41,7 @@ func newSink(t testing.TB, o Options) *Sink {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	t.Cleanup(func() { _ = s.Close() })
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
 	return s
 }
 
@@ -243,14 +244,14 @@ func TestSink_Close(t *testing.T) {
 	if err := s.Deliver(context.Background(), testEvent("before")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(); err != nil {
+	if err := s.Close(context.Background()); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	err := s.Deliver(context.Background(), testEvent("after"))
 	if !errors.Is(err, ErrClosed) || errors.Is(err, relay.ErrPermanent) {
 		t.Fatalf("Deliver after Close: err = %v, want non-permanent ErrClosed", err)
 	}
-	if err := s.Close(); err != nil {
+	if err := s.Close(context.Background()); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
 	if ids := readIDs(t, s.path); fmt.Sprint(ids) != "[before]" {
@@ -307,7 +308,7 @@ func TestSink_ContextCancelled(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if err := s.Close(); err != nil {
+	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	written := map[string]bool{}
@@ -330,7 +331,7 @@ func TestSink_WriteErrorNotPermanent(t *testing.T) {
 	if err != nil {
 		t.Skipf("open /dev/full: %v", err)
 	}
-	defer s.Close()
+	defer s.Close(context.Background())
 	err = s.Deliver(context.Background(), testEvent("x"))
 	if err == nil || errors.Is(err, relay.ErrPermanent) {
 		t.Fatalf("err = %v, want a non-permanent write error", err)
@@ -357,7 +358,7 @@ func TestNew_Invalid(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if s, err := New(tt.o); err == nil {
-				_ = s.Close()
+				_ = s.Close(context.Background())
 				t.Fatal("New succeeded, want an error")
 			}
 		})
@@ -464,7 +465,7 @@ func TestSink_DeliverBatchEdges(t *testing.T) {
 	if fi, err := os.Stat(s.path); err != nil || fi.Size() != 0 {
 		t.Errorf("file after empty and cancelled batches: %v, %v; want empty", fi, err)
 	}
-	if err := s.Close(); err != nil {
+	if err := s.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeliverBatch(context.Background(), batchOf("y", 2)); !errors.Is(err, ErrClosed) || errors.Is(err, relay.ErrPermanent) {
@@ -590,5 +591,29 @@ func BenchmarkDeliverBatch_100(b *testing.B) {
 			}
 			return nil
 		})
+	})
+}
+
+// TestConformance runs the sink contract's suite (sinks/sinktest) against a file in a
+// temporary directory. A local file cannot be made to refuse, fail for now or hang, so those
+// cases are the HTTP sinks' only.
+func TestConformance(t *testing.T) {
+	sinktest.Run(t, func(t *testing.T) *sinktest.Target {
+		path := filepath.Join(t.TempDir(), "events.jsonl")
+		s := newSink(t, Options{Path: path})
+		return &sinktest.Target{Sink: s, Received: func() []string {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			var ids []string
+			for l := range bytes.SplitSeq(bytes.TrimSpace(b), []byte("\n")) {
+				var env struct{ ID string }
+				if json.Unmarshal(l, &env) == nil && env.ID != "" {
+					ids = append(ids, env.ID)
+				}
+			}
+			return ids
+		}}
 	})
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/sinks/sinktest"
 )
 
 const testSignSecret = "sign-s3cret-value"
@@ -734,5 +735,17 @@ func BenchmarkDeliverBatch_100(b *testing.B) {
 			}
 			return nil
 		})
+	})
+}
+
+// TestConformance runs the sink contract's suite (sinks/sinktest) against a loopback server.
+func TestConformance(t *testing.T) {
+	sinktest.Run(t, func(t *testing.T) *sinktest.Target {
+		ep := sinktest.NewEndpoint(t, sinktest.EnvelopeIDs)
+		s, err := New(Options{Name: "orders", URL: ep.URL, Timeout: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ep.Target(s)
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/sinks/sinktest"
 )
 
 // hookPath is the secret part of a test webhook URL.
@@ -318,4 +319,24 @@ func TestSink_WebhookURLNeverShown(t *testing.T) {
 	if _, err := New(Options{Name: "ops", WebhookURL: "https://hooks.slack.com" + hookPath + "%zz"}); err == nil || strings.Contains(err.Error(), "SeCrEt") {
 		t.Errorf("New with a bad URL: err = %v, want an error without the URL", err)
 	}
+}
+
+// TestConformance runs the sink contract's suite (sinks/sinktest) against a loopback server
+// standing in for Slack; the message text is the change id, for the server to find.
+func TestConformance(t *testing.T) {
+	sinktest.Run(t, func(t *testing.T) *sinktest.Target {
+		ep := sinktest.NewEndpoint(t, func(body []byte) []string {
+			var m struct{ Text string }
+			if json.Unmarshal(body, &m) != nil || m.Text == "" {
+				return nil
+			}
+			return []string{m.Text}
+		})
+		s, err := New(Options{Name: "ops", WebhookURL: ep.URL + hookPath, Timeout: 30 * time.Second,
+			Text: func(ev *relay.Event) (string, error) { return ev.ID, nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ep.Target(s)
+	})
 }
