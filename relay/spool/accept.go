@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -76,7 +77,7 @@ type acceptCall struct {
 	now   time.Time
 	dup   []bool
 	known []bool   // known[i]: items[i]'s key was found pending or in the file, in its window or not
-	hash  [][]byte // hash[i]: dedupHash of items[i]'s key, when the file was asked about it
+	hash  [][]byte // hash[i]: dedupindex.Hash of items[i]'s key, when the file was asked about it
 	lsn   uint64   // the frame that holds the call's items
 	err   chan error
 }
@@ -179,10 +180,10 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 	}
 	s.apply.checkPending(group)
 	return s.view(func(tx *bolt.Tx) error {
-		dv := s.dedup.view(tx)
+		dv := s.dedup.View(tx)
 		seen := map[string]bool{}
 		for _, c := range group {
-			cutoff := timeBits(c.now.Add(-s.window))
+			cutoff := c.now.Add(-s.window)
 			for i, it := range c.items {
 				if it.Key == "" || c.dup[i] {
 					continue
@@ -192,8 +193,8 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 					continue
 				}
 				seen[it.Key] = true
-				c.hash[i] = dedupHash([]byte(it.Key))
-				dup, known := dv.lookup(c.hash[i], cutoff)
+				c.hash[i] = dedupindex.Hash([]byte(it.Key))
+				dup, known := dv.Lookup(c.hash[i], cutoff)
 				c.dup[i] = dup
 				c.known[i] = c.known[i] || known
 			}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -19,7 +20,7 @@ import (
 // and is retried after retryDelay.
 type applier struct {
 	commits *committer
-	dedup   *dedupIndex
+	dedup   *dedupindex.Index
 	jr      *journal // its applied segments are deleted
 	log     *slog.Logger
 	window  time.Duration // the dedup window
@@ -370,27 +371,23 @@ func (a *applier) waitItemApplied(seq uint64) error {
 // applyItems stores journalled items in tx: dedup keys with their time, data, refs and one
 // ready delivery per sink, with the sequence numbers the journal gave them. It records lsn as
 // the last applied frame. It is also Open's replay of an unapplied journal.
-func applyItems(tx *bolt.Tx, dedup *dedupIndex, items []jItem, lsn uint64, window time.Duration) error {
+func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64, window time.Duration) error {
 	b := openBuckets(tx)
-	var newKeys, latest int64
+	dw := dedup.Writer(tx)
+	var latest int64
 	deltas := map[string]*counts{}
 	readyBuckets := map[string]*bolt.Bucket{}
 	maxSeq := b.items.Sequence()
 	for i := range items {
 		it := &items[i]
 		at := time.Unix(0, it.at)
-		atB := encTime(at)
 		if it.key != "" {
 			h := it.hash
 			if h == nil { // replayed from the journal
-				h = dedupHash([]byte(it.key))
+				h = dedupindex.Hash([]byte(it.key))
 			}
-			added, err := dedup.add(b, h, atB, it.fresh, timeBits(at.Add(-window)))
-			if err != nil {
+			if err := dw.Add(h, at, at.Add(-window), it.fresh); err != nil {
 				return err
-			}
-			if added {
-				newKeys++
 			}
 			latest = max(latest, it.at)
 		}
@@ -433,16 +430,8 @@ func applyItems(tx *bolt.Tx, dedup *dedupIndex, items []jItem, lsn uint64, windo
 			return fmt.Errorf("set sequence: %w", err)
 		}
 	}
-	if newKeys != 0 {
-		if err := addDedupN(b.meta, newKeys); err != nil {
-			return err
-		}
-		if err := b.meta.Put(metaDedupL0N, encUint(decUint(b.meta.Get(metaDedupL0N))+uint64(newKeys))); err != nil {
-			return fmt.Errorf("put dedup L0 count: %w", err)
-		}
-		if err := dedup.maintain(tx, timeBits(time.Unix(0, latest).Add(-window-mergeSlack))); err != nil {
-			return fmt.Errorf("dedup index: %w", err)
-		}
+	if err := dw.Finish(time.Unix(0, latest), window); err != nil {
+		return err
 	}
 	for sink, c := range deltas {
 		if err := addCounts(b.stats, sink, c.ready, c.sched); err != nil {

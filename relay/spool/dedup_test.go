@@ -2,8 +2,6 @@ package spool
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -11,11 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
 
 // tinyDedup makes the index flush, merge and finalise runs after a handful of keys.
-var tinyDedup = dedupConfig{l0Max: 8, fanIn: 3, maxRun: 60, chunk: 4}
+var tinyDedup = dedupindex.Config{L0Max: 8, FanIn: 3, MaxRun: 60, Chunk: 4}
 
 // TestDedupIndex_Model drives a spool with a tiny dedup index through thousands of
 // acceptances of keys drawn from a small pool, with time moving on, expiry, restarts and lost
@@ -43,9 +42,7 @@ func dedupModel(t *testing.T, pool int) {
 		case r < 2:
 			s = reopen(t, s, path, opt)
 		case r < 4:
-			s.dedup.mu.Lock()
-			clear(s.dedup.blooms) // as after a rolled-back merge: runs are searched instead
-			s.dedup.mu.Unlock()
+			s.dedup.DropFilters() // as after a rolled-back merge: runs are searched instead
 		case r < 8:
 			if _, err := s.ExpireDedup(now, 1+rng.IntN(50)); err != nil {
 				t.Fatal(err)
@@ -75,9 +72,9 @@ func dedupModel(t *testing.T, pool int) {
 			checkDedupCounts(t, s)
 		}
 		err := s.db.View(func(tx *bolt.Tx) error {
-			rs, err := runs(tx)
+			rs, err := s.dedup.Runs(tx)
 			for _, r := range rs {
-				levels[r.level] = true
+				levels[r.Level] = true
 			}
 			return err
 		})
@@ -85,7 +82,7 @@ func dedupModel(t *testing.T, pool int) {
 			t.Fatal(err)
 		}
 	}
-	if !levels[0] || !levels[1] || (pool > 100 && !levels[finalLevel]) {
+	if !levels[0] || !levels[1] || (pool > 100 && !levels[dedupindex.FinalLevel]) {
 		t.Fatalf("run levels seen: %v; want flushes, merges and (with many keys) final runs", levels)
 	}
 	// Expiry keeps every key still in the window (and may keep some past it, in runs only
@@ -131,53 +128,7 @@ func dedupModel(t *testing.T, pool int) {
 func checkDedupCounts(t *testing.T, s *Spool) {
 	t.Helper()
 	s.apply.waitApplied()
-	err := s.db.View(func(tx *bolt.Tx) error {
-		l0 := 0
-		c := tx.Bucket(bucketDedup).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			l0++
-		}
-		meta := tx.Bucket(bucketMeta)
-		if got := int(decUint(meta.Get(metaDedupL0N))); got != l0 {
-			return fmt.Errorf("L0 count %d, L0 holds %d", got, l0)
-		}
-		rs, err := runs(tx)
-		if err != nil {
-			return err
-		}
-		total := l0
-		for _, r := range rs {
-			b := tx.Bucket(bucketDedupRuns).Bucket(encUint(r.id))
-			n, minT, maxT := 0, ^uint64(0), uint64(0)
-			f := newBloom(r.count)
-			if !f.read(b) {
-				return fmt.Errorf("run %d: no stored filter", r.id)
-			}
-			err := eachChunk(b, func(recs []byte) error {
-				for i := 0; i < len(recs); i += dedupRecord {
-					n++
-					tm := binary.BigEndian.Uint64(recs[i+16:])
-					minT, maxT = min(minT, tm), max(maxT, tm)
-					if !f.has(recs[i : i+16]) {
-						return fmt.Errorf("run %d: stored filter lacks a record", r.id)
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if n != r.count || minT != r.minT || maxT != r.maxT {
-				return fmt.Errorf("run %+v holds %d records from %d to %d", r, n, minT, maxT)
-			}
-			total += n
-		}
-		if got := int(decUint(meta.Get(metaDedupN))); got != total {
-			return fmt.Errorf("record count %d, index holds %d", got, total)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.db.View(s.dedup.Check); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -195,28 +146,28 @@ func TestDedupIndex_MergesAndFinalises(t *testing.T) {
 		t.Fatalf("DedupLen = %d, %v; want 400", n, err)
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		rs, err := runs(tx)
+		rs, err := s.dedup.Runs(tx)
 		if err != nil {
 			return err
 		}
 		byLevel := map[int]int{}
 		total := 0
 		for _, r := range rs {
-			byLevel[r.level]++
-			total += r.count
-			if r.level != finalLevel && byLevel[r.level] >= tinyDedup.fanIn {
-				return fmt.Errorf("level %d holds %d runs", r.level, byLevel[r.level])
+			byLevel[r.Level]++
+			total += r.Count
+			if r.Level != dedupindex.FinalLevel && byLevel[r.Level] >= tinyDedup.FanIn {
+				return fmt.Errorf("level %d holds %d runs", r.Level, byLevel[r.Level])
 			}
-			if r.count > tinyDedup.maxRun {
-				return fmt.Errorf("run %d holds %d records", r.id, r.count)
+			if r.Count > tinyDedup.MaxRun {
+				return fmt.Errorf("run %d holds %d records", r.ID, r.Count)
 			}
 		}
-		if byLevel[finalLevel] == 0 || byLevel[1] == 0 {
+		if byLevel[dedupindex.FinalLevel] == 0 || byLevel[1] == 0 {
 			return fmt.Errorf("runs by level %v: want merged and final runs", byLevel)
 		}
-		l0 := int(decUint(tx.Bucket(bucketMeta).Get(metaDedupL0N)))
-		if l0 >= tinyDedup.l0Max || total+l0 != 400 {
-			return fmt.Errorf("L0 holds %d, runs %d: want < %d and 400 in all", l0, total, tinyDedup.l0Max)
+		l0 := int(s.dedup.L0Len(tx))
+		if l0 >= tinyDedup.L0Max || total+l0 != 400 {
+			return fmt.Errorf("L0 holds %d, runs %d: want < %d and 400 in all", l0, total, tinyDedup.L0Max)
 		}
 		return nil
 	})
@@ -261,8 +212,8 @@ func migrateFormat2(t *testing.T, crash bool) {
 			return err
 		}
 		for i := range n {
-			h, at := dedupHash(fmt.Append(nil, "v2-", i)), encTime(t0.Add(time.Duration(i)*time.Second))
-			if err := tx.Bucket(bucketDedup).Put(h, at); err != nil {
+			h, at := dedupindex.Hash(fmt.Append(nil, "v2-", i)), encTime(t0.Add(time.Duration(i)*time.Second))
+			if err := tx.Bucket(dedupindex.L0Bucket).Put(h, at); err != nil {
 				return err
 			}
 			if err := dt.Put(dedupTKey(at, h), nil); err != nil {
@@ -270,14 +221,14 @@ func migrateFormat2(t *testing.T, crash bool) {
 			}
 		}
 		// A stale index entry: the key was accepted again later.
-		if err := dt.Put(dedupTKey(encTime(t0.Add(-time.Hour)), dedupHash([]byte("v2-7"))), nil); err != nil {
+		if err := dt.Put(dedupTKey(encTime(t0.Add(-time.Hour)), dedupindex.Hash([]byte("v2-7"))), nil); err != nil {
 			return err
 		}
-		return meta.Put(metaDedupN, encUint(n))
+		return meta.Put(dedupindex.MetaCountKey, encUint(n))
 	})
 	if err == nil && crash {
 		err = db.Update(func(tx *bolt.Tx) error {
-			_, _, err := migrateRun(tx, newDedupIndex(tinyDedup))
+			_, _, err := migrateRun(tx, dedupindex.New(tinyDedup, bucketMeta))
 			return err
 		})
 	}
@@ -291,7 +242,7 @@ func migrateFormat2(t *testing.T, crash bool) {
 		t.Fatalf("open format 2: %v", err)
 	}
 	defer s.Close()
-	var first runInfo
+	var first dedupindex.RunInfo
 	err = s.db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketDedupT) != nil {
 			return fmt.Errorf("format 2 time index left behind")
@@ -299,14 +250,14 @@ func migrateFormat2(t *testing.T, crash bool) {
 		if v := decUint(tx.Bucket(bucketMeta).Get(metaVersion)); v != formatVersion {
 			return fmt.Errorf("version %d after the migration", v)
 		}
-		rs, err := runs(tx)
+		rs, err := s.dedup.Runs(tx)
 		if len(rs) < 3 {
-			return fmt.Errorf("%d runs, want %d keys in runs of at most %d", len(rs), n, tinyDedup.maxRun)
+			return fmt.Errorf("%d runs, want %d keys in runs of at most %d", len(rs), n, tinyDedup.MaxRun)
 		}
 		total := 0
 		for i, r := range rs {
-			total += r.count
-			if r.level != finalLevel || (i > 0 && r.minT <= rs[i-1].maxT) {
+			total += r.Count
+			if r.Level != dedupindex.FinalLevel || (i > 0 && r.MinT <= rs[i-1].MaxT) {
 				return fmt.Errorf("runs %+v: want final runs, each after the one before", rs)
 			}
 		}
@@ -329,36 +280,9 @@ func migrateFormat2(t *testing.T, crash bool) {
 	}
 	checkDedupCounts(t, s)
 	// The runs cover stretches of time, so they expire whole.
-	end := bitsTime(first.maxT).Add(window)
-	if got, err := s.ExpireDedup(end, 1000); err != nil || got != first.count {
-		t.Fatalf("ExpireDedup = %d, %v; want the first run's %d keys", got, err, first.count)
-	}
-}
-
-// TestBloom: no false negatives, and about 1 % false positives at 10 bits a key.
-func TestBloom(t *testing.T) {
-	hash := func(i int) []byte {
-		h := sha256.Sum256(binary.BigEndian.AppendUint64(nil, uint64(i)))
-		return h[:16]
-	}
-	const n = 20000
-	f := newBloom(n)
-	for i := range n {
-		f.add(hash(i))
-	}
-	for i := range n {
-		if !f.has(hash(i)) {
-			t.Fatalf("key %d added but not found", i)
-		}
-	}
-	fp := 0
-	for i := n; i < 11*n; i++ {
-		if f.has(hash(i)) {
-			fp++
-		}
-	}
-	if rate := float64(fp) / (10 * n); rate > 0.03 {
-		t.Fatalf("false positive rate %.4f, want about 0.01", rate)
+	end := bitsTime(first.MaxT).Add(window)
+	if got, err := s.ExpireDedup(end, 1000); err != nil || got != first.Count {
+		t.Fatalf("ExpireDedup = %d, %v; want the first run's %d keys", got, err, first.Count)
 	}
 }
 
@@ -370,7 +294,7 @@ func TestDedupIndex_ExpireRewrites(t *testing.T) {
 		t.Run(fmt.Sprint("old=", tt.old), func(t *testing.T) {
 			s, _ := openTest(t, Options{DedupWindow: window, ApplyDelay: time.Nanosecond, dedup: tinyDedup})
 			var items []Item
-			for i := range tinyDedup.l0Max {
+			for i := range tinyDedup.L0Max {
 				items = append(items, item(fmt.Sprint("k", i), "x"))
 			}
 			mustAccept(t, s, t0, items[:tt.old]...)
@@ -379,8 +303,8 @@ func TestDedupIndex_ExpireRewrites(t *testing.T) {
 			if got, err := s.ExpireDedup(now, 100); err != nil || got != tt.want {
 				t.Fatalf("ExpireDedup = %d, %v; want %d", got, err, tt.want)
 			}
-			if got, _ := s.DedupLen(); got != tinyDedup.l0Max-tt.want {
-				t.Fatalf("DedupLen = %d, want %d", got, tinyDedup.l0Max-tt.want)
+			if got, _ := s.DedupLen(); got != tinyDedup.L0Max-tt.want {
+				t.Fatalf("DedupLen = %d, want %d", got, tinyDedup.L0Max-tt.want)
 			}
 			checkDedupCounts(t, s)
 			dup := mustAccept(t, s, now, items...)
@@ -400,7 +324,7 @@ func TestDedupIndex_MergeSlack(t *testing.T) {
 	s, _ := openTest(t, Options{DedupWindow: window, ApplyDelay: time.Nanosecond, dedup: tinyDedup})
 	batch := func(at time.Time, prefix string) {
 		var items []Item
-		for i := range tinyDedup.l0Max {
+		for i := range tinyDedup.L0Max {
 			items = append(items, item(fmt.Sprint(prefix, i), "x"))
 		}
 		mustAccept(t, s, at, items...)

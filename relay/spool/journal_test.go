@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -559,8 +560,8 @@ func TestOpen_MigratesFormat1(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		h := dedupHash([]byte("fresh-in-v2"))
-		if err := v2T.Put(dedupTKey(tx.Bucket(bucketDedup).Get(h), h), nil); err != nil {
+		h := dedupindex.Hash([]byte("fresh-in-v2"))
+		if err := v2T.Put(dedupTKey(tx.Bucket(dedupindex.L0Bucket).Get(h), h), nil); err != nil {
 			return err
 		}
 		d, err := tx.CreateBucket(bucketDedupV1)
@@ -585,7 +586,8 @@ func TestOpen_MigratesFormat1(t *testing.T) {
 		if err := put("old", t0.Add(-2*window)); err != nil {
 			return err
 		}
-		return addDedupN(tx.Bucket(bucketMeta), n+1)
+		meta := tx.Bucket(bucketMeta)
+		return meta.Put(dedupindex.MetaCountKey, encUint(decUint(meta.Get(dedupindex.MetaCountKey))+n+1))
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -7,12 +7,13 @@ import (
 	"math"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
 
 // The spool file's layout: its buckets, the keys of its meta bucket, and the encoders of the
-// values stored in them. The dedup index's own buckets and records are in dedup.go, the
-// migrations from older formats in migrate.go.
+// values stored in them. The dedup index's own buckets, meta keys and records are
+// internal/dedupindex's (its layout.go); the migrations from older formats are in migrate.go.
 
 // formatVersion is the on-disk layout version stored in the meta bucket. Version 1 kept whole
 // dedup keys, version 2 kept them all in one B+tree (dedupkeys) with a time index
@@ -26,21 +27,19 @@ var (
 	bucketReady    = []byte("ready")
 	bucketSched    = []byte("sched")
 	bucketSchedIdx = []byte("schedidx")
-	bucketDedup    = []byte("dedupkeys")
 	bucketStats    = []byte("stats")
 	bucketMeta     = []byte("meta")
 
 	// topBuckets are the buckets Open creates in a new file.
 	topBuckets = [][]byte{
 		bucketItems, bucketRefs, bucketReady, bucketSched, bucketSchedIdx,
-		bucketDedup, bucketDedupRuns, bucketStats, bucketMeta,
+		dedupindex.L0Bucket, dedupindex.RunsBucket, bucketStats, bucketMeta,
 	}
 )
 
 // Keys of the meta bucket.
 var (
 	metaVersion   = []byte("version")
-	metaDedupN    = []byte("dedupn")
 	metaHeartbeat = []byte("heartbeat")
 	// metaJournalLSN is the LSN of the last journal frame applied to the file.
 	metaJournalLSN = []byte("jlsn")
@@ -79,7 +78,7 @@ func decTime(b []byte) time.Time { return bitsTime(decUint(b)) }
 
 // buckets holds a transaction's top-level buckets.
 type buckets struct {
-	items, refs, ready, sched, schedIdx, dedup, stats, meta *bolt.Bucket
+	items, refs, ready, sched, schedIdx, stats, meta *bolt.Bucket
 }
 
 // openBuckets looks up the top-level buckets, which Open created.
@@ -90,7 +89,6 @@ func openBuckets(tx *bolt.Tx) buckets {
 		ready:    tx.Bucket(bucketReady),
 		sched:    tx.Bucket(bucketSched),
 		schedIdx: tx.Bucket(bucketSchedIdx),
-		dedup:    tx.Bucket(bucketDedup),
 		stats:    tx.Bucket(bucketStats),
 		meta:     tx.Bucket(bucketMeta),
 	}

@@ -2,11 +2,11 @@ package spool
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"slices"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -27,7 +27,7 @@ var (
 // is only read meanwhile. A crash in between resumes where it stopped, and a format-2 binary
 // still finds every key. The last transaction empties dedupkeys (now L0), drops the time
 // index and records format 3.
-func migrateDedupV2(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) error {
+func migrateDedupV2(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) error {
 	moved := 0
 	var err error
 	for done := false; err == nil && !done; {
@@ -43,21 +43,15 @@ func migrateDedupV2(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) error {
 	}
 	if err == nil {
 		err = db.Update(func(tx *bolt.Tx) error {
-			for _, name := range [][]byte{bucketDedupT, bucketDedup} {
-				if tx.Bucket(name) != nil {
-					if err := tx.DeleteBucket(name); err != nil {
-						return err
-					}
+			if tx.Bucket(bucketDedupT) != nil {
+				if err := tx.DeleteBucket(bucketDedupT); err != nil {
+					return err
 				}
 			}
-			if _, err := tx.CreateBucket(bucketDedup); err != nil {
+			if err := dedup.ResetL0(tx); err != nil {
 				return err
 			}
-			meta := tx.Bucket(bucketMeta)
-			if err := meta.Put(metaDedupL0N, encUint(0)); err != nil {
-				return err
-			}
-			return meta.Put(metaVersion, encUint(formatVersion))
+			return tx.Bucket(bucketMeta).Put(metaVersion, encUint(formatVersion))
 		})
 	}
 	if err != nil {
@@ -70,15 +64,15 @@ func migrateDedupV2(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) error {
 // migrateRun writes the keys of the maxRun oldest entries of format 2's time index as a final
 // run and deletes those entries. It returns how many keys it wrote, and whether entries are
 // left.
-func migrateRun(tx *bolt.Tx, dedup *dedupIndex) (int, bool, error) {
+func migrateRun(tx *bolt.Tx, dedup *dedupindex.Index) (int, bool, error) {
 	idx := tx.Bucket(bucketDedupT)
 	if idx == nil {
 		return 0, false, nil
 	}
-	l0 := tx.Bucket(bucketDedup)
+	l0 := tx.Bucket(dedupindex.L0Bucket) // format 2's one B+tree of every key
 	var entries, recs [][]byte
 	c := idx.Cursor()
-	for k, _ := c.First(); k != nil && len(entries) < dedup.cfg.maxRun; k, _ = c.Next() {
+	for k, _ := c.First(); k != nil && len(entries) < dedup.MaxRun(); k, _ = c.Next() {
 		entries = append(entries, slices.Clone(k))
 		if len(k) != 24 {
 			continue
@@ -93,21 +87,16 @@ func migrateRun(tx *bolt.Tx, dedup *dedupIndex) (int, bool, error) {
 	}
 	slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:16], b[:16]) })
 	var run []byte
-	minT, maxT := ^uint64(0), uint64(0)
 	for _, r := range recs {
 		run = append(run, r...)
-		t := binary.BigEndian.Uint64(r[16:])
-		minT, maxT = min(minT, t), max(maxT, t)
 	}
 	for _, k := range entries {
 		if err := idx.Delete(k); err != nil {
 			return 0, false, err
 		}
 	}
-	if len(recs) > 0 {
-		if err := dedup.writeRun(tx, runInfo{level: finalLevel, count: len(recs), minT: minT, maxT: maxT}, run); err != nil {
-			return 0, false, err
-		}
+	if err := dedup.WriteFinalRun(tx, run); err != nil {
+		return 0, false, err
 	}
 	return len(recs), true, nil
 }
@@ -123,7 +112,7 @@ func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
 				done = true
 				return tx.Bucket(bucketMeta).Put(metaVersion, encUint(2))
 			}
-			b := openBuckets(tx)
+			keys2 := tx.Bucket(dedupindex.L0Bucket) // format 2's one B+tree of every key
 			dedupT, err := tx.CreateBucketIfNotExists(bucketDedupT)
 			if err != nil {
 				return err
@@ -134,8 +123,8 @@ func migrateDedupV1(db *bolt.DB, log *slog.Logger) error {
 				keys, vals = append(keys, slices.Clone(k)), append(vals, slices.Clone(v))
 			}
 			for i, k := range keys {
-				h := dedupHash(k)
-				if err := b.dedup.Put(h, vals[i]); err != nil {
+				h := dedupindex.Hash(k)
+				if err := keys2.Put(h, vals[i]); err != nil {
 					return err
 				}
 				if err := dedupT.Put(dedupTKey(vals[i], h), nil); err != nil {
@@ -178,7 +167,7 @@ func dedupTKey(at, key []byte) []byte {
 
 // prepareFile creates the buckets a new file lacks, checks the format version of an existing
 // one and migrates an older format. It returns the last journal LSN the file records.
-func prepareFile(db *bolt.DB, dedup *dedupIndex, log *slog.Logger) (uint64, error) {
+func prepareFile(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) (uint64, error) {
 	var jlsn uint64
 	var from uint64 // the format to migrate from, 0 for none
 	err := db.Update(func(tx *bolt.Tx) error {

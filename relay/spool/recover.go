@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -196,7 +197,7 @@ func writeSynced(path string, b []byte) error {
 // tail is moved aside instead (setAside). It returns the last LSN, from which the journal
 // continues. If any other part of the journal fails its checksum it changes nothing and
 // returns a *DamageError.
-func replayJournal(db *bolt.DB, dedup *dedupIndex, path string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
+func replayJournal(db *bolt.DB, dedup *dedupindex.Index, path string, applied uint64, window time.Duration, log *slog.Logger) (uint64, error) {
 	js, err := scanJournal(journalDir(path))
 	if err != nil {
 		return 0, err
@@ -256,7 +257,7 @@ func removeSegments(js *journalScan, keep []string) error {
 
 // applyFrames applies the frames after the applied LSN, in transactions of a bounded size. It
 // returns the last LSN and the number of items applied.
-func applyFrames(db *bolt.DB, dedup *dedupIndex, frames []*jFrame, applied uint64, window time.Duration) (uint64, int, error) {
+func applyFrames(db *bolt.DB, dedup *dedupindex.Index, frames []*jFrame, applied uint64, window time.Duration) (uint64, int, error) {
 	last := applied
 	var todo []*jFrame
 	nitems := 0

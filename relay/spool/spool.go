@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -63,7 +64,7 @@ type Options struct {
 	// ApplyDelay's worth, are made again. Default 500ms.
 	ApplyDelay time.Duration
 	// dedup sizes the dedup index (tests make it small).
-	dedup dedupConfig
+	dedup dedupindex.Config
 	// test holds the hooks tests set.
 	test testHooks
 	// MaxBatchDelay is an extra wait before each journal frame for more Accept calls to join
@@ -104,7 +105,7 @@ type testHooks struct {
 // LOCKS.md gives the order its locks are taken in.
 type Spool struct {
 	db      *bolt.DB
-	dedup   *dedupIndex
+	dedup   *dedupindex.Index
 	commits *committer // the file's group commit
 	apply   *applier   // applies journal frames to the file, holds those not applied yet
 	jr      *journal
@@ -168,7 +169,7 @@ func Open(path string, opt Options) (*Spool, error) {
 	if err == nil {
 		err = db.View(func(tx *bolt.Tx) error {
 			seq = tx.Bucket(bucketItems).Sequence()
-			dedupN = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))
+			dedupN = dedup.Len(tx)
 			return nil
 		})
 	}
@@ -192,15 +193,15 @@ func Open(path string, opt Options) (*Spool, error) {
 
 // openFile opens the bbolt file of the spool at path, creating it if needed, migrates an
 // older format and loads the dedup index. It returns the last journal LSN the file records.
-func openFile(path string, opt Options, log *slog.Logger) (*bolt.DB, *dedupIndex, uint64, error) {
+func openFile(path string, opt Options, log *slog.Logger) (*bolt.DB, *dedupindex.Index, uint64, error) {
 	db, err := openBolt(path, opt, log)
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	dedup := newDedupIndex(opt.dedup)
+	dedup := dedupindex.New(opt.dedup, bucketMeta)
 	jlsn, err := prepareFile(db, dedup, log)
 	if err == nil {
-		err = db.View(dedup.load)
+		err = db.View(dedup.Load)
 	}
 	if err != nil {
 		_ = db.Close()

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -886,7 +887,7 @@ func TestSpool_AcceptBatchRetry(t *testing.T) {
 	go func() {
 		defer close(failed)
 		errs[callers] = s.batch(func(tx *bolt.Tx) error {
-			if tx.Bucket(bucketDedup).Get(dedupHash([]byte("shared"))) != nil {
+			if tx.Bucket(dedupindex.L0Bucket).Get(dedupindex.Hash([]byte("shared"))) != nil {
 				ranBefore.Store(true)
 			}
 			return errors.New("boom")

@@ -117,11 +117,11 @@ func (s *Spool) ExpireDedup(now time.Time, max int) (int, error) {
 		return 0, nil
 	}
 	s.apply.waitApplied()
-	cutoff := timeBits(now.Add(-s.window))
+	cutoff := now.Add(-s.window)
 	var n int
 	err := s.updateIf(func(tx *bolt.Tx) (bool, error) {
 		var err error
-		n, err = s.dedup.expire(tx, cutoff, max)
+		n, err = s.dedup.Expire(tx, cutoff, max)
 		return n > 0, err
 	})
 	if err != nil {
@@ -140,7 +140,7 @@ func (s *Spool) DedupLen() (int, error) {
 	s.apply.waitApplied()
 	var n uint64
 	err := s.view(func(tx *bolt.Tx) error {
-		n = decUint(tx.Bucket(bucketMeta).Get(metaDedupN))
+		n = s.dedup.Len(tx)
 		return nil
 	})
 	if err != nil {
