@@ -153,6 +153,7 @@ type corruptFigures struct {
 // truncation inside the newest segment, which is what a crash in the middle of a write
 // leaves.
 func TestJournal_Corruption(t *testing.T) {
+	t.Parallel()
 	var fig corruptFigures
 	for _, shape := range []struct {
 		name               string

@@ -21,6 +21,7 @@ var tinyDedup = dedupindex.Config{L0Max: 8, FanIn: 3, MaxRun: 60, Chunk: 4}
 // Bloom filters, and checks every verdict against a map of when each key was last accepted:
 // a key is a repeat exactly while it is younger than the window, whichever level holds it.
 func TestDedupIndex_Model(t *testing.T) {
+	t.Parallel()
 	// 60 keys come back about once a window: repeats and re-acceptances after the window;
 	// 400 mostly come back later, so runs fill up and get marked final.
 	for _, pool := range []int{60, 400} {
@@ -137,6 +138,7 @@ func checkDedupCounts(t *testing.T, s *Spool) {
 // l0Max keys, fanIn runs of a level are merged into one of the next, runs that would merge
 // past maxRun are marked final, and no level but the final one holds fanIn runs.
 func TestDedupIndex_MergesAndFinalises(t *testing.T) {
+	t.Parallel()
 	opt := Options{DedupWindow: time.Hour, ApplyDelay: time.Nanosecond, dedup: tinyDedup}
 	s, _ := openTest(t, opt)
 	for i := range 400 {
@@ -185,6 +187,7 @@ func TestDedupIndex_MergesAndFinalises(t *testing.T) {
 // several transactions, and keeps every key, also when a crash stopped an earlier migration
 // after its first transaction.
 func TestOpen_MigratesFormat2(t *testing.T) {
+	t.Parallel()
 	for _, crash := range []bool{false, true} {
 		t.Run(fmt.Sprint("crash=", crash), func(t *testing.T) { migrateFormat2(t, crash) })
 	}
@@ -289,6 +292,7 @@ func migrateFormat2(t *testing.T, crash bool) {
 // TestDedupIndex_ExpireRewrites: ExpireDedup writes a run again without its expired records
 // when at least half of them are, and leaves it alone (they are not seen anyway) otherwise.
 func TestDedupIndex_ExpireRewrites(t *testing.T) {
+	t.Parallel()
 	const window = time.Minute
 	for _, tt := range []struct{ old, want int }{{5, 5}, {3, 0}} {
 		t.Run(fmt.Sprint("old=", tt.old), func(t *testing.T) {
@@ -320,6 +324,7 @@ func TestDedupIndex_ExpireRewrites(t *testing.T) {
 // TestDedupIndex_MergeSlack: a merge triggered by a frame accepted at T keeps a key accepted
 // within the window before a request whose own time is a little behind T.
 func TestDedupIndex_MergeSlack(t *testing.T) {
+	t.Parallel()
 	const window = 100 * time.Second
 	s, _ := openTest(t, Options{DedupWindow: window, ApplyDelay: time.Nanosecond, dedup: tinyDedup})
 	batch := func(at time.Time, prefix string) {
@@ -343,6 +348,7 @@ func TestDedupIndex_MergeSlack(t *testing.T) {
 // i and accepts key i-19 again; ExpireDedup keeps expiring what every goroutine has left more
 // than the 20-second window behind.
 func TestDedupIndex_Concurrent(t *testing.T) {
+	t.Parallel()
 	const window = 20 * time.Second
 	s, _ := openTest(t, Options{DedupWindow: window, ApplyDelay: time.Nanosecond, dedup: tinyDedup})
 	var progress [8]atomic.Int64

@@ -68,6 +68,7 @@ func copySpool(t *testing.T, path string) string {
 }
 
 func TestFrame_RoundTripAndTornTail(t *testing.T) {
+	t.Parallel()
 	frames := []*jFrame{
 		{lsn: 1, items: []jItem{{seq: 1, at: t0.UnixNano(), key: "k1", data: []byte(`{"a":1}`), sinks: []string{"a", "b"}}}},
 		{lsn: 2, items: []jItem{{at: -5, key: "only-key"}, {seq: 2, at: 7, data: []byte{}, sinks: []string{"c"}}}},
@@ -187,6 +188,7 @@ func FuzzJournalFrames(f *testing.F) {
 // TestSpool_JournalReplay leaves frames unapplied (commits held), copies the spool as a crash
 // would leave it, and opens the copy: every accepted item, key and sequence number is back.
 func TestSpool_JournalReplay(t *testing.T) {
+	t.Parallel()
 	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	mustAccept(t, s, t0, item("k0", "applied"))
 	s.apply.waitApplied()
@@ -256,6 +258,7 @@ func TestSpool_JournalReplay(t *testing.T) {
 // TestSpool_JournalTornTail appends half a frame to the journal, as a crash during a write
 // leaves it: Open applies the whole frames and ignores the rest.
 func TestSpool_JournalTornTail(t *testing.T) {
+	t.Parallel()
 	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	release := holdCommits(t, s)
 	mustAccept(t, s, t0, item("k1", "one"))
@@ -294,6 +297,7 @@ func TestSpool_JournalTornTail(t *testing.T) {
 // TestSpool_DoneBeforeApply: deliveries done while their frame waits for the file never reach
 // it; only the dedup key does.
 func TestSpool_DoneBeforeApply(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{ApplyDelay: time.Nanosecond}) // the held committer keeps frames out of the file
 	release := holdCommits(t, s)
 	mustAccept(t, s, t0, Item{Key: "k", Data: []byte("x"), Sinks: []string{"a", "b"}}, Item{Key: "k2", Data: []byte("y"), Sinks: []string{"a"}})
@@ -332,6 +336,7 @@ func TestSpool_DoneBeforeApply(t *testing.T) {
 // TestSpool_JournalSegments: with small segments the journal rotates, deletes the segments
 // whose frames are applied, and leaves nothing after a clean Close.
 func TestSpool_JournalSegments(t *testing.T) {
+	t.Parallel()
 	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond, test: testHooks{segmentSize: 512}}) // the held committer keeps frames out of the file
 	release := holdCommits(t, s)
 	for i := range 20 {
@@ -443,6 +448,7 @@ func TestSpool_ApplyFailure(t *testing.T) {
 // TestSpool_DoneDuringFailedApply: a Done that arrives while an apply holds the delivery's
 // frame, when that apply then fails, is kept: the retried apply does not store the delivery.
 func TestSpool_DoneDuringFailedApply(t *testing.T) {
+	t.Parallel()
 	inApply, fail := make(chan struct{}), make(chan error)
 	var calls atomic.Int32
 	hooks := testHooks{applyRetryDelay: 10 * time.Millisecond, applyFault: func() error {
@@ -540,6 +546,7 @@ func item(key, data string) Item { return Item{Key: key, Data: []byte(data), Sin
 // TestOpen_MigratesFormat1 builds a format 1 file (whole keys in dedup/dedupt) and opens it:
 // the keys are moved to the hashed buckets, still seen, and still expire.
 func TestOpen_MigratesFormat1(t *testing.T) {
+	t.Parallel()
 	const window = time.Hour
 	s, path := openTest(t, Options{DedupWindow: window})
 	mustAccept(t, s, t0, item("fresh-in-v2", "x"))
@@ -639,6 +646,7 @@ func TestOpen_MigratesFormat1(t *testing.T) {
 // it fails, the call fails, nothing of it is visible or recorded (not even after a restart),
 // Check reports the journal's directory, and the next Accept works on a new segment.
 func TestSpool_JournalSyncFailure(t *testing.T) {
+	t.Parallel()
 	var failing atomic.Bool
 	hooks := testHooks{syncFile: func(f *os.File) error {
 		if failing.Load() {
@@ -678,6 +686,7 @@ func TestSpool_JournalSyncFailure(t *testing.T) {
 // so a commit that reports a failure may be in the file. The retried apply must not write the
 // frame again (stats counted twice, a delivery done in memory meanwhile stored without data).
 func TestSpool_ApplyReportedFailedButCommitted(t *testing.T) {
+	t.Parallel()
 	var once atomic.Bool
 	hooks := testHooks{commitFault: func() error {
 		if once.CompareAndSwap(false, true) {
@@ -730,6 +739,7 @@ func TestSpool_ApplyReportedFailedButCommitted(t *testing.T) {
 // TestSpool_CheckSharesAHangingProbe: while the disk hangs, readiness checks that time out
 // share the one probe in flight instead of each leaving a goroutine stuck in fdatasync.
 func TestSpool_CheckSharesAHangingProbe(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	var calls atomic.Int32
 	s, _ := openTest(t, Options{test: testHooks{syncFile: func(f *os.File) error {
@@ -755,6 +765,7 @@ func TestSpool_CheckSharesAHangingProbe(t *testing.T) {
 // TestCommitter_FailedCallKeepsOrder: when one call of a shared transaction fails, the calls
 // queued before it commit first, then it runs alone, then the ones after it.
 func TestCommitter_FailedCallKeepsOrder(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	release := holdCommits(t, s)
 	var mu sync.Mutex

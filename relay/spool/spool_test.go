@@ -100,6 +100,7 @@ func itemCount(t *testing.T, s *Spool) int {
 }
 
 func TestSpool_AcceptReadyDone(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	dup := mustAccept(t, s, t0,
 		Item{Key: "k1", Data: []byte("one"), Sinks: []string{"a", "b"}},
@@ -187,6 +188,7 @@ func TestSpool_AcceptReadyDone(t *testing.T) {
 }
 
 func TestSpool_AcceptConcurrentOrder(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	const workers, per = 8, 25
 	var wg sync.WaitGroup
@@ -229,6 +231,7 @@ func TestSpool_AcceptConcurrentOrder(t *testing.T) {
 }
 
 func TestSpool_Dedup(t *testing.T) {
+	t.Parallel()
 	const window = time.Hour
 	opt := Options{DedupWindow: window}
 	item := func(key, data string) Item { return Item{Key: key, Data: []byte(data), Sinks: []string{"a"}} }
@@ -400,6 +403,7 @@ func TestSpool_GroupCommit(t *testing.T) {
 }
 
 func TestSpool_RescheduleAndPromote(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	mustAccept(t, s, t0,
 		Item{Key: "1", Data: []byte("one"), Sinks: []string{"a", "b"}},
@@ -507,6 +511,7 @@ func TestSpool_RescheduleAndPromote(t *testing.T) {
 }
 
 func TestSpool_PromoteBounded(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	s.promoteLimit = 3
 	items := make([]Item, 5)
@@ -555,6 +560,7 @@ func TestSpool_PromoteBounded(t *testing.T) {
 }
 
 func TestSpool_PromoteLowestSeq(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	mustAccept(t, s, t0, Item{Data: []byte("1"), Sinks: []string{"a"}}, Item{Data: []byte("2"), Sinks: []string{"a"}})
 	ds := mustReady(t, s, "a", 0, 10)
@@ -604,6 +610,7 @@ func mapsEqual(a, b map[string]uint64) bool {
 }
 
 func TestSpool_Stats(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	t1 := t0.Add(time.Minute)
 	mustAccept(t, s, t0, Item{Key: "1", Data: []byte("1"), Sinks: []string{"a", "b"}})
@@ -656,6 +663,7 @@ func TestSpool_Stats(t *testing.T) {
 }
 
 func TestSpool_AcceptInvalid(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		item Item
@@ -697,6 +705,7 @@ func TestSpool_AcceptInvalid(t *testing.T) {
 }
 
 func TestSpool_Closed(t *testing.T) {
+	t.Parallel()
 	s, path := openTest(t, Options{})
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -731,6 +740,7 @@ func TestSpool_Closed(t *testing.T) {
 }
 
 func TestOpen_Locked(t *testing.T) {
+	t.Parallel()
 	s, path := openTest(t, Options{})
 	_, err := Open(path, Options{OpenTimeout: 50 * time.Millisecond})
 	if !errors.Is(err, ErrLocked) {
@@ -747,6 +757,7 @@ func TestOpen_Locked(t *testing.T) {
 }
 
 func TestSpool_Check(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	if err := s.Check(context.Background()); err != nil {
 		t.Fatalf("Check: %v", err)
@@ -761,6 +772,7 @@ func TestSpool_Check(t *testing.T) {
 // TestSpool_AbandonCopy copies the file of a spool that was never closed, as a crash right
 // after Accept returned would leave it, and checks the copy holds every accepted item.
 func TestSpool_AbandonCopy(t *testing.T) {
+	t.Parallel()
 	s, path := openTest(t, Options{})
 	const n = 20
 	for i := range n {
@@ -813,6 +825,7 @@ func copyFile(t *testing.T, from, to string) {
 }
 
 func TestUniqueSinks(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ in, want []string }{
 		{nil, nil},
 		{[]string{"a"}, []string{"a"}},
@@ -827,6 +840,7 @@ func TestUniqueSinks(t *testing.T) {
 }
 
 func TestTimeBits_Order(t *testing.T) {
+	t.Parallel()
 	times := []time.Time{
 		time.Unix(0, -5), time.Unix(-100, 0), time.Unix(0, 0), t0, t0.Add(time.Nanosecond), time.Unix(1<<33, 0),
 	}
@@ -850,6 +864,7 @@ func TestTimeBits_Order(t *testing.T) {
 // stored twice. A function that blocks the committer holds the applies back until the
 // failing one is queued behind them.
 func TestSpool_AcceptBatchRetry(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{ApplyDelay: time.Nanosecond}) // each frame's apply is queued at once
 	const callers = 16
 	release := make(chan struct{})
@@ -976,6 +991,7 @@ func TestSpool_GrowsWithReadOpen(t *testing.T) {
 // TestSpool_RescheduleBatch: one call parks ready and already scheduled deliveries with their
 // own times, attempts and histories, skips what is not pending, and keeps the counters right.
 func TestSpool_RescheduleBatch(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	mustAccept(t, s, t0,
 		Item{Key: "1", Data: []byte("one"), Sinks: []string{"a"}},
@@ -1021,6 +1037,7 @@ func TestSpool_RescheduleBatch(t *testing.T) {
 // keeps calling (Promote with nothing due, ExpireDedup with nothing expired, reads) commits
 // no write transaction; only real work does.
 func TestSpool_IdleWritesNothing(t *testing.T) {
+	t.Parallel()
 	s, _ := openTest(t, Options{})
 	now := time.Now()
 	mustAccept(t, s, now, Item{Key: "1", Data: []byte("one"), Sinks: []string{"a"}}, Item{Key: "2", Data: []byte("two"), Sinks: []string{"a"}})
