@@ -23,17 +23,24 @@ const (
 	TargetReferenceFsync = "reference-fsync" // the same plus a group-committed fsync'd append
 	TargetHubrelay       = "hubrelay"        // hubrelay serve: spool, rule, two HTTP sinks
 	TargetHubrelayBatch  = "hubrelay-batch"  // the same with sink batching on
+	// TargetHubrelaySinksDown is hubrelay with both sinks answering 503 through the load:
+	// ingest alone, with nothing delivered. The bench does not wait for a drain: after the
+	// load it stops the relay and counts what its spool holds as pending, so 0 lost still
+	// means every acknowledged change is either delivered or held.
+	TargetHubrelaySinksDown = "hubrelay-sinks-down"
 	// TargetHubrelayPostgres is hubrelay serve with storage.postgres (Options.PostgresURL), a
 	// fresh schema per phase.
 	TargetHubrelayPostgres = "hubrelay-postgres"
 )
 
 // Targets lists every target name in report order.
-var Targets = []string{TargetReference, TargetReferenceFsync, TargetHubrelay, TargetHubrelayBatch, TargetHubrelayPostgres}
+var Targets = []string{TargetReference, TargetReferenceFsync, TargetHubrelay, TargetHubrelaySinksDown, TargetHubrelayBatch, TargetHubrelayPostgres}
 
 // Options configures a run. The zero value of a field means its default.
 type Options struct {
 	// Exe is the hubrelay binary the targets run as (`Exe serve`, `Exe bench-reference`).
+	// Another build's binary measures that build with this bench's load and accounting: runs
+	// alternating between two binaries give same-load before/after pairs.
 	Exe string
 	// Scenario is ScenarioThroughput (default) or ScenarioOutage.
 	Scenario string

@@ -109,7 +109,8 @@ func (r *runner) phase(ctx context.Context, target string, spec phaseSpec) (Phas
 	if err != nil {
 		return Phase{}, err
 	}
-	t, err := r.start(ctx, target, dir, false)
+	sinksDown := target == TargetHubrelaySinksDown
+	t, err := r.start(ctx, target, dir, sinksDown)
 	if err != nil {
 		return Phase{}, err
 	}
@@ -119,11 +120,20 @@ func (r *runner) phase(ctx context.Context, target string, spec phaseSpec) (Phas
 	res := runLoad(ctx, r.loadSpec(t, gen, spec, r.opt.Duration, 0))
 	p.fromLoad(res)
 	var ids []string
-	if t.relay() {
-		ids = r.settle(ctx, t, gen, res, res.start, &p)
+	var after, selfAfter procUsage
+	var selfErr2 error
+	if sinksDown {
+		// Ingest alone: the usage ends with the load, and nothing is delivered to wait for.
+		after, err = t.child.usage()
+		selfAfter, selfErr2 = readProc(os.Getpid())
+		ids = r.settle(ctx, t, gen, res, res.start, &p, false)
+	} else {
+		if t.relay() {
+			ids = r.settle(ctx, t, gen, res, res.start, &p, true)
+		}
+		after, err = t.child.usage()
+		selfAfter, selfErr2 = readProc(os.Getpid())
 	}
-	after, err := t.child.usage()
-	selfAfter, selfErr2 := readProc(os.Getpid())
 	p.setUsage(before, after, selfBefore, selfAfter, errors.Join(usageErr, err, selfErr, selfErr2))
 	if err := t.stop(); err != nil {
 		p.Problems = append(p.Problems, err.Error())
@@ -154,10 +164,15 @@ func (r *runner) loadSpec(t *running, gen *generator, spec phaseSpec, d time.Dur
 }
 
 // settle waits until both sinks have every acknowledged change (or the drain timeout passes),
-// then accounts for every sink. from is when the deliveries measured began.
-func (r *runner) settle(ctx context.Context, t *running, gen *generator, res *loadResult, from time.Time, p *Phase) (acked []string) {
+// then accounts for every sink. from is when the deliveries measured began. Without wait it
+// accounts for what the sinks have at once (what they lack is then looked up in the stopped
+// relay's spool by reconcile).
+func (r *runner) settle(ctx context.Context, t *running, gen *generator, res *loadResult, from time.Time, p *Phase, wait bool) (acked []string) {
 	want := int(res.acked+res.badAccepted) * gen.k
 	deadline := time.Now().Add(r.opt.DrainTimeout)
+	if !wait {
+		deadline = time.Now()
+	}
 	waiting := func() bool { return ctx.Err() == nil && !t.child.exited() && time.Now().Before(deadline) }
 	// Counting distinct ids is cheap; computing the acknowledged ids is not, so it waits
 	// until the counts say the deliveries are probably all in.
@@ -186,7 +201,9 @@ func (r *runner) settle(ctx context.Context, t *running, gen *generator, res *lo
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	p.DrainSeconds = time.Since(res.end).Seconds()
+	if wait {
+		p.DrainSeconds = time.Since(res.end).Seconds()
+	}
 	if t.child.exited() {
 		p.Problems = append(p.Problems, fmt.Sprintf("%s exited during the run: %v", t.target, t.child.exitErr()))
 	}
@@ -264,7 +281,7 @@ func (r *runner) outage(ctx context.Context, rep *Report) error {
 	for _, rc := range t.recvs {
 		rc.failing.Store(false)
 	}
-	acked := r.settle(ctx, t, gen, res, recovered, &p)
+	acked := r.settle(ctx, t, gen, res, recovered, &p, true)
 	o.DrainSeconds = time.Since(recovered).Seconds()
 	after, err := t.child.usage()
 	selfAfter, selfErr2 := readProc(os.Getpid())
@@ -401,7 +418,8 @@ func (r *runner) start(ctx context.Context, target, dir string, sinksDown bool) 
 		}
 		args = []string{"serve", "-config", cfg}
 		if r.opt.CPUProfile != "" {
-			env = append(env, "HUBRELAY_CPUPROFILE="+r.opt.CPUProfile+"."+filepath.Base(dir)+".pprof")
+			env = append(env, "HUBRELAY_CPUPROFILE="+r.opt.CPUProfile+"."+filepath.Base(dir)+".pprof",
+				"HUBRELAY_ALLOCSPROFILE="+r.opt.CPUProfile+"."+filepath.Base(dir)+".allocs.pprof")
 		}
 	}
 	t.child, err = startChild(target, r.opt.Exe, args, env, filepath.Join(dir, target+".log"))

@@ -17,6 +17,10 @@ import (
 // -cpuprofile sets it for its hubrelay children.
 const cpuProfileEnv = "HUBRELAY_CPUPROFILE"
 
+// allocsProfileEnv names the file `hubrelay serve` writes its allocation profile to as it
+// exits, when set; the bench's -cpuprofile sets it too.
+const allocsProfileEnv = "HUBRELAY_ALLOCSPROFILE"
+
 // runBench measures hubrelay against a bare net/http reference on loopback; see package bench.
 func runBench(ctx context.Context, args []string, e env) error {
 	fs := newFlags("bench", e)
@@ -37,9 +41,10 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fs.StringVar(&o.RelayLogLevel, "relay-log-level", "warn", "log.level of the relay under test (info logs every request and change)")
 	asJSON := fs.Bool("json", false, "print the whole report as JSON instead of tables")
 	svg := fs.String("svg", "", "also write a chart to this SVG `file`")
-	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of each hubrelay child to `prefix`.<phase>.pprof (needs "+cpuProfileEnv+" support in serve)")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of each hubrelay child to `prefix`.<phase>.pprof and its allocations to prefix.<phase>.allocs.pprof (needs "+cpuProfileEnv+" support in serve)")
 	fs.StringVar(&o.Dir, "dir", "", "keep the targets' data and logs in this directory (default: a temporary one, removed)")
 	fs.StringVar(&o.PostgresURL, "postgres", "", "database `URL` of the hubrelay-postgres target (a schema per phase, dropped after it)")
+	exeFlag := fs.String("exe", "", "run the targets from this hubrelay `binary` (default: this one), e.g. another build, for same-load before/after pairs")
 	quiet := fs.Bool("q", false, "no progress lines on standard error")
 	if _, err := parseArgs(fs, args, e); err != nil {
 		return err
@@ -60,9 +65,12 @@ func runBench(ctx context.Context, args []string, e env) error {
 	if o.BatchChanges == 0 {
 		o.BatchChanges = -1
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find own executable: %w", err)
+	exe := *exeFlag
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
 	}
 	o.Exe = exe
 	if !*quiet {
@@ -120,25 +128,41 @@ func runBenchReference(ctx context.Context, args []string, e env) error {
 }
 
 // startCPUProfile starts a CPU profile into the file named by HUBRELAY_CPUPROFILE, when set,
-// and returns the function that stops it and closes the file. serve calls it so that the
-// bench can profile the relay under load.
+// and returns the function that stops it and closes the file; with HUBRELAY_ALLOCSPROFILE set
+// that function also writes the allocation profile (every allocation since the start) there.
+// serve calls it so that the bench can profile the relay under load.
 func startCPUProfile(e env) (stop func()) {
+	stopAllocs := func() {}
+	if path := e.getenv(allocsProfileEnv); path != "" {
+		stopAllocs = func() {
+			f, err := os.Create(path)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "hubrelay: allocs profile: %v\n", err)
+				return
+			}
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				fmt.Fprintf(e.stderr, "hubrelay: allocs profile: %v\n", err)
+			}
+			f.Close()
+		}
+	}
 	path := e.getenv(cpuProfileEnv)
 	if path == "" {
-		return func() {}
+		return stopAllocs
 	}
 	f, err := os.Create(path)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "hubrelay: cpu profile: %v\n", err)
-		return func() {}
+		return stopAllocs
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
 		fmt.Fprintf(e.stderr, "hubrelay: cpu profile: %v\n", err)
 		f.Close()
-		return func() {}
+		return stopAllocs
 	}
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()
+		stopAllocs()
 	}
 }

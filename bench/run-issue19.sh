@@ -1,0 +1,82 @@
+#!/bin/sh
+# Every figure of issue 19's table, before and after, in one go (about 12-15 min on the 2-core
+# machine): same-load pairs from alternating runs of two builds under this tree's bench.
+#
+#   bench/run-issue19.sh BEFORE_BINARY [OUT_DIR]
+#
+# BEFORE_BINARY is a hubrelay built from the "before" commit, e.g.
+#   git worktree add /tmp/before 76365af && (cd /tmp/before && go build -o /tmp/hubrelay-before ./cmd/hubrelay)
+# The "after" binary is built from this tree. Every bench run is `hubrelay bench -exe BINARY`,
+# so both builds see the same load generator, sinks and accounting; each ratio is taken within
+# one run (the reference runs in the same run), and the runs alternate before/after.
+#
+# Environment: ROUNDS (throughput rounds per build, default 2), OUTAGE_CHANGES (default
+# 1000000; 0 skips the outage), DEDUP_KEYS (dedup growth curve, default "0 1000000 4000000
+# 10000000"; "" skips it), DURATION (phase length, default 5s).
+set -eu
+
+before=${1:?usage: bench/run-issue19.sh BEFORE_BINARY [OUT_DIR]}
+out=${2:-/tmp/issue19-$(date -u +%Y%m%dT%H%M%SZ)}
+rounds=${ROUNDS:-2}
+outage=${OUTAGE_CHANGES:-1000000}
+dedupkeys=${DEDUP_KEYS-0 1000000 4000000 10000000}
+duration=${DURATION:-5s}
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+mkdir -p "$out"
+before=$(cd "$(dirname "$before")" && pwd)/$(basename "$before")
+after=$out/hubrelay-after
+(cd "$root" && go build -o "$after" ./cmd/hubrelay)
+echo "after: $(cd "$root" && git describe --always --dirty), before: $before" | tee "$out/builds.txt"
+start=$(date +%s)
+
+stamp() { echo "$(date -u +%H:%M:%S) $1: $(cat /proc/loadavg)" | tee -a "$out/load.txt"; }
+
+bin() { if [ "$1" = before ]; then echo "$before"; else echo "$after"; fi; }
+
+# Throughput: the references' fsync target, hubrelay with its sinks down (ingest alone),
+# hubrelay with two unbatched http sinks (CPU per change) and with sink batching (delivered/s
+# at 50 changes/POST), c=32 with 1 and 50 changes/POST.
+for i in $(seq "$rounds"); do
+	for side in before after; do
+		stamp "throughput $side round $i"
+		nice -n 5 "$after" bench -q -exe "$(bin $side)" -duration "$duration" -concurrency 32 -batch-changes 50 \
+			-targets reference-fsync,hubrelay-sinks-down,hubrelay,hubrelay-batch -json >"$out/throughput.$side.$i.json"
+	done
+done
+
+# The backlog: OUTAGE_CHANGES posted with both sinks answering 503 (sink batching on, as in
+# BENCHMARKS.md's run G), peak RSS of the relay.
+if [ "$outage" -gt 0 ]; then
+	for side in before after; do
+		stamp "outage $side"
+		nice -n 5 "$after" bench -q -exe "$(bin $side)" -scenario outage -sink-batch -changes "$outage" \
+			-concurrency 32 -json >"$out/outage.$side.json"
+	done
+fi
+
+# The dedup index against its size (this tree only: the benchmark is new).
+if [ -n "$dedupkeys" ]; then
+	stamp "dedup scale"
+	(cd "$root" && HUBRELAY_DEDUP_SCALE="$dedupkeys" nice -n 5 go test -run '^$' -bench '^BenchmarkDedupScale$' -benchtime 1x \
+		-timeout 60m ./relay/spool/... ) | tee "$out/dedup.txt"
+fi
+stamp end
+
+# The summary: every check of every run, before and after side by side.
+{
+	echo "issue 19 figures, $(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - start)) s; $(cat "$out/builds.txt")"
+	echo "load averages (1, 5, 15 min) when each run started:"
+	sed 's/^/  /' "$out/load.txt"
+	echo
+	for side in before after; do
+		for f in "$out"/throughput.$side.*.json "$out"/outage.$side.json; do
+			[ -f "$f" ] || continue
+			echo "$side $(basename "$f") (load $(jq -r '.loadavg_before' "$f") -> $(jq -r '.loadavg_after' "$f"), ${side}):"
+			jq -r '.checks[] | select(.target != "-" or (.name | test("duplicate"))) |
+				"  \(.name): \(if .reference then "\(.value * 100 | round / 100)x (\(.hubrelay * 10 | round / 10) vs \(.reference * 10 | round / 10) \(.unit))" else "\(.value * 10 | round / 10) \(.unit)" end) target \(.target) \(if .met then "met" else "MISSED" end)"' "$f"
+		done
+	done
+	[ -f "$out/dedup.txt" ] && { echo; grep -E '^(Benchmark|dedup)' "$out/dedup.txt" || true; }
+} | tee "$out/summary.txt"
+echo "reports in $out"
