@@ -42,6 +42,14 @@ type Options struct {
 	// Another build's binary measures that build with this bench's load and accounting: runs
 	// alternating between two binaries give same-load before/after pairs.
 	Exe string
+	// CompareExe, when set, is a second build (typically the "before" of a change): the
+	// throughput scenario runs every hubrelay target from it too, right next to the same
+	// target from Exe in every round, and reports its checks separately (Phase.Build
+	// "compare"), so that before and after share the load of the same minute.
+	CompareExe string
+	// Rounds repeats the throughput scenario's phases this many times, default 1; each check
+	// is then the median of its per-round values (a ratio is always taken within one round).
+	Rounds int
 	// Scenario is ScenarioThroughput (default) or ScenarioOutage.
 	Scenario string
 	// Targets are the targets measured by the throughput scenario, default reference,
@@ -93,6 +101,12 @@ type Options struct {
 func (o Options) withDefaults() (Options, error) {
 	if o.Exe == "" {
 		return o, fmt.Errorf("no hubrelay executable")
+	}
+	if o.Rounds == 0 {
+		o.Rounds = 1
+	}
+	if o.Rounds < 1 || o.Rounds > 100 {
+		return o, fmt.Errorf("rounds %d: use 1 to 100", o.Rounds)
 	}
 	if o.Scenario == "" {
 		o.Scenario = ScenarioThroughput

@@ -49,12 +49,16 @@ type OptionsSummary struct {
 	SinkConcurrency int      `json:"sink_concurrency"`
 	Changes         int      `json:"changes,omitempty"`
 	RelayLogLevel   string   `json:"relay_log_level"`
+	Rounds          int      `json:"rounds,omitempty"`
+	Exe             string   `json:"exe,omitempty"`
+	CompareExe      string   `json:"compare_exe,omitempty"`
 }
 
 func summarizeOptions(o Options) OptionsSummary {
 	s := OptionsSummary{Targets: o.Targets, Concurrency: o.Concurrency, PhaseSeconds: o.Duration.Seconds(),
 		ChangesPerPost: o.ChangesPerPost, BatchChanges: max(o.BatchChanges, 0), BodyBytes: o.BodyBytes, Rate: o.Rate,
-		BadSig: o.BadSig, SinkConcurrency: o.SinkConcurrency, RelayLogLevel: o.RelayLogLevel}
+		BadSig: o.BadSig, SinkConcurrency: o.SinkConcurrency, RelayLogLevel: o.RelayLogLevel,
+		Rounds: o.Rounds, Exe: o.Exe, CompareExe: o.CompareExe}
 	if o.Scenario == ScenarioOutage {
 		s.Changes = o.Changes
 	}
@@ -63,11 +67,15 @@ func summarizeOptions(o Options) OptionsSummary {
 
 // Phase is one target under one load.
 type Phase struct {
-	Label          string `json:"phase"`
-	Target         string `json:"target"`
-	Concurrency    int    `json:"concurrency"`
-	ChangesPerPost int    `json:"changes_per_post"`
-	Rate           int    `json:"rate,omitempty"`
+	Label  string `json:"phase"`
+	Target string `json:"target"`
+	// Build is "" for Options.Exe's targets, BuildCompare for Options.CompareExe's.
+	Build string `json:"build,omitempty"`
+	// Round counts the throughput scenario's rounds from 1.
+	Round          int `json:"round,omitempty"`
+	Concurrency    int `json:"concurrency"`
+	ChangesPerPost int `json:"changes_per_post"`
+	Rate           int `json:"rate,omitempty"`
 	// Seconds is how long the load ran.
 	Seconds float64 `json:"seconds"`
 	// Requests were sent; Acked (good signature) were answered 200; Rejected (bad signature)
@@ -153,7 +161,20 @@ type Check struct {
 	Unit      string  `json:"unit"`
 	Target    string  `json:"target"`
 	Met       bool    `json:"met"`
+	// Build is "" for Options.Exe, BuildCompare for Options.CompareExe.
+	Build string `json:"build,omitempty"`
+	// Rounds holds the value of each round when there were several; Value is their median
+	// (a sum for counts).
+	Rounds []float64 `json:"rounds,omitempty"`
+	// limit and atLeast are the bound Target describes (limit 0: none); sum makes the rounds
+	// add up instead of taking the median.
+	limit   float64
+	atLeast bool
+	sum     bool
 }
+
+// BuildCompare is the Build of the phases and checks of Options.CompareExe.
+const BuildCompare = "compare"
 
 func (p *Phase) fromLoad(res *loadResult) {
 	p.Seconds = res.end.Sub(res.start).Seconds()
@@ -184,7 +205,7 @@ func (p *Phase) setUsage(before, after, selfBefore, selfAfter procUsage, err err
 // progressLine is the one-line summary printed as the run goes.
 func (p *Phase) progressLine() string {
 	s := fmt.Sprintf("%-26s %-16s %8.0f req/s %9.0f changes/s  ack p50 %6.2fms p99 %7.2fms",
-		p.Label, p.Target, p.AckedPerSec, p.ChangesPerSec, p.AckLatency.P50, p.AckLatency.P99)
+		p.roundLabel(), p.targetName(), p.AckedPerSec, p.ChangesPerSec, p.AckLatency.P50, p.AckLatency.P99)
 	for _, s2 := range p.Sinks {
 		s += fmt.Sprintf("  %s %.0f/s lost %d pending %d dup %d", s2.Name, s2.DeliveredPerSec, s2.Lost, s2.Pending, s2.Duplicated)
 	}
@@ -194,11 +215,12 @@ func (p *Phase) progressLine() string {
 	return s
 }
 
-// find returns the phase of target at concurrency c with k changes per POST.
+// find returns the phase of target at concurrency c with k changes per POST (the first round's,
+// of Options.Exe's build).
 func (r *Report) find(target string, c, k int) *Phase {
 	for i := range r.Phases {
 		p := &r.Phases[i]
-		if p.Target == target && p.Concurrency == c && p.ChangesPerPost == k {
+		if p.Target == target && p.Concurrency == c && p.ChangesPerPost == k && p.Build == "" {
 			return p
 		}
 	}
@@ -309,10 +331,10 @@ func lossChecks(r *Report, target string) []Check {
 	if phases == 0 {
 		return nil
 	}
-	return []Check{
-		absolute(fmt.Sprintf("all phases: %s changes lost", target), float64(lost), "changes", 0, false),
-		info(fmt.Sprintf("all phases: %s duplicate deliveries (allowed, at least once)", target), float64(dup), "deliveries"),
-	}
+	lc := absolute(fmt.Sprintf("all phases: %s changes lost", target), float64(lost), "changes", 0, false)
+	dc := info(fmt.Sprintf("all phases: %s duplicate deliveries (allowed, at least once)", target), float64(dup), "deliveries")
+	lc.sum, dc.sum = true, true
+	return []Check{lc, dc}
 }
 
 // info is a measured value with no target.
@@ -343,7 +365,7 @@ func outageChecks(r *Report) []Check {
 // ratio checks hub/ref against limit: at least limit when atLeast, else at most. A zero
 // limit makes an informative ratio that is always met.
 func ratio(name string, hub, ref float64, unit string, limit float64, atLeast bool) Check {
-	c := Check{Name: name, Hubrelay: hub, Reference: ref, Unit: unit, Met: true, Target: "-"}
+	c := Check{Name: name, Hubrelay: hub, Reference: ref, Unit: unit, Met: true, Target: "-", limit: limit, atLeast: atLeast}
 	if ref > 0 {
 		c.Value = hub / ref
 	}
@@ -358,7 +380,7 @@ func ratio(name string, hub, ref float64, unit string, limit float64, atLeast bo
 
 // absolute checks v against limit: at least limit when atLeast, else at most.
 func absolute(name string, v float64, unit string, limit float64, atLeast bool) Check {
-	c := Check{Name: name, Value: v, Hubrelay: v, Unit: unit}
+	c := Check{Name: name, Value: v, Hubrelay: v, Unit: unit, limit: limit, atLeast: atLeast}
 	c.Target, c.Met = bound(v, limit, atLeast, " "+unit)
 	return c
 }
@@ -396,7 +418,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(tw, "phase\ttarget\treq/s\tchanges/s\tack p50 ms\tp90\tp99\tmax\tCPU µs/change\ttarget cores\tbench cores\tpeak RSS MiB\tfailed\t")
 	for _, p := range phases {
 		span := p.Seconds + p.DrainSeconds
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t\n", p.Label, p.Target, p.AckedPerSec, p.ChangesPerSec,
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t\n", p.roundLabel(), p.targetName(), p.AckedPerSec, p.ChangesPerSec,
 			p.AckLatency.P50, p.AckLatency.P90, p.AckLatency.P99, p.AckLatency.Max, p.CPUPerChangeUS,
 			p.CPUSeconds/span, p.BenchCPUSeconds/span, p.PeakRSSMB, p.Failed)
 	}
@@ -407,7 +429,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(tw, "phase\ttarget\tsink\tdelivered/s\te2e p50 ms\tp90\tp99\tmax\tacked\tdelivered\tpending\tlost\tdup\tdrain s\t")
 	for _, p := range phases {
 		for _, s := range p.Sinks {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.1f\t\n", p.Label, p.Target, s.Name, s.DeliveredPerSec,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.1f\t\n", p.roundLabel(), p.targetName(), s.Name, s.DeliveredPerSec,
 				s.E2E.P50, s.E2E.P90, s.E2E.P99, s.E2E.Max, s.Expected, s.Delivered, s.Pending, s.Lost, s.Duplicated, p.DrainSeconds)
 		}
 	}
@@ -426,7 +448,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	var problems []string
 	for _, p := range phases {
 		for _, pr := range p.Problems {
-			problems = append(problems, fmt.Sprintf("%s, %s: %s", p.Label, p.Target, pr))
+			problems = append(problems, fmt.Sprintf("%s, %s: %s", p.roundLabel(), p.targetName(), pr))
 		}
 	}
 	if len(problems) > 0 {
@@ -434,7 +456,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 
 	if len(r.Checks) > 0 {
-		fmt.Fprintln(ew, "\nagainst the targets (ratios from this run):")
+		fmt.Fprintln(ew, "\nagainst the targets (ratios from this run; with rounds, the median of the rounds' ratios, each listed):")
 		tw = tabwriter.NewWriter(ew, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "check\thubrelay\treference\tvalue\ttarget\tresult")
 		for _, c := range r.Checks {
@@ -449,11 +471,47 @@ func (r *Report) WriteTable(w io.Writer) error {
 			case !c.Met:
 				result = "MISSED"
 			}
-			fmt.Fprintf(tw, "%s\t%.2f %s\t%s\t%s\t%s\t%s\n", c.Name, c.Hubrelay, c.Unit, refCol, val, c.Target, result)
+			name := c.Name
+			if c.Build != "" {
+				name = "[" + c.Build + "] " + name
+			}
+			if len(c.Rounds) > 0 {
+				val += " " + roundList(c.Rounds, c.Reference > 0)
+			}
+			fmt.Fprintf(tw, "%s\t%.2f %s\t%s\t%s\t%s\t%s\n", name, c.Hubrelay, c.Unit, refCol, val, c.Target, result)
 		}
 		tw.Flush()
 	}
 	return ew.err
+}
+
+// roundLabel is the phase's label with its round, if any.
+func (p *Phase) roundLabel() string {
+	if p.Round > 0 {
+		return fmt.Sprintf("%s #%d", p.Label, p.Round)
+	}
+	return p.Label
+}
+
+// targetName is the target with its build, if not the main one.
+func (p *Phase) targetName() string {
+	if p.Build != "" {
+		return p.Target + " [" + p.Build + "]"
+	}
+	return p.Target
+}
+
+// roundList renders per-round values: "(0.81 0.77 0.90)".
+func roundList(v []float64, isRatio bool) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		if isRatio {
+			parts[i] = fmt.Sprintf("%.2f", x)
+		} else {
+			parts[i] = fmt.Sprintf("%.0f", x)
+		}
+	}
+	return "(" + strings.Join(parts, " ") + ")"
 }
 
 // rssSeries renders at most n evenly spaced samples.

@@ -10,9 +10,10 @@
 # so both builds see the same load generator, sinks and accounting; each ratio is taken within
 # one run (the reference runs in the same run), and the runs alternate before/after.
 #
-# Environment: ROUNDS (throughput rounds per build, default 2), OUTAGE_CHANGES (default
+# Environment: ROUNDS (throughput rounds, default 2), OUTAGE_CHANGES (default
 # 1000000; 0 skips the outage), DEDUP_KEYS (dedup growth curve, default "0 1000000 4000000
-# 10000000"; "" skips it), DURATION (phase length, default 5s).
+# 10000000"; "" skips it), BEFORE_SRC (a checkout of the before commit with the dedup
+# benchmark copied in: its curve too), DURATION (phase length, default 5s).
 set -eu
 
 before=${1:?usage: bench/run-issue19.sh BEFORE_BINARY [OUT_DIR]}
@@ -36,14 +37,11 @@ bin() { if [ "$1" = before ]; then echo "$before"; else echo "$after"; fi; }
 
 # Throughput: the references' fsync target, hubrelay with its sinks down (ingest alone),
 # hubrelay with two unbatched http sinks (CPU per change) and with sink batching (delivered/s
-# at 50 changes/POST), c=32 with 1 and 50 changes/POST.
-for i in $(seq "$rounds"); do
-	for side in before after; do
-		stamp "throughput $side round $i"
-		nice -n 5 "$after" bench -q -exe "$(bin $side)" -duration "$duration" -concurrency 32 -batch-changes 50 \
-			-targets reference-fsync,hubrelay-sinks-down,hubrelay,hubrelay-batch -json >"$out/throughput.$side.$i.json"
-	done
-done
+# at 50 changes/POST), c=32 with 1 and 50 changes/POST. One run, ROUNDS rounds; in each, every
+# hubrelay target runs from both builds back to back (-compare), next to the round's reference.
+stamp "throughput, $rounds rounds, before ([compare]) and after"
+nice -n 5 "$after" bench -q -compare "$before" -rounds "$rounds" -duration "$duration" -concurrency 32 -batch-changes 50 \
+	-targets reference-fsync,hubrelay-sinks-down,hubrelay,hubrelay-batch -json >"$out/throughput.json"
 
 # The backlog: OUTAGE_CHANGES posted with both sinks answering 503 (sink batching on, as in
 # BENCHMARKS.md's run G), peak RSS of the relay.
@@ -55,11 +53,22 @@ if [ "$outage" -gt 0 ]; then
 	done
 fi
 
-# The dedup index against its size (this tree only: the benchmark is new).
+# The dedup index against its size: this tree, and the before tree when BEFORE_SRC is a
+# checkout of it holding the benchmark (copy relay/spool/dedupscale_test.go there).
+dedup() { # dir output
+	(cd "$1" && HUBRELAY_DEDUP_SCALE="$dedupkeys" nice -n 5 go test -run '^$' -bench '^BenchmarkDedupScale$' -benchtime 1x \
+		-timeout 90m ./relay/spool/...) | tee "$2"
+}
 if [ -n "$dedupkeys" ]; then
-	stamp "dedup scale"
-	(cd "$root" && HUBRELAY_DEDUP_SCALE="$dedupkeys" nice -n 5 go test -run '^$' -bench '^BenchmarkDedupScale$' -benchtime 1x \
-		-timeout 60m ./relay/spool/... ) | tee "$out/dedup.txt"
+	chart="after=$out/dedup.after.txt"
+	if [ -n "${BEFORE_SRC:-}" ] && ls "$BEFORE_SRC"/relay/spool/*/dedupscale_test.go "$BEFORE_SRC"/relay/spool/dedupscale_test.go >/dev/null 2>&1; then
+		stamp "dedup scale before"
+		dedup "$BEFORE_SRC" "$out/dedup.before.txt"
+		chart="before=$out/dedup.before.txt,$chart"
+	fi
+	stamp "dedup scale after"
+	dedup "$root" "$out/dedup.after.txt"
+	"$after" bench -dedup-chart "$chart" -svg "$out/dedup-scale.svg"
 fi
 stamp end
 
@@ -69,14 +78,15 @@ stamp end
 	echo "load averages (1, 5, 15 min) when each run started:"
 	sed 's/^/  /' "$out/load.txt"
 	echo
-	for side in before after; do
-		for f in "$out"/throughput.$side.*.json "$out"/outage.$side.json; do
-			[ -f "$f" ] || continue
-			echo "$side $(basename "$f") (load $(jq -r '.loadavg_before' "$f") -> $(jq -r '.loadavg_after' "$f"), ${side}):"
-			jq -r '.checks[] | select(.target != "-" or (.name | test("duplicate"))) |
-				"  \(.name): \(if .reference then "\(.value * 100 | round / 100)x (\(.hubrelay * 10 | round / 10) vs \(.reference * 10 | round / 10) \(.unit))" else "\(.value * 10 | round / 10) \(.unit)" end) target \(.target) \(if .met then "met" else "MISSED" end)"' "$f"
-		done
+	checks='.checks[] | select(.target != "-" or (.name | test("duplicate"))) |
+		"  \(if .build == "compare" then "before" else "after " end) \(.name): \(if .reference then "\(.value * 100 | round / 100)x (\(.hubrelay * 10 | round / 10) vs \(.reference * 10 | round / 10) \(.unit))" else "\(.value * 10 | round / 10) \(.unit)" end)\(if .rounds then " rounds \(.rounds | map(. * 100 | round / 100))" else "" end) target \(.target) \(if .met then "met" else "MISSED" end)"'
+	for f in "$out"/throughput.json "$out"/outage.before.json "$out"/outage.after.json; do
+		[ -f "$f" ] || continue
+		echo "$(basename "$f") (load $(jq -r '.loadavg_before' "$f") -> $(jq -r '.loadavg_after' "$f"), $(jq -r '.seconds | round' "$f") s):"
+		case $f in *before*) jq -r "$checks" "$f" | sed 's/^  after /  before/' ;; *) jq -r "$checks" "$f" ;; esac
 	done
-	[ -f "$out/dedup.txt" ] && { echo; grep -E '^(Benchmark|dedup)' "$out/dedup.txt" || true; }
+	for f in "$out"/dedup.*.txt; do
+		[ -f "$f" ] && { echo; echo "$(basename "$f"):"; grep -E '^(Benchmark|dedup-scale)' "$f" || true; }
+	done
 } | tee "$out/summary.txt"
 echo "reports in $out"

@@ -29,7 +29,8 @@ const (
 type phaseSpec struct {
 	label       string
 	concurrency int
-	k           int // changes per POST
+	k           int    // changes per POST
+	build       string // "" or BuildCompare: which binary runs a hubrelay target
 }
 
 // runner is the state of one Run.
@@ -62,7 +63,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	switch opt.Scenario {
 	case ScenarioThroughput:
 		err = r.throughput(ctx, rep)
-		rep.Checks = checks(rep)
+		rep.Checks = roundChecks(rep)
 	case ScenarioOutage:
 		err = r.outage(ctx, rep)
 		rep.Checks = outageChecks(rep)
@@ -82,14 +83,31 @@ func (r *runner) throughput(ctx context.Context, rep *Report) error {
 		c := r.opt.maxConcurrency()
 		specs = append(specs, phaseSpec{label: phaseLabel(c, r.opt.BatchChanges), concurrency: c, k: r.opt.BatchChanges})
 	}
-	for _, spec := range specs {
-		for _, target := range r.opt.Targets {
-			p, err := r.phase(ctx, target, spec)
-			if err != nil {
-				return fmt.Errorf("%s, %s: %w", spec.label, target, err)
+	for round := 1; round <= r.opt.Rounds; round++ {
+		for _, spec := range specs {
+			for _, target := range r.opt.Targets {
+				builds := []string{""}
+				if r.opt.CompareExe != "" && target != TargetReference && target != TargetReferenceFsync {
+					// Alternate which build goes first, so that neither always follows the
+					// reference.
+					builds = []string{BuildCompare, ""}
+					if round%2 == 0 {
+						builds = []string{"", BuildCompare}
+					}
+				}
+				for _, build := range builds {
+					spec.build = build
+					p, err := r.phase(ctx, target, spec)
+					if err != nil {
+						return fmt.Errorf("%s, %s: %w", spec.label, target, err)
+					}
+					if r.opt.Rounds > 1 {
+						p.Round = round
+					}
+					rep.Phases = append(rep.Phases, p)
+					fmt.Fprintln(r.opt.Progress, p.progressLine())
+				}
 			}
-			rep.Phases = append(rep.Phases, p)
-			fmt.Fprintln(r.opt.Progress, p.progressLine())
 		}
 	}
 	return nil
@@ -110,11 +128,15 @@ func (r *runner) phase(ctx context.Context, target string, spec phaseSpec) (Phas
 		return Phase{}, err
 	}
 	sinksDown := target == TargetHubrelaySinksDown
-	t, err := r.start(ctx, target, dir, sinksDown)
+	exe := r.opt.Exe
+	if spec.build == BuildCompare {
+		exe = r.opt.CompareExe
+	}
+	t, err := r.start(ctx, exe, target, dir, sinksDown)
 	if err != nil {
 		return Phase{}, err
 	}
-	p := Phase{Label: spec.label, Target: target, Concurrency: spec.concurrency, ChangesPerPost: spec.k, Rate: r.opt.Rate}
+	p := Phase{Label: spec.label, Target: target, Build: spec.build, Concurrency: spec.concurrency, ChangesPerPost: spec.k, Rate: r.opt.Rate}
 	before, usageErr := t.child.usage()
 	selfBefore, selfErr := readProc(os.Getpid())
 	res := runLoad(ctx, r.loadSpec(t, gen, spec, r.opt.Duration, 0))
@@ -147,7 +169,11 @@ func (r *runner) phase(ctx context.Context, target string, spec phaseSpec) (Phas
 // nextPhase returns the generator and directory of a new phase.
 func (r *runner) nextPhase(target string, spec phaseSpec) (*generator, string, error) {
 	r.seq++
-	dir := filepath.Join(r.dir, fmt.Sprintf("%02d-%s-c%d-k%d", r.seq, target, spec.concurrency, spec.k))
+	name := target
+	if spec.build != "" {
+		name += "-" + spec.build
+	}
+	dir := filepath.Join(r.dir, fmt.Sprintf("%02d-%s-c%d-k%d", r.seq, name, spec.concurrency, spec.k))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("make phase dir: %w", err)
 	}
@@ -249,7 +275,7 @@ func (r *runner) outage(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	t, err := r.start(ctx, target, dir, true)
+	t, err := r.start(ctx, r.opt.Exe, target, dir, true)
 	if err != nil {
 		return err
 	}
@@ -381,7 +407,7 @@ func dropSchema(url, schema string) {
 
 // start starts target with its data in dir and waits until it is ready. sinksDown makes the
 // relay's sinks answer 503 from the start.
-func (r *runner) start(ctx context.Context, target, dir string, sinksDown bool) (*running, error) {
+func (r *runner) start(ctx context.Context, exe, target, dir string, sinksDown bool) (*running, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -422,7 +448,7 @@ func (r *runner) start(ctx context.Context, target, dir string, sinksDown bool) 
 				"HUBRELAY_ALLOCSPROFILE="+r.opt.CPUProfile+"."+filepath.Base(dir)+".allocs.pprof")
 		}
 	}
-	t.child, err = startChild(target, r.opt.Exe, args, env, filepath.Join(dir, target+".log"))
+	t.child, err = startChild(target, exe, args, env, filepath.Join(dir, target+".log"))
 	if err != nil {
 		t.closeReceivers()
 		return nil, err

@@ -44,6 +44,9 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of each hubrelay child to `prefix`.<phase>.pprof and its allocations to prefix.<phase>.allocs.pprof (needs "+cpuProfileEnv+" support in serve)")
 	fs.StringVar(&o.Dir, "dir", "", "keep the targets' data and logs in this directory (default: a temporary one, removed)")
 	fs.StringVar(&o.PostgresURL, "postgres", "", "database `URL` of the hubrelay-postgres target (a schema per phase, dropped after it)")
+	dedupChart := fs.String("dedup-chart", "", "instead of a run, draw the dedup growth chart (-svg) from `name=file,...`: outputs of relay/spool's BenchmarkDedupScale")
+	fs.StringVar(&o.CompareExe, "compare", "", "also run every hubrelay target from this `binary` (e.g. the build before a change), next to this build's in every round; its checks are listed as [compare]")
+	fs.IntVar(&o.Rounds, "rounds", 1, "repeat the throughput phases this many times; each check is the median of its rounds")
 	exeFlag := fs.String("exe", "", "run the targets from this hubrelay `binary` (default: this one), e.g. another build, for same-load before/after pairs")
 	quiet := fs.Bool("q", false, "no progress lines on standard error")
 	if _, err := parseArgs(fs, args, e); err != nil {
@@ -52,6 +55,9 @@ func runBench(ctx context.Context, args []string, e env) error {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(e.stderr, "hubrelay bench: unexpected argument %q\n", fs.Arg(0))
 		return errUsage
+	}
+	if *dedupChart != "" {
+		return drawDedupChart(*dedupChart, *svg, e)
 	}
 	o.Targets = splitList(*targets)
 	for _, s := range splitList(*conc) {
@@ -91,6 +97,41 @@ func runBench(ctx context.Context, args []string, e env) error {
 		err = errors.Join(err, rep.WriteTable(e.stdout))
 	}
 	return err
+}
+
+// drawDedupChart writes the dedup growth chart of the named benchmark outputs to svgPath.
+func drawDedupChart(spec, svgPath string, e env) error {
+	if svgPath == "" {
+		fmt.Fprintln(e.stderr, "hubrelay bench: -dedup-chart needs -svg FILE")
+		return errUsage
+	}
+	var names []string
+	var sets [][]bench.DedupPoint
+	for _, part := range splitList(spec) {
+		name, path, ok := strings.Cut(part, "=")
+		if !ok {
+			name, path = part, part
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("dedup chart: %w", err)
+		}
+		pts, err := bench.ReadDedupPoints(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("dedup chart %s: %w", path, err)
+		}
+		names, sets = append(names, name), append(sets, pts)
+	}
+	f, err := os.Create(svgPath)
+	if err != nil {
+		return fmt.Errorf("create chart: %w", err)
+	}
+	if err := bench.WriteDedupChart(f, names, sets); err != nil {
+		f.Close()
+		return fmt.Errorf("write chart %s: %w", svgPath, err)
+	}
+	return f.Close()
 }
 
 func writeSVG(rep *bench.Report, path string) error {

@@ -1,0 +1,259 @@
+package spool
+
+import (
+	"bufio"
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// dedupScalePoint is what BenchmarkDedupScale measured at one size of the index; the JSON
+// lines it prints (prefixed "dedup-scale ") feed `hubrelay bench -dedup-chart`.
+type dedupScalePoint struct {
+	Keys          int     `json:"keys"`
+	Runs          int     `json:"runs"`
+	FilterMB      float64 `json:"filter_mb"`        // the runs' Bloom filters held in memory
+	IndexHeapMB   float64 `json:"index_heap_mb"`    // Go heap the open spool holds after a GC
+	RSSMB         float64 `json:"rss_mb"`           // the process's resident set after the lookups
+	RSSFileMB     float64 `json:"rss_file_mb"`      // of which file pages (the mmap'd spool)
+	LookupAbsent  float64 `json:"lookup_absent_ns"` // one lookup of a key the index does not hold
+	LookupPresent float64 `json:"lookup_present_ns"`
+	AcceptPerSec  float64 `json:"accept_per_s"`  // 1-item Accepts, 64 callers, two sinks
+	AcceptCPUUS   float64 `json:"accept_cpu_us"` // process CPU per accepted item
+	PrefillPerSec float64 `json:"prefill_per_s"` // keys/s of the pre-fill (1000-key Accepts)
+	SpoolMB       float64 `json:"spool_mb"`      // size of spool.db
+}
+
+// BenchmarkDedupScale measures the dedup index against the number of keys in its window: it
+// pre-fills a spool in a temporary directory with N unique keys (Accepts of 1000 keys without
+// sinks, the index's real flushes and merges), reopens it, and measures the memory the open
+// index holds, the cost of a lookup of an absent and of a present key, and the rate of
+// 1-item Accepts from 64 callers on top of it. N comes from HUBRELAY_DEDUP_SCALE, a list of
+// key counts (default "0 100000": the rest is slow, run it by hand; bench/run-issue19.sh runs
+// 0, 1M, 4M and 10M, and 100M takes about an hour and ~5 GB of disk). Each size runs once,
+// whatever b.N.
+func BenchmarkDedupScale(b *testing.B) {
+	sizes := []int{0, 100_000}
+	if env := os.Getenv("HUBRELAY_DEDUP_SCALE"); env != "" {
+		sizes = sizes[:0]
+		for _, f := range strings.Fields(env) {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 0 {
+				b.Fatalf("HUBRELAY_DEDUP_SCALE: %q is not a key count", f)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	var base float64
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			p := measureDedupScale(b, n)
+			line, _ := json.Marshal(p)
+			fmt.Printf("dedup-scale %s\n", line)
+			b.ReportMetric(p.LookupAbsent, "absent-ns/lookup")
+			b.ReportMetric(p.LookupPresent, "present-ns/lookup")
+			b.ReportMetric(p.IndexHeapMB, "index-heap-MB")
+			b.ReportMetric(p.RSSMB, "rss-MB")
+			b.ReportMetric(float64(p.Runs), "runs")
+			b.ReportMetric(p.AcceptPerSec, "accept-items/s")
+			if n == 0 {
+				base = p.AcceptPerSec
+			} else if base > 0 {
+				b.ReportMetric(p.AcceptPerSec/base, "accept-vs-empty")
+			}
+		})
+	}
+}
+
+func measureDedupScale(b *testing.B, n int) dedupScalePoint {
+	dir := b.TempDir()
+	path := filepath.Join(dir, "data", "spool.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	prefix := randomKeyPrefix()
+	key := func(i int) string { return prefix + strconv.FormatUint(uint64(i)*0x9E3779B97F4A7C15, 36) }
+	p := dedupScalePoint{Keys: n}
+	began := time.Now()
+	prefill(b, s, n, key)
+	if n > 0 {
+		p.PrefillPerSec = float64(n) / time.Since(began).Seconds()
+	}
+	if got, err := s.DedupLen(); err != nil || got != n {
+		b.Fatalf("DedupLen after the pre-fill: %d, %v; want %d", got, err, n)
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err == nil {
+		p.SpoolMB = float64(fi.Size()) / (1 << 20)
+	}
+
+	const lookups = 200_000
+	rng := rand.New(rand.NewPCG(uint64(n), 7))
+	absent := make([][]byte, lookups)
+	present := make([][]byte, lookups)
+	for i := range absent {
+		absent[i] = dedupHash([]byte(key(n + 1 + i)))
+		if n > 0 {
+			present[i] = dedupHash([]byte(key(rng.IntN(n))))
+		}
+	}
+	heapBefore := heapInUse()
+	s, err = Open(path, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	p.IndexHeapMB = max(0, heapInUse()-heapBefore) / (1 << 20)
+	s.dedup.mu.RLock()
+	p.Runs = len(s.dedup.blooms)
+	for _, f := range s.dedup.blooms {
+		p.FilterMB += float64(len(f.words)*8) / (1 << 20)
+	}
+	s.dedup.mu.RUnlock()
+
+	p.LookupAbsent = timeLookups(b, s, absent, false)
+	if n > 0 {
+		p.LookupPresent = timeLookups(b, s, present, true)
+	}
+	p.RSSMB, p.RSSFileMB = rssMB()
+
+	const accepts = 30_000
+	var next atomic.Int64
+	next.Store(int64(n + 1 + lookups))
+	data := make([]byte, 1024)
+	cpu0, t0 := cpuTime(), time.Now()
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(n+1+lookups+accepts) {
+					return
+				}
+				it := Item{Key: key(int(i)), Data: data, Sinks: []string{"orders", "archive"}}
+				if _, err := s.Accept(context.Background(), []Item{it}, time.Now()); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	p.AcceptPerSec = accepts / time.Since(t0).Seconds()
+	p.AcceptCPUUS = float64(cpuTime()-cpu0) / float64(time.Microsecond) / accepts
+	return p
+}
+
+// prefill accepts n unique keys without sinks, 1000 per call from 8 callers.
+func prefill(b *testing.B, s *Spool, n int, key func(int) string) {
+	const per = 1000
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			items := make([]Item, 0, per)
+			for {
+				from := int(next.Add(per)) - per
+				if from >= n {
+					return
+				}
+				items = items[:0]
+				for i := from; i < min(from+per, n); i++ {
+					items = append(items, Item{Key: key(i)})
+				}
+				dup, err := s.Accept(context.Background(), items, time.Now())
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				for i, d := range dup {
+					if d {
+						b.Errorf("pre-fill key %d seen as a repeat", from+i)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+}
+
+// timeLookups returns the mean time of one lookup of each hash, all in one read transaction,
+// and checks that each is seen (or not).
+func timeLookups(b *testing.B, s *Spool, hashes [][]byte, want bool) float64 {
+	cutoff := timeBits(time.Now().Add(-s.window))
+	var el time.Duration
+	err := s.view(func(tx *bolt.Tx) error {
+		dv := s.dedup.view(tx)
+		t0 := time.Now()
+		for i, h := range hashes {
+			if seen, _ := dv.lookup(h, cutoff); seen != want {
+				return fmt.Errorf("lookup %d: seen %v, want %v", i, seen, want)
+			}
+		}
+		el = time.Since(t0)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return float64(el.Nanoseconds()) / float64(len(hashes))
+}
+
+func randomKeyPrefix() string {
+	r := make([]byte, 6)
+	crand.Read(r)
+	return "wamid.HBgL" + hex.EncodeToString(r)
+}
+
+// heapInUse returns the bytes of live heap after a full collection.
+func heapInUse() float64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.HeapAlloc)
+}
+
+// rssMB returns this process's resident set and its file-backed part, in MiB (0 where there is
+// no /proc).
+func rssMB() (all, file float64) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), ":")
+		kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		switch k {
+		case "VmRSS":
+			all = kb / 1024
+		case "RssFile":
+			file = kb / 1024
+		}
+	}
+	return all, file
+}
