@@ -14,7 +14,7 @@ type DedupPoint struct {
 	Keys          int     `json:"keys"`
 	Runs          int     `json:"runs"`
 	FilterMB      float64 `json:"filter_mb"`
-	IndexHeapMB   float64 `json:"index_heap_mb"`
+	HeapMB        float64 `json:"heap_mb"`
 	RSSMB         float64 `json:"rss_mb"`
 	RSSFileMB     float64 `json:"rss_file_mb"`
 	LookupAbsent  float64 `json:"lookup_absent_ns"`
@@ -53,16 +53,16 @@ func ReadDedupPoints(r io.Reader) ([]DedupPoint, error) {
 // change; the first set solid, the others dashed).
 func WriteDedupChart(w io.Writer, names []string, sets [][]DedupPoint) error {
 	x := axis{Label: "keys in the dedup window", Log: true}
-	mem := chart{Title: "Index memory: filters (solid), process RSS (dashed)", X: x, Y: axis{Label: "MiB", Zero: true}}
-	look := chart{Title: "Lookup: absent key (solid), present (dashed)", X: x, Y: axis{Label: "ns per lookup", Zero: true}}
-	acc := chart{Title: "1-item Accepts, 64 callers, vs the empty index", X: x, Y: axis{Label: "ratio to 0 keys", Zero: true}}
+	mem := chart{Title: "Filters in memory (solid), process RSS (dashed)", X: x, Y: axis{Label: "MiB", Zero: true}}
+	look := chart{Title: "Lookup CPU: absent key (solid), present (dashed)", X: x, Y: axis{Label: "ns per lookup", Zero: true}}
+	acc := chart{Title: "Accept CPU per item: empty index / this one", X: x, Y: axis{Label: "ratio to 0 keys", Zero: true}}
 	for i, pts := range sets {
 		name := names[i]
 		var filt, rss, absent, present, ratio []point
 		var base float64
 		for _, p := range pts {
 			if p.Keys == 0 {
-				base = p.AcceptPerSec
+				base = p.AcceptCPUUS
 				continue // a log axis has no 0
 			}
 			k := float64(p.Keys)
@@ -70,8 +70,8 @@ func WriteDedupChart(w io.Writer, names []string, sets [][]DedupPoint) error {
 			rss = append(rss, point{k, p.RSSMB})
 			absent = append(absent, point{k, p.LookupAbsent})
 			present = append(present, point{k, p.LookupPresent})
-			if base > 0 {
-				ratio = append(ratio, point{k, p.AcceptPerSec / base})
+			if base > 0 && p.AcceptCPUUS > 0 {
+				ratio = append(ratio, point{k, base / p.AcceptCPUUS})
 			}
 		}
 		mem.Series = append(mem.Series, series{Legend: name, Points: filt, Color: i, Markers: true}, series{Points: rss, Color: i, Dashed: true, Markers: true})
