@@ -901,8 +901,12 @@ func (r *runner) putBack(ds []Delivery) {
 // logDelivered logs a successful delivery: each one at debug, else at most one line per sink
 // per interval at info, counting the others.
 func (r *runner) logDelivered(id string, d Delivery, took time.Duration, batch int) {
+	debug := r.log.Enabled(context.Background(), slog.LevelDebug)
+	if !debug && !r.log.Enabled(context.Background(), slog.LevelInfo) {
+		return // the sampler neither writes nor counts it: no need to build the line
+	}
 	attrs := []any{"change_id", id, "seq", d.Seq, "attempt", d.Attempt + 1, "duration", took.String(), "batch", batch}
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+	if debug {
 		r.log.Debug("change delivered", attrs...)
 		return
 	}

@@ -442,7 +442,7 @@ func (s *server) maintain(ctx context.Context) {
 
 // releaseAbove is how much file-backed resident memory (mostly spool pages) maintain lets
 // accumulate before it releases the spool's pages.
-const releaseAbove = 32 << 20
+const releaseAbove = 16 << 20
 
 // fileResident returns the process's file-backed (and shared) resident memory in bytes, read
 // from /proc/self/statm; ok is false where that file does not exist.

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -78,9 +79,14 @@ type Client struct {
 	name     string
 	method   string
 	url      string
-	redacted string // URL as it may be printed
-	prefix   string // "name: METHOD redacted-url: "
-	rc       *retryablehttp.Client
+	redacted string   // URL as it may be printed
+	prefix   string   // "name: METHOD redacted-url: "
+	u        *url.URL // url parsed once; each request gets a copy
+	hc       *http.Client
+	retries  int           // quick retries after the first attempt
+	minB     time.Duration // the quick retries' backoff bounds
+	maxB     time.Duration
+	logger   *scrubLogger // debug lines of the attempts, scrubbed
 	scrub    *strings.Replacer
 	detail   func([]byte) string
 }
@@ -147,70 +153,92 @@ func New(c Config) (*Client, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	wc.rc = &retryablehttp.Client{
-		HTTPClient:     &hc,
-		Logger:         &scrubLogger{l: logger.With(keySink, c.Name), scrub: wc.scrub, url: wc.redacted},
-		RetryWaitMin:   minB,
-		RetryWaitMax:   maxB,
-		RetryMax:       c.Retries,
-		CheckRetry:     checkRetry,
-		Backoff:        backoff,
-		ErrorHandler:   wc.giveUp,
-		RequestLogHook: countAttempt,
-	}
+	wc.hc = &hc
+	wc.u = u
+	wc.retries, wc.minB, wc.maxB = c.Retries, minB, maxB
+	wc.logger = &scrubLogger{l: logger.With(keySink, c.Name), scrub: wc.scrub, url: wc.redacted}
 	return wc, nil
 }
 
 // Redacted returns the destination URL as it may be printed.
 func (c *Client) Redacted() string { return c.redacted }
 
-// attemptsKey is the context key under which Do counts the attempts of one call.
-type attemptsKey struct{}
-
-// countAttempt records the attempt number in the counter Do put in the request context.
-func countAttempt(_ retryablehttp.Logger, req *http.Request, retry int) {
-	if n, ok := req.Context().Value(attemptsKey{}).(*int); ok {
-		*n = retry + 1
-	}
-}
-
 // Do sends body with header (which it takes over) and retries quickly as configured. It returns
 // nil on a 2xx answer; a *relay.StatusError otherwise (permanent for 4xx other than 408 and
 // 429); or, when ctx ends first, an error wrapping ctx.Err(). Bodies are always drained and
 // closed.
+//
+// The attempts are made here rather than through go-retryablehttp, keeping its policy
+// (checkRetry, backoff) and outcomes: its Client.Do cost a URL parse, a request wrapper and
+// log arguments per request, and closed every idle connection of the transport after any
+// failed call, so that during an outage each delivery dialled (for https, handshook) anew.
 func (c *Client) Do(ctx context.Context, header http.Header, body []byte) error {
-	attempts := 0
-	req, err := retryablehttp.NewRequestWithContext(context.WithValue(ctx, attemptsKey{}, &attempts), c.method, c.url, body)
-	if err != nil {
-		return &relay.StatusError{Msg: c.prefix + "build request: " + c.scrubErr(err)}
+	if header == nil {
+		header = make(http.Header)
 	}
-	if header != nil {
-		req.Header = header
-		if h := header.Get("Host"); h != "" {
-			req.Host = h
+	host := c.u.Host
+	if h := header.Get("Host"); h != "" {
+		host = h
+	}
+	debug := c.logger.enabled()
+	if debug {
+		c.logger.Debug("performing request", "method", c.method, "url", c.redacted)
+	}
+	for attempt := 0; ; attempt++ {
+		resp, doErr := c.hc.Do(c.request(ctx, header, host, body))
+		retry, checkErr := checkRetry(ctx, resp, doErr)
+		if doErr != nil && debug {
+			c.logger.Error("request failed", "error", doErr, "method", c.method, "url", c.redacted)
+		}
+		if !retry && doErr == nil && checkErr == nil {
+			if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+				drain(resp.Body)
+				return nil
+			}
+			return c.statusError(resp, nil, attempt+1)
+		}
+		if !retry || attempt >= c.retries {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				if resp != nil {
+					drain(resp.Body)
+				}
+				return fmt.Errorf("%s%w", c.prefix, ctxErr)
+			}
+			return c.statusError(resp, cmp.Or(checkErr, doErr), attempt+1)
+		}
+		if doErr == nil {
+			drain(resp.Body) // to reuse the connection
+		}
+		wait := backoff(c.minB, c.maxB, attempt, resp)
+		if debug {
+			c.logger.Debug("retrying request", "method", c.method, "url", c.redacted, "timeout", wait, "remaining", c.retries-attempt)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return fmt.Errorf("%s%w", c.prefix, ctx.Err())
+		case <-timer.C:
 		}
 	}
-	resp, err := c.rc.Do(req)
-	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return fmt.Errorf("%s%w", c.prefix, ctxErr)
-		}
-		if se, ok := errors.AsType[*relay.StatusError](err); ok {
-			return se
-		}
-		return &relay.StatusError{Msg: c.prefix + c.scrubErr(err)}
-	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		drain(resp.Body)
-		return nil
-	}
-	return c.statusError(resp, nil, max(attempts, 1))
 }
 
-// giveUp is the retryablehttp ErrorHandler: the last response or error, after numTries
-// attempts, becomes a *relay.StatusError.
-func (c *Client) giveUp(resp *http.Response, err error, numTries int) (*http.Response, error) {
-	return nil, c.statusError(resp, err, numTries)
+// request builds one attempt's request: the URL parsed by New (copied, since a request owns
+// its URL), the body rewindable for the transport's own retries and redirects.
+func (c *Client) request(ctx context.Context, header http.Header, host string, body []byte) *http.Request {
+	u := *c.u
+	req := (&http.Request{
+		Method: c.method, URL: &u, Host: host, Header: header,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		ContentLength: int64(len(body)),
+		Body:          http.NoBody,
+		GetBody:       func() (io.ReadCloser, error) { return http.NoBody, nil },
+	}).WithContext(ctx)
+	if len(body) > 0 {
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	return req
 }
 
 // statusError describes the final outcome of one Do call and closes resp's body.
@@ -417,6 +445,10 @@ func (s *scrubLogger) Error(msg string, kv ...any) { s.log(slog.LevelDebug, msg,
 func (s *scrubLogger) Warn(msg string, kv ...any)  { s.log(slog.LevelDebug, msg, kv) }
 func (s *scrubLogger) Info(msg string, kv ...any)  { s.log(slog.LevelDebug, msg, kv) }
 func (s *scrubLogger) Debug(msg string, kv ...any) { s.log(slog.LevelDebug, msg, kv) }
+
+// enabled reports whether the attempts' debug lines are wanted (their arguments cost
+// allocations, so the caller asks first).
+func (s *scrubLogger) enabled() bool { return s.l.Enabled(context.Background(), slog.LevelDebug) }
 
 func (s *scrubLogger) log(level slog.Level, msg string, kv []any) {
 	ctx := context.Background()
