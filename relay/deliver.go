@@ -559,6 +559,10 @@ func (r *runner) dispatch() {
 		r.finished = r.finished[:0]
 		pause := time.Until(r.pauseTill)
 		held0 := r.opPaused
+		limit := readyBatch
+		if r.failures >= r.cfg.Concurrency { // failing enough to pause (failurePause)
+			limit = r.probeBatch()
+		}
 		r.mu.Unlock()
 		if held0 {
 			if !r.holdForOperator(held) {
@@ -570,7 +574,7 @@ func (r *runner) dispatch() {
 		if pause > 0 && !r.pause(pause) {
 			return
 		}
-		ds, err := r.e.q.Ready(r.name, cursor, readyBatch)
+		ds, err := r.e.q.Ready(r.name, cursor, limit)
 		if err != nil {
 			r.log.Error("read ready deliveries", "err", err)
 			if !r.sleep(time.Second) {
@@ -622,7 +626,7 @@ func (r *runner) dispatch() {
 				held = nil
 			}
 		}
-		if len(ds) == readyBatch || r.paused() {
+		if len(ds) == limit || r.paused() {
 			continue
 		}
 		sweepTo = 0
@@ -652,6 +656,19 @@ func (r *runner) dispatch() {
 			return
 		}
 	}
+}
+
+// probeBatch is how many deliveries the dispatcher reads at a time while the sink fails enough
+// to be paused between attempts: enough for every worker's next attempt, not readyBatch, since
+// the next failure pauses the sink again and the rest of a read would be thrown away (with
+// sinks down, reading and decoding 256 deliveries to send one or two was most of the
+// dispatcher's cost). A sink failing now and then (fewer consecutive failures than its
+// concurrency) reads full pages.
+func (r *runner) probeBatch() int {
+	if r.batch == nil {
+		return min(readyBatch, r.cfg.Concurrency)
+	}
+	return min(readyBatch, r.cfg.Concurrency*max(1, r.cfg.Batch.MaxChanges))
 }
 
 // batchFull reports whether held should go out now.
