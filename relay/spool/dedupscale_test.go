@@ -20,6 +20,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 )
 
 // dedupScalePoint is what BenchmarkDedupScale measured at one size of the index; the JSON
@@ -113,21 +115,27 @@ func measureDedupScale(b *testing.B, n int) dedupScalePoint {
 	}
 	defer s.Close()
 	p.HeapMB = heapInUse() / (1 << 20)
-	s.dedup.mu.RLock()
-	p.Runs = len(s.dedup.blooms)
-	for _, f := range s.dedup.blooms {
-		p.FilterMB += float64(len(f.words)*8) / (1 << 20)
+	err = s.view(func(tx *bolt.Tx) error {
+		rs, err := s.dedup.Runs(tx)
+		for _, r := range rs {
+			// Each run's blocked Bloom filter: 10 bits a key in 64-byte blocks, in the heap.
+			p.FilterMB += float64(max(1, (r.Count*10+511)/512)*64) / (1 << 20)
+		}
+		p.Runs = len(rs)
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
-	s.dedup.mu.RUnlock()
 
 	const lookups = 200_000
 	rng := rand.New(rand.NewPCG(uint64(n), 7))
 	absent := make([][]byte, lookups)
 	present := make([][]byte, lookups)
 	for i := range absent {
-		absent[i] = dedupHash([]byte(key(n + 1 + i)))
+		absent[i] = dedupindex.Hash([]byte(key(n + 1 + i)))
 		if n > 0 {
-			present[i] = dedupHash([]byte(key(rng.IntN(n))))
+			present[i] = dedupindex.Hash([]byte(key(rng.IntN(n))))
 		}
 	}
 	p.LookupAbsent = timeLookups(b, s, absent, false)
@@ -205,13 +213,13 @@ func prefill(b *testing.B, s *Spool, n int, key func(int) string) {
 // CPU time does not grow with the machine's load as wall time does), and checks that each is
 // seen (or not).
 func timeLookups(b *testing.B, s *Spool, hashes [][]byte, want bool) float64 {
-	cutoff := timeBits(time.Now().Add(-s.window))
+	cutoff := time.Now().Add(-s.window)
 	var el time.Duration
 	err := s.view(func(tx *bolt.Tx) error {
-		dv := s.dedup.view(tx)
+		dv := s.dedup.View(tx)
 		t0 := cpuTime()
 		for i, h := range hashes {
-			if seen, _ := dv.lookup(h, cutoff); seen != want {
+			if seen, _ := dv.Lookup(h, cutoff); seen != want {
 				return fmt.Errorf("lookup %d: seen %v, want %v", i, seen, want)
 			}
 		}
