@@ -8,10 +8,11 @@
 //	              mutual-TLS identity or trusted-proxy subject
 //	ingest.go     HTTP: GET subscribe challenge; POST, size-capped, app chosen by path
 //	verify.go     X-Hub-Signature-256 over the exact bytes received, every secret of the app
-//	decode.go     notification envelope -> []Event (changes, changed_fields, messaging, standby)
+//	decode.go     notification envelope -> []Event (changes, changed_fields, messaging, standby);
+//	              entrytime.go reads entry.time, intern.go the names that cost no allocation
 //	stale.go      the stale cutoff: every entry.time older than max_event_age
 //	key.go        the dedup key of each change, independent of entry.time
-//	route.go      rules -> sink names for each change (jsonvalue.go decodes values for `when`)
+//	route.go      rules -> sink names for each change (values decoded for `when` by jsonscan)
 //	codec.go      the spool encoding of an Event
 //	store.go      the storage contract (Store: Spooler for the receiver, Queue for delivery),
 //	              in relay's own types; storetest/ is the suite every engine passes
@@ -21,6 +22,10 @@
 //	deliver.go    per-sink dispatcher and workers, batches, retries rescheduled in the spool
 //	deadletter/   a readable file per abandoned delivery; replay.go puts letters back
 //	envelope.go   the JSON envelope sinks send and dead letters hold
+//
+// internal/jsonscan holds the JSON readers all of these share (the strict scanner decode.go and
+// key.go walk notifications with, the value parser rules see values through) and the string
+// writer envelope.go uses; internal/hexdigit the hex digits of signatures and escapes.
 //
 // Sinks live in their own packages under sinks/ and implement Sink, declared here.
 package relay

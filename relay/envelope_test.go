@@ -111,25 +111,6 @@ func TestAppendEnvelope_InvalidUTF8(t *testing.T) {
 	}
 }
 
-func FuzzAppendJSONString(f *testing.F) {
-	for _, s := range []string{"", "plain", "q\"\\\n\x01", "é👍\u2028", "\xff\xfe", "<script>&"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		out := appendJSONString(nil, s)
-		var got string
-		if err := json.Unmarshal(out, &got); err != nil {
-			t.Fatalf("%q -> %s: %v", s, out, err)
-		}
-		want, _ := json.Marshal(s)
-		var w string
-		_ = json.Unmarshal(want, &w)
-		if got != w {
-			t.Fatalf("%q: decoded %q, encoding/json gives %q", s, got, w)
-		}
-	})
-}
-
 func BenchmarkAppendEnvelope(b *testing.B) {
 	ev := Event{
 		ID: "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=", App: "shop",

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/hubrelay/hubrelay/relay/internal/jsonscan"
 )
 
 // Source names where inside an entry a change was found.
@@ -76,10 +78,10 @@ func (e *Entry) UnmarshalJSON(b []byte) error {
 	}
 	*e = Entry{ID: raw.ID, UID: raw.UID}
 	if len(raw.Time) > 0 {
-		s := jsonScan{b: raw.Time, maxDepth: hardMaxDepth}
-		t, tj, err := s.entryTime()
+		s := jsonscan.New(raw.Time, 0)
+		t, tj, err := entryTime(&s)
 		if err != nil {
-			return fmt.Errorf("entry time: %w", err)
+			return fmt.Errorf("entry time: %w", asDecodeError(err))
 		}
 		e.Time, e.TimeJSON = t, tj
 	}

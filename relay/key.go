@@ -3,12 +3,13 @@ package relay
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"hash"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/hubrelay/hubrelay/relay/internal/jsonscan"
 )
 
 // maxKeyLen bounds a natural key; longer ones are hashed so the dedup index stays small.
@@ -135,15 +136,15 @@ func whatsAppKey(ev *Event) string {
 	var msgBuf [4][]byte
 	var stBuf [4]waStatus
 	msgs, sts := msgBuf[:0], stBuf[:0]
-	s := jsonScan{b: ev.Value, maxDepth: hardMaxDepth}
-	ok := s.members(func(key []byte) (bool, error) {
+	s := jsonscan.New(ev.Value, 0)
+	ok := s.Members(func(key []byte) (bool, error) {
 		switch string(key) {
 		case "messages":
-			return true, s.elements(func() (bool, error) {
+			return true, s.Elements(func() (bool, error) {
 				var id []byte
-				err := s.members(func(key []byte) (bool, error) {
+				err := s.Members(func(key []byte) (bool, error) {
 					if string(key) == "id" {
-						id = s.plainString()
+						id = s.PlainString()
 						return true, nil
 					}
 					return false, nil
@@ -155,21 +156,21 @@ func whatsAppKey(ev *Event) string {
 				return true, err
 			})
 		case "statuses":
-			return true, s.elements(func() (bool, error) {
+			return true, s.Elements(func() (bool, error) {
 				var st waStatus
-				err := s.members(func(key []byte) (bool, error) {
+				err := s.Members(func(key []byte) (bool, error) {
 					switch string(key) {
 					case "id":
-						st.id = s.plainString()
+						st.id = s.PlainString()
 						return true, nil
 					case "status":
-						st.status = s.plainString()
+						st.status = s.PlainString()
 						return true, nil
 					case "recipient_id":
-						st.recipient = s.plainString()
+						st.recipient = s.PlainString()
 						return true, nil
 					case "recipient_participant_id":
-						st.participant = s.plainString()
+						st.participant = s.PlainString()
 						return true, nil
 					}
 					return false, nil
@@ -257,14 +258,14 @@ func midKey(ev *Event) string {
 		return ""
 	}
 	var mid []byte
-	s := jsonScan{b: ev.Value, maxDepth: hardMaxDepth}
-	err := s.members(func(key []byte) (bool, error) {
-		if string(key) != holder || s.peek() != '{' {
+	s := jsonscan.New(ev.Value, 0)
+	err := s.Members(func(key []byte) (bool, error) {
+		if string(key) != holder || s.Peek() != '{' {
 			return false, nil
 		}
-		return true, s.members(func(key []byte) (bool, error) {
+		return true, s.Members(func(key []byte) (bool, error) {
 			if string(key) == "mid" {
-				mid = s.plainString()
+				mid = s.PlainString()
 				return true, nil
 			}
 			return false, nil
@@ -391,84 +392,3 @@ func appendCompact(b, v []byte) []byte {
 
 // errNoKey stops a key scan whose natural id is missing.
 var errNoKey = &DecodeError{Reason: "no natural key"}
-
-// members calls fn for each member of the object at s.i, with s positioned at the member's
-// value. fn returns true when it consumed the value, false to have it skipped. A value that is
-// not an object is skipped without calls.
-func (s *jsonScan) members(fn func(key []byte) (bool, error)) error {
-	if s.peek() != '{' {
-		return s.skip()
-	}
-	if err := s.enter(); err != nil {
-		return err
-	}
-	for first := true; ; {
-		more, err := s.more('}', &first)
-		if err != nil || !more {
-			return err
-		}
-		key, err := s.key()
-		if err != nil {
-			return err
-		}
-		used, err := fn(key)
-		if err != nil {
-			return err
-		}
-		if !used {
-			if err := s.skip(); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-// elements calls fn for each element of the array at s.i, with s positioned at the element;
-// fn returns true when it consumed it. A value that is not an array is skipped without calls.
-func (s *jsonScan) elements(fn func() (bool, error)) error {
-	if s.peek() != '[' {
-		return s.skip()
-	}
-	if err := s.enter(); err != nil {
-		return err
-	}
-	for first := true; ; {
-		more, err := s.more(']', &first)
-		if err != nil || !more {
-			return err
-		}
-		used, err := fn()
-		if err != nil {
-			return err
-		}
-		if !used {
-			if err := s.skip(); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-// plainString consumes the value at s.i and returns it decoded when it is a string, nil
-// otherwise. Strings without escapes are returned as sub-slices, without a copy.
-func (s *jsonScan) plainString() []byte {
-	if s.peek() != '"' {
-		if s.skip() != nil {
-			s.i = len(s.b)
-		}
-		return nil
-	}
-	start, end, plain, err := s.str()
-	switch {
-	case err != nil:
-		s.i = len(s.b)
-		return nil
-	case !plain:
-		var v string
-		if json.Unmarshal(s.b[start-1:end+1], &v) != nil {
-			return nil
-		}
-		return []byte(v)
-	}
-	return s.b[start:end]
-}

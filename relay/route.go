@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/hubrelay/hubrelay/relay/internal/jsonscan"
 	"github.com/hubrelay/hubrelay/rules"
 )
 
@@ -183,4 +184,13 @@ func DescribeRuleErrors(errs []RuleError) string {
 		fmt.Fprintf(&b, "rule %q failed to evaluate: %s", e.Rule, e.Class)
 	}
 	return b.String()
+}
+
+// parseProjected decodes what proj needs of a change value: the keys it names
+// (jsonscan.ParseProjected), or the whole value when it needs everything.
+func parseProjected(b []byte, proj rules.Projection) (any, error) {
+	if proj.All {
+		return jsonscan.Parse(b)
+	}
+	return jsonscan.ParseProjected(b, proj.Keys)
 }

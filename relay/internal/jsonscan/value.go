@@ -1,26 +1,24 @@
-package relay
+package jsonscan
 
 import (
 	"errors"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
-
-	"github.com/hubrelay/hubrelay/rules"
 )
 
 // errValue reports a value that is not valid JSON.
 var errValue = errors.New("invalid JSON value")
 
-// maxValueDepth bounds recursion; Decode already refuses deeper notifications.
-const maxValueDepth = 10000
+// maxValueDepth bounds recursion; relay.Decode already refuses deeper notifications.
+const maxValueDepth = HardMaxDepth
 
-// parseValue decodes one JSON value into the types encoding/json uses for an interface{}:
+// Parse decodes one JSON value into the types encoding/json uses for an interface{}:
 // map[string]any, []any, string, float64, bool and nil — so expressions see exactly what they
 // would see with json.Unmarshal, at a fraction of the cost (no reflection, no separate
 // validation pass). Rules evaluate `when` against every routed change, so this is hot.
-func parseValue(b []byte) (any, error) {
-	p := valueParser{b: b}
+func Parse(b []byte) (any, error) {
+	p := valueParser{Scanner{b: b}}
 	v, err := p.value(0)
 	if err != nil {
 		return nil, err
@@ -32,9 +30,10 @@ func parseValue(b []byte) (any, error) {
 	return v, nil
 }
 
+// valueParser is a Scanner (its input and position, its string scan) that builds values; its
+// own methods, which shadow the Scanner's of the same names, report errors as errValue.
 type valueParser struct {
-	b []byte
-	i int
+	Scanner
 }
 
 // next consumes what follows an element of an object or array: a comma (more is true) or
@@ -73,16 +72,7 @@ func (p *valueParser) colon() error {
 	return nil
 }
 
-func (p *valueParser) ws() {
-	for p.i < len(p.b) {
-		switch p.b[p.i] {
-		case ' ', '\n', '\r', '\t':
-			p.i++
-		default:
-			return
-		}
-	}
-}
+func (p *valueParser) ws() { p.i = skipWS(p.b, p.i) }
 
 func (p *valueParser) value(depth int) (any, error) {
 	if depth > maxValueDepth {
@@ -160,17 +150,18 @@ func (p *valueParser) value(depth int) (any, error) {
 }
 
 func (p *valueParser) lit(word string) error {
-	if len(p.b)-p.i < len(word) || string(p.b[p.i:p.i+len(word)]) != word {
+	end, ok := hasLiteral(p.b, p.i, word)
+	if !ok {
 		return errValue
 	}
-	p.i += len(word)
+	p.i = end
 	return nil
 }
 
 // number accepts exactly JSON's number grammar and converts it as encoding/json does.
 func (p *valueParser) number() (any, error) {
 	start := p.i
-	end, _, bad := scanNumber(p.b, start)
+	end, _, bad := ScanNumber(p.b, start)
 	if bad != "" {
 		return nil, errValue
 	}
@@ -260,39 +251,19 @@ func (p *valueParser) str() (string, error) {
 	return "", errValue
 }
 
-func hex4(b []byte, i int) (rune, bool) {
-	if i+4 > len(b) {
-		return 0, false
-	}
-	var r rune
-	for _, c := range b[i : i+4] {
-		switch {
-		case c >= '0' && c <= '9':
-			r = r<<4 | rune(c-'0')
-		case c >= 'a' && c <= 'f':
-			r = r<<4 | rune(c-'a'+10)
-		case c >= 'A' && c <= 'F':
-			r = r<<4 | rune(c-'A'+10)
-		default:
-			return 0, false
-		}
-	}
-	return r, true
-}
-
-// parseProjected decodes only the parts of a JSON object value that proj names (see
-// rules.Projection): the listed top-level keys, whole, or as true when only their presence
-// matters and they are not null. The rest is checked as strictly as parseValue checks it, so
-// an invalid value fails here too, but nothing of it is allocated. A value that is not an
-// object, or a projection that needs everything, is decoded whole.
-func parseProjected(b []byte, proj rules.Projection) (any, error) {
-	p := valueParser{b: b}
+// ParseProjected decodes only the top-level keys of a JSON object value that keys lists (as
+// rules.Projection.Keys does): a key mapped to true whole, one mapped to false as true when
+// it is present and not null (only its presence matters). The rest is checked as strictly as
+// Parse checks it, so an invalid value fails here too, but nothing of it is allocated. A
+// value that is not an object is decoded whole.
+func ParseProjected(b []byte, keys map[string]bool) (any, error) {
+	p := valueParser{Scanner{b: b}}
 	p.ws()
-	if proj.All || p.i >= len(b) || b[p.i] != '{' {
-		return parseValue(b)
+	if p.i >= len(b) || b[p.i] != '{' {
+		return Parse(b)
 	}
 	p.i++
-	m := make(map[string]any, len(proj.Keys))
+	m := make(map[string]any, len(keys))
 	p.ws()
 	if p.i < len(p.b) && p.b[p.i] == '}' {
 		p.i++
@@ -301,7 +272,7 @@ func parseProjected(b []byte, proj rules.Projection) (any, error) {
 			if err := p.keyStart(); err != nil {
 				return nil, err
 			}
-			whole, wanted, k, err := p.key(proj.Keys)
+			whole, wanted, k, err := p.key(keys)
 			if err != nil {
 				return nil, err
 			}
@@ -438,43 +409,19 @@ func (p *valueParser) skip(depth int) error {
 }
 
 // skipStr checks a string at p.i (which holds '"') as str would: control characters and
-// malformed escapes are errors, invalid UTF-8 is not.
+// malformed escapes are errors, invalid UTF-8 is not. It is the Scanner's string scan.
 func (p *valueParser) skipStr() error {
-	b := p.b
-	for i := p.i + 1; i < len(b); {
-		switch c := b[i]; {
-		case c == '"':
-			p.i = i + 1
-			return nil
-		case c < 0x20:
-			return errValue
-		case c == '\\':
-			if i+1 >= len(b) {
-				return errValue
-			}
-			switch b[i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				i += 2
-			case 'u':
-				if _, ok := hex4(b, i+2); !ok {
-					return errValue
-				}
-				i += 6
-			default:
-				return errValue
-			}
-		default:
-			i++
-		}
+	if _, _, _, err := p.Scanner.str(); err != nil {
+		return errValue
 	}
-	return errValue
+	return nil
 }
 
 // skipNumber checks a number as number would. Only a number with an exponent or of more than
 // 300 bytes can be out of float64's range, so only those are converted.
 func (p *valueParser) skipNumber() error {
 	start := p.i
-	end, exp, bad := scanNumber(p.b, start)
+	end, exp, bad := ScanNumber(p.b, start)
 	if bad != "" {
 		return errValue
 	}

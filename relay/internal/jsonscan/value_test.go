@@ -1,9 +1,7 @@
-package relay
+package jsonscan_test
 
 import (
 	"encoding/json"
-	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/relay/internal/jsonscan"
 	"github.com/hubrelay/hubrelay/rules"
 )
 
@@ -20,7 +20,7 @@ func sameAsEncodingJSON(t *testing.T, b []byte) {
 	t.Helper()
 	var want any
 	wantErr := json.Unmarshal(b, &want)
-	got, err := parseValue(b)
+	got, err := jsonscan.Parse(b)
 	if (err != nil) != (wantErr != nil) {
 		t.Fatalf("%q: parseValue error %v, encoding/json error %v", b, err, wantErr)
 	}
@@ -43,11 +43,11 @@ func TestParseValue_Cases(t *testing.T) {
 // corpusValues returns every change value of the decode corpus, and every body.
 func corpusValues(t *testing.T) [][]byte {
 	t.Helper()
-	inputs, _ := filepath.Glob(filepath.Join("testdata", "decode", "*", "input.json"))
+	inputs, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "decode", "*", "input.json"))
 	var values [][]byte
 	for _, in := range inputs {
 		body, _ := os.ReadFile(in)
-		events, err := Decode(body, "a", time.Now(), Limits{})
+		events, err := relay.Decode(body, "a", time.Now(), relay.Limits{})
 		if err != nil {
 			continue
 		}
@@ -84,7 +84,7 @@ var testProjections = []rules.Projection{
 // the same verdict on validity, and, when valid, what the projection keeps of the whole value.
 func sameAsProjected(t *testing.T, b []byte) {
 	t.Helper()
-	whole, wholeErr := parseValue(b)
+	whole, wholeErr := jsonscan.Parse(b)
 	for _, proj := range testProjections {
 		got, err := parseProjected(b, proj)
 		if (err != nil) != (wholeErr != nil) {
@@ -133,11 +133,11 @@ func FuzzParseValue(f *testing.F) {
 
 // BenchmarkParseValue compares parseValue with json.Unmarshal into any on a WhatsApp value.
 func BenchmarkParseValue(b *testing.B) {
-	body, err := os.ReadFile(filepath.Join("testdata", "decode", "whatsapp_text_message", "input.json"))
+	body, err := os.ReadFile(filepath.Join("..", "..", "testdata", "decode", "whatsapp_text_message", "input.json"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	events, err := Decode(body, "a", time.Now(), Limits{})
+	events, err := relay.Decode(body, "a", time.Now(), relay.Limits{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func BenchmarkParseValue(b *testing.B) {
 	b.Run("parseValue", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := parseValue(v); err != nil {
+			if _, err := jsonscan.Parse(v); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -170,38 +170,10 @@ func BenchmarkParseValue(b *testing.B) {
 	})
 }
 
-// TestRoute_DecodesOnlyProjection checks that routing decodes only what the rules read: a
-// change with 300 contacts routed by `value.messages != nil` must not build the contacts.
-func TestRoute_DecodesOnlyProjection(t *testing.T) {
-	var b strings.Builder
-	b.WriteString(`{"messages":[{"id":"m1","type":"text"}],"contacts":[`)
-	for i := range 300 {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{"profile":{"name":"n%d"},"wa_id":"%d"}`, i, i)
+// parseProjected is how relay/route.go projects a change value for the rules.
+func parseProjected(b []byte, proj rules.Projection) (any, error) {
+	if proj.All {
+		return jsonscan.Parse(b)
 	}
-	b.WriteString(`]}`)
-	ev := &Event{Object: "whatsapp_business_account", Field: "messages", Value: []byte(b.String())}
-	for _, tt := range []struct {
-		when     string
-		min, max float64 // allocations per route
-	}{
-		{`value.messages != nil`, 0, 20},            // the contacts are skipped
-		{`value.messages[0].type == "text"`, 0, 40}, // messages decoded, contacts skipped
-		{`len(value) > 0`, 3000, math.Inf(1)},       // everything decoded
-	} {
-		set, err := rules.Compile([]rules.Spec{{Name: "r", When: tt.when, Sinks: []string{"s"}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		table := &routeTable{rules: set}
-		if rt := table.route(ev, nil, nil); len(rt.Sinks) != 1 {
-			t.Fatalf("%s: route = %+v, want sink s", tt.when, rt)
-		}
-		allocs := testing.AllocsPerRun(20, func() { table.route(ev, nil, nil) })
-		if allocs < tt.min || allocs > tt.max {
-			t.Errorf("%s: %.0f allocations per route, want %.0f to %.0f", tt.when, allocs, tt.min, tt.max)
-		}
-	}
+	return jsonscan.ParseProjected(b, proj.Keys)
 }
