@@ -143,7 +143,7 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if len(apps) == 0 {
 		rc.sample.Log(rc.log, slog.LevelWarn, "request/not_found", "request refused", "reason", "no app on this path",
 			"status", http.StatusNotFound, "method", r.Method, "path", clip(r.URL.Path), "valid_paths", rc.Paths(), "remote", RemoteAddr(r))
-		rc.finish(w, "", OutcomeNotFound, http.StatusNotFound, time.Now())
+		rc.finish(w, "", OutcomeNotFound, http.StatusNotFound, rc.now())
 		return
 	}
 	switch r.Method {
@@ -155,14 +155,14 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "GET, HEAD, POST")
 		rc.sample.Log(rc.log, slog.LevelWarn, "request/bad_method", "request refused", "reason", "method not allowed: use GET (verification) or POST (notifications)",
 			"status", http.StatusMethodNotAllowed, "method", clip(r.Method), "path", r.URL.Path, "remote", RemoteAddr(r))
-		rc.finish(w, "", OutcomeBadMethod, http.StatusMethodNotAllowed, time.Now())
+		rc.finish(w, "", OutcomeBadMethod, http.StatusMethodNotAllowed, rc.now())
 	}
 }
 
 // verify answers Meta's subscription challenge. The query string holds the verify token, so it
 // is never logged.
 func (rc *Receiver) verify(w http.ResponseWriter, r *http.Request, apps []*App) {
-	start := time.Now()
+	start := rc.now()
 	q := r.URL.Query()
 	token := []byte(q.Get("hub.verify_token"))
 	matched := ""
@@ -194,85 +194,141 @@ func verifyReason(mode, matched string) string {
 	return "verify token matches no app"
 }
 
+// request is one POST as it goes through the receiver's stages.
+type request struct {
+	w     http.ResponseWriter
+	r     *http.Request
+	st    *receiverState
+	start time.Time
+	log   *slog.Logger // the app's, once verify has found the app
+	body  []byte
+	app   *App
+	// sig is the signature header the body was verified with, forwarded to body: raw sinks.
+	sig    string
+	events []Event
+	routes []Route
+	items  []Item
+}
+
+// receive runs a POST through the stages relay/doc.go names: read the body (ingest), verify
+// it, decode it (refusing stale notifications), key and route every change, and commit them
+// to the spool; only then does Meta get its 200. A stage that refuses the request answers it
+// and returns false.
 func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiverState, apps []*App) {
-	start := rc.now()
-	log := rc.log
-	max := st.cfg.MaxBodyBytes
-	if max > 0 && r.ContentLength > max {
-		rc.refused(log, "", OutcomeTooLarge, "reason", "body too large", "content_length", r.ContentLength, "max_body_bytes", max, "remote", RemoteAddr(r))
-		rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
-		return
-	}
+	q := &request{w: w, r: r, st: st, start: rc.now(), log: rc.log}
 	buf := rc.getBuf()
 	defer rc.putBuf(buf)
+	if !rc.read(q, buf) || !rc.verifyBody(q, apps) || !rc.decode(q) {
+		return
+	}
+	if len(q.events) == 0 {
+		q.log.Info("notification empty", "bytes", len(q.body))
+		rc.finish(w, q.app.Name, OutcomeEmpty, http.StatusOK, q.start)
+		return
+	}
+	rc.route(q)
+	dup, err := rc.spool.Accept(r.Context(), q.items, q.start)
+	if err != nil {
+		rc.sample.Log(q.log, slog.LevelError, "spool", "spool commit failed", "err", err, "changes", len(q.events))
+		rc.finish(w, q.app.Name, OutcomeSpoolError, http.StatusServiceUnavailable, q.start)
+		return
+	}
+	rc.accepted(q, dup)
+}
+
+// read is the ingest stage: the whole body, refused over max_body_bytes (413) or when it
+// cannot be read (400).
+func (rc *Receiver) read(q *request, buf *bytes.Buffer) bool {
+	r, max := q.r, q.st.cfg.MaxBodyBytes
+	if max > 0 && r.ContentLength > max {
+		rc.refused(q.log, "", OutcomeTooLarge, "reason", "body too large", "content_length", r.ContentLength, "max_body_bytes", max, "remote", RemoteAddr(r))
+		rc.finish(q.w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, q.start)
+		return false
+	}
 	body, err := readBody(buf, r, max)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			rc.refused(log, "", OutcomeTooLarge, "reason", "body too large", "max_body_bytes", max, "remote", RemoteAddr(r))
-			rc.finish(w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, start)
-			return
+			rc.refused(q.log, "", OutcomeTooLarge, "reason", "body too large", "max_body_bytes", max, "remote", RemoteAddr(r))
+			rc.finish(q.w, "", OutcomeTooLarge, http.StatusRequestEntityTooLarge, q.start)
+			return false
 		}
-		rc.refused(log, "", OutcomeReadError, "reason", "read body", "err", err, "remote", RemoteAddr(r))
-		rc.finish(w, "", OutcomeReadError, http.StatusBadRequest, start)
-		return
+		rc.refused(q.log, "", OutcomeReadError, "reason", "read body", "err", err, "remote", RemoteAddr(r))
+		rc.finish(q.w, "", OutcomeReadError, http.StatusBadRequest, q.start)
+		return false
 	}
+	q.body = body
+	return true
+}
 
-	// verify: the exact bytes received, before any decoding.
-	sig256 := r.Header.Get("X-Hub-Signature-256")
-	sig1 := r.Header.Get("X-Hub-Signature")
-	var app *App
+// verifyBody is the verify stage: the exact bytes received, before any decoding, against the
+// apps on the path; the first whose secret matches is the app (401 when none does).
+func (rc *Receiver) verifyBody(q *request, apps []*App) bool {
+	sig256 := q.r.Header.Get("X-Hub-Signature-256")
+	sig1 := q.r.Header.Get("X-Hub-Signature")
 	var sigErr error
 	for _, a := range apps {
-		if err := a.Verifier.Verify(body, sig256, sig1); err == nil {
-			app = a
+		if err := a.Verifier.Verify(q.body, sig256, sig1); err == nil {
+			q.app = a
 			break
 		} else {
 			sigErr = err
 		}
 	}
-	if app == nil {
-		rc.refused(log, "", OutcomeBadSignature, "reason", sigErr.Error(), "bytes", len(body), "remote", RemoteAddr(r))
-		rc.finish(w, "", OutcomeBadSignature, http.StatusUnauthorized, start)
-		return
+	if q.app == nil {
+		rc.refused(q.log, "", OutcomeBadSignature, "reason", sigErr.Error(), "bytes", len(q.body), "remote", RemoteAddr(q.r))
+		rc.finish(q.w, "", OutcomeBadSignature, http.StatusUnauthorized, q.start)
+		return false
 	}
-	log = st.logs[app]
+	q.log = q.st.logs[q.app]
+	q.sig = sig256
+	if q.sig == "" {
+		q.sig = sig1 // verified with the legacy header (allow_sha1): forward that one
+	}
+	return true
+}
 
-	// decode
-	events, err := Decode(body, app.Name, start, st.cfg.Limits)
+// decode is the decode stage: the envelope into changes (400 when malformed, 413 over
+// max_changes), and the stale cutoff (400 when every entry.time is older than max_event_age).
+func (rc *Receiver) decode(q *request) bool {
+	cfg, app := &q.st.cfg, q.app.Name
+	events, err := Decode(q.body, app, q.start, cfg.Limits)
 	if err != nil {
 		outcome, status := OutcomeMalformed, http.StatusBadRequest
 		if errors.Is(err, ErrTooMany) {
 			outcome, status = OutcomeTooMany, http.StatusRequestEntityTooLarge
 		}
-		rc.refused(log, app.Name, outcome, "reason", err.Error(), "bytes", len(body), "remote", RemoteAddr(r))
-		rc.finish(w, app.Name, outcome, status, start)
-		return
+		rc.refused(q.log, app, outcome, "reason", err.Error(), "bytes", len(q.body), "remote", RemoteAddr(q.r))
+		rc.finish(q.w, app, outcome, status, q.start)
+		return false
 	}
-	if st.cfg.MaxEventAge > 0 && StaleCutoff(events, st.cfg.MaxEventAge, start) {
-		rc.refused(log, app.Name, OutcomeStale, "reason", "stale", "max_event_age", st.cfg.MaxEventAge, "remote", RemoteAddr(r))
-		rc.finish(w, app.Name, OutcomeStale, http.StatusBadRequest, start)
-		return
+	if cfg.MaxEventAge > 0 && StaleCutoff(events, cfg.MaxEventAge, q.start) {
+		rc.refused(q.log, app, OutcomeStale, "reason", "stale", "max_event_age", cfg.MaxEventAge, "remote", RemoteAddr(q.r))
+		rc.finish(q.w, app, OutcomeStale, http.StatusBadRequest, q.start)
+		return false
 	}
-	if len(events) == 0 {
-		log.Info("notification empty", "bytes", len(body))
-		rc.finish(w, app.Name, OutcomeEmpty, http.StatusOK, start)
-		return
-	}
+	q.events = events
+	return true
+}
 
-	// key + route, then one encoding buffer for every item of the request.
+// route is the key and route stage: each change gets its dedup key and its sinks, and is
+// encoded for the spool, every item of the request in one buffer; body: raw sinks get one
+// more item, the whole notification.
+func (rc *Receiver) route(q *request) {
 	table := rc.router.snapshot()
+	log, app, logPayloads := q.log, q.app.Name, q.st.cfg.LogPayloads
 	onErr := func(rule string, err error) {
 		// An evaluation error can quote the payload: its text only with log.payloads.
-		if st.cfg.LogPayloads {
-			rc.sample.Log(log, slog.LevelWarn, "rule/"+app.Name+"/"+rule, "rule evaluation failed", "rule", rule, "err", err)
+		if logPayloads {
+			rc.sample.Log(log, slog.LevelWarn, "rule/"+app+"/"+rule, "rule evaluation failed", "rule", rule, "err", err)
 		} else {
-			rc.sample.Log(log, slog.LevelWarn, "rule/"+app.Name+"/"+rule, "rule evaluation failed", "rule", rule)
+			rc.sample.Log(log, slog.LevelWarn, "rule/"+app+"/"+rule, "rule evaluation failed", "rule", rule)
 		}
 		if rc.obs != nil {
 			rc.obs.RuleError(rule)
 		}
 	}
+	events := q.events
 	routes := make([]Route, len(events))
 	var raw []string
 	var data []byte
@@ -293,29 +349,23 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		items[i] = Item{Key: events[i].ID, Data: data[offs[i]:offs[i+1]:offs[i+1]], Sinks: routes[i].Sinks}
 	}
 	if len(raw) > 0 {
-		sig := sig256
-		if sig == "" {
-			sig = sig1 // verified with the legacy header (allow_sha1): forward that one
-		}
-		rawEv := rawEvent(events, body, sig, start)
+		rawEv := rawEvent(events, q.body, q.sig, q.start)
 		items = append(items, Item{Key: rawEv.ID, Data: AppendBinary(nil, &rawEv), Sinks: raw})
 	}
+	q.routes, q.items = routes, items
+}
 
-	// spool: durable before 200.
-	dup, err := rc.spool.Accept(r.Context(), items, start)
-	if err != nil {
-		rc.sample.Log(log, slog.LevelError, "spool", "spool commit failed", "err", err, "changes", len(events))
-		rc.finish(w, app.Name, OutcomeSpoolError, http.StatusServiceUnavailable, start)
-		return
+// accepted answers 200 once the spool has committed: it wakes the sinks that got new
+// deliveries, and logs and counts every change (dup[i] tells a repeat).
+func (rc *Receiver) accepted(q *request, dup []bool) {
+	log, events, routes := q.log, q.events, q.routes
+	var wake []string
+	for i := range q.items {
+		if !dup[i] {
+			wake = appendMissing(wake, q.items[i].Sinks...)
+		}
 	}
 	var fresh int
-	var wake []string
-	for i := range items {
-		if dup[i] {
-			continue
-		}
-		wake = appendMissing(wake, items[i].Sinks...)
-	}
 	for i := range events {
 		ev := &events[i]
 		if rc.obs != nil {
@@ -326,22 +376,7 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 			continue
 		}
 		fresh++
-		attrs := []any{"change_id", ev.ID, "object", ev.Object, "field", ev.Field, "verb", ev.Verb, "entry_id", ev.Entry.ID}
-		if st.cfg.LogPayloads {
-			attrs = append(attrs, "value", string(ev.Value))
-		}
-		rt := &routes[i]
-		if len(rt.Errors) > 0 && slices.Contains(rt.Sinks, RuleErrorSink) {
-			log.Warn("change kept as a dead letter: a rule failed to evaluate", append(attrs, "reason", DescribeRuleErrors(rt.Errors), "rules", rt.Rules)...)
-		}
-		if len(rt.Rules) == 0 {
-			if rt.CatchAll {
-				attrs = append(attrs, "sinks", append(rt.Sinks[:len(rt.Sinks):len(rt.Sinks)], rt.Raw...))
-			}
-			log.Info("change unmatched", attrs...)
-			continue
-		}
-		log.Info("change routed", append(attrs, "rules", rt.Rules, "sinks", append(rt.Sinks[:len(rt.Sinks):len(rt.Sinks)], rt.Raw...))...)
+		rc.logChange(q, ev, &routes[i])
 	}
 	if len(wake) > 0 {
 		rc.notify(wake)
@@ -351,11 +386,32 @@ func (rc *Receiver) receive(w http.ResponseWriter, r *http.Request, st *receiver
 		outcome = OutcomeDuplicate
 	}
 	log.Info("notification accepted", "object", events[0].Object, "changes", len(events), "new", fresh,
-		"duplicates", len(events)-fresh, "bytes", len(body), "duration", time.Since(start))
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	w.Write(AckBody(len(events), fresh))
-	rc.observe(app.Name, outcome, start)
+		"duplicates", len(events)-fresh, "bytes", len(q.body), "duration", rc.now().Sub(q.start))
+	q.w.Header().Set("Content-Type", "application/json")
+	q.w.WriteHeader(http.StatusOK)
+	q.w.Write(AckBody(len(events), fresh))
+	rc.observe(q.app.Name, outcome, q.start)
+}
+
+// logChange logs a new change: routed, unmatched, or kept as a dead letter because a rule
+// failed to evaluate.
+func (rc *Receiver) logChange(q *request, ev *Event, rt *Route) {
+	log := q.log
+	attrs := []any{"change_id", ev.ID, "object", ev.Object, "field", ev.Field, "verb", ev.Verb, "entry_id", ev.Entry.ID}
+	if q.st.cfg.LogPayloads {
+		attrs = append(attrs, "value", string(ev.Value))
+	}
+	if len(rt.Errors) > 0 && slices.Contains(rt.Sinks, RuleErrorSink) {
+		log.Warn("change kept as a dead letter: a rule failed to evaluate", append(attrs, "reason", DescribeRuleErrors(rt.Errors), "rules", rt.Rules)...)
+	}
+	if len(rt.Rules) == 0 {
+		if rt.CatchAll {
+			attrs = append(attrs, "sinks", append(rt.Sinks[:len(rt.Sinks):len(rt.Sinks)], rt.Raw...))
+		}
+		log.Info("change unmatched", attrs...)
+		return
+	}
+	log.Info("change routed", append(attrs, "rules", rt.Rules, "sinks", append(rt.Sinks[:len(rt.Sinks):len(rt.Sinks)], rt.Raw...))...)
 }
 
 // AckBody is the body of a 200 to a notification: how many of its changes were new and how
@@ -432,7 +488,7 @@ func (rc *Receiver) finish(w http.ResponseWriter, app string, o Outcome, status 
 
 func (rc *Receiver) observe(app string, o Outcome, start time.Time) {
 	if rc.obs != nil {
-		rc.obs.Request(app, o, time.Since(start))
+		rc.obs.Request(app, o, rc.now().Sub(start))
 	}
 }
 
