@@ -71,10 +71,10 @@ func TestReadme_QuickStart(t *testing.T) {
 	if len(blocks) < 2 {
 		t.Fatalf("README quick start has %d sh blocks, want the two commands and the try-it block", len(blocks))
 	}
-	serveLine := findLine(t, blocks[0], "go run ./cmd/hubrelay serve")
+	first := findLine(t, blocks[0], "go build -o hubrelay ./cmd/hubrelay && ./hubrelay serve")
+	serveLine := strings.TrimSpace(strings.SplitN(first, "&&", 2)[1])
 	findLine(t, blocks[0], "go test -race ./...")
 	try := blocks[1]
-	findLine(t, try, "go build -o hubrelay ./cmd/hubrelay")
 	curl := findLine(t, try, "curl ")
 	send := findLine(t, try, "./hubrelay send ")
 	tail := findLine(t, try, "tail -f ")
@@ -84,7 +84,7 @@ func TestReadme_QuickStart(t *testing.T) {
 	bin, _ := buildRelay(t, dir)
 
 	// The config, as the README names it, on free ports.
-	cfgName := strings.Fields(strings.TrimPrefix(serveLine, "go run ./cmd/hubrelay serve"))
+	cfgName := strings.Fields(strings.TrimPrefix(serveLine, "./hubrelay serve"))
 	if len(cfgName) != 2 || cfgName[0] != "-config" {
 		t.Fatalf("serve line %q: want -config FILE", serveLine)
 	}
