@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,22 +18,23 @@ import (
 // or "listen: listen tcp …" say the same thing twice. Short function words don't count.
 func repeatedWord(msg string) string {
 	segs := strings.Split(msg, ": ")
-	words := func(s string) map[string]bool {
-		out := map[string]bool{}
+	// words are in order, so that the first repeated word is reported whatever the run.
+	words := func(s string) []string {
+		var out []string
 		for _, w := range strings.Fields(strings.ToLower(s)) {
 			w = strings.Trim(w, `()"',;.`)
 			switch w {
 			case "", "a", "an", "the", "of", "to", "in", "on", "or", "and", "is", "it", "no", "not", "for", "at", "by", "with", "be":
 				continue
 			}
-			out[w] = true
+			out = append(out, w)
 		}
 		return out
 	}
 	for i := 1; i < len(segs); i++ {
 		prev := words(segs[i-1])
-		for w := range words(segs[i]) {
-			if prev[w] {
+		for _, w := range words(segs[i]) {
+			if slices.Contains(prev, w) {
 				return w
 			}
 		}
