@@ -1,6 +1,9 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -84,5 +87,40 @@ func TestExprProblem_Fallback(t *testing.T) {
 	want := `f.yaml:5:11: rules[0].when: unexpected token Operator("="): a single = is not an operator: write == to compare (column 24 of the expression)`
 	if err == nil || err.Error() != want {
 		t.Errorf("got  %v\nwant %s", err, want)
+	}
+}
+
+// compileCall matches a call compiling one expression (rules.CompileWhen, CompileText…), not
+// rules.Compile of a whole rule set.
+var compileCall = regexp.MustCompile(`rules\.Compile[A-Z]\w*\(`)
+
+// TestExpressionProblemsGoThroughExprProblem: every value compiled with the rules package
+// (when, Slack text and blocks, order_by, any later one) reports its error with
+// exprProblem, so its position is the file's and its hints are the same everywhere.
+func TestExpressionProblemsGoThroughExprProblem(t *testing.T) {
+	files, _ := filepath.Glob("*.go")
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(b), "\n")
+		for i, l := range lines {
+			if !compileCall.MatchString(l) || strings.HasPrefix(strings.TrimSpace(l), "//") {
+				continue
+			}
+			for _, next := range lines[i+1 : min(len(lines), i+5)] {
+				if strings.Contains(next, "d.exprProblem(") {
+					break
+				}
+				if strings.Contains(next, "d.problem(") {
+					t.Errorf("%s:%d: the error of %s is reported with d.problem: use d.exprProblem (file columns, hints)", f, i+1, strings.TrimSpace(l))
+					break
+				}
+			}
+		}
 	}
 }
