@@ -11,8 +11,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -201,7 +199,6 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 		return err
 	}
 	s.storage = st
-	sp := st.store
 	defer func() {
 		if !s.abandoned {
 			st.close()
@@ -213,133 +210,29 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 			s.sinks.closeAll()
 		}
 	}()
-	sinkCfgs, err := s.sinks.update(cfg.Sinks)
+	w, err := s.wire(cfg)
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	s.metrics = metrics.New(reg)
-	s.metrics.SetBuildInfo(version)
-	s.metrics.WatchSpool(sp.Stats, sp.DedupLen, st.letters.Count, s.sinks.names)
-	if st.pg != nil {
-		registerPostgresMetrics(reg, st.pg)
-	}
-	var obs interface {
-		relay.Observer
-		relay.DeliveryObserver
-	} = s.metrics
-	if cfg.Admin.Console {
-		s.feed = console.NewFeed(cfg.Log.Payloads)
-		obs = teeObserver{s.metrics, s.feed}
-	}
-	s.engine = relay.NewEngine(sp, st.letters, obs, log)
-	s.engine.Start()
-	s.metrics.WatchPaused(s.engine.Paused)
-	storeUp, storeFatal := st.pending() // before SetSinks: it reads the store's pending sinks
-	if err := s.applySinks(sinkCfgs); err != nil {
-		return err
-	}
-	s.router = newRouter(cfg)
-	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, obs, log)
-	var rp *relay.Replayer
-	if st.dir != nil {
-		// Postgres mode needs no replay folder: `deadletter replay` writes to the database.
-		rp = &relay.Replayer{DL: st.dir, Spool: sp, Router: s.router, Notify: s.engine.Notify, Log: log.With("component", "replay")}
-	}
-
-	admin := http.NewServeMux()
-	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	admin.Handle("GET /readyz", readyHandler(sp.Check, log))
-	admin.Handle("GET /metrics", s.metrics.Handler(reg))
-	if err := s.mountConsole(cfg, admin, rp, log); err != nil {
-		return fmt.Errorf("console: %w", err)
-	}
-	if cfg.Admin.Listen != "" {
-		api := &sinkAPI{engine: s.engine, stats: sp.Stats, names: s.sinks.names, token: cfg.Admin.Token, log: log.With("component", "admin")}
-		api.mount(admin)
-	}
-	mux := http.NewServeMux()
-	if cfg.Admin.Listen == "" {
-		mux.Handle("/healthz", admin)
-		mux.Handle("/readyz", admin)
-		mux.Handle("/metrics", admin)
-	}
-	webhook, err := guard(cfg, s.recv, s.metrics, log)
+	admin, mux, err := s.handlers(cfg, w)
 	if err != nil {
 		return err
 	}
-	mux.Handle("/", webhook)
-
-	conns, err := connLimiter(cfg, log, s.metrics)
+	certs, serveErr, err := s.startHTTP(cfg, ln, aln, admin, mux)
 	if err != nil {
 		return err
 	}
-	ln = conns.Listener(ln)
-	s.http = newHTTPServer(cfg, mux, log)
-	s.http.ConnState = conns.ConnState
-	certs, err := serverTLS(cfg, log)
-	if err != nil {
-		return err
-	}
-	if certs != nil {
-		s.http.TLSConfig = certs.config
-	}
-	if aln != nil {
-		s.admin = newHTTPServer(cfg, admin, log)
-		go s.admin.Serve(aln)
-		log.Info("admin listening", "addr", aln.Addr().String())
-	}
-	serveErr := make(chan error, 1)
-	useTLS := s.http.TLSConfig != nil // read before Serve starts mutating the server
-	go func() {
-		if useTLS {
-			serveErr <- s.http.ServeTLS(ln, "", "") // certificates come from the reloader
-		} else {
-			serveErr <- s.http.Serve(ln)
-		}
-	}()
-	logStartup(log, cfg, cfgPath, st.where)
-	log.Info("hubrelay listening", "addr", ln.Addr().String(), "tls", useTLS, "paths", s.recv.Paths(),
-		"storage", st.where, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len(), "version", version)
 
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
 	go s.maintain(bg)
-	if rp != nil {
-		go rp.Run(bg, time.Second)
+	if w.replayer != nil {
+		go w.replayer.Run(bg, time.Second)
 	}
-
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	changed := watchFile(bg, cfgPath, watch)
-	for {
-		select {
-		case <-hup:
-			certs.reload() // logs its own errors and keeps the old pair
-			s.reload()
-			continue
-		case <-changed:
-			log.Info("config file changed")
-			s.reload()
-			continue
-		case <-storeUp:
-			storeUp = nil
-			if err := s.applySinks(s.sinkCfgs); err != nil {
-				log.Error("apply sinks once storage is up", "err", err)
-			}
-			continue
-		case err := <-storeFatal:
-			stopBG()
-			s.drain()
-			return err
-		case err := <-serveErr:
-			stopBG()
-			s.drain()
-			return fmt.Errorf("http server: %w", err)
-		case <-ctx.Done():
-		}
-		break
+	if err := s.loop(ctx, bg, watch, certs, w, serveErr); err != nil {
+		stopBG()
+		s.drain()
+		return err
 	}
 	log.Info("shutting down", "timeout", s.shutdown)
 	stopBG()
@@ -354,6 +247,155 @@ func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.D
 	s.drainCtx(shutCtx)
 	log.Info("stopped")
 	return nil
+}
+
+// wiring is what wire builds besides the server's own fields.
+type wiring struct {
+	reg      *prometheus.Registry
+	replayer *relay.Replayer // nil in Postgres mode
+	// storeUp and storeFatal tell the loop that the store came up (apply the sinks again) or
+	// failed for good.
+	storeUp    <-chan struct{}
+	storeFatal <-chan error
+}
+
+// wire builds the relay on the open storage: sinks, metrics, the delivery engine, the router,
+// the receiver and the dead-letter replayer.
+func (s *server) wire(cfg *config.Config) (*wiring, error) {
+	st, log := s.storage, s.log
+	sp := st.store
+	sinkCfgs, err := s.sinks.update(cfg.Sinks)
+	if err != nil {
+		return nil, err
+	}
+	w := &wiring{reg: prometheus.NewRegistry()}
+	s.metrics = metrics.New(w.reg)
+	s.metrics.SetBuildInfo(version)
+	s.metrics.WatchSpool(sp.Stats, sp.DedupLen, st.letters.Count, s.sinks.names)
+	if st.pg != nil {
+		registerPostgresMetrics(w.reg, st.pg)
+	}
+	var obs interface {
+		relay.Observer
+		relay.DeliveryObserver
+	} = s.metrics
+	if cfg.Admin.Console {
+		s.feed = console.NewFeed(cfg.Log.Payloads)
+		obs = teeObserver{s.metrics, s.feed}
+	}
+	s.engine = relay.NewEngine(sp, st.letters, obs, log)
+	s.engine.Start()
+	s.metrics.WatchPaused(s.engine.Paused)
+	w.storeUp, w.storeFatal = st.pending() // before SetSinks: it reads the store's pending sinks
+	if err := s.applySinks(sinkCfgs); err != nil {
+		return nil, err
+	}
+	s.router = newRouter(cfg)
+	s.recv = relay.NewReceiver(receiverConfig(cfg), sp, s.router, s.engine.Notify, obs, log)
+	if st.dir != nil {
+		// Postgres mode needs no replay folder: `deadletter replay` writes to the database.
+		w.replayer = &relay.Replayer{DL: st.dir, Spool: sp, Router: s.router, Notify: s.engine.Notify, Log: log.With("component", "replay")}
+	}
+	return w, nil
+}
+
+// handlers returns the admin mux (health, readiness, metrics, console, the sink API) and the
+// webhook listener's mux: the guarded receiver, and the admin endpoints when there is no
+// admin listener of its own.
+func (s *server) handlers(cfg *config.Config, w *wiring) (admin, mux *http.ServeMux, err error) {
+	sp, log := s.storage.store, s.log
+	admin = http.NewServeMux()
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	admin.Handle("GET /readyz", readyHandler(sp.Check, log))
+	admin.Handle("GET /metrics", s.metrics.Handler(w.reg))
+	if err := s.mountConsole(cfg, admin, w.replayer, log); err != nil {
+		return nil, nil, fmt.Errorf("console: %w", err)
+	}
+	if cfg.Admin.Listen != "" {
+		api := &sinkAPI{engine: s.engine, stats: sp.Stats, names: s.sinks.names, token: cfg.Admin.Token, log: log.With("component", "admin")}
+		api.mount(admin)
+	}
+	mux = http.NewServeMux()
+	if cfg.Admin.Listen == "" {
+		mux.Handle("/healthz", admin)
+		mux.Handle("/readyz", admin)
+		mux.Handle("/metrics", admin)
+	}
+	webhook, err := guard(cfg, s.recv, s.metrics, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	mux.Handle("/", webhook)
+	return admin, mux, nil
+}
+
+// startHTTP serves mux on ln (connection-limited, TLS when configured) and admin on aln when
+// there is one, and logs the start-up lines. serveErr reports the webhook server's end.
+func (s *server) startHTTP(cfg *config.Config, ln, aln net.Listener, admin, mux http.Handler) (certs *serverCerts, serveErr <-chan error, err error) {
+	log := s.log
+	conns, err := connLimiter(cfg, log, s.metrics)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln = conns.Listener(ln)
+	s.http = newHTTPServer(cfg, mux, log)
+	s.http.ConnState = conns.ConnState
+	if certs, err = serverTLS(cfg, log); err != nil {
+		return nil, nil, err
+	}
+	if certs != nil {
+		s.http.TLSConfig = certs.config
+	}
+	if aln != nil {
+		s.admin = newHTTPServer(cfg, admin, log)
+		go s.admin.Serve(aln)
+		log.Info("admin listening", "addr", aln.Addr().String())
+	}
+	errc := make(chan error, 1)
+	useTLS := s.http.TLSConfig != nil // read before Serve starts mutating the server
+	go func() {
+		if useTLS {
+			errc <- s.http.ServeTLS(ln, "", "") // certificates come from the reloader
+		} else {
+			errc <- s.http.Serve(ln)
+		}
+	}()
+	st := s.storage
+	logStartup(log, cfg, s.cfgPath, st.where)
+	log.Info("hubrelay listening", "addr", ln.Addr().String(), "tls", useTLS, "paths", s.recv.Paths(),
+		"storage", st.where, "sinks", len(cfg.Sinks), "rules", cfg.Rules.Len(), "version", version)
+	return certs, errc, nil
+}
+
+// loop runs until ctx ends (nil: shut down gracefully) or the server or the store fails (the
+// error), reloading on SIGHUP and, with watch, when the config file changes.
+func (s *server) loop(ctx, bg context.Context, watch time.Duration, certs *serverCerts, w *wiring, serveErr <-chan error) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	changed := watchFile(bg, s.cfgPath, watch)
+	storeUp := w.storeUp
+	for {
+		select {
+		case <-hup:
+			certs.reload() // logs its own errors and keeps the old pair
+			s.reload()
+		case <-changed:
+			s.log.Info("config file changed")
+			s.reload()
+		case <-storeUp:
+			storeUp = nil
+			if err := s.applySinks(s.sinkCfgs); err != nil {
+				s.log.Error("apply sinks once storage is up", "err", err)
+			}
+		case err := <-w.storeFatal:
+			return err
+		case err := <-serveErr:
+			return fmt.Errorf("http server: %w", err)
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }
 
 func (s *server) drain() {
@@ -391,81 +433,6 @@ func (s *server) drainCtx(ctx context.Context) {
 	if err != nil {
 		s.log.Warn("deliveries still in flight at shutdown were cancelled; they resume on restart", "err", err)
 	}
-}
-
-// maintain expires old dedup keys in small transactions (every minute) and hands the spool's
-// mapped pages back to the OS whenever the process's file-backed resident memory has grown by
-// releaseAbove since start (checked every 100 ms; every second where that cannot be read): a
-// sink draining a backlog reads tens of MiB of spool a second, and resident memory must stay
-// flat however large the backlog on disk grows.
-func (s *server) maintain(ctx context.Context) {
-	const tick = 100 * time.Millisecond
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	// The baseline is taken with the spool's pages released, so that what Open read (a
-	// migration, a journal replay) does not raise the ceiling.
-	if err := s.storage.releaseMemory(); err != nil {
-		s.log.Warn("release spool memory", "err", err)
-	}
-	base, measured := fileResident()
-	for n := 0; ; n++ {
-		if n%int(time.Minute/tick) == 0 {
-			for {
-				// A minute of slack: a request is judged at the time it started, which
-				// may be a little behind the clock here.
-				n, err := s.storage.store.ExpireDedup(time.Now().Add(-time.Minute), 5000)
-				if err != nil {
-					s.log.Error("expire dedup keys", "err", err)
-				}
-				if n < 5000 {
-					break
-				}
-			}
-		}
-		release := n%int(time.Second/tick) == 0
-		if measured {
-			rss, ok := fileResident()
-			release = ok && rss > base+releaseAbove
-		}
-		if release {
-			if err := s.storage.releaseMemory(); err != nil {
-				s.log.Warn("release spool memory", "err", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// releaseAbove is how much file-backed resident memory (mostly spool pages) maintain lets
-// accumulate before it releases the spool's pages.
-const releaseAbove = 16 << 20
-
-// fileResident returns the process's file-backed (and shared) resident memory in bytes, read
-// from /proc/self/statm; ok is false where that file does not exist.
-func fileResident() (bytes int64, ok bool) {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0, false
-	}
-	pages, err := statmShared(b)
-	if err != nil {
-		return 0, false
-	}
-	return pages * int64(os.Getpagesize()), true
-}
-
-// statmShared parses the third field of /proc/<pid>/statm: resident shared pages, which are
-// the file-backed ones (RssFile + RssShmem).
-func statmShared(b []byte) (int64, error) {
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return 0, fmt.Errorf("statm: %d fields", len(f))
-	}
-	return strconv.ParseInt(f[2], 10, 64)
 }
 
 // reload re-reads the config; a valid one replaces apps, rules and sinks, an invalid one is
@@ -531,7 +498,7 @@ func routeOptions(cfg *config.Config) relay.RouteOptions {
 func rawSinks(cfg *config.Config) []string {
 	var out []string
 	for _, sk := range cfg.Sinks {
-		if sk.Type == config.SinkHTTP && sk.Body == "raw" {
+		if sk.Type == config.SinkHTTP && sk.Body == config.BodyRaw {
 			out = append(out, sk.Name)
 		}
 	}
@@ -554,43 +521,6 @@ func receiverConfig(cfg *config.Config) relay.ReceiverConfig {
 		})
 	}
 	return rc
-}
-
-// watchFile reports on the returned channel when path's size or modification time changes,
-// checking every interval (0: never). Polling keeps it dependency-free and works for files
-// replaced by rename (editors, Kubernetes ConfigMap symlink swaps).
-func watchFile(ctx context.Context, path string, interval time.Duration) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	if interval <= 0 {
-		return ch
-	}
-	stamp := func() string {
-		fi, err := os.Stat(path)
-		if err != nil {
-			return "missing"
-		}
-		return fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
-	}
-	last := stamp()
-	go func() {
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if now := stamp(); now != last {
-				last = now
-				select {
-				case ch <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}()
-	return ch
 }
 
 // readyHandler answers 200 while check (a tiny spool write) succeeds, else 503: a relay whose
@@ -616,9 +546,9 @@ func readyHandler(check func(context.Context) error, log *slog.Logger) http.Hand
 // secret), a file sink's path.
 func sinkDestination(sk config.Sink) string {
 	switch sk.Type {
-	case "file":
+	case config.SinkFile:
 		return sk.Path
-	case "slack":
+	case config.SinkSlack:
 		if u, err := url.Parse(sk.WebhookURL); err == nil && u.Host != "" {
 			return "slack incoming webhook at " + u.Host
 		}
