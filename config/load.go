@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hubrelay/hubrelay/internal/httptoken"
 	"gopkg.in/yaml.v3"
 )
 
@@ -304,7 +305,7 @@ func (d *decoder) trustedProxy(n *yaml.Node, path string) *TrustedProxy {
 	if e, ok := f["subject_header"]; ok {
 		p := join(path, "subject_header")
 		if v, ok := d.nonEmpty(e.val, p); ok {
-			if !validToken(v) {
+			if !httptoken.Valid(v) {
 				d.problem(e.val, p, "invalid header name %q", v)
 			} else {
 				t.SubjectHeader = v
@@ -510,20 +511,4 @@ func (d *decoder) deadLetter(n *yaml.Node, path string, dl *DeadLetter) {
 		return
 	}
 	d.setStr(f, path, "dir", &dl.Dir)
-}
-
-// validToken reports whether s is an HTTP token, as header names and methods must be.
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range []byte(s) {
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }

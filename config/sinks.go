@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hubrelay/hubrelay/internal/httptoken"
 	"github.com/hubrelay/hubrelay/rules"
 	"gopkg.in/yaml.v3"
 )
@@ -250,7 +251,7 @@ func (d *decoder) headers(n *yaml.Node, path string) map[string]string {
 		k, v := resolve(n.Content[i]), n.Content[i+1]
 		name := d.env.restore(k.Value)
 		p := join(path, name)
-		if k.Kind != yaml.ScalarNode || !validToken(name) {
+		if k.Kind != yaml.ScalarNode || !httptoken.Valid(name) {
 			d.problem(k, p, "invalid header name")
 			continue
 		}

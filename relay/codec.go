@@ -58,7 +58,7 @@ func UnmarshalBinary(data []byte, ev *Event) error {
 		return fmt.Errorf("decode spooled event: version %v: %w", firstByte(data), errCodec)
 	}
 	version := data[0]
-	d := decoder{b: data[1:]}
+	d := eventReader{b: data[1:]}
 	ev.ID = d.str()
 	ev.App = d.str()
 	ev.Object = d.str()
@@ -111,12 +111,14 @@ func firstByte(b []byte) any {
 	return b[0]
 }
 
-type decoder struct {
+// eventReader reads the fields AppendBinary wrote; err is set, and every read returns zero,
+// once the input runs short or a length is out of range.
+type eventReader struct {
 	b   []byte
 	err bool
 }
 
-func (d *decoder) uvarint() uint64 {
+func (d *eventReader) uvarint() uint64 {
 	v, n := binary.Uvarint(d.b)
 	if n <= 0 {
 		d.err = true
@@ -127,7 +129,7 @@ func (d *decoder) uvarint() uint64 {
 	return v
 }
 
-func (d *decoder) varint() int64 {
+func (d *eventReader) varint() int64 {
 	v, n := binary.Varint(d.b)
 	if n <= 0 {
 		d.err = true
@@ -138,7 +140,7 @@ func (d *decoder) varint() int64 {
 	return v
 }
 
-func (d *decoder) byte() byte {
+func (d *eventReader) byte() byte {
 	if len(d.b) == 0 {
 		d.err = true
 		return 0
@@ -148,7 +150,7 @@ func (d *decoder) byte() byte {
 	return c
 }
 
-func (d *decoder) bytes() []byte {
+func (d *eventReader) bytes() []byte {
 	n := d.uvarint()
 	if n > uint64(len(d.b)) {
 		d.err = true
@@ -160,4 +162,4 @@ func (d *decoder) bytes() []byte {
 	return v
 }
 
-func (d *decoder) str() string { return string(d.bytes()) }
+func (d *eventReader) str() string { return string(d.bytes()) }

@@ -32,10 +32,12 @@
 //	id         the letter's ID (the file name wins when they differ).
 //	sink       name of the sink the change could not be delivered to.
 //	seq        spool sequence number of the abandoned delivery.
-//	change_id  identity of the change: its dedup key (relay.Event.ID).
+//	change_id  identity of the change: its dedup key (relay.Event.ID, relay.Key).
 //	rules      names of the rules that routed the change to the sink; absent when none.
-//	reason     why delivery stopped: "permanent: status 400", "max attempts (10) reached",
-//	           "max age 24h exceeded" or "sink removed".
+//	reason     why delivery stopped (relay.RetryPolicy.Decide): "permanent: " and the error
+//	           (a 4xx answer, a rule that failed to evaluate, `sink "x" is not configured`
+//	           for a sink removed with deliveries left), "giving up after 10 attempt(s): "
+//	           or "max age 24h0m0s exceeded after 7 attempt(s): " and the last error.
 //	first_at   when the relay accepted the change (RFC 3339, UTC).
 //	dead_at    when the delivery was abandoned (RFC 3339, UTC).
 //	attempts   every failed attempt, oldest first; each has "at" (RFC 3339, UTC), "status"
@@ -55,31 +57,31 @@
 //	  "id": "orders-00000000000000000042",
 //	  "sink": "orders",
 //	  "seq": 42,
-//	  "change_id": "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+//	  "change_id": "wa:msg:shop:wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
 //	  "rules": [
 //	    "whatsapp-inbound"
 //	  ],
-//	  "reason": "permanent: status 400",
+//	  "reason": "permanent: orders: POST http://127.0.0.1:9000/meta: status 400 {\"error\":\"unknown product \\\"crème brûlée\\\"\"} after 1 attempt",
 //	  "first_at": "2025-06-08T20:59:44.127Z",
 //	  "dead_at": "2025-06-08T21:00:16.402Z",
 //	  "attempts": [
 //	    {
 //	      "at": "2025-06-08T20:59:44.13Z",
 //	      "status": 503,
-//	      "error": "orders: status 503 Service Unavailable"
+//	      "error": "orders: POST http://127.0.0.1:9000/meta: status 503 after 3 attempts"
 //	    },
 //	    {
 //	      "at": "2025-06-08T20:59:46.188Z",
-//	      "error": "orders: Post \"http://127.0.0.1:9000/meta\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+//	      "error": "orders: POST http://127.0.0.1:9000/meta: after 1 attempt: context deadline exceeded"
 //	    },
 //	    {
 //	      "at": "2025-06-08T21:00:16.395Z",
 //	      "status": 400,
-//	      "error": "orders: status 400 Bad Request: {\"error\":\"unknown product \\\"crème brûlée\\\"\"}"
+//	      "error": "orders: POST http://127.0.0.1:9000/meta: status 400 {\"error\":\"unknown product \\\"crème brûlée\\\"\"} after 1 attempt"
 //	    }
 //	  ],
 //	  "change": {
-//	    "id": "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+//	    "id": "wa:msg:shop:wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
 //	    "app": "shop",
 //	    "object": "whatsapp_business_account",
 //	    "entry": {

@@ -30,17 +30,17 @@ func exampleLetter() *deadletter.Letter {
 	return &deadletter.Letter{
 		Sink:     "orders",
 		Seq:      42,
-		ChangeID: "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+		ChangeID: "wa:msg:shop:wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
 		Rules:    []string{"whatsapp-inbound"},
-		Reason:   "permanent: status 400",
+		Reason:   `permanent: orders: POST http://127.0.0.1:9000/meta: status 400 {"error":"unknown product \"crème brûlée\""} after 1 attempt`,
 		FirstAt:  at("2025-06-08T20:59:44.127Z"),
 		DeadAt:   at("2025-06-08T21:00:16.402Z"),
 		Attempts: []deadletter.Attempt{
-			{At: at("2025-06-08T20:59:44.130Z"), Status: 503, Error: "orders: status 503 Service Unavailable"},
-			{At: at("2025-06-08T20:59:46.188Z"), Error: `orders: Post "http://127.0.0.1:9000/meta": context deadline exceeded (Client.Timeout exceeded while awaiting headers)`},
-			{At: at("2025-06-08T21:00:16.395Z"), Status: 400, Error: `orders: status 400 Bad Request: {"error":"unknown product \"crème brûlée\""}`},
+			{At: at("2025-06-08T20:59:44.130Z"), Status: 503, Error: "orders: POST http://127.0.0.1:9000/meta: status 503 after 3 attempts"},
+			{At: at("2025-06-08T20:59:46.188Z"), Error: "orders: POST http://127.0.0.1:9000/meta: after 1 attempt: context deadline exceeded"},
+			{At: at("2025-06-08T21:00:16.395Z"), Status: 400, Error: `orders: POST http://127.0.0.1:9000/meta: status 400 {"error":"unknown product \"crème brûlée\""} after 1 attempt`},
 		},
-		Change: []byte(`{"id":"wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=","app":"shop","object":"whatsapp_business_account","entry":{"id":"102290129340398"},"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},"contacts":[{"profile":{"name":"Sheena Nelson"},"wa_id":"16505551234"}],"messages":[{"from":"16505551234","id":"wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=","timestamp":"1749416383","type":"text","text":{"body":"Does it come in another color? Crème brûlée \ud83d\udc4d"}}]},"received_at":"2025-06-08T20:59:44.127Z","rules":["whatsapp-inbound"]}`),
+		Change: []byte(`{"id":"wa:msg:shop:wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=","app":"shop","object":"whatsapp_business_account","entry":{"id":"102290129340398"},"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},"contacts":[{"profile":{"name":"Sheena Nelson"},"wa_id":"16505551234"}],"messages":[{"from":"16505551234","id":"wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=","timestamp":"1749416383","type":"text","text":{"body":"Does it come in another color? Crème brûlée \ud83d\udc4d"}}]},"received_at":"2025-06-08T20:59:44.127Z","rules":["whatsapp-inbound"]}`),
 	}
 }
 
@@ -123,11 +123,11 @@ func Example() {
 	err = d.Write(&deadletter.Letter{
 		Sink:     "orders",
 		Seq:      42,
-		ChangeID: "wamid.HBgL",
-		Reason:   "max attempts (10) reached",
+		ChangeID: "wa:msg:shop:wamid.HBgL",
+		Reason:   "giving up after 10 attempt(s): orders: POST https://orders.example/meta: status 503 after 1 attempt",
 		FirstAt:  time.Date(2025, 6, 8, 20, 59, 44, 0, time.UTC),
 		DeadAt:   time.Date(2025, 6, 9, 0, 12, 3, 0, time.UTC),
-		Change:   []byte(`{"id":"wamid.HBgL","object":"whatsapp_business_account","field":"messages","value":{}}`),
+		Change:   []byte(`{"id":"wa:msg:shop:wamid.HBgL","object":"whatsapp_business_account","field":"messages","value":{}}`),
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -159,7 +159,7 @@ func Example() {
 	n, _ := d.Count("")
 	fmt.Println("left:", n)
 	// Output:
-	// orders-00000000000000000042 max attempts (10) reached
-	// replay orders-00000000000000000042 to orders: {"id":"wamid.HBgL","object":"whatsapp_business_account","field":"messages","value":{}}
+	// orders-00000000000000000042 giving up after 10 attempt(s): orders: POST https://orders.example/meta: status 503 after 1 attempt
+	// replay orders-00000000000000000042 to orders: {"id":"wa:msg:shop:wamid.HBgL","object":"whatsapp_business_account","field":"messages","value":{}}
 	// left: 0
 }

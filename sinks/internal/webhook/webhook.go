@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-retryablehttp"
 
+	"github.com/hubrelay/hubrelay/internal/httptoken"
 	"github.com/hubrelay/hubrelay/relay"
 )
 
@@ -115,7 +116,7 @@ func New(c Config) (*Client, error) {
 		return nil, fmt.Errorf("%s: url has no host", c.Name)
 	}
 	method := cmp.Or(c.Method, http.MethodPost)
-	if !validToken(method) {
+	if !httptoken.Valid(method) {
 		return nil, fmt.Errorf("%s: invalid method %q", c.Name, method)
 	}
 	if c.Retries < 0 {
@@ -413,20 +414,6 @@ func scrubber(u *url.URL, hidePath bool, red string, extra []string) *strings.Re
 		args = append(args, p.old, p.new)
 	}
 	return strings.NewReplacer(args...)
-}
-
-// validToken reports whether s is an RFC 9110 token (a valid method).
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // scrubLogger is the retryablehttp.LeveledLogger handed to retryablehttp: it replaces the URL
