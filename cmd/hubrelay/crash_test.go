@@ -541,12 +541,7 @@ func startCrashProcess(t *testing.T, bin, cfgPath, logPath string, run int) *cra
 			<-p.done
 		}
 	})
-	raw, err := os.ReadFile(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := strings.TrimSpace(strings.SplitN(strings.SplitN(string(raw), "listen:", 2)[1], "\n", 2)[0])
-	p.url = "http://" + addr
+	p.url = "http://" + listenAddr(cfgPath)
 	waitCrash(t, p, "/healthz", 20*time.Second, func() bool {
 		resp, err := http.Get(p.url + "/healthz")
 		if err != nil {

@@ -158,28 +158,56 @@ func testGetenv(k string) string {
 
 func startRelay(t *testing.T, dir, cfgPath string) *relayUnderTest {
 	t.Helper()
-	return startRelayHealth(t, dir, cfgPath, "")
+	return startServe(t, dir, cfgPath, serveOptions{})
 }
 
 // startRelayHealth is startRelay polling health at healthURL (default: the server's own
 // /healthz, right when admin.listen is not set).
 func startRelayHealth(t *testing.T, dir, cfgPath, healthURL string) *relayUnderTest {
 	t.Helper()
+	return startServe(t, dir, cfgPath, serveOptions{health: healthURL})
+}
+
+// listenAddr returns server.listen of the config at cfgPath (the tests' configs set it).
+func listenAddr(cfgPath string) string {
+	raw, _ := os.ReadFile(cfgPath)
+	_, rest, _ := strings.Cut(string(raw), "listen:")
+	line, _, _ := strings.Cut(rest, "\n")
+	return strings.TrimSpace(line)
+}
+
+// serveOptions says how startServe runs `hubrelay serve` and knows it is up.
+type serveOptions struct {
+	getenv func(string) string // default testGetenv
+	args   []string            // more serve flags
+	health string              // the URL polled; default the server's own /healthz
+	client *http.Client        // polls health; default http.DefaultClient
+}
+
+// startServe runs `hubrelay serve -config cfgPath` in this process until the test ends and
+// waits (generously: the machine is shared) for its health URL to answer 200.
+func startServe(t *testing.T, dir, cfgPath string, o serveOptions) *relayUnderTest {
+	t.Helper()
+	if o.getenv == nil {
+		o.getenv = testGetenv
+	}
+	if o.client == nil {
+		o.client = http.DefaultClient
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &relayUnderTest{dir: dir, cfg: cfgPath, logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	args := append([]string{"serve", "-config", cfgPath}, o.args...)
 	go func() {
-		r.done <- run(ctx, []string{"serve", "-config", cfgPath}, testGetenv, strings.NewReader(""), io.Discard, r.logs)
+		r.done <- run(ctx, args, o.getenv, strings.NewReader(""), io.Discard, r.logs)
 	}()
-	// The address is in the config; poll /healthz until it answers.
-	raw, _ := os.ReadFile(cfgPath)
-	addr := strings.TrimSpace(strings.SplitN(strings.SplitN(string(raw), "listen:", 2)[1], "\n", 2)[0])
+	addr := listenAddr(cfgPath)
 	r.url = "http://" + addr
-	if healthURL == "" {
-		healthURL = r.url + "/healthz"
+	if o.health == "" {
+		o.health = r.url + "/healthz"
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(healthURL)
+		resp, err := o.client.Get(o.health)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {

@@ -13,8 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -120,39 +118,12 @@ func TestPostgres_OutageUnderLoad(t *testing.T) {
 	load := crashLoad(t, 300)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var acked sync.Map
-	var answered, transport, unavail atomic.Int64
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	client := &http.Client{Timeout: 15 * time.Second}
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(load) {
-					return
-				}
-				st, err := postUntilAnswered(ctx, client, r.url+"/webhooks", load[i], &transport, &unavail)
-				if err != nil {
-					t.Errorf("notification %d: %v", i, err)
-					return
-				}
-				if st == http.StatusOK {
-					for _, id := range load[i].ids {
-						acked.Store(id, true)
-					}
-				}
-				answered.Add(1)
-			}
-		}()
-	}
-	waitFor(t, "a third of the load answered", func() bool { return answered.Load() >= int64(len(load)/3) })
+	l := startPGLoad(t, ctx, load, func(int, int) string { return r.url + "/webhooks" })
+	waitFor(t, "a third of the load answered", func() bool { return l.answered.Load() >= int64(len(load)/3) })
 	if err := pg.ctl("stop", "-m", "immediate"); err != nil {
 		t.Fatalf("pg_ctl stop: %v", err)
 	}
-	stoppedAt := answered.Load()
+	stoppedAt := l.answered.Load()
 	waitFor(t, "/readyz not ready while the database is down", func() bool {
 		resp, err := http.Get(r.url + "/readyz")
 		if err != nil {
@@ -171,23 +142,13 @@ func TestPostgres_OutageUnderLoad(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	wg.Wait()
-	var want []string
-	acked.Range(func(k, _ any) bool { want = append(want, k.(string)); return true })
-	for _, s := range []*crashSink{a, b} {
-		deadline := time.Now().Add(90 * time.Second)
-		for len(s.missing(want)) > 0 && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if m := s.missing(want); len(m) > 0 {
-			t.Fatalf("%s: %d of %d acknowledged changes never delivered (e.g. %s)\nlogs:\n%s", s.name, len(m), len(want), m[0], r.logs)
-		}
-	}
-	if unavail.Load() == 0 && transport.Load() == 0 {
+	want := l.wait()
+	waitDelivered(t, []*crashSink{a, b}, want, func() { t.Logf("logs:\n%s", r.logs) })
+	if l.unavail.Load() == 0 && l.transport.Load() == 0 {
 		t.Error("no request failed during the outage: the test did not test one")
 	}
 	t.Logf("acknowledged %d changes (%d notifications answered before the stop); %d 503s and %d transport errors during the outage",
-		len(want), stoppedAt, unavail.Load(), transport.Load())
+		len(want), stoppedAt, l.unavail.Load(), l.transport.Load())
 }
 
 // TestPostgres_StartWithDatabaseDown starts the relay while its database is stopped: it

@@ -82,37 +82,91 @@ func pgGetenv(k string) string {
 	return ""
 }
 
-// startPGRelay runs `hubrelay serve` in this process and waits for /healthz.
+// startPGRelay runs `hubrelay serve` on a writePGConfig config in this process and waits for
+// /healthz.
 func startPGRelay(t *testing.T, cfgPath string) *relayUnderTest {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &relayUnderTest{cfg: cfgPath, logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		r.done <- run(ctx, []string{"serve", "-config", cfgPath}, pgGetenv, strings.NewReader(""), io.Discard, r.logs)
-	}()
-	raw, _ := os.ReadFile(cfgPath)
-	addr := strings.TrimSpace(strings.SplitN(strings.SplitN(string(raw), "listen:", 2)[1], "\n", 2)[0])
-	r.url = "http://" + addr
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if resp, err := http.Get(r.url + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
+	return startServe(t, "", cfgPath, serveOptions{getenv: pgGetenv})
+}
+
+// pgLoad pours notifications into relays from 8 workers, each posted until it is answered with
+// something other than 503 (as Meta retries), and records the changes acknowledged.
+type pgLoad struct {
+	acked                        sync.Map // change id -> true
+	answered, transport, unavail atomic.Int64
+	wg                           sync.WaitGroup
+}
+
+// startPGLoad posts load[i] by worker w to url(i, w) until ctx ends.
+func startPGLoad(t *testing.T, ctx context.Context, load []crashNotification, url func(i, w int) string) *pgLoad {
+	l := &pgLoad{}
+	var next atomic.Int64
+	client := &http.Client{Timeout: 15 * time.Second}
+	for w := range 8 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(load) {
+					return
+				}
+				st, err := postUntilAnswered(ctx, client, url(i, w), load[i], &l.transport, &l.unavail)
+				if err != nil {
+					t.Errorf("notification %d: %v", i, err)
+					return
+				}
+				if st == http.StatusOK {
+					for _, id := range load[i].ids {
+						l.acked.Store(id, true)
+					}
+				}
+				l.answered.Add(1)
 			}
-		}
-		select {
-		case err := <-r.done:
-			t.Fatalf("relay exited early: %v\nlogs:\n%s", err, r.logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("relay did not become healthy\nlogs:\n%s", r.logs)
-		}
-		time.Sleep(20 * time.Millisecond)
+		}()
 	}
-	t.Cleanup(func() { r.stop(t) })
-	return r
+	return l
+}
+
+// wait waits for the whole load to be answered and returns the changes acknowledged.
+func (l *pgLoad) wait() []string {
+	l.wg.Wait()
+	var want []string
+	l.acked.Range(func(k, _ any) bool { want = append(want, k.(string)); return true })
+	return want
+}
+
+// waitDelivered waits (90 s at most) until every sink has received every change of want; on
+// failure it calls dump, then fails the test.
+func waitDelivered(t *testing.T, sinks []*crashSink, want []string, dump func()) {
+	t.Helper()
+	for _, s := range sinks {
+		deadline := time.Now().Add(90 * time.Second)
+		for len(s.missing(want)) > 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if m := s.missing(want); len(m) > 0 {
+			dump()
+			t.Fatalf("%s: %d of %d acknowledged changes never delivered (e.g. %s)", s.name, len(m), len(want), m[0])
+		}
+	}
+}
+
+// newRefusingSink is a crashSink that answers status (recording nothing) while the returned
+// flag is set, as it is at first.
+func newRefusingSink(t *testing.T, name string, status int) (*crashSink, *atomic.Bool) {
+	refuse := &atomic.Bool{}
+	refuse.Store(true)
+	s := &crashSink{name: name, got: map[string][]string{}}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refuse.Load() {
+			http.Error(w, "refused by the test", status)
+			return
+		}
+		s.serveHTTP(w, r)
+	}))
+	t.Cleanup(s.srv.Close)
+	return s, refuse
 }
 
 func pgCount(t *testing.T, pgURL, schema, table string) int {
@@ -206,62 +260,27 @@ func TestPostgres_KillReplicaUnderLoad(t *testing.T) {
 	load := crashLoad(t, 400)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var acked sync.Map // change id -> true
-	var answered, transport, unavail atomic.Int64
-	var wg sync.WaitGroup
-	next := atomic.Int64{}
-	client := &http.Client{Timeout: 10 * time.Second}
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(load) {
-					return
-				}
-				url := url1
-				if (i+w)%2 == 1 {
-					url = url2
-				}
-				st, err := postUntilAnswered(ctx, client, url+"/webhooks", load[i], &transport, &unavail)
-				if err != nil {
-					t.Errorf("notification %d: %v", i, err)
-					return
-				}
-				if st == http.StatusOK {
-					for _, id := range load[i].ids {
-						acked.Store(id, true)
-					}
-				}
-				answered.Add(1)
-			}
-		}()
-	}
-	waitCrash(t, p1, "a third of the load answered", time.Minute, func() bool { return answered.Load() >= int64(len(load)/3) })
+	l := startPGLoad(t, ctx, load, func(i, w int) string {
+		if (i+w)%2 == 1 {
+			return url2 + "/webhooks"
+		}
+		return url1 + "/webhooks"
+	})
+	waitCrash(t, p1, "a third of the load answered", time.Minute, func() bool { return l.answered.Load() >= int64(len(load)/3) })
 	p1.cmd.Process.Signal(syscall.SIGKILL)
 	<-p1.done
 	time.Sleep(500 * time.Millisecond)
 	p1 = startCrashProcess(t, bin, cfg1, log1, 2)
-	wg.Wait()
-	var want []string
-	acked.Range(func(k, _ any) bool { want = append(want, k.(string)); return true })
+	want := l.wait()
 	if len(want) == 0 {
 		t.Fatal("nothing was acknowledged")
 	}
-	for _, s := range []*crashSink{a, b} {
-		deadline := time.Now().Add(90 * time.Second)
-		for len(s.missing(want)) > 0 && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-		if m := s.missing(want); len(m) > 0 {
-			dumpRelayLog(t, log1)
-			dumpRelayLog(t, log2)
-			t.Fatalf("%s: %d of %d acknowledged changes never delivered (e.g. %s)", s.name, len(m), len(want), m[0])
-		}
-	}
+	waitDelivered(t, []*crashSink{a, b}, want, func() {
+		dumpRelayLog(t, log1)
+		dumpRelayLog(t, log2)
+	})
 	t.Logf("acknowledged %d changes; sink-a got %d deliveries, sink-b %d; %d transport errors, %d 503s while a replica was down",
-		len(want), a.count(), b.count(), transport.Load(), unavail.Load())
+		len(want), a.count(), b.count(), l.transport.Load(), l.unavail.Load())
 	_ = p2
 }
 
@@ -270,17 +289,7 @@ func TestPostgres_KillReplicaUnderLoad(t *testing.T) {
 func TestPostgres_DeadLetters(t *testing.T) {
 	pgURL := pgtest.URL(t)
 	schema := pgtest.Schema(t, pgURL)
-	rejectA := atomic.Bool{}
-	rejectA.Store(true)
-	a := &crashSink{name: "sink-a", got: map[string][]string{}}
-	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if rejectA.Load() {
-			http.Error(w, "no such order", http.StatusBadRequest)
-			return
-		}
-		a.serveHTTP(w, r)
-	}))
-	t.Cleanup(a.srv.Close)
+	a, rejectA := newRefusingSink(t, "sink-a", http.StatusBadRequest)
 	b := newCrashSink(t, "sink-b")
 	dir := t.TempDir()
 	// A password in the URL (the test server trusts loopback, so it is ignored) must never
@@ -363,17 +372,7 @@ func TestPostgres_ReplicasWithDifferentSinks(t *testing.T) {
 	pgURL := pgtest.URL(t)
 	schema := pgtest.Schema(t, pgURL)
 	a := newCrashSink(t, "sink-a")
-	var holdB atomic.Bool // sink-b answers 503 while set: its deliveries stay pending
-	holdB.Store(true)
-	b := &crashSink{name: "sink-b", got: map[string][]string{}}
-	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if holdB.Load() {
-			http.Error(w, "busy", http.StatusServiceUnavailable)
-			return
-		}
-		b.serveHTTP(w, r)
-	}))
-	t.Cleanup(b.srv.Close)
+	b, holdB := newRefusingSink(t, "sink-b", http.StatusServiceUnavailable) // its deliveries stay pending
 	dir := t.TempDir()
 	cfg1 := writePGConfig(t, filepath.Join(dir, "r1"), freeAddr(t), pgURL, schema, a.srv.URL, b.srv.URL)
 	cfg2 := writePGConfig(t, filepath.Join(dir, "r2"), freeAddr(t), pgURL, schema, a.srv.URL, "")

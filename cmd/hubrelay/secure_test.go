@@ -157,25 +157,9 @@ func startRelayTLS(t *testing.T, dir, cfgPath string, serverCA *testCA) *relayUn
 	prev := http.DefaultTransport
 	http.DefaultTransport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
 	defer func() { http.DefaultTransport = prev }()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &relayUnderTest{dir: dir, cfg: cfgPath, logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		r.done <- run(ctx, []string{"serve", "-config", cfgPath, "-log-level", "debug"}, testGetenv, strings.NewReader(""), io.Discard, r.logs)
-	}()
-	raw, _ := os.ReadFile(cfgPath)
-	addr := strings.TrimSpace(strings.SplitN(strings.SplitN(string(raw), "listen:", 2)[1], "\n", 2)[0])
-	r.url = "http://" + addr
-	client := &http.Client{Transport: http.DefaultTransport, Timeout: 2 * time.Second}
-	waitFor(t, "healthy over TLS", func() bool {
-		resp, err := client.Get("https://" + addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	t.Cleanup(func() { r.stop(t) })
-	return r
+	addr := listenAddr(cfgPath)
+	return startServe(t, dir, cfgPath, serveOptions{args: []string{"-log-level", "debug"}, health: "https://" + addr + "/healthz",
+		client: &http.Client{Transport: http.DefaultTransport, Timeout: 2 * time.Second}})
 }
 
 // TestServe_NoSecretInLogs posts every kind of bad request with known secrets configured, at
@@ -190,8 +174,7 @@ func TestServe_NoSecretInLogs(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"serve", "-config", cfgPath, "-log-level", "debug"}, testGetenv, nil, io.Discard, logs)
 	}()
-	raw, _ := os.ReadFile(cfgPath)
-	base := "http://" + strings.TrimSpace(strings.SplitN(strings.SplitN(string(raw), "listen:", 2)[1], "\n", 2)[0])
+	base := "http://" + listenAddr(cfgPath)
 	waitFor(t, "healthy", func() bool {
 		resp, err := http.Get(base + "/healthz")
 		if err == nil {

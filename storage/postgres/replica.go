@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -77,27 +78,13 @@ func Start(ctx context.Context, opt Options) (*Store, error) {
 
 // newStore applies the defaults of opt and makes the pool, which connects on first use.
 func newStore(ctx context.Context, opt Options) (*Store, error) {
-	if opt.Schema == "" {
-		opt.Schema = DefaultSchema
-	}
-	if opt.MaxConns <= 0 {
-		opt.MaxConns = DefaultMaxConns
-	}
-	if opt.Lease <= 0 {
-		opt.Lease = DefaultLease
-	}
-	if opt.PollInterval <= 0 {
-		opt.PollInterval = DefaultPollInterval
-	}
-	if opt.DedupWindow <= 0 {
-		opt.DedupWindow = DefaultDedupWindow
-	}
-	if opt.AcceptTimeout <= 0 {
-		opt.AcceptTimeout = DefaultAcceptTimeout
-	}
-	if opt.SinkGrace <= 0 {
-		opt.SinkGrace = DefaultSinkGrace
-	}
+	opt.Schema = cmp.Or(opt.Schema, DefaultSchema)
+	opt.MaxConns = orDefault(opt.MaxConns, DefaultMaxConns)
+	opt.Lease = orDefault(opt.Lease, DefaultLease)
+	opt.PollInterval = orDefault(opt.PollInterval, DefaultPollInterval)
+	opt.DedupWindow = orDefault(opt.DedupWindow, DefaultDedupWindow)
+	opt.AcceptTimeout = orDefault(opt.AcceptTimeout, DefaultAcceptTimeout)
+	opt.SinkGrace = orDefault(opt.SinkGrace, DefaultSinkGrace)
 	if opt.Name == "" {
 		host, _ := os.Hostname()
 		opt.Name = fmt.Sprintf("%s/%d", host, os.Getpid())
@@ -123,6 +110,14 @@ func newStore(ctx context.Context, opt Options) (*Store, error) {
 	return &Store{pool: pool, opt: opt, log: log.With("component", "postgres"), lock: lockKey(opt.Schema),
 		host: cfg.ConnConfig.Host, database: cfg.ConnConfig.Database,
 		parts: map[string]bool{}, started: time.Now(), up: make(chan struct{}), fatal: make(chan error, 1), stop: make(chan struct{})}, nil
+}
+
+// orDefault returns v, or def when v is not positive (an option left out).
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // setUp migrates the schema and registers this replica; the first success marks the store up
