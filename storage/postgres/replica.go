@@ -66,7 +66,9 @@ func Start(ctx context.Context, opt Options) (*Store, error) {
 	if err == nil {
 		return s, nil
 	}
-	if errors.Is(err, ErrSchemaTooNew) || ctx.Err() != nil {
+	// The caller giving up (a signal) ends it; its deadline passing does not: the database
+	// may answer later.
+	if errors.Is(err, ErrSchemaTooNew) || errors.Is(ctx.Err(), context.Canceled) {
 		s.pool.Close()
 		return nil, err
 	}
@@ -150,7 +152,10 @@ func (s *Store) retrySetUp() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		<-s.stop
+		select {
+		case <-s.stop:
+		case <-ctx.Done(): // set up: retrySetUp returned
+		}
 		cancel()
 	}()
 	sample := relay.NewLogSampler(retryLogEvery)
