@@ -6,21 +6,24 @@
 #
 # BEFORE_BINARY is a hubrelay built from the "before" commit, e.g.
 #   git worktree add /tmp/before 76365af && (cd /tmp/before && go build -o /tmp/hubrelay-before ./cmd/hubrelay)
-# The "after" binary is built from this tree. Every bench run is `hubrelay bench -exe BINARY`,
-# so both builds see the same load generator, sinks and accounting; each ratio is taken within
-# one run (the reference runs in the same run), and the runs alternate before/after.
+# The "after" binary is built from this tree, and this tree's bench drives both builds
+# (-compare, -exe), so both see the same load generator, sinks and accounting. Throughput: one
+# run of ROUNDS rounds in which every hubrelay target runs from both builds back to back, next
+# to the round's reference; each check is the median of its rounds' ratios. The outages run
+# before, then after. On a loaded machine everything takes 2-3x longer (the outages most).
 #
-# Environment: ROUNDS (throughput rounds, default 2), OUTAGE_CHANGES (default
-# 1000000; 0 skips the outage), DEDUP_KEYS (dedup growth curve, default "0 1000000 4000000
-# 10000000"; "" skips it), BEFORE_SRC (a checkout of the before commit with the dedup
-# benchmark copied in: its curve too), DURATION (phase length, default 5s).
+# Environment: ROUNDS (throughput rounds, default 2), OUTAGE_CHANGES (default 1000000; 0
+# skips the outages), DEDUP_KEYS (dedup growth curve, default "0 1000000 4000000"; "" skips
+# it; 10M takes ~5 min more, 100M hours), BEFORE_SRC (a checkout of the before commit with
+# relay/spool/dedupscale_test.go copied in: its curve too), DURATION (phase length, default
+# 5s). sh reads a script as it runs: copy it elsewhere before editing it during a run.
 set -eu
 
 before=${1:?usage: bench/run-issue19.sh BEFORE_BINARY [OUT_DIR]}
 out=${2:-/tmp/issue19-$(date -u +%Y%m%dT%H%M%SZ)}
 rounds=${ROUNDS:-2}
 outage=${OUTAGE_CHANGES:-1000000}
-dedupkeys=${DEDUP_KEYS-0 1000000 4000000 10000000}
+dedupkeys=${DEDUP_KEYS-0 1000000 4000000}
 duration=${DURATION:-5s}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
