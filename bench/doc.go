@@ -9,7 +9,8 @@
 //   - reference-fsync: the same, also appending every body to a file with group-committed
 //     fsync, the least any durable receiver must do;
 //   - hubrelay: `hubrelay serve` with its real spool, a rule and two HTTP sinks pointing at
-//     receivers the bench runs in-process; hubrelay-batch turns on the sinks' batching.
+//     receivers the bench runs in-process; hubrelay-batch turns on the sinks' batching, and
+//     hubrelay-sinks-down keeps both sinks answering 503 (ingest alone).
 //
 // A load generator posts unique, correctly signed WhatsApp-shaped notifications (optionally a
 // fraction with a bad signature, which must be refused) from a fixed pool of keep-alive
