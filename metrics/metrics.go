@@ -112,6 +112,9 @@ type sinkChildren struct {
 // process collectors unless reg already has them. Registering a second Metrics on the same
 // registry panics, as a duplicate registration is a programming error. A nil reg means a
 // private registry that nothing scrapes.
+//
+// New is over 100 lines on purpose: it is the one list of every metric's name, help and
+// labels, read top to bottom; split up, that list would be scattered.
 func New(reg prometheus.Registerer) *Metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry()

@@ -135,9 +135,22 @@ type waStatus struct{ id, status, recipient, participant []byte }
 func whatsAppKey(ev *Event) string {
 	var msgBuf [4][]byte
 	var stBuf [4]waStatus
-	msgs, sts := msgBuf[:0], stBuf[:0]
-	s := jsonscan.New(ev.Value, 0)
-	ok := s.Members(func(key []byte) (bool, error) {
+	msgs, sts, ok := whatsAppIDs(ev.Value, msgBuf[:0], stBuf[:0])
+	if !ok || (len(msgs) == 0) == (len(sts) == 0) {
+		return ""
+	}
+	if len(msgs) > 0 {
+		return boundKey(waMessagesKey(ev.App, msgs))
+	}
+	return boundKey(waStatusesKey(ev.App, sts))
+}
+
+// whatsAppIDs appends the ids of value.messages[] to msgs and the statuses of
+// value.statuses[] to sts; ok is false when the value is not valid JSON or an element lacks
+// its id (or status).
+func whatsAppIDs(value []byte, msgs [][]byte, sts []waStatus) (_ [][]byte, _ []waStatus, ok bool) {
+	s := jsonscan.New(value, 0)
+	ok = s.Members(func(key []byte) (bool, error) {
 		switch string(key) {
 		case "messages":
 			return true, s.Elements(func() (bool, error) {
@@ -184,66 +197,71 @@ func whatsAppKey(ev *Event) string {
 		}
 		return false, nil
 	}) == nil
-	if !ok || (len(msgs) == 0) == (len(sts) == 0) {
-		return ""
-	}
+	return msgs, sts, ok
+}
+
+// waMessagesKey is "wa:msg:<app>:<ids>", the message ids sorted.
+func waMessagesKey(app string, msgs [][]byte) string {
 	var b strings.Builder
-	if len(msgs) > 0 {
-		slices.SortFunc(msgs, func(x, y []byte) int { return strings.Compare(string(x), string(y)) })
-		n := len("wa:msg::") + len(ev.App)
-		for _, id := range msgs {
-			n += len(id) + 1
+	slices.SortFunc(msgs, func(x, y []byte) int { return strings.Compare(string(x), string(y)) })
+	n := len("wa:msg::") + len(app)
+	for _, id := range msgs {
+		n += len(id) + 1
+	}
+	b.Grow(n)
+	b.WriteString("wa:msg:")
+	b.WriteString(app)
+	b.WriteByte(':')
+	for i, id := range msgs {
+		if i > 0 {
+			b.WriteByte(',')
 		}
-		b.Grow(n)
-		b.WriteString("wa:msg:")
-		b.WriteString(ev.App)
+		b.Write(id)
+	}
+	return b.String()
+}
+
+// waStatusesKey is "wa:st:<app>:<id>:<status>[:<recipient>:<participant>],…", sorted.
+func waStatusesKey(app string, sts []waStatus) string {
+	var b strings.Builder
+	slices.SortFunc(sts, func(x, y waStatus) int {
+		if c := strings.Compare(string(x.id), string(y.id)); c != 0 {
+			return c
+		}
+		if c := strings.Compare(string(x.status), string(y.status)); c != 0 {
+			return c
+		}
+		if c := strings.Compare(string(x.recipient), string(y.recipient)); c != 0 {
+			return c
+		}
+		return strings.Compare(string(x.participant), string(y.participant))
+	})
+	n := len("wa:st::") + len(app)
+	for _, st := range sts {
+		n += len(st.id) + len(st.status) + len(st.recipient) + len(st.participant) + 4
+	}
+	b.Grow(n)
+	b.WriteString("wa:st:")
+	b.WriteString(app)
+	b.WriteByte(':')
+	for i, st := range sts {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(st.id)
 		b.WriteByte(':')
-		for i, id := range msgs {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.Write(id)
-		}
-	} else {
-		slices.SortFunc(sts, func(x, y waStatus) int {
-			if c := strings.Compare(string(x.id), string(y.id)); c != 0 {
-				return c
-			}
-			if c := strings.Compare(string(x.status), string(y.status)); c != 0 {
-				return c
-			}
-			if c := strings.Compare(string(x.recipient), string(y.recipient)); c != 0 {
-				return c
-			}
-			return strings.Compare(string(x.participant), string(y.participant))
-		})
-		n := len("wa:st::") + len(ev.App)
-		for _, st := range sts {
-			n += len(st.id) + len(st.status) + len(st.recipient) + len(st.participant) + 4
-		}
-		b.Grow(n)
-		b.WriteString("wa:st:")
-		b.WriteString(ev.App)
-		b.WriteByte(':')
-		for i, st := range sts {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.Write(st.id)
+		b.Write(st.status)
+		// A group message has one status per participant; recipient_id is the group. A
+		// one-to-one status keeps the short form: its message id names its one recipient
+		// (and keys written by earlier versions keep matching).
+		if len(st.participant) > 0 {
 			b.WriteByte(':')
-			b.Write(st.status)
-			// A group message has one status per participant; recipient_id is the group. A
-			// one-to-one status keeps the short form: its message id names its one recipient
-			// (and keys written by earlier versions keep matching).
-			if len(st.participant) > 0 {
-				b.WriteByte(':')
-				b.Write(st.recipient)
-				b.WriteByte(':')
-				b.Write(st.participant)
-			}
+			b.Write(st.recipient)
+			b.WriteByte(':')
+			b.Write(st.participant)
 		}
 	}
-	return boundKey(b.String())
+	return b.String()
 }
 
 // midKey builds a mid: key for message, echo and postback events that carry a mid; "" else.

@@ -23,61 +23,11 @@ import (
 // directory, so they work while serve runs. replay queues the letters for the running relay;
 // when no relay holds the spool it opens the spool and replays them itself.
 func runDeadLetter(ctx context.Context, args []string, e env) error {
-	group := lookup("deadletter")
-	var names []string
-	for _, c := range subcommands("deadletter") {
-		names = append(names, strings.TrimPrefix(c.name, "deadletter "))
-	}
-	if len(args) == 0 {
-		fmt.Fprintln(e.stderr, "hubrelay deadletter: missing command: "+strings.Join(names, ", "))
-		group.shortUsage(e.stderr)
-		return errUsage
-	}
-	sub := args[0]
-	switch sub {
-	case "-h", "-help", "--help", "help":
-		group.help(e.stdout, nil)
-		return errHelp
-	}
-	if !slices.Contains(names, sub) {
-		unknownCommand(e.stderr, "hubrelay deadletter", sub, names)
-		group.shortUsage(e.stderr)
-		return errUsage
-	}
-	fs := newFlags("deadletter "+sub, e)
-	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
-	var sink, rule, since *string
-	var asJSON, all *bool
-	if sub != "show" {
-		sink = fs.String("sink", "", "only letters of this `sink`")
-		rule = fs.String("rule", "", "only letters of changes that matched this `rule`")
-		since = fs.String("since", "", "only letters dead since this `duration` ago (24h) or RFC 3339 time")
-	}
-	switch sub {
-	case "list":
-		asJSON = fs.Bool("json", false, "print the letters as JSON lines")
-	case "replay":
-		all = fs.Bool("all", false, "every letter (when no ID or filter is given)")
-	}
-	var exportDir *string
-	if sub == "export" {
-		exportDir = fs.String("dir", "", "write the letters into this `directory` (created when missing)")
-	}
-	pos, err := parseArgs(fs, args[1:], e)
+	c, err := parseDeadLetter(args, e)
 	if err != nil {
 		return err
 	}
-	if sub == "replay" && len(pos) == 0 && *sink == "" && *rule == "" && *since == "" && !*all {
-		fmt.Fprintln(e.stderr, "hubrelay deadletter replay: name letters by ID, select them with -sink, -rule or -since, or pass -all")
-		lookup("deadletter replay").shortUsage(e.stderr)
-		return errUsage
-	}
-	if sub == "export" && *exportDir == "" {
-		fmt.Fprintln(e.stderr, "hubrelay deadletter export: -dir is required")
-		lookup("deadletter export").shortUsage(e.stderr)
-		return errUsage
-	}
-	cfg, err := loadConfig(*cfgPath, e)
+	cfg, err := loadConfig(c.cfgPath, e)
 	if err != nil {
 		return err
 	}
@@ -100,34 +50,17 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		}
 		dl = dir
 	}
-	f := deadletter.Filter{IDs: pos}
-	if sub != "show" {
-		f.Sink, f.Rule = *sink, *rule
-	}
-	if since != nil && *since != "" {
-		if f.Since, err = parseSince(*since, time.Now()); err != nil {
+	f := deadletter.Filter{IDs: c.ids, Sink: c.sink, Rule: c.rule}
+	if c.since != "" {
+		if f.Since, err = parseSince(c.since, time.Now()); err != nil {
 			return err
 		}
 	}
-	switch sub {
+	switch c.sub {
 	case "list":
-		letters, err := dl.List(f)
-		if *asJSON {
-			enc := json.NewEncoder(e.stdout)
-			for _, l := range letters {
-				enc.Encode(l)
-			}
-		} else {
-			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSINK\tDEAD AT\tATTEMPTS\tCHANGE\tREASON")
-			for _, l := range letters {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", l.ID, l.Sink, l.DeadAt.Format(time.RFC3339), len(l.Attempts), l.ChangeID, l.Reason)
-			}
-			tw.Flush()
-		}
-		return err
+		return listLetters(e, dl, f, c.asJSON)
 	case "show":
-		l, err := dl.Get(pos[0])
+		l, err := dl.Get(c.ids[0])
 		if err != nil {
 			return err
 		}
@@ -152,23 +85,115 @@ func runDeadLetter(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stdout, "%d dead letter(s) %s\n", n, mode)
 		return err
 	case "export":
-		letters, lerr := dl.List(f)
-		if lerr != nil && len(letters) == 0 {
-			return lerr
-		}
-		out, err := deadletter.Open(*exportDir)
-		if err != nil {
-			return err
-		}
-		for _, l := range letters {
-			if err := out.Write(l); err != nil {
-				return fmt.Errorf("export: %w", err)
-			}
-		}
-		fmt.Fprintf(e.stdout, "%d dead letter(s) exported to %s\n", len(letters), out.Path())
-		return lerr
+		return exportLetters(e, dl, f, c.exportDir)
 	}
 	return nil
+}
+
+// deadLetterCommand is a parsed `hubrelay deadletter <sub>` command line.
+type deadLetterCommand struct {
+	sub, cfgPath string
+	ids          []string // letter IDs named on the command line
+	sink, rule   string   // filters; not for show
+	since        string
+	asJSON, all  bool   // list -json, replay -all
+	exportDir    string // export -dir
+}
+
+// parseDeadLetter reads the subcommand, its flags and the letter IDs; help and usage errors
+// are printed and returned as errHelp or errUsage.
+func parseDeadLetter(args []string, e env) (*deadLetterCommand, error) {
+	group := lookup("deadletter")
+	var names []string
+	for _, c := range subcommands("deadletter") {
+		names = append(names, strings.TrimPrefix(c.name, "deadletter "))
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(e.stderr, "hubrelay deadletter: missing command: "+strings.Join(names, ", "))
+		group.shortUsage(e.stderr)
+		return nil, errUsage
+	}
+	sub := args[0]
+	switch sub {
+	case "-h", "-help", "--help", "help":
+		group.help(e.stdout, nil)
+		return nil, errHelp
+	}
+	if !slices.Contains(names, sub) {
+		unknownCommand(e.stderr, "hubrelay deadletter", sub, names)
+		group.shortUsage(e.stderr)
+		return nil, errUsage
+	}
+	fs := newFlags("deadletter "+sub, e)
+	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
+	c := &deadLetterCommand{sub: sub}
+	if sub != "show" {
+		fs.StringVar(&c.sink, "sink", "", "only letters of this `sink`")
+		fs.StringVar(&c.rule, "rule", "", "only letters of changes that matched this `rule`")
+		fs.StringVar(&c.since, "since", "", "only letters dead since this `duration` ago (24h) or RFC 3339 time")
+	}
+	switch sub {
+	case "list":
+		fs.BoolVar(&c.asJSON, "json", false, "print the letters as JSON lines")
+	case "replay":
+		fs.BoolVar(&c.all, "all", false, "every letter (when no ID or filter is given)")
+	case "export":
+		fs.StringVar(&c.exportDir, "dir", "", "write the letters into this `directory` (created when missing)")
+	}
+	pos, err := parseArgs(fs, args[1:], e)
+	if err != nil {
+		return nil, err
+	}
+	c.cfgPath, c.ids = *cfgPath, pos
+	if sub == "replay" && len(pos) == 0 && c.sink == "" && c.rule == "" && c.since == "" && !c.all {
+		fmt.Fprintln(e.stderr, "hubrelay deadletter replay: name letters by ID, select them with -sink, -rule or -since, or pass -all")
+		lookup("deadletter replay").shortUsage(e.stderr)
+		return nil, errUsage
+	}
+	if sub == "export" && c.exportDir == "" {
+		fmt.Fprintln(e.stderr, "hubrelay deadletter export: -dir is required")
+		lookup("deadletter export").shortUsage(e.stderr)
+		return nil, errUsage
+	}
+	return c, nil
+}
+
+// listLetters prints the letters f selects, as a table or as JSON lines.
+func listLetters(e env, dl letterStore, f deadletter.Filter, asJSON bool) error {
+	letters, err := dl.List(f)
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		for _, l := range letters {
+			enc.Encode(l)
+		}
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSINK\tDEAD AT\tATTEMPTS\tCHANGE\tREASON")
+	for _, l := range letters {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", l.ID, l.Sink, l.DeadAt.Format(time.RFC3339), len(l.Attempts), l.ChangeID, l.Reason)
+	}
+	tw.Flush()
+	return err
+}
+
+// exportLetters writes the letters f selects into the dead-letter directory dir.
+func exportLetters(e env, dl letterStore, f deadletter.Filter, dir string) error {
+	letters, lerr := dl.List(f)
+	if lerr != nil && len(letters) == 0 {
+		return lerr
+	}
+	out, err := deadletter.Open(dir)
+	if err != nil {
+		return err
+	}
+	for _, l := range letters {
+		if err := out.Write(l); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+	}
+	fmt.Fprintf(e.stdout, "%d dead letter(s) exported to %s\n", len(letters), out.Path())
+	return lerr
 }
 
 // replay puts letters back on the delivery queue: straight into the spool when no relay holds
