@@ -73,7 +73,7 @@ func (r *runner) handle(job []Delivery) {
 		r.putBack(ds)
 	case len(ds) > 1 && errors.Is(err, ErrPermanent):
 		// One bad change must not dead-letter its neighbours: try each alone.
-		r.log.Warn("batch rejected permanently, retrying its changes one by one", "err", err, "batch", len(ds))
+		r.logFailure(r.log, slog.LevelWarn, statusKind(err), "batch rejected permanently, retrying its changes one by one", "err", err, "batch", len(ds))
 		if r.e.obs != nil {
 			r.e.obs.Attempt(r.name, "permanent", took)
 		}
@@ -131,11 +131,11 @@ func (r *runner) failed(d Delivery, ev *Event, err error, start time.Time, took 
 		ResumedAt: resumed, Paused: paused}, DefaultRand)
 	switch {
 	case perm:
-		log.Warn("delivery rejected permanently", "err", err)
+		r.logFailure(log, slog.LevelWarn, reasonKind(dec.Reason, err), "delivery rejected permanently", "err", err)
 	case dec.DeadLetter:
-		log.Warn("delivery failed, giving up", "err", err, "reason", dec.Reason)
+		r.logFailure(log, slog.LevelWarn, reasonKind(dec.Reason, err), "delivery failed, giving up", "err", err, "reason", dec.Reason)
 	default:
-		log.Info("delivery failed, rescheduled", "err", err, "retry_at", dec.RetryAt)
+		r.logFailure(log, slog.LevelInfo, statusKind(err), "delivery failed, rescheduled", "err", err, "retry_at", dec.RetryAt)
 		if r.e.tr != nil {
 			r.e.tr.Trace(DeliveryTrace{Sink: r.name, ChangeID: ev.ID, Attempt: attempt, At: start, Status: statusOf(err),
 				Err: err.Error(), Outcome: "retrying", RetryAt: dec.RetryAt})
@@ -163,7 +163,7 @@ func (r *runner) deadLetter(d Delivery, ev *Event, history []byte, reason string
 		DeadAt:  r.e.now().UTC(),
 	}
 	if err := json.Unmarshal(history, &l.Attempts); len(history) > 0 && err != nil {
-		r.log.Warn("unreadable attempt history", "seq", d.Seq, "err", err)
+		r.logFailure(r.log, slog.LevelWarn, "", "unreadable attempt history", "seq", d.Seq, "err", err)
 	}
 	if ev != nil {
 		l.ChangeID = ev.ID
@@ -178,7 +178,7 @@ func (r *runner) deadLetter(d Delivery, ev *Event, history []byte, reason string
 		l.Change = json.RawMessage(`{"corrupt_record_base64":` + string(b) + `}`)
 	}
 	if err := r.e.dl.Write(l); err != nil {
-		r.log.Error("write dead letter, will retry the delivery", "seq", d.Seq, "err", err)
+		r.logFailure(r.log, slog.LevelError, "", "write dead letter, will retry the delivery", "seq", d.Seq, "err", err)
 		r.reschedule(d.Seq, r.e.now().Add(r.cfg.Retry.letterRetry()), d.Attempt, history)
 		return
 	}
@@ -193,7 +193,7 @@ func (r *runner) deadLetter(d Delivery, ev *Event, history []byte, reason string
 		}
 		r.e.tr.Trace(t)
 	}
-	r.log.Warn("delivery dead-lettered", "change_id", l.ChangeID, "seq", d.Seq, "reason", reason, "dead_letter", l.ID)
+	r.logFailure(r.log, slog.LevelWarn, reasonKind(reason, nil), "delivery dead-lettered", "change_id", l.ChangeID, "seq", d.Seq, "reason", reason, "dead_letter", l.ID)
 	r.dones <- d.Seq
 }
 

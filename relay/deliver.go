@@ -126,6 +126,8 @@ type Engine struct {
 	// DefaultLogEvery (with the count left out), so a busy relay does not drown its log; at
 	// debug every delivery is logged.
 	delivered *LogSampler
+	// failures thins the lines of storage failures and failed deliveries (deliver_log.go).
+	failures *LogSampler
 
 	mu      sync.Mutex
 	runners map[string]*runner
@@ -160,6 +162,7 @@ func NewEngine(q Queue, dl DeadLetters, obs DeliveryObserver, log *slog.Logger) 
 	e := &Engine{
 		q: q, dl: dl, obs: obs, log: log.With("component", "deliver"), now: time.Now, poll: poll, sweep: defaultSweep,
 		delivered: NewLogSampler(DefaultLogEvery),
+		failures:  NewLogSampler(DefaultLogEvery),
 		runners:   map[string]*runner{},
 		last:      map[string]*runner{},
 		live:      map[*runner]struct{}{},
@@ -332,6 +335,8 @@ func (e *Engine) Close(ctx context.Context) error {
 	for _, r := range closing {
 		<-r.exit
 	}
+	e.failures.Flush() // the counts of the last burst of failures, not lost with the process
+	e.delivered.Flush()
 	return ctx.Err()
 }
 
@@ -358,7 +363,7 @@ func (e *Engine) promoter() {
 		wait := time.Second
 		promoted, err := e.q.Promote(e.now())
 		if err != nil {
-			e.log.Error("promote scheduled deliveries", "err", err)
+			e.failures.Log(e.log, slog.LevelError, "promote", "promote scheduled deliveries", "err", err)
 		}
 		if len(promoted) > 0 {
 			e.mu.Lock()

@@ -1,6 +1,9 @@
 package relay
 
-import "time"
+import (
+	"log/slog"
+	"time"
+)
 
 // dispatcher is one run of a runner's dispatch loop: the cursor into the sink's ready queue
 // and a partial batch waiting for company.
@@ -59,7 +62,7 @@ func (d *dispatcher) step() bool {
 	}
 	ds, err := r.e.q.Ready(r.name, d.cursor, limit)
 	if err != nil {
-		r.log.Error("read ready deliveries", "err", err)
+		r.logFailure(r.log, slog.LevelError, "", "read ready deliveries", "err", err)
 		return r.sleep(time.Second)
 	}
 	for _, dv := range ds {

@@ -402,7 +402,7 @@ func (rc *Receiver) logChange(q *request, ev *Event, rt *Route) {
 		attrs = append(attrs, "value", string(ev.Value))
 	}
 	if len(rt.Errors) > 0 && slices.Contains(rt.Sinks, RuleErrorSink) {
-		log.Warn("change kept as a dead letter: a rule failed to evaluate", append(attrs, "reason", DescribeRuleErrors(rt.Errors), "rules", rt.Rules)...)
+		rc.sample.Log(log, slog.LevelWarn, "ruledl/"+ev.App, "change kept as a dead letter: a rule failed to evaluate", append(attrs, "reason", DescribeRuleErrors(rt.Errors), "rules", rt.Rules)...)
 	}
 	if len(rt.Rules) == 0 {
 		if rt.CatchAll {

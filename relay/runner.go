@@ -234,7 +234,7 @@ func (r *runner) committer() {
 		if err != nil {
 			// The deliveries stay in the spool and are delivered again: at least once, never
 			// lost.
-			r.log.Error("remove delivered changes from spool", "err", err, "count", len(batch))
+			r.logFailure(r.log, slog.LevelError, "", "remove delivered changes from spool", "err", err, "count", len(batch))
 		}
 		r.release(err != nil, batch...)
 	}
@@ -263,7 +263,7 @@ func (r *runner) rescheduler() {
 		err := r.e.q.RescheduleBatch(r.name, batch)
 		if err != nil {
 			// They stay ready in the spool and are tried again.
-			r.log.Error("reschedule deliveries", "err", err, "count", len(batch))
+			r.logFailure(r.log, slog.LevelError, "", "reschedule deliveries", "err", err, "count", len(batch))
 		}
 		seqs = seqs[:0]
 		for _, rt := range batch {

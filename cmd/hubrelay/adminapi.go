@@ -83,6 +83,8 @@ type sinkAPI struct {
 	names  func() []string // the configured sinks
 	token  string
 	log    *slog.Logger
+	// sample thins the refusal lines, one per reason per second with the count of the others.
+	sample *relay.LogSampler
 }
 
 func (a *sinkAPI) mount(mux *http.ServeMux) {
@@ -100,7 +102,7 @@ func (a *sinkAPI) guard(h http.HandlerFunc) http.Handler {
 				status = http.StatusUnauthorized
 				w.Header().Set("WWW-Authenticate", `Bearer realm="hubrelay admin"`)
 			}
-			a.log.Warn("admin api request refused", "reason", why, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			a.sample.Log(a.log, slog.LevelWarn, why, "admin api request refused", "reason", why, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 			apiError(w, status, why)
 			return
 		}

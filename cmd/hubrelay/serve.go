@@ -312,7 +312,8 @@ func (s *server) handlers(cfg *config.Config, w *wiring) (admin, mux *http.Serve
 		return nil, nil, fmt.Errorf("console: %w", err)
 	}
 	if cfg.Admin.Listen != "" {
-		api := &sinkAPI{engine: s.engine, stats: sp.Stats, names: s.sinks.names, token: cfg.Admin.Token, log: log.With("component", "admin")}
+		api := &sinkAPI{engine: s.engine, stats: sp.Stats, names: s.sinks.names, token: cfg.Admin.Token, log: log.With("component", "admin"),
+			sample: relay.NewLogSampler(relay.DefaultLogEvery)}
 		api.mount(admin)
 	}
 	mux = http.NewServeMux()

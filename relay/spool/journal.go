@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/hubrelay/hubrelay/relay/internal/logsample"
 )
 
 // The journal is the spool's write-ahead log. Accept appends one frame per group of calls to
@@ -202,8 +204,11 @@ type segment struct {
 // journal owns the segment files. Only the spool's journal goroutine writes; removeApplied
 // runs on the committer's goroutine, so the sealed list has its own lock.
 type journal struct {
-	dir     string
-	log     *slog.Logger
+	dir string
+	log *slog.Logger
+	// sample thins the failure lines, which repeat per write and per apply on a full or
+	// failing disk, to one of each kind per second with the count of the others.
+	sample  *logsample.Sampler
 	f       *os.File // active segment; nil until the first write after open or a failure
 	size    int64
 	active  segment // path and last LSN of the active segment
@@ -219,7 +224,8 @@ type journal struct {
 
 // newJournal returns the journal in dir, whose frames up to durable are applied.
 func newJournal(dir string, log *slog.Logger, durable uint64, h testHooks) *journal {
-	j := &journal{dir: dir, log: log, durable: durable, segmentSize: h.segmentSize, sync: h.syncFile}
+	j := &journal{dir: dir, log: log, sample: logsample.New(logsample.DefaultEvery), durable: durable,
+		segmentSize: h.segmentSize, sync: h.syncFile}
 	if j.segmentSize <= 0 {
 		j.segmentSize = journalSegmentSize
 	}
@@ -351,7 +357,7 @@ func (j *journal) seal() {
 
 // fail abandons the active segment after a failed write or sync.
 func (j *journal) fail(err error) {
-	j.log.Error("journal write failed; starting a new segment", "segment", j.active.path, "err", err)
+	j.sample.Log(j.log, slog.LevelError, "write", "journal write failed; starting a new segment", "segment", j.active.path, "err", err)
 	_ = j.f.Truncate(j.size)
 	j.seal()
 }
@@ -366,7 +372,7 @@ func (j *journal) removeApplied(applied uint64) {
 			break
 		}
 		if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			j.log.Warn("remove applied journal segment", "segment", s.path, "err", err)
+			j.sample.Log(j.log, slog.LevelWarn, "remove", "remove applied journal segment", "segment", s.path, "err", err)
 			break
 		}
 		n++
@@ -374,8 +380,10 @@ func (j *journal) removeApplied(applied uint64) {
 	j.sealed = append(j.sealed[:0], j.sealed[n:]...)
 }
 
-// close closes the active segment. Segments stay on disk; Open applies what they hold.
+// close closes the active segment and writes the count of failure lines left out. Segments
+// stay on disk; Open applies what they hold.
 func (j *journal) close() {
+	j.sample.Flush()
 	if j.f != nil {
 		_ = j.f.Close()
 		j.f = nil

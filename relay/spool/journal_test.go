@@ -3,6 +3,7 @@ package spool
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hubrelay/hubrelay/relay/internal/logsample"
 	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
 )
@@ -956,4 +958,66 @@ func TestSpool_ApplyDelay(t *testing.T) {
 			t.Fatal("an apply forced by Stats judged that the sinks do not keep up")
 		}
 	})
+}
+
+// TestSpool_JournalFailureLogSampled: on a disk whose syncs fail every time, each Accept
+// fails and abandons its segment, but the log gets one line for the (frozen) interval, and
+// the count written at Close accounts for every failure.
+func TestSpool_JournalFailureLogSampled(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	lg := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, nil))
+	var fails atomic.Int64
+	s, _ := openTest(t, Options{Logger: lg, test: testHooks{syncFile: func(f *os.File) error {
+		if strings.HasSuffix(f.Name(), ".wal") {
+			fails.Add(1)
+			return errors.New("EIO")
+		}
+		return fdatasync(f)
+	}}})
+	frozen := time.Unix(1_800_000_000, 0)
+	s.jr.sample = logsample.NewClock(time.Hour, func() time.Time { return frozen })
+	const n = 300
+	for i := range n {
+		if _, err := s.Accept(context.Background(), []Item{item(fmt.Sprintf("k%d", i), "x")}, t0); err == nil {
+			t.Fatalf("Accept %d succeeded although the journal sync failed", i)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	lines, events := 0, int64(0)
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if rec["msg"] != "journal write failed; starting a new segment" {
+			continue
+		}
+		lines++
+		events++
+		if c, ok := rec[logsample.SuppressedKey].(float64); ok {
+			events += int64(c)
+		}
+	}
+	if lines > 2 || events != fails.Load() || events < n {
+		t.Fatalf("%d lines accounting for %d of %d failed writes (%d Accepts), want at most 2 for all",
+			lines, events, fails.Load(), n)
+	}
+}
+
+// lockedWriter serializes writes to w under mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
