@@ -30,6 +30,7 @@
 //	| hubrelay_attempts_per_delivery | histogram | sink | attempts a delivered change took |
 //	| hubrelay_spool_pending | gauge | sink, state | deliveries waiting in the spool; state is ready or scheduled |
 //	| hubrelay_spool_oldest_pending_age_seconds | gauge | sink | age of the oldest pending delivery (0 when none) |
+//	| hubrelay_spool_damaged_deliveries | gauge | sink | pending deliveries held back since the start because their stored data fails its checksum (above 0: run hubrelay spool recover) |
 //	| hubrelay_dedup_keys | gauge | | dedup keys stored in the spool |
 //	| hubrelay_dead_letters | gauge | sink | dead-letter files in the dead-letter directory |
 //	| hubrelay_state_collect_errors_total | counter | source | scrapes that could not read the spool, dedup or dead_letters state |

@@ -42,6 +42,7 @@ type stateCollector struct {
 	pending, oldest, dedupKeys, deadLetters, collectErrs *prometheus.Desc
 	oldestReady, oldestScheduled, overdue                *prometheus.Desc
 	pausedDesc                                           *prometheus.Desc
+	damaged                                              *prometheus.Desc
 }
 
 func newStateCollector(m *Metrics) *stateCollector {
@@ -65,6 +66,9 @@ func newStateCollector(m *Metrics) *stateCollector {
 			[]string{"sink"}, nil),
 		pausedDesc: prometheus.NewDesc(name("sink_paused"),
 			"1 while an operator has the sink paused (hubrelay sinks pause, the admin api or the console), else 0; its backlog is hubrelay_spool_pending.",
+			[]string{"sink"}, nil),
+		damaged: prometheus.NewDesc(name("spool_damaged_deliveries"),
+			"Pending deliveries of each sink held back since the start because their stored data fails its checksum; anything above 0 needs hubrelay spool recover.",
 			[]string{"sink"}, nil),
 		dedupKeys: prometheus.NewDesc(name("dedup_keys"),
 			"Dedup keys stored in the spool, expired ones not yet removed included.",
@@ -105,6 +109,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.oldestReady
 	ch <- c.oldestScheduled
 	ch <- c.overdue
+	ch <- c.damaged
 	ch <- c.dedupKeys
 	ch <- c.deadLetters
 	ch <- c.collectErrs
@@ -156,6 +161,7 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, f *stateFuncs) {
 				c.send(ch, c.oldestReady, prometheus.GaugeValue, since(s.OldestReady), sink)
 				c.send(ch, c.oldestScheduled, prometheus.GaugeValue, since(s.OldestScheduled), sink)
 				c.send(ch, c.overdue, prometheus.GaugeValue, since(s.NextDue), sink)
+				c.send(ch, c.damaged, prometheus.GaugeValue, float64(s.Damaged), sink)
 			}
 			for _, s := range names {
 				emit(s, st[s])

@@ -70,6 +70,9 @@ type SinkStats struct {
 	// NextDue is the earliest time a scheduled delivery of the sink falls due; zero if none is
 	// scheduled. Once well past, a promotion was missed.
 	NextDue time.Time
+	// Damaged is the number of pending deliveries held back since the store opened because
+	// their stored data fails its checksum (the embedded spool's; see spool.Recover).
+	Damaged int
 }
 
 // SinkState is an operator's pause of one sink, as storage keeps it (SinkControls): a paused

@@ -71,7 +71,7 @@ func init() {
 		{name: "spool verify", synopsis: "-config FILE [-json]",
 			summary: "report what of the spool fails its checksum, changing nothing; exit 1 if anything does"},
 		{name: "spool recover", synopsis: "-config FILE [-json]",
-			summary: "apply every journal frame that still checks out and move the damaged files aside, deleting nothing damaged"},
+			summary: "apply every journal frame that still checks out, rebuild a damaged spool.db from what checks out, and move the damaged files aside, deleting nothing damaged"},
 		{name: "sinks", synopsis: "list|pause|resume -config FILE [NAME]",
 			summary: "list the sinks with their backlog, or pause and resume deliveries to one (the relay running or not)", run: runSinks, maxArgs: -1},
 		{name: "sinks list", synopsis: "-config FILE [-json]",

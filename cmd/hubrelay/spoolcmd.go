@@ -86,9 +86,12 @@ func printReport(e env, r *spool.Report, sub string, asJSON bool) {
 	for _, d := range r.Damage {
 		fmt.Fprintf(e.stdout, "damaged: %s\n", d)
 	}
+	for _, l := range r.Lost {
+		fmt.Fprintf(e.stdout, "lost:    delivery %s (its data in the spool file was damaged)\n", l)
+	}
 	switch {
 	case sub == "recover" && r.SetAside != "":
-		fmt.Fprintf(e.stdout, "recovered: every intact frame applied; damaged files moved to %s (see NOTE.txt there)\n", r.SetAside)
+		fmt.Fprintf(e.stdout, "recovered: every intact frame and item kept; damaged files moved to %s (see NOTE.txt there)\n", r.SetAside)
 	case sub == "recover":
 		fmt.Fprintln(e.stdout, "recovered: nothing was damaged")
 	case r.OK():

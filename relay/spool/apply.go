@@ -49,6 +49,13 @@ type applier struct {
 	sinksKeepUp  bool        // the last apply that was not forced found at least half of its items delivered (see applyEarlyItems)
 	lastErr      error       // the last apply error, until every frame written by then is applied
 	failedLSN    uint64
+
+	// txs counts the file's write transactions (the spool's writeTxs). Journal segments up
+	// to keepLSN, applied by the commit that made txs keepTxs, are deleted only once another
+	// transaction has committed after it (see settled).
+	txs     *atomic.Uint64
+	keepLSN uint64
+	keepTxs uint64
 }
 
 // defaultApplyRetryDelay is the applier's retryDelay unless tests set another.
@@ -58,7 +65,7 @@ const defaultApplyRetryDelay = time.Second
 func newApplier(s *Spool, lsn uint64, delay time.Duration, h testHooks) *applier {
 	a := &applier{commits: s.commits, dedup: s.dedup, jr: s.jr, log: s.log, window: s.window,
 		delay: delay, closed: &s.closed, retryDelay: h.applyRetryDelay, fault: h.applyFault,
-		pendingKeys: map[string]pendingKey{}, pendingLSN: lsn, appliedLSN: lsn}
+		pendingKeys: map[string]pendingKey{}, pendingLSN: lsn, appliedLSN: lsn, txs: &s.writeTxs}
 	if a.retryDelay <= 0 {
 		a.retryDelay = defaultApplyRetryDelay
 	}
@@ -178,7 +185,7 @@ func (a *applier) queueApply() {
 					return err
 				}
 			}
-			if err := applyItems(tx, a.dedup, pf.snap, pf.lsn, a.window); err != nil {
+			if err := applyItems(tx, a.dedup, pf.snap, pf.lsn, a.window, false); err != nil {
 				return fmt.Errorf("journal frame %d: %w", pf.lsn, err)
 			}
 		}
@@ -305,9 +312,26 @@ func (a *applier) applied(id uint64, taken []*pendingFrame, err error) {
 	if a.lastErr != nil && a.appliedLSN >= a.failedLSN {
 		a.lastErr = nil
 	}
-	a.jr.removeApplied(a.appliedLSN)
+	a.settled()
 	if len(a.frames) > 0 && a.frames[len(a.frames)-1].takenBy == 0 {
 		a.queueApply() // frames left over by the weight bound
+	}
+}
+
+// settled deletes the journal segments that are applied in both of the file's meta pages, so
+// that a rollback stays recoverable. bbolt keeps two meta pages and, when the newer one is
+// damaged, opens the file at the older one: the transaction before the last. A frame applied
+// by the last commit is only safe to delete from the journal once a commit after it has
+// written the other meta page; else Open could find the file rolled back and the frame gone
+// (and notices: see journalScan.damage). So the frames an apply commit reaches are deleted at
+// the first apply after another commit. Called with mu held, after a successful apply.
+func (a *applier) settled() {
+	n := a.txs.Load()
+	if a.keepLSN > 0 && n > a.keepTxs {
+		a.jr.removeApplied(a.keepLSN)
+	}
+	if a.appliedLSN > a.keepLSN {
+		a.keepLSN, a.keepTxs = a.appliedLSN, n
 	}
 }
 
@@ -370,8 +394,11 @@ func (a *applier) waitItemApplied(seq uint64) error {
 
 // applyItems stores journalled items in tx: dedup keys with their time, data, refs and one
 // ready delivery per sink, with the sequence numbers the journal gave them. It records lsn as
-// the last applied frame. It is also Open's replay of an unapplied journal.
-func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64, window time.Duration) error {
+// the last applied frame. It is also Open's replay of an unapplied journal, and Recover's of
+// every frame when the file lost its applied frame: with replay, a delivery the file already
+// holds (ready or scheduled) is left as it is, so that applying a frame again adds only what
+// is missing.
+func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64, window time.Duration, replay bool) error {
 	b := openBuckets(tx)
 	dw := dedup.Writer(tx)
 	var latest int64
@@ -396,14 +423,21 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 			continue
 		}
 		seqB := encUint(it.seq)
-		if err := b.items.Put(seqB, it.data); err != nil {
+		sinks, have := it.sinks, uint64(0)
+		if replay {
+			sinks, have = missingDeliveries(b, seqB, it.sinks)
+			if len(sinks) == 0 {
+				continue
+			}
+		}
+		if err := b.items.Put(seqB, encItem(it.seq, it.sinks, it.data)); err != nil {
 			return fmt.Errorf("put item: %w", err)
 		}
-		if err := b.refs.Put(seqB, binary.AppendUvarint(nil, uint64(len(it.sinks)))); err != nil {
+		if err := b.refs.Put(seqB, binary.AppendUvarint(nil, have+uint64(len(sinks)))); err != nil {
 			return fmt.Errorf("put refs: %w", err)
 		}
 		meta := encMeta(nil, 0, at, nil)
-		for _, sink := range it.sinks {
+		for _, sink := range sinks {
 			rb := readyBuckets[sink]
 			if rb == nil {
 				var err error
@@ -439,9 +473,27 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 		}
 	}
 	if lsn > decUint(b.meta.Get(metaJournalLSN)) {
-		if err := b.meta.Put(metaJournalLSN, encUint(lsn)); err != nil {
+		if err := b.meta.Put(metaJournalLSN, encLSN(lsn)); err != nil {
 			return fmt.Errorf("put journal lsn: %w", err)
 		}
 	}
 	return nil
+}
+
+// missingDeliveries returns the sinks among sinks that have no pending delivery of item seqB
+// in the file, and the item's reference count there.
+func missingDeliveries(b buckets, seqB []byte, sinks []string) ([]string, uint64) {
+	v := b.refs.Get(seqB)
+	if v == nil {
+		return sinks, 0
+	}
+	have, _ := binary.Uvarint(v)
+	var out []string
+	for _, sink := range sinks {
+		name := []byte(sink)
+		if getBucket(b.ready.Bucket(name), seqB) == nil && getBucket(b.schedIdx.Bucket(name), seqB) == nil {
+			out = append(out, sink)
+		}
+	}
+	return out, have
 }

@@ -62,7 +62,7 @@
 //
 // On-disk layout (format formatVersion; all integers big-endian so keys sort numerically):
 //
-//	items              seq -> data
+//	items              seq -> CRC-32C (of seq and the rest), sinks accepted for, data (itemcodec.go)
 //	refs               seq -> number of deliveries still pending (uvarint)
 //	ready/<sink>       seq -> delivery meta (encMeta: attempt, first accepted, history)
 //	sched/<sink>       (due, seq) -> delivery meta
@@ -73,6 +73,13 @@
 //	                   index's counters
 //	dedupkeys, dedupruns/<run>
 //	                   the dedup index's (internal/dedupindex, layout.go)
+//
+// The file is checked before bbolt maps it (boltfile.go: meta pages, size, every page the
+// tree reaches), and its content against itself as it opens (verify.go): a damaged file is
+// refused with a *DamageError, never a crash, and Recover salvages what checks out
+// (salvage.go). Journal segments are kept until a later commit has recorded their frames in
+// both of bbolt's meta pages, so that the file falling back to its older meta page loses
+// nothing the journal cannot give back.
 //
 // The sequence counter is the items bucket's own sequence (the highest applied). Times are
 // stored as nanoseconds since the Unix epoch with the sign bit flipped (timeBits), so they

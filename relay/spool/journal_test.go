@@ -336,7 +336,9 @@ func TestSpool_DoneBeforeApply(t *testing.T) {
 }
 
 // TestSpool_JournalSegments: with small segments the journal rotates, deletes the segments
-// whose frames are applied, and leaves nothing after a clean Close.
+// whose frames are applied once a later commit has recorded them in both meta pages of the
+// file (so that a rollback to the older meta page finds them), and leaves nothing after a
+// clean Close.
 func TestSpool_JournalSegments(t *testing.T) {
 	t.Parallel()
 	s, path := openTest(t, Options{ApplyDelay: time.Nanosecond, test: testHooks{segmentSize: 512}}) // the held committer keeps frames out of the file
@@ -350,8 +352,13 @@ func TestSpool_JournalSegments(t *testing.T) {
 	}
 	release()
 	s.apply.waitApplied()
+	if paths, _ := listSegments(journalDir(path)); len(paths) < 3 {
+		t.Fatalf("right after the applies %d segments remain; the applied ones must wait for another commit", len(paths))
+	}
+	mustAccept(t, s, t0, item("next", "d"))
+	s.apply.waitApplied()
 	if paths, _ := listSegments(journalDir(path)); len(paths) != 1 {
-		t.Fatalf("after the applies %d segments remain, want the active one", len(paths))
+		t.Fatalf("after the next apply %d segments remain, want the active one", len(paths))
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -17,8 +17,9 @@ import (
 
 // formatVersion is the on-disk layout version stored in the meta bucket. Version 1 kept whole
 // dedup keys, version 2 kept them all in one B+tree (dedupkeys) with a time index
-// (dedupkeyt); Open migrates both.
-const formatVersion = 3
+// (dedupkeyt), version 3 stored an item's data bare and the last applied journal frame
+// without a checksum (itemcodec.go has format 4's); Open migrates all three.
+const formatVersion = 4
 
 // The spool file's top-level buckets (doc.go lists what each holds).
 var (
@@ -41,8 +42,11 @@ var (
 var (
 	metaVersion   = []byte("version")
 	metaHeartbeat = []byte("heartbeat")
-	// metaJournalLSN is the LSN of the last journal frame applied to the file.
+	// metaJournalLSN is the LSN of the last journal frame applied to the file (encLSN).
 	metaJournalLSN = []byte("jlsn")
+	// metaMigrate4 is, while the migration from format 3 runs, the first item it has not
+	// rewritten yet (see migrateItemsV3).
+	metaMigrate4 = []byte("migrate4")
 )
 
 // encUint encodes v as 8 big-endian bytes.

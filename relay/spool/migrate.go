@@ -26,7 +26,7 @@ var (
 // as a final run, so that each run covers a stretch of time and expires as a whole; dedupkeys
 // is only read meanwhile. A crash in between resumes where it stopped, and a format-2 binary
 // still finds every key. The last transaction empties dedupkeys (now L0), drops the time
-// index and records format 3.
+// index and records format 3 (migrateItemsV3 then takes it to format 4).
 func migrateDedupV2(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) error {
 	moved := 0
 	var err error
@@ -38,7 +38,7 @@ func migrateDedupV2(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) erro
 			return err
 		})
 		if err == nil && !done {
-			log.Info("migrating the dedup index", "format", formatVersion, "keys_so_far", moved)
+			log.Info("migrating the dedup index", "format", formatDedupRuns, "keys_so_far", moved)
 		}
 	}
 	if err == nil {
@@ -51,13 +51,13 @@ func migrateDedupV2(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) erro
 			if err := dedup.ResetL0(tx); err != nil {
 				return err
 			}
-			return tx.Bucket(bucketMeta).Put(metaVersion, encUint(formatVersion))
+			return tx.Bucket(bucketMeta).Put(metaVersion, encUint(formatDedupRuns))
 		})
 	}
 	if err != nil {
-		return fmt.Errorf("migrate dedup keys to format %d: %w", formatVersion, err)
+		return fmt.Errorf("migrate dedup keys to format %d: %w", formatDedupRuns, err)
 	}
-	log.Info("dedup index migrated", "format", formatVersion, "keys", moved)
+	log.Info("dedup index migrated", "format", formatDedupRuns, "keys", moved)
 	return nil
 }
 
@@ -181,10 +181,14 @@ func prepareFile(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) (uint64
 			if err := meta.Put(metaVersion, encUint(formatVersion)); err != nil {
 				return err
 			}
-		} else if got := decUint(v); got == 1 || got == 2 {
+		} else if got := decUint(v); len(v) != 8 || got == 0 || got > maxFormatVersion {
+			return fmt.Errorf("spool file: the format version (%x) is damaged: %w", v, ErrDamaged) // no hubrelay wrote it
+		} else if got < formatVersion {
 			from = got
 		} else if got != formatVersion {
-			return fmt.Errorf("unsupported format version %d (want %d)", got, formatVersion)
+			return fmt.Errorf("unsupported format version %d (want %d): written by a newer hubrelay", got, formatVersion)
+		} else if meta.Get(metaMigrate4) != nil {
+			from = formatDedupRuns // the migration to format 4 was cut short: resume it
 		}
 		jlsn = decUint(meta.Get(metaJournalLSN))
 		return nil
@@ -192,8 +196,116 @@ func prepareFile(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) (uint64
 	if err == nil && from == 1 {
 		err = migrateDedupV1(db, log)
 	}
-	if err == nil && from != 0 {
+	if err == nil && (from == 1 || from == 2) {
 		err = migrateDedupV2(db, dedup, log)
 	}
+	if err == nil && from != 0 {
+		err = migrateItemsV3(db, log)
+	}
 	return jlsn, err
+}
+
+// formatDedupRuns is the format that introduced the log-structured dedup index, the last one
+// before item checksums.
+const formatDedupRuns = 3
+
+// maxFormatVersion bounds the format versions taken for a newer hubrelay's rather than for
+// a damaged value.
+const maxFormatVersion = 1 << 16
+
+// migrateItemsV3 takes format 3 to format 4: it rewrites every item with its checksum and the
+// sinks of its pending deliveries (itemcodec.go), and the last applied journal frame with its
+// own, in transactions of migrateBatch items. The first records format 4 and metaMigrate4,
+// the first item not rewritten yet, so that a format-3 binary refuses the file from then on
+// (it would deliver the checksums as data) and a crash in between resumes where it stopped;
+// the last deletes metaMigrate4.
+func migrateItemsV3(db *bolt.DB, log *slog.Logger) error {
+	moved := 0
+	for done := false; !done; {
+		err := db.Update(func(tx *bolt.Tx) error {
+			b := openBuckets(tx)
+			next := uint64(0)
+			if v := b.meta.Get(metaMigrate4); v != nil {
+				next = decUint(v)
+			} else if err := b.meta.Put(metaVersion, encUint(formatVersion)); err != nil {
+				return err
+			}
+			sinks := pendingSinkBuckets(b)
+			type kv struct {
+				seq uint64
+				v   []byte
+			}
+			var batch []kv
+			c := b.items.Cursor()
+			for k, v := c.Seek(encUint(next)); k != nil && len(batch) < migrateBatch; k, v = c.Next() {
+				batch = append(batch, kv{decUint(k), slices.Clone(v)})
+			}
+			for _, it := range batch {
+				k := encUint(it.seq)
+				var pending []string
+				for _, s := range sinks {
+					if s.ready != nil && s.ready.Get(k) != nil || s.sched != nil && s.sched.Get(k) != nil {
+						pending = append(pending, s.name)
+					}
+				}
+				if err := b.items.Put(k, encItem(it.seq, pending, it.v)); err != nil {
+					return err
+				}
+			}
+			moved += len(batch)
+			if len(batch) == migrateBatch {
+				return b.meta.Put(metaMigrate4, encUint(batch[len(batch)-1].seq+1))
+			}
+			done = true
+			if err := b.meta.Put(metaJournalLSN, encLSN(decUint(b.meta.Get(metaJournalLSN)))); err != nil {
+				return err
+			}
+			return b.meta.Delete(metaMigrate4)
+		})
+		if err != nil {
+			return fmt.Errorf("migrate items to format %d: %w", formatVersion, err)
+		}
+		if !done {
+			log.Info("migrating the spool's items to checksummed records", "format", formatVersion, "items_so_far", moved)
+		}
+	}
+	log.Info("spool items migrated", "format", formatVersion, "items", moved)
+	return nil
+}
+
+// migrateBatch is the most items one transaction of migrateItemsV3 rewrites.
+const migrateBatch = 4096
+
+// sinkBuckets are one sink's ready bucket and scheduled index (nil when it has none).
+type sinkBuckets struct {
+	name         string
+	ready, sched *bolt.Bucket
+}
+
+// pendingSinkBuckets lists the sinks that have a ready bucket or a scheduled index.
+func pendingSinkBuckets(b buckets) []sinkBuckets {
+	byName := map[string]*sinkBuckets{}
+	var out []*sinkBuckets
+	get := func(name []byte) *sinkBuckets {
+		s := byName[string(name)]
+		if s == nil {
+			s = &sinkBuckets{name: string(name)}
+			byName[s.name] = s
+			out = append(out, s)
+		}
+		return s
+	}
+	_ = b.ready.ForEachBucket(func(name []byte) error {
+		get(name).ready = b.ready.Bucket(name)
+		return nil
+	})
+	_ = b.schedIdx.ForEachBucket(func(name []byte) error {
+		get(name).sched = b.schedIdx.Bucket(name)
+		return nil
+	})
+	res := make([]sinkBuckets, len(out))
+	for i, s := range out {
+		res[i] = *s
+	}
+	return res
 }

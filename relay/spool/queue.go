@@ -51,10 +51,17 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 			if err != nil {
 				return fmt.Errorf("delivery %d: %w", seq, err)
 			}
-			data := b.items.Get(k)
-			if data == nil {
+			v := b.items.Get(k)
+			if v == nil {
 				// Nothing to deliver; failing the read would stop the sink for good.
 				s.log.Error("spool delivery without item data, skipped", "sink", sink, "seq", seq)
+				continue
+			}
+			_, data, err := decItem(seq, v)
+			if err != nil {
+				// Never delivered as if genuine: held back, counted, and the next Open
+				// refuses the file until hubrelay spool recover sets it aside.
+				s.damagedItem(sink, seq)
 				continue
 			}
 			out = append(out, Delivery{

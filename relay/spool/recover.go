@@ -12,7 +12,6 @@ import (
 
 	"github.com/hubrelay/hubrelay/relay/spool/internal/dedupindex"
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Report is what Verify found, or what Recover did.
@@ -35,6 +34,9 @@ type Report struct {
 	Damage []Damage `json:"damage,omitempty"`
 	// SetAside is where Recover moved the damaged files ("" when it moved none).
 	SetAside string `json:"set_aside,omitempty"`
+	// Lost lists, as "sink/seq", the pending deliveries Recover found in the damaged spool
+	// file but could not salvage (their item's data was damaged); NOTE.txt lists them too.
+	Lost []string `json:"lost,omitempty"`
 }
 
 // OK reports whether Open would take the spool as it is.
@@ -48,28 +50,38 @@ func Verify(path string, opt Options) (*Report, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("verify spool %s: %w", path, withoutPath(err, path))
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: opt.OpenTimeout})
+	fileDamage, err := inspectFile(path, opt)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("verify spool %s: %w", path, ErrLocked)
-		}
 		return nil, fmt.Errorf("verify spool %s: %w", path, err)
 	}
-	defer db.Close()
 	var applied uint64
-	if err := db.View(func(tx *bolt.Tx) error {
-		if m := tx.Bucket(bucketMeta); m != nil {
-			applied = decUint(m.Get(metaJournalLSN))
+	if len(fileDamage) == 0 {
+		db, _, err := openChecked(path, &bolt.Options{ReadOnly: true, Timeout: opt.OpenTimeout}, opt.logger())
+		if err != nil {
+			return nil, fmt.Errorf("verify spool %s: %w", path, err)
 		}
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("verify spool %s: %w", path, err)
+		err = db.View(func(tx *bolt.Tx) error {
+			if m := tx.Bucket(bucketMeta); m != nil {
+				applied = decUint(m.Get(metaJournalLSN))
+			}
+			return nil
+		})
+		_ = db.Close()
+		if err != nil {
+			return nil, fmt.Errorf("verify spool %s: %w", path, err)
+		}
 	}
 	js, err := scanJournal(journalDir(path))
 	if err != nil {
 		return nil, fmt.Errorf("verify spool %s: %w", path, err)
 	}
-	return journalReport(path, js, applied), nil
+	r := journalReport(path, js, applied)
+	if len(fileDamage) > 0 {
+		// What the journal holds is judged against a file that cannot be read: report the
+		// file's damage only.
+		r.Damage = fileDamage
+	}
+	return r, nil
 }
 
 // journalReport summarises a journal scan against the applied LSN.
@@ -101,6 +113,10 @@ func journalReport(path string, js *journalScan, applied uint64) *Report {
 func Recover(path string, opt Options) (*Report, error) {
 	opt = opt.withDefaults()
 	log := opt.logger()
+	fr, err := recoverSpoolFile(path, opt)
+	if err != nil {
+		return nil, fmt.Errorf("recover spool %s: %w", path, err)
+	}
 	db, dedup, applied, err := openFile(path, opt, log)
 	if err != nil {
 		return nil, err
@@ -111,6 +127,8 @@ func Recover(path string, opt Options) (*Report, error) {
 		return nil, fmt.Errorf("recover spool %s: %w", path, err)
 	}
 	r := journalReport(path, js, applied)
+	r.Damage = append(fr.Damage, r.Damage...)
+	r.Lost, r.SetAside = fr.Lost, fr.SetAside
 	last, nitems, err := applyFrames(db, dedup, js.frames(), applied, opt.DedupWindow)
 	if err != nil {
 		return r, fmt.Errorf("recover spool %s: %w", path, err)
@@ -134,10 +152,13 @@ func Recover(path string, opt Options) (*Report, error) {
 		fmt.Fprintf(&note, "- %s\n", d)
 	}
 	if len(moved) > 0 {
-		if r.SetAside, err = setAside(path, moved, note.String()); err != nil {
+		if r.SetAside, err = setAside(path, r.SetAside, moved, note.String()); err != nil {
 			return r, fmt.Errorf("recover spool %s: %w", path, err)
 		}
 		log.Warn("damaged journal segments set aside", "dir", r.SetAside, "segments", len(moved))
+	}
+	if err := settle(db); err != nil {
+		return r, fmt.Errorf("recover spool %s: %w", path, err)
 	}
 	if err := removeSegments(js, moved); err != nil {
 		return r, fmt.Errorf("recover spool %s: %w", path, err)
@@ -146,14 +167,40 @@ func Recover(path string, opt Options) (*Report, error) {
 	return r, nil
 }
 
-// setAside moves files into a new directory <spool file>.damaged/<UTC time>/ and writes note
-// there as NOTE.txt; it returns the directory. Every step is synced.
-func setAside(path string, files []string, note string) (string, error) {
-	dir := filepath.Join(path+".damaged", time.Now().UTC().Format("20060102T150405.000000000Z"))
+// recoverSpoolFile replaces the spool file at path by what checks out of it if it is damaged
+// (recoverFile), under its lock; the report says what it found.
+func recoverSpoolFile(path string, opt Options) (*Report, error) {
+	r := &Report{Path: path}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return r, nil
+	}
+	if d, err := inspectFile(path, opt); err != nil || len(d) == 0 {
+		return r, err
+	}
+	unlock, err := lockFile(path, true, opt.OpenTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if r.SetAside, err = recoverFile(path, "", opt, r); err != nil {
+		return nil, err
+	}
+	opt.logger().Warn("damaged spool file set aside and rebuilt from what checked out", "dir", r.SetAside,
+		"lost_deliveries", len(r.Lost))
+	return r, nil
+}
+
+// setAside moves files into dir, or a new directory <spool file>.damaged/<UTC time>/ when dir
+// is "", and writes note there as NOTE.txt (after what it holds); it returns the directory.
+// Every step is synced.
+func setAside(path, dir string, files []string, note string) (string, error) {
+	if dir == "" {
+		dir = filepath.Join(path+".damaged", time.Now().UTC().Format("20060102T150405.000000000Z"))
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("set damaged files aside: %w", err)
 	}
-	if err := writeSynced(filepath.Join(dir, "NOTE.txt"), []byte(note)); err != nil {
+	if err := appendSynced(filepath.Join(dir, "NOTE.txt"), []byte(note)); err != nil {
 		return "", fmt.Errorf("set damaged files aside: %w", err)
 	}
 	from := map[string]bool{}
@@ -176,9 +223,9 @@ func setAside(path string, files []string, note string) (string, error) {
 	return dir, nil
 }
 
-// writeSynced writes b to a new file at path and fsyncs it.
-func writeSynced(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// appendSynced appends b to the file at path, creating it if needed, and fsyncs it.
+func appendSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
@@ -222,16 +269,30 @@ func replayJournal(db *bolt.DB, dedup *dedupindex.Index, path string, applied ui
 		}
 	}
 	if len(torn) > 0 {
-		dir, err := setAside(path, torn, "torn tail of the newest journal segment: the last write before a crash, never acknowledged\n")
+		dir, err := setAside(path, "", torn, "torn tail of the newest journal segment: the last write before a crash, never acknowledged\n")
 		if err != nil {
 			return 0, err
 		}
 		log.Warn("torn journal segment set aside", "dir", dir)
 	}
+	if len(js.segs) > len(torn) {
+		if err := settle(db); err != nil {
+			return 0, fmt.Errorf("replay journal: %w", err)
+		}
+	}
 	if err := removeSegments(js, torn); err != nil {
 		return 0, err
 	}
 	return last, nil
+}
+
+// settle commits a transaction that changes nothing but the heartbeat, so that both of the
+// file's meta pages record every frame applied so far: a journal segment is deleted only
+// after that (see applier.settled).
+func settle(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(metaHeartbeat, encTime(time.Now()))
+	})
 }
 
 // removeSegments deletes the segments of js except those in keep (already moved) and syncs
@@ -278,7 +339,7 @@ func applyFrames(db *bolt.DB, dedup *dedupindex.Index, frames []*jFrame, applied
 		todo = todo[n:]
 		err := db.Update(func(tx *bolt.Tx) error {
 			for _, f := range chunk {
-				if err := applyItems(tx, dedup, f.items, f.lsn, window); err != nil {
+				if err := applyItems(tx, dedup, f.items, f.lsn, window, true); err != nil {
 					return fmt.Errorf("frame %d: %w", f.lsn, err)
 				}
 			}

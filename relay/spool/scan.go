@@ -37,10 +37,15 @@ type Damage struct {
 	// Applied reports that every frame the damaged bytes can have held is already in the spool
 	// file, so setting them aside loses nothing.
 	Applied bool `json:"applied"`
+	// ToEnd reports that the file is cut short at Offset: what followed is missing.
+	ToEnd bool `json:"to_end,omitempty"`
 }
 
 func (d Damage) String() string {
 	s := fmt.Sprintf("%s: %d bytes at offset %d: %s", d.File, d.Len, d.Offset, d.What)
+	if d.ToEnd {
+		s = fmt.Sprintf("%s: everything from offset %d on: %s", d.File, d.Offset, d.What)
+	}
 	switch {
 	case d.Applied:
 		s += " (only frames already in the spool file)"
@@ -223,6 +228,15 @@ func (js *journalScan) frames() []*jFrame {
 // file holds, to tell which damaged bytes held only applied frames.
 func (js *journalScan) damage(applied uint64) []Damage {
 	var out []Damage
+	// Segments are deleted only once both meta pages of the file record their frames
+	// (applier.settled): a journal that begins after the file's applied frame means the
+	// file lost frames it had applied (a rollback, or an older copy of the file).
+	if len(js.segs) > 0 && js.segs[0].first > applied+1 {
+		first := js.segs[0].first
+		out = append(out, Damage{File: js.segs[0].path, What: fmt.Sprintf(
+			"the spool file has applied journal frames up to %d but the journal begins at frame %d: frames %d to %d are in neither (the spool file lost changes it had applied)",
+			applied, first, applied+1, first-1), AfterLSN: applied, BeforeLSN: first})
+	}
 	var prev uint64 // LSN of the last intact frame before the range
 	for i, ss := range js.segs {
 		if ss.first > 0 && prev < ss.first-1 {

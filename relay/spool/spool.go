@@ -122,6 +122,8 @@ type Spool struct {
 
 	probes probes // Check's disk probe
 
+	damaged damagedItems // items Ready found failing their checksum
+
 	// promoteLimit bounds the deliveries one Promote call moves (maxPromote; tests lower it).
 	promoteLimit int
 
@@ -203,8 +205,20 @@ func openFile(path string, opt Options, log *slog.Logger) (*bolt.DB, *dedupindex
 	if err == nil {
 		err = db.View(dedup.Load)
 	}
+	if err == nil {
+		err = db.View(func(tx *bolt.Tx) error {
+			if d := verifyContent(tx, path); len(d) > 0 {
+				return &DamageError{Path: path, Damage: d}
+			}
+			return nil
+		})
+	}
 	if err != nil {
 		_ = db.Close()
+		var de *DamageError
+		if errors.As(err, &de) {
+			return nil, nil, 0, err
+		}
 		return nil, nil, 0, fmt.Errorf("open spool %s: %w", path, err)
 	}
 	return db, dedup, jlsn, nil
@@ -221,18 +235,27 @@ func openBolt(path string, opt Options, log *slog.Logger) (*bolt.DB, error) {
 		NoFreelistSync:  true,
 		InitialMmapSize: initialMmapSize(),
 	}
-	db, err := bolt.Open(path, 0o600, bopt)
-	if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && bopt.InitialMmapSize > 0 {
+	db, _, err := openChecked(path, bopt, log)
+	if err != nil && !errors.Is(err, ErrLocked) && !errors.Is(err, ErrDamaged) && bopt.InitialMmapSize > 0 {
 		// Address space may be limited (ulimit -v): map the file at its size instead.
 		log.Warn("open spool with a 1 GiB mapping; trying its size", "err", err)
 		bopt.InitialMmapSize = 0
-		db, err = bolt.Open(path, 0o600, bopt)
+		db, _, err = openChecked(path, bopt, log)
+	}
+	var de *DamageError
+	if errors.As(err, &de) {
+		return nil, err
+	}
+	if errors.Is(err, ErrLocked) {
+		return nil, fmt.Errorf("open spool %s: %w", path, ErrLocked)
 	}
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("open spool %s: %w", path, ErrLocked)
-		}
-		return nil, fmt.Errorf("open spool %s: %w", path, withoutPath(err, path))
+		return nil, fmt.Errorf("open spool %s: %w", path, err)
+	}
+	// The journal directory marks a spool that was opened before (see checkSpoolFile).
+	if err := os.MkdirAll(journalDir(path), 0o700); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open spool %s: create the journal directory: %w", path, err)
 	}
 	return db, nil
 }
@@ -267,7 +290,9 @@ func (s *Spool) Close() error {
 		s.commits.close()
 		s.apply.wake()
 		s.jr.close()
-		if s.apply.clean() {
+		// One more commit records the last applied frame in both meta pages before the
+		// journal that holds it goes (see applier.settled).
+		if s.apply.clean() && settle(s.db) == nil {
 			if paths, err := listSegments(s.jr.dir); err == nil {
 				for _, p := range paths {
 					_ = os.Remove(p)

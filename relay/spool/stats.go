@@ -25,6 +25,9 @@ type SinkStats struct {
 	// NextDue is the earliest time a scheduled delivery of the sink falls due; zero if none is
 	// scheduled. Once well past, a promotion was missed.
 	NextDue time.Time
+	// Damaged is the number of pending deliveries held back since the store opened because
+	// their stored data fails its checksum (the embedded spool's; see spool.Recover).
+	Damaged int
 }
 
 // Stats returns the pending deliveries of every sink that ever had one. It reads maintained
@@ -46,6 +49,11 @@ func (s *Spool) Stats() (map[string]SinkStats, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stats: %w", err)
+	}
+	for sink, n := range s.damagedBySink() {
+		st := out[sink]
+		st.Damaged = n
+		out[sink] = st
 	}
 	return out, nil
 }
