@@ -19,7 +19,13 @@
 //	spool/        the embedded engine (storage/embedded adapts it): changes, deliveries and
 //	              dedup keys committed in one fsync'd transaction (group commit); only then
 //	              does Meta get its 200
-//	deliver.go    per-sink dispatcher and workers, batches, retries rescheduled in the spool
+//	deliver.go    the delivery engine (Engine): one runner per sink, the promoter of retries
+//	runner.go     a sink's runner: workers, the committer of Done and reschedules, in-flight set
+//	dispatch.go   a runner's dispatch loop: its queue in Seq order, batches, rewinds, sweeps
+//	attempt.go    one attempt and its outcome: delivered, rescheduled or dead-lettered
+//	retry.go      the retry policy: backoffs (the engine's and the sinks' quick retries) and
+//	              Decide, the pure give-up-or-retry-at-T decision
+//	pause.go      an operator's pause of a sink (SinkControls in storage), in the engine
 //	deadletter/   a readable file per abandoned delivery; replay.go puts letters back
 //	envelope.go   the JSON envelope sinks send and dead letters hold
 //
