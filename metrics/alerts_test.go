@@ -54,6 +54,7 @@ func TestAlertsExample_Parses(t *testing.T) {
 		func() (int, error) { return 0, nil },
 		func(string) (int, error) { return 0, nil },
 		func() []string { return []string{"orders"} })
+	m.WatchPaused(func() map[string]bool { return nil })
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("Gather: %v", err)
