@@ -212,7 +212,7 @@ func TestConsole_Browser(t *testing.T) {
 	run("resume",
 		chromedp.Click(`//tr[td[1]="orders"]//button`, chromedp.BySearch),
 		sinkRow("no", "pause"))
-	waitFor(t, "the held change delivered after resume", func() bool { return len(sink.ids()) == before+1 })
+	waitLong(t, "the held change delivered after resume", func() bool { return len(sink.ids()) == before+1 })
 
 	// Route tester: paste a payload, see the rules and sinks; a page change no rule matches.
 	run("route",

@@ -95,8 +95,8 @@ func TestSinks_PauseResume(t *testing.T) {
 		}
 	}
 	postN(6)
-	waitFor(t, "the archive sink takes every change", func() bool { return archived(t, dir) == 6 })
-	waitFor(t, "the backlog in the metrics", func() bool {
+	waitLong(t, "the archive sink takes every change", func() bool { return archived(t, dir) == 6 })
+	waitLong(t, "the backlog in the metrics", func() bool {
 		return metricValue(t, metricsURL, "hubrelay_spool_pending", `sink="orders"`, `state="ready"`) == 6
 	})
 	if v := metricValue(t, metricsURL, "hubrelay_sink_paused", `sink="orders"`); v != 1 {
@@ -120,7 +120,7 @@ func TestSinks_PauseResume(t *testing.T) {
 	}
 	r = startRelayHealth(t, dir, cfg, "http://"+admin+"/healthz")
 	postN(4)
-	waitFor(t, "the archive sink takes the changes after the restart", func() bool { return archived(t, dir) == 10 })
+	waitLong(t, "the archive sink takes the changes after the restart", func() bool { return archived(t, dir) == 10 })
 	time.Sleep(2500 * time.Millisecond) // a sweep of the dispatcher would find the backlog
 	if n := sink.callCount(); n != 0 {
 		t.Fatalf("the paused sink got %d requests", n)
@@ -130,7 +130,7 @@ func TestSinks_PauseResume(t *testing.T) {
 	if err != nil || !strings.Contains(out, "sink orders resumed") || !strings.Contains(out, "10 ready") {
 		t.Fatalf("resume: %v\n%s", err, out)
 	}
-	waitFor(t, "the backlog delivered", func() bool { return len(sink.messageIDs()) == len(want) })
+	waitLong(t, "the backlog delivered", func() bool { return len(sink.messageIDs()) == len(want) })
 	if got := sink.messageIDs(); !slices.Equal(got, want) {
 		t.Fatalf("backlog out of order:\n got %v\nwant %v", got, want)
 	}
@@ -142,7 +142,7 @@ func TestSinks_PauseResume(t *testing.T) {
 	}
 	r = startRelayHealth(t, dir, cfg, "http://"+admin+"/healthz")
 	postN(1)
-	waitFor(t, "archive", func() bool { return archived(t, dir) == 11 })
+	waitLong(t, "archive", func() bool { return archived(t, dir) == 11 })
 	time.Sleep(2500 * time.Millisecond)
 	if n := len(sink.messageIDs()); n != 10 {
 		t.Fatalf("paused while stopped: the sink got %d changes, want the 10 from before", n)
@@ -150,7 +150,20 @@ func TestSinks_PauseResume(t *testing.T) {
 	if out, err := cli(t, "sinks", "resume", "-config", cfg, "orders"); err != nil {
 		t.Fatalf("resume: %v\n%s", err, out)
 	}
-	waitFor(t, "the last change delivered", func() bool { return len(sink.messageIDs()) == 11 })
+	waitLong(t, "the last change delivered", func() bool { return len(sink.messageIDs()) == 11 })
+}
+
+// waitLong polls cond for up to a minute: these tests run relays, fsync and Postgres on a
+// loaded machine.
+func waitLong(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // regexpLine reports whether a line of out matches pattern.
@@ -181,7 +194,7 @@ func TestSinks_CLIMistakes(t *testing.T) {
 	}
 	body := waPayload("cli-mistakes")
 	post(t, r.url+"/webhooks", body, relay.Sign(body, testSecret))
-	waitFor(t, "delivered: nothing was paused", func() bool { return len(sink.ids()) == 1 })
+	waitLong(t, "delivered: nothing was paused", func() bool { return len(sink.ids()) == 1 })
 	// The control API is not on the webhook listener.
 	if st, _ := apiDo(t, "POST", r.url+"/api/sinks/orders/pause", "application/json", "Bearer "+adminToken, nil); st != http.StatusNotFound && st != http.StatusMethodNotAllowed {
 		t.Errorf("pause on the webhook listener: status %d", st)
@@ -294,7 +307,7 @@ func TestSinks_PausePostgres(t *testing.T) {
 			t.Fatalf("POST %d while paused: %d, %v", i, st, err)
 		}
 	}
-	waitFor(t, "sink-b takes every change", func() bool { return len(b.missing(want)) == 0 })
+	waitLong(t, "sink-b takes every change", func() bool { return len(b.missing(want)) == 0 })
 	time.Sleep(time.Second) // several poll intervals of both replicas
 	if got := len(want) - len(a.missing(want)); got != 0 {
 		t.Fatalf("paused sink-a got %d changes", got)
@@ -306,7 +319,7 @@ func TestSinks_PausePostgres(t *testing.T) {
 	if out, err := pgCLI("sinks", "resume", "-config", cfg1, "sink-a"); err != nil || !strings.Contains(out, "sink sink-a resumed in the database") {
 		t.Fatalf("resume: %v\n%s", err, out)
 	}
-	waitFor(t, "sink-a takes the backlog", func() bool { return len(a.missing(want)) == 0 })
+	waitLong(t, "sink-a takes the backlog", func() bool { return len(a.missing(want)) == 0 })
 }
 
 func basicAuth(user, pass string) string {
