@@ -77,7 +77,7 @@ func TestConsole_Browser(t *testing.T) {
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(browserProfile(t)),
 		chromedp.WindowSize(1280, 900),
 	)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
@@ -110,7 +110,7 @@ func TestConsole_Browser(t *testing.T) {
 	// contains waits until the text of sel contains want.
 	contains := func(sel, want string) chromedp.Action {
 		return chromedp.Poll(fmt.Sprintf(`(document.querySelector(%q)||{}).textContent?.includes(%q)`, sel, want), nil,
-			chromedp.WithPollingTimeout(30*time.Second))
+			chromedp.WithPollingTimeout(90*time.Second))
 	}
 
 	// Traffic first, so every page has something to show: three new changes, one repeat,
@@ -187,7 +187,7 @@ func TestConsole_Browser(t *testing.T) {
 	sinkRow := func(state, button string) chromedp.Action {
 		return chromedp.Poll(fmt.Sprintf(`[...document.querySelectorAll("#sinks tbody tr")].some((tr) =>
 			tr.cells[0].textContent === "orders" && tr.cells[3].textContent === %q && tr.querySelector("button")?.textContent === %q)`, state, button),
-			nil, chromedp.WithPollingTimeout(30*time.Second))
+			nil, chromedp.WithPollingTimeout(90*time.Second))
 	}
 	run("pause",
 		chromedp.Navigate(base),
@@ -205,7 +205,7 @@ func TestConsole_Browser(t *testing.T) {
 		t.Fatalf("post while paused: %d %s", st, b)
 	}
 	run("paused sink's backlog", chromedp.Reload(), chromedp.Poll(`[...document.querySelectorAll("#sinks tbody tr")].some((tr) =>
-		tr.cells[0].textContent === "orders" && tr.cells[1].textContent === "1")`, nil, chromedp.WithPollingTimeout(30*time.Second)))
+		tr.cells[0].textContent === "orders" && tr.cells[1].textContent === "1")`, nil, chromedp.WithPollingTimeout(90*time.Second)))
 	if n := len(sink.ids()); n != before {
 		t.Fatalf("paused orders received %d change(s)", n-before)
 	}
@@ -241,4 +241,27 @@ func TestConsole_Browser(t *testing.T) {
 			t.Errorf("page shows a secret")
 		}
 	}
+}
+
+// browserProfile is a fresh --user-data-dir for one Chromium. It is not t.TempDir: Chromium's
+// helper processes may still be writing to it for a moment after the browser is killed, and
+// t.TempDir fails the test when its directory cannot be removed. The removal is retried for a
+// while and only logged if it does not succeed.
+func browserProfile(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hubrelay-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var err error
+		for i := 0; i < 50; i++ {
+			if err = os.RemoveAll(dir); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("chromium profile %s not removed: %v", dir, err)
+	})
+	return dir
 }
