@@ -96,7 +96,7 @@ func dump(t *testing.T, c *Config) string {
 	t.Helper()
 	type sinkDump struct {
 		Sink
-		Text, Blocks string
+		Text, Blocks, OrderBy string
 	}
 	var sinks []sinkDump
 	for _, s := range c.Sinks {
@@ -107,7 +107,10 @@ func dump(t *testing.T, c *Config) string {
 		if s.Blocks != nil {
 			sd.Blocks = s.Blocks.Source()
 		}
-		sd.Sink.Text, sd.Sink.Blocks = nil, nil
+		if s.OrderBy != nil {
+			sd.OrderBy = s.OrderBy.Source()
+		}
+		sd.Sink.Text, sd.Sink.Blocks, sd.Sink.OrderBy = nil, nil, nil
 		sinks = append(sinks, sd)
 	}
 	cc := *c

@@ -22,6 +22,7 @@ var sinkKeys = map[string][]string{
 	"retry":            nil,
 	"batch":            {SinkHTTP, SinkFile},
 	"rate":             nil,
+	"order_by":         nil,
 	"timeout":          {SinkHTTP, SinkSlack},
 	"url":              {SinkHTTP},
 	"method":           {SinkHTTP},
@@ -39,7 +40,7 @@ var sinkKeys = map[string][]string{
 }
 
 // sinkKeyOrder is sinkKeys' keys in the order they are documented.
-var sinkKeyOrder = []string{"name", "type", "concurrency", "retry", "batch", "rate", "timeout", "url", "method", "headers",
+var sinkKeyOrder = []string{"name", "type", "concurrency", "retry", "batch", "rate", "order_by", "timeout", "url", "method", "headers",
 	"body", "sign_secret", "sign_secret_file", "webhook_url", "webhook_url_file", "text", "blocks", "path",
 	"max_bytes", "max_files"}
 
@@ -115,6 +116,9 @@ func (d *decoder) sinks(n *yaml.Node, path string) ([]Sink, map[string]bool) {
 		if e, ok := f["rate"]; ok {
 			d.rate(e.val, join(p, "rate"), &s.Rate)
 		}
+		if e, ok := f["order_by"]; ok {
+			d.orderBy(e.val, join(p, "order_by"), &s)
+		}
 		d.setDuration(f, p, "timeout", true, &s.Timeout)
 		switch typ {
 		case SinkHTTP:
@@ -129,9 +133,26 @@ func (d *decoder) sinks(n *yaml.Node, path string) ([]Sink, map[string]bool) {
 			d.setSize(f, p, "max_bytes", false, &s.MaxBytes)
 			d.setInt(f, p, "max_files", 0, &s.MaxFiles)
 		}
+		if e, ok := f["order_by"]; ok && s.Body == BodyRaw && s.OrderBy != nil {
+			d.problem(e.key, join(p, "order_by"), "a body: raw sink forwards whole notifications, which may hold changes of several conversations, and cannot order them: remove order_by or use body: envelope")
+		}
 		sinks = append(sinks, s)
 	}
 	return sinks, names
+}
+
+// orderBy compiles a sink's order_by expression.
+func (d *decoder) orderBy(n *yaml.Node, path string, s *Sink) {
+	v, ok := d.nonEmpty(n, path)
+	if !ok {
+		return
+	}
+	k, err := rules.CompileKey(v)
+	if err != nil {
+		d.exprProblem(n, path, v, err)
+		return
+	}
+	s.OrderBy = k
 }
 
 func article(typ string) string {

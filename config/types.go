@@ -177,6 +177,9 @@ type Sink struct {
 	Retry       Retry
 	Batch       Batch
 	Rate        Rate
+	// OrderBy is the compiled order_by expression: changes with the same key are delivered
+	// one at a time, in acceptance order; nil = no ordering.
+	OrderBy *rules.Key
 
 	// http
 	URL        string

@@ -48,6 +48,8 @@ var knownOutcomes = map[relay.Outcome]bool{
 type Metrics struct {
 	reg prometheus.Registerer
 	now func() time.Time
+	// order reports the delivery engine's per-key ordering (WatchOrder, order.go).
+	order orderWatch
 
 	requests            *prometheus.CounterVec
 	ackDuration         *prometheus.HistogramVec

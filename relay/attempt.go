@@ -177,6 +177,7 @@ func (r *runner) deadLetter(d Delivery, ev *Event, history []byte, reason string
 		b, _ := json.Marshal(d.Data) // unreadable record: keep its bytes (base64) so nothing is lost
 		l.Change = json.RawMessage(`{"corrupt_record_base64":` + string(b) + `}`)
 	}
+	r.deliveredAfter(l, d)
 	if err := r.e.dl.Write(l); err != nil {
 		r.logFailure(r.log, slog.LevelError, "", "write dead letter, will retry the delivery", "seq", d.Seq, "err", err)
 		r.reschedule(d.Seq, r.e.now().Add(r.cfg.Retry.letterRetry()), d.Attempt, history)

@@ -9,8 +9,8 @@ import (
 
 // codecVersion is the first byte of every spooled event. Bump it when the layout changes and
 // keep decoding the old ones: spools outlive binaries. Version 2 added Entry.TimeJSON after
-// Entry.Time and RuleErrors after Rules.
-const codecVersion = 2
+// Entry.Time and RuleErrors after Rules; version 3 added Order (sink, key pairs) at the end.
+const codecVersion = 3
 
 // errCodec is returned for spool records that cannot be decoded.
 var errCodec = errors.New("corrupt spooled event")
@@ -42,6 +42,11 @@ func AppendBinary(dst []byte, ev *Event) []byte {
 	for _, r := range ev.RuleErrors {
 		dst = appendString(dst, r.Rule)
 		dst = appendString(dst, r.Class)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(ev.Order)))
+	for _, o := range ev.Order {
+		dst = appendString(dst, o.Sink)
+		dst = appendString(dst, o.Key)
 	}
 	return dst
 }
@@ -96,6 +101,16 @@ func UnmarshalBinary(data []byte, ev *Event) error {
 		}
 		for i := uint64(0); i < n && !d.err; i++ {
 			ev.RuleErrors = append(ev.RuleErrors, RuleError{Rule: d.str(), Class: d.str()})
+		}
+	}
+	ev.Order = nil
+	if version >= 3 {
+		n := d.uvarint()
+		if n > uint64(len(d.b)) {
+			d.err = true
+		}
+		for i := uint64(0); i < n && !d.err; i++ {
+			ev.Order = append(ev.Order, OrderKey{Sink: d.str(), Key: d.str()})
 		}
 	}
 	if d.err {

@@ -17,6 +17,9 @@ type dispatcher struct {
 	polls, sweeps <-chan time.Time
 	// sweepTo is, while sweeping, the cursor the sweep started from.
 	sweepTo uint64
+	// reread lists the deliveries of the current read that were released while it was on its
+	// way (claim): they are read again, and stay lost to their ordering keys (order.go).
+	reread []Delivery
 }
 
 // dispatch reads the sink's ready queue in Seq order and hands deliveries to the workers, one
@@ -35,6 +38,9 @@ func (r *runner) dispatch() {
 		t := time.NewTicker(r.e.sweep)
 		defer t.Stop()
 		d.sweeps = t.C
+	}
+	if !r.loadWaiting() {
+		return
 	}
 	for d.step() {
 	}
@@ -60,19 +66,33 @@ func (d *dispatcher) step() bool {
 	if pause > 0 && !r.pause(pause) {
 		return false
 	}
+	runnable, rewind := r.takeRunnable() // the next change of keys whose last one is done
+	if rewind != 0 {
+		d.cursor = min(d.cursor, rewind-1)
+	}
+	for _, dv := range runnable {
+		if !d.emit(dv) {
+			return false
+		}
+	}
+	from := d.cursor
 	ds, err := r.e.q.Ready(r.name, d.cursor, limit)
 	if err != nil {
 		r.logFailure(r.log, slog.LevelError, "", "read ready deliveries", "err", err)
 		return r.sleep(time.Second)
 	}
+	complete := len(ds) < limit
 	for _, dv := range ds {
 		if r.paused() {
+			complete = false
 			break // the sink is failing or paused: the rest of this read waits
 		}
 		if !d.offer(dv) {
 			return false
 		}
 	}
+	r.orderPassed(from, d.cursor, complete, d.reread)
+	d.reread = d.reread[:0]
 	if len(ds) == limit || r.paused() {
 		return true
 	}
@@ -119,12 +139,23 @@ func (r *runner) probeBatch() int {
 func (d *dispatcher) offer(dv Delivery) bool {
 	r := d.r
 	d.cursor = max(d.cursor, dv.Seq)
-	if !r.claim(dv.Seq) {
+	ok, reread := r.claim(dv)
+	if reread {
+		d.reread = append(d.reread, dv)
+	}
+	if !ok {
 		return true
 	}
 	if dv.Seq <= d.sweepTo {
 		r.log.Warn("delivery found behind the dispatcher's cursor by the sweep", "seq", dv.Seq, "attempt", dv.Attempt)
 	}
+	return d.emit(dv)
+}
+
+// emit hands out dv, marked in flight: alone, or into the partial batch, which goes out once
+// full. It reports whether to go on.
+func (d *dispatcher) emit(dv Delivery) bool {
+	r := d.r
 	if r.batch == nil {
 		return r.send([]Delivery{dv})
 	}
@@ -170,11 +201,13 @@ func (d *dispatcher) idle() bool {
 	return true
 }
 
-// claim marks the delivery seq in flight and reports true, or reports false when it cannot go
-// out now: still in flight (its release rewinds to it if it stays pending), or released while
-// this read was on its way (a reschedule that a promotion made ready again, say: the read may
-// predate either, so the dispatcher reads it again).
-func (r *runner) claim(seq uint64) bool {
+// claim marks the delivery dv in flight and reports true, or reports false when it cannot go
+// out now: still in flight (its release rewinds to it if it stays pending), released while
+// this read was on its way (reread: a reschedule that a promotion made ready again, say: the
+// read may predate either, so the dispatcher reads it again), or held back behind an earlier
+// change of its ordering key (order.go).
+func (r *runner) claim(dv Delivery) (ok, reread bool) {
+	seq := dv.Seq
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	released, busy := r.inflight[seq]
@@ -183,11 +216,13 @@ func (r *runner) claim(seq uint64) bool {
 		if r.rewindTo == 0 || seq < r.rewindTo {
 			r.rewindTo = seq
 		}
-		return false
+		return false, true
 	case busy:
 		r.skipped[seq] = struct{}{}
-		return false
+		return false, false
+	case !r.order.gate(dv, r.name):
+		return false, false
 	}
 	r.inflight[seq] = false
-	return true
+	return true, false
 }

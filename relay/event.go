@@ -122,6 +122,16 @@ type Event struct {
 	// RuleErrors lists the rules that failed to evaluate for the change when it was routed;
 	// such a change is dead-lettered for the rules sink (see RuleErrorSink).
 	RuleErrors []RuleError `json:"rule_errors,omitempty"`
+	// Order holds the change's ordering key for each of its sinks that has one (order_by),
+	// decided when it was accepted: the engine delivers the changes of one key to that sink
+	// one at a time, in acceptance order. Sinks without a key are left out.
+	Order []OrderKey `json:"-"`
+}
+
+// OrderKey is the ordering key of a change for one sink.
+type OrderKey struct {
+	Sink string
+	Key  string
 }
 
 // RuleError names a rule whose `when` failed to evaluate for a change, and the class of the

@@ -339,6 +339,11 @@ func (rc *Receiver) route(q *request) {
 		routes[i] = table.route(ev, nil, onErr)
 		ev.Rules = routes[i].Rules
 		ev.RuleErrors = routes[i].Errors
+		ev.Order = routes[i].Order
+		for _, oe := range routes[i].OrderErrors {
+			rc.sample.Log(log, slog.LevelWarn, "order/"+app+"/"+oe.Sink, "order_by failed to evaluate: the change is delivered unordered",
+				"sink", oe.Sink, "class", oe.Class, "change_id", ev.ID)
+		}
 		raw = appendMissing(raw, routes[i].Raw...)
 		offs[i] = len(data)
 		data = AppendBinary(data, ev)

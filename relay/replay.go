@@ -64,6 +64,10 @@ func ReplayItem(l *deadletter.Letter, router *Router) (Item, error) {
 		return Item{}, err
 	}
 	if l.Sink != RuleErrorSink {
+		if l.OrderKey != "" {
+			// Behind the changes of its key accepted since (they were delivered after it).
+			ev.Order = []OrderKey{{Sink: l.Sink, Key: l.OrderKey}}
+		}
 		return Item{Data: AppendBinary(nil, &ev), Sinks: []string{l.Sink}}, nil
 	}
 	if router == nil {
@@ -73,6 +77,7 @@ func ReplayItem(l *deadletter.Letter, router *Router) (Item, error) {
 	rt := router.Reroute(&ev, nil)
 	ev.Rules = append(slices.Clip(ev.Rules), rt.Rules...)
 	ev.RuleErrors = rt.Errors
+	ev.Order = rt.Order
 	return Item{Data: AppendBinary(nil, &ev), Sinks: rt.Sinks}, nil
 }
 

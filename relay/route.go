@@ -37,6 +37,9 @@ type RouteOptions struct {
 	// IgnoreRuleErrors makes a rule that fails to evaluate count as no match, as if the
 	// change were not for it. By default the change also goes to RuleErrorSink.
 	IgnoreRuleErrors bool
+	// OrderBy holds the order_by expression of each sink that has one: it gives every change
+	// routed to the sink its ordering key when the change is accepted (Route.Order).
+	OrderBy map[string]*rules.Key
 }
 
 // NewRouter returns a Router over set with default options. rawSinks names the sinks
@@ -71,6 +74,18 @@ type Route struct {
 	Errors []RuleError
 	// CatchAll reports that no rule matched and Sinks are RouteOptions.Unmatched.
 	CatchAll bool
+	// Order holds the change's ordering key for each sink of Sinks whose order_by gave one.
+	Order []OrderKey
+	// OrderErrors lists the sinks whose order_by failed to evaluate for the change (the class
+	// of the error, never payload); the change goes to them unordered.
+	OrderErrors []OrderError
+}
+
+// OrderError names a sink whose order_by failed to evaluate for a change, and the class of
+// the failure (rules.ErrorClass).
+type OrderError struct {
+	Sink  string
+	Class string
 }
 
 // snapshot returns the current table; callers route a whole request with one snapshot.
@@ -85,6 +100,14 @@ func RuleEnv(ev *Event, withValue bool) *rules.Env {
 
 // ruleEnv is RuleEnv decoding only what proj names of the value (see rules.Projection).
 func ruleEnv(ev *Event, withValue bool, proj rules.Projection) *rules.Env {
+	env := valueEnv(ev, withValue, proj)
+	env.LoadConversation = func() string { return Conversation(ev) }
+	return env
+}
+
+// valueEnv is ruleEnv without the conversation, which costs a closure per change: routing
+// adds it only for rules that read it.
+func valueEnv(ev *Event, withValue bool, proj rules.Projection) *rules.Env {
 	env := &rules.Env{
 		Object:     ev.Object,
 		Field:      ev.Field,
@@ -110,7 +133,10 @@ func ruleEnv(ev *Event, withValue bool, proj rules.Projection) *rules.Env {
 // route matches ev against t, leaving out the rules named in skip. onErr receives rule
 // evaluation errors.
 func (t *routeTable) route(ev *Event, skip []string, onErr func(rule string, err error)) Route {
-	env := ruleEnv(ev, t.rules.NeedsValue(), t.rules.Projection())
+	env := valueEnv(ev, t.rules.NeedsValue(), t.rules.Projection())
+	if t.rules.NeedsConversation() {
+		env.LoadConversation = func() string { return Conversation(ev) }
+	}
 	m := t.rules.MatchExcept(env, skip, onErr)
 	var errs []RuleError
 	for _, f := range m.Failed {
@@ -127,16 +153,41 @@ func (t *routeTable) route(ev *Event, skip []string, onErr func(rule string, err
 	}
 	if len(t.raw) == 0 {
 		rt.Sinks = sinks
-		return rt
-	}
-	for _, s := range sinks {
-		if t.raw[s] {
-			rt.Raw = append(rt.Raw, s)
-		} else {
-			rt.Sinks = append(rt.Sinks, s)
+	} else {
+		for _, s := range sinks {
+			if t.raw[s] {
+				rt.Raw = append(rt.Raw, s)
+			} else {
+				rt.Sinks = append(rt.Sinks, s)
+			}
 		}
 	}
+	if len(t.opts.OrderBy) > 0 {
+		t.order(ev, &rt)
+	}
 	return rt
+}
+
+// order fills rt.Order (and rt.OrderErrors) with the ordering keys of ev for the sinks of rt
+// that have an order_by. Key expressions see the whole value and the conversation.
+func (t *routeTable) order(ev *Event, rt *Route) {
+	var env *rules.Env
+	for _, s := range rt.Sinks {
+		k := t.opts.OrderBy[s]
+		if k == nil {
+			continue
+		}
+		if env == nil {
+			env = ruleEnv(ev, true, rules.Projection{All: true})
+		}
+		key, err := k.Eval(env)
+		switch {
+		case err != nil:
+			rt.OrderErrors = append(rt.OrderErrors, OrderError{Sink: s, Class: rules.ErrorClass(err)})
+		case key != "":
+			rt.Order = append(rt.Order, OrderKey{Sink: s, Key: key})
+		}
+	}
 }
 
 // Route matches one change against the current rules (used by `hubrelay route`).

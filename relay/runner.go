@@ -49,6 +49,7 @@ type runner struct {
 	// resumed, from which max_age counts.
 	opPaused  bool
 	resumedAt time.Time
+	order     *orderState // per-key ordering (order.go)
 
 	dispatchWG, workWG, commitWG sync.WaitGroup
 }
@@ -81,6 +82,7 @@ func newRunner(e *Engine, c SinkConfig) *runner {
 		attemptCtx: ctx, cancel: cancel,
 		inflight: map[uint64]bool{},
 		skipped:  map[uint64]struct{}{},
+		order:    newOrderState(),
 	}
 }
 
@@ -230,7 +232,7 @@ func (r *runner) committer() {
 				break drain
 			}
 		}
-		err := r.e.q.Done(r.name, batch...)
+		err := r.done(batch)
 		if err != nil {
 			// The deliveries stay in the spool and are delivered again: at least once, never
 			// lost.
@@ -269,6 +271,9 @@ func (r *runner) rescheduler() {
 		for _, rt := range batch {
 			seqs = append(seqs, rt.Seq)
 		}
+		if err == nil {
+			r.parked(seqs)
+		}
 		r.release(err != nil, seqs...)
 		r.e.wakePromoter()
 	}
@@ -291,11 +296,15 @@ func (r *runner) release(pending bool, seqs ...uint64) {
 			}
 		}
 	}
+	if done := r.order.released(pending, seqs); done != 0 && r.e.poll > 0 && (rewind == 0 || done < rewind) {
+		rewind = done // a shared store hands out a key's next delivery only now: look for it
+	}
 	if rewind != 0 && (r.rewindTo == 0 || rewind < r.rewindTo) {
 		r.rewindTo = rewind
 	}
+	freed := len(r.order.freed) > 0
 	r.mu.Unlock()
-	if rewind != 0 {
+	if rewind != 0 || freed {
 		r.poke()
 	}
 }

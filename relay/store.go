@@ -134,6 +134,11 @@ type Queue interface {
 	// Done removes deliveries of sink, ready or scheduled, once they were delivered or
 	// dead-lettered. Seqs without a pending delivery are ignored, so Done is idempotent.
 	Done(sink string, seqs ...uint64) error
+	// DoneSync is Done that returns only once the removal is durable (survives a crash), where
+	// Done may keep it in memory for a while (and the delivery is then delivered again after
+	// a crash). The engine uses it for deliveries with an ordering key, so that a crash never
+	// brings a change back after a later change of its key was delivered.
+	DoneSync(sink string, seqs ...uint64) error
 	// Reschedule records a failed attempt of a pending delivery of sink: it is parked until at
 	// with its attempt count and history replaced, and Promote makes it ready again from then
 	// on. It returns an error wrapping ErrNotFound when sink has no pending delivery seq.
@@ -148,6 +153,11 @@ type Queue interface {
 	// engine can rewind its cursor. One call may move only part of what is due; NextScheduled
 	// then reports a time not after now and the caller calls Promote again.
 	Promote(now time.Time) (map[string]uint64, error)
+	// Scheduled returns up to max scheduled (parked by Reschedule, not yet promoted)
+	// deliveries of sink with Seq greater than after, in Seq order, whatever their due time.
+	// It claims nothing. The engine reads them when a sink's runner starts, to learn which
+	// ordering keys wait for a retry.
+	Scheduled(sink string, after uint64, max int) ([]Delivery, error)
 	// NextScheduled returns the earliest time a scheduled delivery becomes due; ok is false
 	// when none is scheduled.
 	NextScheduled() (t time.Time, ok bool, err error)

@@ -41,6 +41,12 @@ type Env struct {
 	// most once, and only if a rule that could match reads `value`, so changes no such rule
 	// looks at are never decoded. Expressions cannot see it.
 	LoadValue func() any `expr:"-"`
+	// Conversation is the change's built-in conversation key (relay.Conversation defines it
+	// per object: the business side plus the other party), the usual `order_by` of a chatbot.
+	Conversation string `expr:"conversation"`
+	// LoadConversation, when set and Conversation is "", works the key out on first use, as
+	// LoadValue does for Value, and only for an expression that reads `conversation`.
+	LoadConversation func() string `expr:"-"`
 }
 
 // Spec is one rule as written in config. Positions in the config file are the config
@@ -81,6 +87,7 @@ type rule struct {
 	verbs   []string
 	when    *vm.Program // nil = always
 	value   bool        // when reads `value`
+	conv    bool        // when reads `conversation`
 	sinks   []string    // deduplicated
 	alone   Match       // the Match returned when this rule is the only one to match
 }
@@ -94,6 +101,7 @@ type Set struct {
 	byObject   map[string][]int
 	anyObject  []int
 	needsValue bool
+	needsConv  bool       // some `when` reads `conversation`
 	projection Projection // what the `when` expressions read of value
 }
 
@@ -183,6 +191,9 @@ func Compile(specs []Spec) (*Set, error) {
 				fail("when", err)
 			} else {
 				r.when = p
+				if refersTo(p, "conversation") {
+					r.conv, s.needsConv = true, true
+				}
 				if refersToValue(p) {
 					r.value = true
 					s.needsValue = true
@@ -230,6 +241,10 @@ func (s *Set) Len() int {
 	return len(s.rules)
 }
 
+// NeedsConversation reports whether any rule's `when` refers to `conversation`: only then
+// need callers set Env.LoadConversation.
+func (s *Set) NeedsConversation() bool { return s != nil && s.needsConv }
+
 // NeedsValue reports whether any rule's `when` refers to `value`. When it does not, callers
 // may skip decoding change values before calling Match.
 func (s *Set) NeedsValue() bool { return s != nil && s.needsValue }
@@ -271,6 +286,9 @@ func (s *Set) match(env *Env, skip []string, onErr func(rule string, err error))
 		if r.when != nil {
 			if r.value && env.Value == nil && env.LoadValue != nil {
 				env.Value, env.LoadValue = env.LoadValue(), nil
+			}
+			if r.conv {
+				loadConversation(env)
 			}
 			out, err := run(r.when, env)
 			if err != nil {

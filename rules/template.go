@@ -15,6 +15,7 @@ type Template struct {
 	src        string
 	program    *vm.Program
 	needsValue bool
+	needsConv  bool // reads `conversation`
 }
 
 // CompileText compiles an expression that must produce a string, such as
@@ -30,7 +31,12 @@ func CompileText(src string) (*Template, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Template{src: src, program: p, needsValue: refersToValue(p)}, nil
+	return newTemplate(src, p), nil
+}
+
+// newTemplate wraps a compiled program.
+func newTemplate(src string, p *vm.Program) *Template {
+	return &Template{src: src, program: p, needsValue: refersToValue(p), needsConv: refersTo(p, "conversation")}
 }
 
 // CompileAny compiles an expression with a result of any type, such as a list of Slack
@@ -41,7 +47,7 @@ func CompileAny(src string) (*Template, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Template{src: src, program: p, needsValue: refersToValue(p)}, nil
+	return newTemplate(src, p), nil
 }
 
 // Eval evaluates the template against env. A run-time failure is returned as an *ExprError.
@@ -50,10 +56,21 @@ func (t *Template) Eval(env *Env) (any, error) {
 	return run(t.program, env)
 }
 
-// load decodes env's value through LoadValue when the template reads it.
+// load decodes env's value through LoadValue, and works out its conversation through
+// LoadConversation, when the template reads them.
 func (t *Template) load(env *Env) {
 	if t.needsValue && env.Value == nil && env.LoadValue != nil {
 		env.Value, env.LoadValue = env.LoadValue(), nil
+	}
+	if t.needsConv {
+		loadConversation(env)
+	}
+}
+
+// loadConversation fills env.Conversation through LoadConversation, once.
+func loadConversation(env *Env) {
+	if env.Conversation == "" && env.LoadConversation != nil {
+		env.Conversation, env.LoadConversation = env.LoadConversation(), nil
 	}
 }
 
@@ -114,5 +131,26 @@ func (v *valueFinder) Visit(node *ast.Node) {
 		}
 	case *ast.MemberNode:
 		// $env.value and $env["value"] compile to members of $env, seen above.
+	}
+}
+
+// refersTo reports whether a compiled program reads the variable name, directly or through
+// `$env`.
+func refersTo(p *vm.Program, name string) bool {
+	v := &nameFinder{name: name}
+	node := p.Node()
+	walk(&node, v)
+	return v.found
+}
+
+type nameFinder struct {
+	name  string
+	found bool
+}
+
+// Visit implements ast.Visitor.
+func (v *nameFinder) Visit(node *ast.Node) {
+	if n, ok := (*node).(*ast.IdentifierNode); ok && (n.Value == v.name || n.Value == "$env") {
+		v.found = true
 	}
 }

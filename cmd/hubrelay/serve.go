@@ -20,6 +20,7 @@ import (
 	"github.com/hubrelay/hubrelay/console"
 	"github.com/hubrelay/hubrelay/metrics"
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/rules"
 )
 
 // spoolFile is the name of the spool inside storage.dir.
@@ -286,6 +287,7 @@ func (s *server) wire(cfg *config.Config) (*wiring, error) {
 	s.engine = relay.NewEngine(sp, st.letters, obs, log)
 	s.engine.Start()
 	s.metrics.WatchPaused(s.engine.Paused)
+	s.metrics.WatchOrder(s.engine.OrderStats)
 	w.storeUp, w.storeFatal = st.pending() // before SetSinks: it reads the store's pending sinks
 	if err := s.applySinks(sinkCfgs); err != nil {
 		return nil, err
@@ -490,10 +492,19 @@ func newRouter(cfg *config.Config) *relay.Router {
 }
 
 func routeOptions(cfg *config.Config) relay.RouteOptions {
-	return relay.RouteOptions{
+	opts := relay.RouteOptions{
 		Unmatched:        cfg.Routing.UnmatchedSinks,
 		IgnoreRuleErrors: cfg.Routing.OnRuleError == config.OnRuleErrorNoMatch,
 	}
+	for _, sk := range cfg.Sinks {
+		if sk.OrderBy != nil {
+			if opts.OrderBy == nil {
+				opts.OrderBy = map[string]*rules.Key{}
+			}
+			opts.OrderBy[sk.Name] = sk.OrderBy
+		}
+	}
+	return opts
 }
 
 func rawSinks(cfg *config.Config) []string {

@@ -91,7 +91,19 @@ type Letter struct {
 	// string: Change shows it readably, but indentation rewrites its bytes, and Meta's
 	// signature covers the exact bytes, so a replay forwards Body.
 	Body string `json:"body,omitempty"`
+	// OrderKey is the change's ordering key for the sink (the sink's order_by), "" when the
+	// sink does not order its changes. Dead-lettering the change released its key.
+	OrderKey string `json:"order_key,omitempty"`
+	// DeliveredAfter lists the ids of the changes of OrderKey that were waiting behind this one
+	// when it was dead-lettered, oldest first (at most MaxDeliveredAfter): released by its
+	// dead-lettering, they are delivered after it, so a replay reaches the sink after them.
+	DeliveredAfter []string `json:"delivered_after,omitempty"`
+	// DeliveredAfterMore is set when more changes than DeliveredAfter lists were waiting.
+	DeliveredAfterMore bool `json:"delivered_after_more,omitempty"`
 }
+
+// MaxDeliveredAfter bounds Letter.DeliveredAfter.
+const MaxDeliveredAfter = 100
 
 // generateID returns the default id of a delivery of seq to sink: the sink's id prefix, a dash
 // and seq as 20 zero-padded digits, so ids sort by sequence within a sink.

@@ -75,6 +75,9 @@ func Run(t *testing.T, newStore NewFunc) {
 		{"Pause", testPause},
 		{"PauseReopen", testPauseReopen},
 		{"PauseConcurrent", testPauseConcurrent},
+		{"Scheduled", testScheduled},
+		{"DoneSync", testDoneSync},
+		{"Order", testOrder},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -128,3 +128,12 @@ func relayDeliveries(ds []spool.Delivery) []relay.Delivery {
 	}
 	return unsafe.Slice((*relay.Delivery)(unsafe.Pointer(unsafe.SliceData(ds))), len(ds))
 }
+
+// Scheduled implements relay.Queue.
+func (s *Store) Scheduled(sink string, after uint64, max int) ([]relay.Delivery, error) {
+	ds, err := s.Spool.Scheduled(sink, after, max)
+	return relayDeliveries(ds), err
+}
+
+// DoneSync implements relay.Queue.
+func (s *Store) DoneSync(sink string, seqs ...uint64) error { return s.Spool.DoneSync(sink, seqs...) }

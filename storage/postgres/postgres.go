@@ -179,10 +179,17 @@ func (s *Store) Accept(ctx context.Context, items []relay.Item, now time.Time) (
 	sinkFirst[len(items)] = int32(len(sinkNames) + 1)
 	slices.Sort(locks)
 	locks = slices.Compact(locks)
+	sinkKeys := orderKeys(items, len(sinkNames))
 	start := time.Now()
 	var dup []bool
-	err := s.pool.QueryRow(ctx, "SELECT accept($1, $2, $3, $4, $5, $6, $7)",
-		keys, datas, sinkFirst, sinkNames, locks, now, s.opt.DedupWindow).Scan(&dup)
+	var err error
+	if sinkKeys == nil {
+		err = s.pool.QueryRow(ctx, "SELECT accept($1, $2, $3, $4, $5, $6, $7)",
+			keys, datas, sinkFirst, sinkNames, locks, now, s.opt.DedupWindow).Scan(&dup)
+	} else {
+		err = s.pool.QueryRow(ctx, "SELECT accept_keyed($1, $2, $3, $4, $5, $6, $7, $8)",
+			keys, datas, sinkFirst, sinkNames, sinkKeys, locks, now, s.opt.DedupWindow).Scan(&dup)
+	}
 	if o := s.obs.Load(); o != nil && o.Commit != nil {
 		o.Commit(time.Since(start), err)
 	}
@@ -233,7 +240,8 @@ func (s *Store) ensurePartition(ctx context.Context, now time.Time) error {
 
 // readyQuery claims up to $3 ready deliveries of sink $1 after seq $2 for replica $4: only
 // when this replica owns the sink's queue (or takes it over from a replica whose lease $5
-// lapsed), and only deliveries not claimed by another live replica.
+// lapsed), only deliveries not claimed by another live replica, and only deliveries whose
+// ordering key (if any) has no older pending delivery, ready, scheduled or claimed (order.go).
 const readyQuery = `
 WITH live AS (
 	SELECT id FROM replicas WHERE heartbeat > now() - $5::interval
@@ -249,6 +257,8 @@ WITH live AS (
 	SELECT d.seq FROM deliveries d
 	WHERE d.sink = $1 AND d.state = 0 AND d.seq > $2 AND EXISTS (SELECT 1 FROM own)
 	  AND (d.owner IS NULL OR d.owner = $4 OR d.owner NOT IN (SELECT id FROM live))
+	  AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o
+	       WHERE o.sink = d.sink AND o.order_key = d.order_key AND o.seq < d.seq))
 	ORDER BY d.seq LIMIT $3
 	FOR UPDATE OF d SKIP LOCKED
 )

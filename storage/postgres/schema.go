@@ -13,7 +13,7 @@ import (
 // SchemaVersion is the version of the database schema this binary writes. Open migrates an
 // older schema up to it and refuses a newer one: an older binary must not write a schema it
 // does not know.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // ErrSchemaTooNew is wrapped by Open's error when the database was migrated by a newer hubrelay.
 var ErrSchemaTooNew = errors.New("database schema is newer than this hubrelay")
@@ -206,6 +206,50 @@ BEGIN
 	-- One seq per new item, in item order (ordinality order).
 	INSERT INTO deliveries (sink, seq, first_at, data)
 	SELECT DISTINCT ON (s.seq, sink_names[j]) sink_names[j], s.seq, now, s.data
+	FROM (SELECT it.i, it.data, nextval('item_seq') AS seq
+	      FROM unnest(datas, dup) WITH ORDINALITY AS it(data, dup, i) WHERE NOT it.dup ORDER BY it.i) s,
+	     generate_series(sink_first[s.i], sink_first[s.i + 1] - 1) AS j;
+	RETURN dup;
+END
+$$;
+`,
+	// 6: each delivery's ordering key (a sink's order_by): the claim skips a delivery whose key
+	// has an older pending one (order.go). accept_keyed is version 5's accept with the keys;
+	// accept stays for replicas of the previous version during a rolling upgrade (their
+	// changes are accepted without keys).
+	`
+ALTER TABLE deliveries ADD COLUMN order_key text;
+CREATE INDEX deliveries_order ON deliveries (sink, order_key, seq) WHERE order_key IS NOT NULL;
+CREATE FUNCTION accept_keyed(keys bytea[], datas bytea[], sink_first int[], sink_names text[],
+                             sink_keys text[], locks bigint[], now timestamptz, win interval) RETURNS bool[]
+LANGUAGE plpgsql AS $$
+DECLARE
+	cutoff     timestamptz := now - win;
+	cutoff_day date := (cutoff AT TIME ZONE 'UTC')::date;
+	l          bigint;
+	dup        bool[];
+BEGIN
+	IF locks IS NOT NULL THEN
+		FOREACH l IN ARRAY locks LOOP
+			PERFORM pg_advisory_xact_lock(l);
+		END LOOP;
+	END IF;
+	-- A repeat: a key seen in the window (one index probe per key, whatever plan is cached),
+	-- or earlier in this same call.
+	SELECT coalesce(array_agg(NOT fresh ORDER BY i), '{}') INTO dup FROM (
+		SELECT k.i, k.key IS NULL OR (row_number() OVER (PARTITION BY k.key ORDER BY k.i) = 1 AND seen.hit IS NULL) AS fresh
+		FROM unnest(keys) WITH ORDINALITY AS k(key, i)
+		LEFT JOIN LATERAL (
+			SELECT 1 AS hit FROM dedup d
+			WHERE d.key = k.key AND d.at > cutoff AND d.day >= cutoff_day LIMIT 1
+		) seen ON true
+	) f;
+	INSERT INTO dedup (key, at, day)
+	SELECT k.key, now, (now AT TIME ZONE 'UTC')::date
+	FROM unnest(keys, dup) AS k(key, dup) WHERE NOT k.dup AND k.key IS NOT NULL;
+	-- One seq per new item, in item order (ordinality order).
+	INSERT INTO deliveries (sink, seq, first_at, data, order_key)
+	SELECT DISTINCT ON (s.seq, sink_names[j]) sink_names[j], s.seq, now, s.data, nullif(sink_keys[j], '')
 	FROM (SELECT it.i, it.data, nextval('item_seq') AS seq
 	      FROM unnest(datas, dup) WITH ORDINALITY AS it(data, dup, i) WHERE NOT it.dup ORDER BY it.i) s,
 	     generate_series(sink_first[s.i], sink_first[s.i + 1] - 1) AS j;
