@@ -35,9 +35,14 @@ func (s *Spool) Scheduled(sink string, after uint64, max int) ([]Delivery, error
 			if err != nil {
 				return fmt.Errorf("delivery %d: %w", seq, err)
 			}
-			data := b.items.Get(k)
-			if data == nil {
+			v = b.items.Get(k)
+			if v == nil {
 				s.log.Error("spool delivery without item data, skipped", "sink", sink, "seq", seq)
+				continue
+			}
+			_, data, err := decItem(seq, v)
+			if err != nil {
+				s.damagedItem(sink, seq) // as Ready does: never handed out as if genuine
 				continue
 			}
 			out = append(out, Delivery{
