@@ -117,6 +117,34 @@ func subcommands(group string) []*command {
 	return out
 }
 
+// subcommand returns which command of the group named group ("deadletter") args[0] names. With
+// none, with help asked for, or with a name none of the group's commands has, it writes what
+// to do and returns errUsage or errHelp.
+func subcommand(group string, args []string, e env) (string, error) {
+	g := lookup(group)
+	var names []string
+	for _, c := range subcommands(group) {
+		names = append(names, strings.TrimPrefix(c.name, group+" "))
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(e.stderr, "hubrelay "+group+": missing command: "+strings.Join(names, ", "))
+		g.shortUsage(e.stderr)
+		return "", errUsage
+	}
+	sub := args[0]
+	switch sub {
+	case "-h", "-help", "--help", "help":
+		g.help(e.stdout, nil)
+		return "", errHelp
+	}
+	if !slices.Contains(names, sub) {
+		unknownCommand(e.stderr, "hubrelay "+group, sub, names)
+		g.shortUsage(e.stderr)
+		return "", errUsage
+	}
+	return sub, nil
+}
+
 // topUsage writes the program's usage: every visible top-level command with its summary.
 func topUsage(w io.Writer) {
 	fmt.Fprint(w, "hubrelay receives Meta webhooks and relays every change to your services.\n\nUsage:\n  hubrelay COMMAND [flags] [arguments]\n\nCommands:\n")

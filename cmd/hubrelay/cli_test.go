@@ -46,6 +46,8 @@ func TestCLI_MisuseGolden(t *testing.T) {
 		{"sinks-pause-help", []string{"sinks", "pause", "-h"}},
 		{"sinks-pause-no-name", []string{"sinks", "pause", "-config", "x.yaml"}},
 		{"sinks-list-stray", []string{"sinks", "list", "-config", "x.yaml", "orders"}},
+		{"spool-none", []string{"spool"}},
+		{"spool-typo", []string{"spool", "recovr"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"slices"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -103,26 +101,9 @@ type deadLetterCommand struct {
 // parseDeadLetter reads the subcommand, its flags and the letter IDs; help and usage errors
 // are printed and returned as errHelp or errUsage.
 func parseDeadLetter(args []string, e env) (*deadLetterCommand, error) {
-	group := lookup("deadletter")
-	var names []string
-	for _, c := range subcommands("deadletter") {
-		names = append(names, strings.TrimPrefix(c.name, "deadletter "))
-	}
-	if len(args) == 0 {
-		fmt.Fprintln(e.stderr, "hubrelay deadletter: missing command: "+strings.Join(names, ", "))
-		group.shortUsage(e.stderr)
-		return nil, errUsage
-	}
-	sub := args[0]
-	switch sub {
-	case "-h", "-help", "--help", "help":
-		group.help(e.stdout, nil)
-		return nil, errHelp
-	}
-	if !slices.Contains(names, sub) {
-		unknownCommand(e.stderr, "hubrelay deadletter", sub, names)
-		group.shortUsage(e.stderr)
-		return nil, errUsage
+	sub, err := subcommand("deadletter", args, e)
+	if err != nil {
+		return nil, err
 	}
 	fs := newFlags("deadletter "+sub, e)
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")

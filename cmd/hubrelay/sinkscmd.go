@@ -36,26 +36,9 @@ import (
 //     admin.listen, with admin.token. Without admin.listen the command says so and changes
 //     nothing: a spool a relay holds is never opened by a second process.
 func runSinks(ctx context.Context, args []string, e env) error {
-	group := lookup("sinks")
-	var names []string
-	for _, c := range subcommands("sinks") {
-		names = append(names, strings.TrimPrefix(c.name, "sinks "))
-	}
-	if len(args) == 0 {
-		fmt.Fprintln(e.stderr, "hubrelay sinks: missing command: "+strings.Join(names, ", "))
-		group.shortUsage(e.stderr)
-		return errUsage
-	}
-	sub := args[0]
-	switch sub {
-	case "-h", "-help", "--help", "help":
-		group.help(e.stdout, nil)
-		return errHelp
-	}
-	if !slices.Contains(names, sub) {
-		unknownCommand(e.stderr, "hubrelay sinks", sub, names)
-		group.shortUsage(e.stderr)
-		return errUsage
+	sub, err := subcommand("sinks", args, e)
+	if err != nil {
+		return err
 	}
 	fs := newFlags("sinks "+sub, e)
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")

@@ -6,31 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"slices"
-	"strings"
 
 	"github.com/hubrelay/hubrelay/relay/spool"
 )
 
 // runSpool checks and repairs the embedded spool in storage.dir.
 func runSpool(args []string, e env) error {
-	group := lookup("spool")
-	names := []string{"verify", "recover"}
-	if len(args) == 0 {
-		fmt.Fprintln(e.stderr, "hubrelay spool: missing command: "+strings.Join(names, ", "))
-		group.shortUsage(e.stderr)
-		return errUsage
-	}
-	sub := args[0]
-	switch sub {
-	case "-h", "-help", "--help", "help":
-		group.help(e.stdout, nil)
-		return errHelp
-	}
-	if !slices.Contains(names, sub) {
-		unknownCommand(e.stderr, "hubrelay spool", sub, names)
-		group.shortUsage(e.stderr)
-		return errUsage
+	sub, err := subcommand("spool", args, e)
+	if err != nil {
+		return err
 	}
 	fs := newFlags("spool "+sub, e)
 	cfgPath := fs.String("config", "hubrelay.yaml", "config `file`")
