@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -217,7 +218,7 @@ func (d *decoder) addPairs(f fields, n *yaml.Node, path string, allowed []string
 		if path == "" && strings.HasPrefix(name, "x-") {
 			continue // a top-level extension key, a place for anchors
 		}
-		if !contains(allowed, name) {
+		if !slices.Contains(allowed, name) {
 			d.problem(k, p, "unknown key %q%s", name, suggest(name, allowed))
 			continue
 		}
@@ -491,7 +492,7 @@ func (d *decoder) oneOf(n *yaml.Node, path string, choices ...string) (string, b
 	if !ok {
 		return "", false
 	}
-	if !contains(choices, s) {
+	if !slices.Contains(choices, s) {
 		d.problem(n, path, "invalid value %q: use %s%s", s, orList(choices), suggest(s, choices))
 		return "", false
 	}
@@ -523,15 +524,6 @@ func orList(choices []string) string {
 		return choices[0]
 	}
 	return strings.Join(choices[:len(choices)-1], ", ") + " or " + choices[len(choices)-1]
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // suggest returns ` (did you mean "x"?)` for the choice nearest to s, if one is near enough

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -85,7 +86,7 @@ func (d *decoder) sinks(n *yaml.Node, path string) ([]Sink, map[string]bool) {
 		typ := ""
 		if e, ok := f["type"]; ok {
 			if v, ok := d.str(e.val, join(p, "type")); ok {
-				if contains(sinkTypes, v) {
+				if slices.Contains(sinkTypes, v) {
 					typ = v
 				} else {
 					d.problem(e.val, join(p, "type"), "unknown sink type %q: use http, slack or file%s", v, suggest(v, sinkTypes))
@@ -101,7 +102,7 @@ func (d *decoder) sinks(n *yaml.Node, path string) ([]Sink, map[string]bool) {
 		s.Name = name
 		for _, key := range sinkKeyOrder {
 			e, ok := f[key]
-			if types := sinkKeys[key]; ok && types != nil && !contains(types, typ) {
+			if types := sinkKeys[key]; ok && types != nil && !slices.Contains(types, typ) {
 				d.problem(e.key, join(p, key), "%s is not an option of a%s %s sink", key, article(typ), typ)
 				delete(f, key)
 			}
