@@ -210,8 +210,17 @@ func (d *DeadLetters) Replay(ctx context.Context, l *deadletter.Letter, router *
 		return fmt.Errorf("replay dead letter %s: %w", l.ID, fs.ErrNotExist)
 	}
 	var dup []bool
-	if err := tx.QueryRow(ctx, "SELECT accept($1, $2, $3, $4, NULL, $5, $6)",
-		[][]byte{nil}, [][]byte{it.Data}, []int32{1, int32(len(it.Sinks) + 1)}, it.Sinks, now, d.s.opt.DedupWindow).Scan(&dup); err != nil {
+	first := []int32{1, int32(len(it.Sinks) + 1)}
+	if keys := orderKeys([]relay.Item{it}, len(it.Sinks)); keys == nil {
+		err = tx.QueryRow(ctx, "SELECT accept($1, $2, $3, $4, NULL, $5, $6)",
+			[][]byte{nil}, [][]byte{it.Data}, first, it.Sinks, now, d.s.opt.DedupWindow).Scan(&dup)
+	} else {
+		// Keyed: the replayed change goes behind the pending changes of its ordering key, and
+		// no replica is handed a later one of that key before it.
+		err = tx.QueryRow(ctx, "SELECT accept_keyed($1, $2, $3, $4, $5, NULL, $6, $7)",
+			[][]byte{nil}, [][]byte{it.Data}, first, it.Sinks, keys, now, d.s.opt.DedupWindow).Scan(&dup)
+	}
+	if err != nil {
 		return fmt.Errorf("replay dead letter %s: %w", l.ID, err)
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hubrelay/hubrelay/relay"
+	"github.com/hubrelay/hubrelay/relay/deadletter"
 	"github.com/hubrelay/hubrelay/storage/postgres"
 	"github.com/hubrelay/hubrelay/storage/postgres/pgtest"
 )
@@ -82,5 +83,48 @@ func TestReplicas_OrderKeyClaims(t *testing.T) {
 	}
 	if got := readySeqs(t, b, "bot"); fmt.Sprint(got) != fmt.Sprint([]uint64{k2}) {
 		t.Fatalf("after k1: Ready = %v, want [%d] (then %d)", got, k2, k3)
+	}
+}
+
+// A replayed dead letter of an ordered sink keeps its ordering key in the database: it waits
+// behind the pending changes of its key, and the later ones wait behind it.
+func TestDeadLetters_ReplayKeepsOrderKey(t *testing.T) {
+	t.Parallel()
+	url := pgtest.URL(t)
+	schema := pgtest.Schema(t, url)
+	s := open(t, url, schema, postgres.Options{})
+	defer s.Close()
+	if _, err := s.Accept(context.Background(), []relay.Item{keyed("k2", "bot", "K")}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	k2 := readySeqs(t, s, "bot")
+	if len(k2) != 1 {
+		t.Fatalf("bot: Ready = %v, want k2 alone", k2)
+	}
+	change := []byte(`{"id":"k1","object":"page","field":"feed","entry_id":"1","value":{}}`)
+	l := &deadletter.Letter{ID: "replay-k1", ChangeID: "k1", Sink: "bot", OrderKey: "K", Change: change,
+		Reason: "giving up after 3 attempt(s): status 503", FirstAt: time.Now()}
+	dl := s.DeadLetters()
+	if err := dl.Write(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := dl.Replay(context.Background(), l, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Done("bot", k2[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Accept(context.Background(), []relay.Item{keyed("k3", "bot", "K")}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// The replayed k1 is the oldest pending change of K now: Ready hands it out alone, and
+	// k3, accepted after it, waits.
+	got := readySeqs(t, s, "bot")
+	if len(got) != 1 || got[0] <= k2[0] {
+		t.Fatalf("bot after replaying k1 and accepting k3: Ready = %v, want the replayed k1 alone", got)
+	}
+	ds, err := s.Ready("bot", 0, 10)
+	if err != nil || len(ds) != 1 || relay.OrderKeyOf(ds[0].Data, "bot") != "K" {
+		t.Fatalf("Ready = %+v, %v; want the replayed change with key K", ds, err)
 	}
 }
