@@ -31,28 +31,13 @@ func (s *Spool) Scheduled(sink string, after uint64, max int) ([]Delivery, error
 				s.log.Error("spool schedule index without its delivery, skipped", "sink", sink, "seq", seq)
 				continue
 			}
-			attempt, firstAt, history, err := decMeta(v)
+			d, ok, err := s.fileDelivery(b, sink, k, v)
 			if err != nil {
-				return fmt.Errorf("delivery %d: %w", seq, err)
+				return err
 			}
-			v = b.items.Get(k)
-			if v == nil {
-				s.log.Error("spool delivery without item data, skipped", "sink", sink, "seq", seq)
-				continue
+			if ok {
+				out = append(out, d)
 			}
-			_, data, err := decItem(seq, v)
-			if err != nil {
-				s.damagedItem(sink, seq) // as Ready does: never handed out as if genuine
-				continue
-			}
-			out = append(out, Delivery{
-				Sink:    sink,
-				Seq:     seq,
-				Data:    append([]byte{}, data...),
-				Attempt: attempt,
-				FirstAt: firstAt,
-				History: cloneBytes(history),
-			})
 		}
 		return nil
 	})

@@ -46,32 +46,13 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 		}
 		c := rb.Cursor()
 		for k, v := c.Seek(encUint(after + 1)); k != nil && len(out) < max; k, v = c.Next() {
-			seq := decUint(k)
-			attempt, firstAt, history, err := decMeta(v)
+			d, ok, err := s.fileDelivery(b, sink, k, v)
 			if err != nil {
-				return fmt.Errorf("delivery %d: %w", seq, err)
+				return err
 			}
-			v := b.items.Get(k)
-			if v == nil {
-				// Nothing to deliver; failing the read would stop the sink for good.
-				s.log.Error("spool delivery without item data, skipped", "sink", sink, "seq", seq)
-				continue
+			if ok {
+				out = append(out, d)
 			}
-			_, data, err := decItem(seq, v)
-			if err != nil {
-				// Never delivered as if genuine: held back, counted, and the next Open
-				// refuses the file until hubrelay spool recover sets it aside.
-				s.damagedItem(sink, seq)
-				continue
-			}
-			out = append(out, Delivery{
-				Sink:    sink,
-				Seq:     seq,
-				Data:    append([]byte{}, data...),
-				Attempt: attempt,
-				FirstAt: firstAt,
-				History: cloneBytes(history),
-			})
 		}
 		return nil
 	})
@@ -424,4 +405,35 @@ func cloneBytes(b []byte) []byte {
 		return nil
 	}
 	return append([]byte{}, b...)
+}
+
+// fileDelivery reads the delivery of sink whose item key is k and whose delivery record
+// (attempt, first seen, history) is meta, for Ready and Scheduled. ok is false when the
+// delivery is skipped: its item is missing (logged; failing the read would stop the sink for
+// good) or fails its checksum (never delivered as if genuine: held back, counted, and the next
+// Open refuses the file until hubrelay spool recover sets it aside).
+func (s *Spool) fileDelivery(b buckets, sink string, k, meta []byte) (d Delivery, ok bool, err error) {
+	seq := decUint(k)
+	attempt, firstAt, history, err := decMeta(meta)
+	if err != nil {
+		return Delivery{}, false, fmt.Errorf("delivery %d: %w", seq, err)
+	}
+	v := b.items.Get(k)
+	if v == nil {
+		s.log.Error("spool delivery without item data, skipped", "sink", sink, "seq", seq)
+		return Delivery{}, false, nil
+	}
+	_, data, err := decItem(seq, v)
+	if err != nil {
+		s.damagedItem(sink, seq)
+		return Delivery{}, false, nil
+	}
+	return Delivery{
+		Sink:    sink,
+		Seq:     seq,
+		Data:    append([]byte{}, data...),
+		Attempt: attempt,
+		FirstAt: firstAt,
+		History: cloneBytes(history),
+	}, true, nil
 }
