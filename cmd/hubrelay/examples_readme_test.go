@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"net/http"
 	"os"
 	"os/exec"
@@ -58,32 +57,7 @@ func TestExamplesReadme_TryOne(t *testing.T) {
 
 	srv := exec.Command(bin, args...)
 	srv.Dir = dir
-	stderr, _ := srv.StderrPipe()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	addrc := make(chan string, 1)
-	var logs strings.Builder
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		re := regexp.MustCompile(`msg="hubrelay listening".* addr=(\S+)|"msg":"hubrelay listening".*?"addr":"([^"]+)"`)
-		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				addrc <- m[1] + m[2]
-			}
-		}
-		close(addrc)
-	}()
-	var got string
-	select {
-	case got = <-addrc:
-	case <-time.After(60 * time.Second):
-	}
-	if got == "" {
-		t.Fatalf("the relay did not log hubrelay listening:\n%s", logs.String())
-	}
+	got, logs := startListening(t, srv)
 	if resp, err := http.Get("http://" + got + "/healthz"); err == nil {
 		resp.Body.Close()
 	}
@@ -92,7 +66,7 @@ func TestExamplesReadme_TryOne(t *testing.T) {
 	sargs[len(sargs)-1] = filepath.Join(repo, sargs[len(sargs)-1]) // relative to the repository root, where the README runs it
 	out, err := exec.Command(bin, sargs...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "200 OK") || !strings.Contains(string(out), `"new":1`) {
-		t.Fatalf("%s: %v\n%s\nrelay log:\n%s", send, err, out, logs.String())
+		t.Fatalf("%s: %v\n%s\nrelay log:\n%s", send, err, out, logs())
 	}
 	file := filepath.Join(dir, strings.TrimSpace(strings.TrimPrefix(tail, "tail -f ")))
 	deadline := time.Now().Add(30 * time.Second)
@@ -101,7 +75,7 @@ func TestExamplesReadme_TryOne(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s stays empty 30s after send\nrelay log:\n%s", file, logs.String())
+			t.Fatalf("%s stays empty 30s after send\nrelay log:\n%s", file, logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -103,32 +104,7 @@ func TestReadme_QuickStart(t *testing.T) {
 	srv := exec.Command(bin, "serve", "-config", cfgName[1])
 	srv.Dir = dir
 	srv.Env = append(os.Environ(), "HUBRELAY_VERIFY_TOKEN=", "HUBRELAY_APP_SECRET=")
-	stderr, _ := srv.StderrPipe()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	addrc := make(chan string, 1)
-	var logs strings.Builder
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		re := regexp.MustCompile(`msg="hubrelay listening".* addr=(\S+)|"msg":"hubrelay listening".*?"addr":"([^"]+)"`)
-		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
-			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				addrc <- m[1] + m[2]
-			}
-		}
-		close(addrc)
-	}()
-	var addr string
-	select {
-	case addr = <-addrc:
-	case <-time.After(60 * time.Second):
-	}
-	if addr == "" {
-		t.Fatalf("the relay did not log hubrelay listening with its addr:\n%s", logs.String())
-	}
+	addr, logs := startListening(t, srv)
 
 	// The verification GET: prints the challenge.
 	u := regexp.MustCompile(`'([^']+)'`).FindStringSubmatch(curl)
@@ -152,7 +128,7 @@ func TestReadme_QuickStart(t *testing.T) {
 	cmd.Env = append(os.Environ(), "HUBRELAY_APP_SECRET=")
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "200 OK") || !strings.Contains(string(out), `"new":1`) {
-		t.Fatalf("%s: %v\n%s\nrelay log:\n%s", send, err, out, logs.String())
+		t.Fatalf("%s: %v\n%s\nrelay log:\n%s", send, err, out, logs())
 	}
 
 	// The change is in the file the README says to tail, relative to where serve runs.
@@ -169,8 +145,55 @@ func TestReadme_QuickStart(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s does not hold the sent change %s after 30s\nrelay log:\n%s", tail, id[1], logs.String())
+			t.Fatalf("%s does not hold the sent change %s after 30s\nrelay log:\n%s", tail, id[1], logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startListening starts the relay srv, stops it (SIGINT) when the test ends, and waits until
+// it logs "hubrelay listening" (text or JSON logs). It returns the address logged and a
+// function that returns the relay's log so far, safe to call while the relay still writes.
+func startListening(t *testing.T, srv *exec.Cmd) (addr string, logs func() string) {
+	t.Helper()
+	stderr, err := srv.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Signal(os.Interrupt); srv.Wait() })
+	var mu sync.Mutex
+	var b strings.Builder
+	logs = func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return b.String()
+	}
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		re := regexp.MustCompile(`msg="hubrelay listening".* addr=(\S+)|"msg":"hubrelay listening".*?"addr":"([^"]+)"`)
+		for sc.Scan() {
+			mu.Lock()
+			b.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case addrc <- m[1] + m[2]:
+				default:
+				}
+			}
+		}
+		close(addrc)
+	}()
+	select {
+	case addr = <-addrc:
+	case <-time.After(60 * time.Second):
+	}
+	if addr == "" {
+		t.Fatalf("the relay did not log hubrelay listening with its addr:\n%s", logs())
+	}
+	return addr, logs
 }
