@@ -405,6 +405,10 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 	deltas := map[string]*counts{}
 	readyBuckets := map[string]*bolt.Bucket{}
 	maxSeq := b.items.Sequence()
+	vals := newValueArena(items)
+	var seqB [8]byte // bbolt copies keys, not values
+	var meta []byte  // the ready record of items accepted at metaAt
+	var metaAt int64
 	for i := range items {
 		it := &items[i]
 		at := time.Unix(0, it.at)
@@ -422,21 +426,23 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 		if it.seq == 0 || len(it.sinks) == 0 {
 			continue
 		}
-		seqB := encUint(it.seq)
+		binary.BigEndian.PutUint64(seqB[:], it.seq)
 		sinks, have := it.sinks, uint64(0)
 		if replay {
-			sinks, have = missingDeliveries(b, seqB, it.sinks)
+			sinks, have = missingDeliveries(b, seqB[:], it.sinks)
 			if len(sinks) == 0 {
 				continue
 			}
 		}
-		if err := b.items.Put(seqB, encItem(it.seq, it.sinks, it.data)); err != nil {
+		if err := b.items.Put(seqB[:], appendItem(vals.take(itemLen(it.sinks, it.data)), it.seq, it.sinks, it.data)); err != nil {
 			return fmt.Errorf("put item: %w", err)
 		}
-		if err := b.refs.Put(seqB, binary.AppendUvarint(nil, have+uint64(len(sinks)))); err != nil {
+		if err := b.refs.Put(seqB[:], binary.AppendUvarint(vals.take(binary.MaxVarintLen64), have+uint64(len(sinks)))); err != nil {
 			return fmt.Errorf("put refs: %w", err)
 		}
-		meta := encMeta(nil, 0, at, nil)
+		if meta == nil || metaAt != it.at {
+			meta, metaAt = encMeta(vals.take(metaLen), 0, at, nil), it.at
+		}
 		for _, sink := range sinks {
 			rb := readyBuckets[sink]
 			if rb == nil {
@@ -448,7 +454,7 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 				rb.FillPercent = appendFill
 				readyBuckets[sink] = rb
 			}
-			if err := rb.Put(seqB, meta); err != nil {
+			if err := rb.Put(seqB[:], meta); err != nil {
 				return fmt.Errorf("put delivery: %w", err)
 			}
 			c := deltas[sink]
@@ -478,6 +484,36 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 		}
 	}
 	return nil
+}
+
+// metaLen is the length of a new delivery's record (encMeta with attempt 0, no history).
+const metaLen = 1 + 1 + 8
+
+// valueArena holds the values one applyItems call puts: bbolt keeps the value slices it is
+// given (it copies keys only) until the transaction commits, so each value needs memory of its
+// own, and one allocation for all of them spares the three small ones per item.
+type valueArena struct{ b []byte }
+
+// newValueArena returns an arena large enough for the values applyItems puts for items.
+func newValueArena(items []jItem) *valueArena {
+	n := 0
+	for i := range items {
+		if it := &items[i]; it.seq != 0 && len(it.sinks) > 0 {
+			n += itemLen(it.sinks, it.data) + binary.MaxVarintLen64 + metaLen
+		}
+	}
+	return &valueArena{b: make([]byte, 0, n)}
+}
+
+// take returns an empty slice with room for n bytes that no other value shares; appending up
+// to n bytes to it does not allocate.
+func (a *valueArena) take(n int) []byte {
+	if len(a.b)+n > cap(a.b) {
+		return make([]byte, 0, n)
+	}
+	s := a.b[len(a.b) : len(a.b) : len(a.b)+n]
+	a.b = a.b[:len(a.b)+n]
+	return s
 }
 
 // missingDeliveries returns the sinks among sinks that have no pending delivery of item seqB

@@ -163,3 +163,33 @@ func cpuTime() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkAccept_SinksDown50 models the relay's ingest with its sinks down at 50 changes per
+// POST: 32 callers Accept 50 items of 1 KB each (two sinks) and nobody delivers, so every item
+// is applied to the bbolt file (items, refs, ready entries, dedup keys). It waits for the
+// applies at the end, so "cpu-µs/item" (the process CPU per item) includes them.
+func BenchmarkAccept_SinksDown50(b *testing.B) {
+	s, _ := openTest(b, Options{})
+	data := make([]byte, 1024)
+	var n atomic.Uint64
+	const per = 50
+	cpu0 := cpuTime()
+	b.ResetTimer()
+	b.SetParallelism(max(1, 32/runtime.GOMAXPROCS(0)))
+	b.RunParallel(func(pb *testing.PB) {
+		items := make([]Item, per)
+		for pb.Next() {
+			for i := range items {
+				items[i] = benchItem(n.Add(1), data)
+			}
+			if _, err := s.Accept(context.Background(), items, time.Now()); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	s.apply.waitApplied()
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1e3/float64(b.N*per), "cpu-µs/item")
+	b.ReportMetric(float64(b.N*per)/b.Elapsed().Seconds(), "items/s")
+}

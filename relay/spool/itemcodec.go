@@ -22,18 +22,29 @@ var errItemChecksum = errors.New("item fails its checksum")
 
 // encItem encodes an item's value.
 func encItem(seq uint64, sinks []string, data []byte) []byte {
+	return appendItem(make([]byte, 0, itemLen(sinks, data)), seq, sinks, data)
+}
+
+// itemLen is the most bytes appendItem appends for an item.
+func itemLen(sinks []string, data []byte) int {
 	n := 4 + binary.MaxVarintLen64 + len(data)
 	for _, s := range sinks {
 		n += binary.MaxVarintLen64 + len(s)
 	}
-	b := make([]byte, 4, n)
+	return n
+}
+
+// appendItem appends the encoding of an item's value to dst.
+func appendItem(dst []byte, seq uint64, sinks []string, data []byte) []byte {
+	start := len(dst)
+	b := append(dst, 0, 0, 0, 0)
 	b = binary.AppendUvarint(b, uint64(len(sinks)))
 	for _, s := range sinks {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
 	b = append(b, data...)
-	binary.BigEndian.PutUint32(b, itemSum(seq, b[4:]))
+	binary.BigEndian.PutUint32(b[start:], itemSum(seq, b[start+4:]))
 	return b
 }
 
