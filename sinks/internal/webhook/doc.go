@@ -1,6 +1,11 @@
 // Package webhook is the HTTP delivery core shared by the http and slack sinks: one POST per
-// attempt through go-retryablehttp, classified into the errors relay.Sink promises, with every
-// secret kept out of logs and error messages.
+// attempt with go-retryablehttp's retry policy, classified into the errors relay.Sink
+// promises, with every secret kept out of logs and error messages.
+//
+// A plain-http destination reached without a proxy, with the default client, is spoken to
+// directly (h1.go: the request written and its answer read on the caller's goroutine, over a
+// pool of keep-alive connections); https, a proxy or a caller's own http.Client go through
+// net/http.
 //
 // Within one Do call the request is retried quickly (Config.Retries times) on connection
 // errors, timeouts, 408, 429 and 5xx other than 501, waiting with capped exponential backoff

@@ -84,6 +84,8 @@ type Client struct {
 	prefix   string   // "name: METHOD redacted-url: "
 	u        *url.URL // url parsed once; each request gets a copy
 	hc       *http.Client
+	h1       *h1           // attempts without net/http's transport, when the destination allows (h1.go)
+	timeout  time.Duration // hc.Timeout: each attempt's bound
 	retries  int           // quick retries after the first attempt
 	minB     time.Duration // the quick retries' backoff bounds
 	maxB     time.Duration
@@ -156,6 +158,10 @@ func New(c Config) (*Client, error) {
 	}
 	wc.hc = &hc
 	wc.u = u
+	wc.timeout = hc.Timeout
+	if c.Client == nil {
+		wc.h1 = newH1(u, method)
+	}
 	wc.retries, wc.minB, wc.maxB = c.Retries, minB, maxB
 	wc.logger = &scrubLogger{l: logger.With(keySink, c.Name), scrub: wc.scrub, url: wc.redacted}
 	return wc, nil
@@ -186,7 +192,7 @@ func (c *Client) Do(ctx context.Context, header http.Header, body []byte) error 
 		c.logger.Debug("performing request", "method", c.method, "url", c.redacted)
 	}
 	for attempt := 0; ; attempt++ {
-		resp, doErr := c.hc.Do(c.request(ctx, header, host, body))
+		resp, doErr := c.roundTrip(ctx, header, host, body)
 		retry, checkErr := checkRetry(ctx, resp, doErr)
 		if doErr != nil && debug {
 			c.logger.Error("request failed", "error", doErr, "method", c.method, "url", c.redacted)
@@ -222,6 +228,14 @@ func (c *Client) Do(ctx context.Context, header http.Header, body []byte) error 
 		case <-timer.C:
 		}
 	}
+}
+
+// roundTrip makes one attempt: through h1 when the destination allows, else net/http.
+func (c *Client) roundTrip(ctx context.Context, header http.Header, host string, body []byte) (*http.Response, error) {
+	if c.h1 != nil {
+		return c.h1.roundTrip(ctx, header, host, body, c.timeout)
+	}
+	return c.hc.Do(c.request(ctx, header, host, body))
 }
 
 // request builds one attempt's request: the URL parsed by New (copied, since a request owns
