@@ -44,7 +44,8 @@ type h1 struct {
 // h1Conn is one connection of an h1 pool.
 type h1Conn struct {
 	nc     net.Conn
-	br     *bufio.Reader
+	lr     io.LimitedReader // nc, up to what one answer may bring (answerLimit)
+	br     *bufio.Reader    // reads lr
 	bw     *bufio.Writer
 	idleAt time.Time
 }
@@ -77,6 +78,11 @@ func newH1(u *url.URL, method string) *h1 {
 // defaultMaxIdlePerHost is the idle connections a sink keeps (defaultClient's
 // MaxIdleConnsPerHost).
 const defaultMaxIdlePerHost = 64
+
+// answerLimit bounds what one exchange reads of a connection, as the default transport's
+// MaxResponseHeaderBytes bounds the header (10 MiB), plus the part of a body that is read
+// (drainLimit): a destination sending an endless header costs a failed attempt, not memory.
+const answerLimit = 10<<20 + drainLimit
 
 // errStale marks a failure on a reused connection before any byte of the answer arrived.
 var errStale = errors.New("reused connection closed by the server")
@@ -111,6 +117,7 @@ func (h *h1) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, heade
 	if err := pc.nc.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
+	pc.lr.N = answerLimit
 	stop := context.AfterFunc(ctx, func() { _ = pc.nc.SetDeadline(aLongTimeAgo) })
 	if err := h.writeRequest(pc.bw, header, host, body); err != nil {
 		stop()
@@ -239,7 +246,9 @@ func (h *h1) get(ctx context.Context, deadline time.Time) (*h1Conn, bool, error)
 	if err != nil {
 		return nil, false, err
 	}
-	return &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}, false, nil
+	pc := &h1Conn{nc: nc, lr: io.LimitedReader{R: nc}, bw: bufio.NewWriterSize(nc, 4096)}
+	pc.br = bufio.NewReaderSize(&pc.lr, 4096)
+	return pc, false, nil
 }
 
 // put gives a connection whose answer was read to the end back to the pool.

@@ -194,3 +194,36 @@ func TestH1_NotUsed(t *testing.T) {
 		}
 	}
 }
+
+// TestH1_EndlessHeader: an answer whose header never ends fails the attempt once answerLimit
+// is read, instead of growing memory.
+func TestH1_EndlessHeader(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(nc)); err != nil {
+			return
+		}
+		line := []byte("X-Pad: " + strings.Repeat("x", 1000) + "\r\n")
+		if _, err := io.WriteString(nc, "HTTP/1.1 200 OK\r\n"); err != nil {
+			return
+		}
+		for {
+			if _, err := nc.Write(line); err != nil {
+				return
+			}
+		}
+	}()
+	c := newTestClient(t, "http://"+ln.Addr().String()+"/hook", 0)
+	if err := c.Do(context.Background(), nil, []byte(`{}`)); err == nil {
+		t.Fatal("Do = nil for an answer whose header never ends")
+	}
+}
