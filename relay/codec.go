@@ -51,6 +51,25 @@ func AppendBinary(dst []byte, ev *Event) []byte {
 	return dst
 }
 
+// binarySizeMax is an upper bound of len(AppendBinary(nil, ev)): the bytes of its strings
+// and value, and the most every length, number and count can take as varints. A buffer of
+// that capacity is encoded into without growing.
+func binarySizeMax(ev *Event) int {
+	const v = binary.MaxVarintLen64
+	n := 2 + len(ev.ID) + len(ev.App) + len(ev.Object) + len(ev.Entry.ID) + len(ev.Entry.UID) +
+		len(ev.Entry.TimeJSON) + len(ev.Field) + len(ev.Verb) + len(ev.Value) + len(ev.Signature) + 15*v
+	for _, r := range ev.Rules {
+		n += v + len(r)
+	}
+	for _, r := range ev.RuleErrors {
+		n += 2*v + len(r.Rule) + len(r.Class)
+	}
+	for _, o := range ev.Order {
+		n += 2*v + len(o.Sink) + len(o.Key)
+	}
+	return n
+}
+
 func appendString(dst []byte, s string) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(s)))
 	return append(dst, s...)

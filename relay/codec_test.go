@@ -59,3 +59,21 @@ func TestCodec_Versions(t *testing.T) {
 		}
 	}
 }
+
+// TestBinarySizeMax: the bound the receiver sizes its item buffer with holds for events with
+// and without every optional part, with numbers that take the longest varints.
+func TestBinarySizeMax(t *testing.T) {
+	long := string(make([]byte, 300)) // a length of two varint bytes
+	for _, ev := range []Event{
+		{},
+		{ID: "wa:1", App: "shop", Object: "whatsapp_business_account", Entry: Entry{ID: "1", Time: 1700000000, TimeJSON: "1700000000"},
+			Field: "messages", Source: SourceChanges, Value: []byte(`{"messages":[]}`), ReceivedAt: time.Now(), Rules: []string{"r"}},
+		{ID: long, App: long, Object: long, Entry: Entry{ID: long, UID: long, Time: -1 << 63, TimeJSON: long}, Field: long, Verb: long,
+			Source: SourceRaw, Value: []byte(long), Signature: long, ReceivedAt: time.Unix(0, -1<<63),
+			Rules: []string{long, ""}, RuleErrors: []RuleError{{Rule: long, Class: long}}, Order: []OrderKey{{Sink: long, Key: long}, {}}},
+	} {
+		if n, max := len(AppendBinary(nil, &ev)), binarySizeMax(&ev); n > max {
+			t.Errorf("encoded %d bytes, bound %d", n, max)
+		}
+	}
+}

@@ -7,12 +7,12 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,7 +100,7 @@ type Receiver struct {
 }
 
 // NewReceiver returns a Receiver. notify is called with the sinks that got new deliveries after
-// each commit (it must not block); obs may be nil.
+// each commit (it must not block, nor keep or modify the slice); obs may be nil.
 func NewReceiver(cfg ReceiverConfig, sp Spooler, router *Router, notify func(sinks []string), obs Observer, log *slog.Logger) *Receiver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -331,8 +331,7 @@ func (rc *Receiver) route(q *request) {
 	events := q.events
 	routes := make([]Route, len(events))
 	var raw []string
-	var data []byte
-	offs := make([]int, len(events)+1)
+	size := 0
 	for i := range events {
 		ev := &events[i]
 		ev.ID = Key(ev)
@@ -345,13 +344,16 @@ func (rc *Receiver) route(q *request) {
 				"sink", oe.Sink, "class", oe.Class, "change_id", ev.ID)
 		}
 		raw = appendMissing(raw, routes[i].Raw...)
-		offs[i] = len(data)
-		data = AppendBinary(data, ev)
+		size += binarySizeMax(ev)
 	}
-	offs[len(events)] = len(data)
+	// Every item in one buffer sized once, not grown by doubling as the items are appended.
+	// (Were it to grow, the items before would keep the bytes of the old array: still theirs.)
+	data := make([]byte, 0, size)
 	items := make([]Item, len(events), len(events)+1)
 	for i := range events {
-		items[i] = Item{Key: events[i].ID, Data: data[offs[i]:offs[i+1]:offs[i+1]], Sinks: routes[i].Sinks}
+		start := len(data)
+		data = AppendBinary(data, &events[i])
+		items[i] = Item{Key: events[i].ID, Data: data[start:len(data):len(data)], Sinks: routes[i].Sinks}
 	}
 	if len(raw) > 0 {
 		rawEv := rawEvent(events, q.body, q.sig, q.start)
@@ -364,12 +366,22 @@ func (rc *Receiver) route(q *request) {
 // deliveries, and logs and counts every change (dup[i] tells a repeat).
 func (rc *Receiver) accepted(q *request, dup []bool) {
 	log, events, routes := q.log, q.events, q.routes
+	// The sinks to wake: the first new item's own list (notify only reads it), copied only
+	// when another item adds a sink to it.
 	var wake []string
 	for i := range q.items {
-		if !dup[i] {
-			wake = appendMissing(wake, q.items[i].Sinks...)
+		switch {
+		case dup[i]:
+		case wake == nil:
+			wake = q.items[i].Sinks
+		default:
+			wake = appendMissing(wake[:len(wake):len(wake)], q.items[i].Sinks...)
 		}
 	}
+	// The per-change and per-request lines are built only when their level is on: their
+	// attributes alone were ~12 allocations a request at the default level (warn).
+	ctx := q.r.Context()
+	info, debug := log.Enabled(ctx, slog.LevelInfo), log.Enabled(ctx, slog.LevelDebug)
 	var fresh int
 	for i := range events {
 		ev := &events[i]
@@ -377,11 +389,13 @@ func (rc *Receiver) accepted(q *request, dup []bool) {
 			rc.obs.Change(ev, &routes[i], dup[i])
 		}
 		if dup[i] {
-			log.Debug("change duplicate", "change_id", ev.ID, "object", ev.Object, "field", ev.Field)
+			if debug {
+				log.Debug("change duplicate", "change_id", ev.ID, "object", ev.Object, "field", ev.Field)
+			}
 			continue
 		}
 		fresh++
-		rc.logChange(q, ev, &routes[i])
+		rc.logChange(q, ev, &routes[i], info)
 	}
 	if len(wake) > 0 {
 		rc.notify(wake)
@@ -390,24 +404,38 @@ func (rc *Receiver) accepted(q *request, dup []bool) {
 	if fresh == 0 {
 		outcome = OutcomeDuplicate
 	}
-	log.Info("notification accepted", "object", events[0].Object, "changes", len(events), "new", fresh,
-		"duplicates", len(events)-fresh, "bytes", len(q.body), "duration", rc.now().Sub(q.start))
-	q.w.Header().Set("Content-Type", "application/json")
+	if info {
+		log.Info("notification accepted", "object", events[0].Object, "changes", len(events), "new", fresh,
+			"duplicates", len(events)-fresh, "bytes", len(q.body), "duration", rc.now().Sub(q.start))
+	}
+	q.w.Header()["Content-Type"] = contentTypeJSON
 	q.w.WriteHeader(http.StatusOK)
-	q.w.Write(AckBody(len(events), fresh))
+	var ack [160]byte
+	q.w.Write(appendAck(ack[:0], len(events), fresh))
 	rc.observe(q.app.Name, outcome, q.start)
 }
 
+// contentTypeJSON is the Content-Type of every 200 to a notification, one slice shared by all
+// the answers (net/http only reads it) instead of one allocated by Header.Set per request.
+var contentTypeJSON = []string{"application/json"}
+
 // logChange logs a new change: routed, unmatched, or kept as a dead letter because a rule
-// failed to evaluate.
-func (rc *Receiver) logChange(q *request, ev *Event, rt *Route) {
+// failed to evaluate (that one at warn, sampled). info says whether info lines are on.
+func (rc *Receiver) logChange(q *request, ev *Event, rt *Route, info bool) {
+	ruleDL := len(rt.Errors) > 0 && slices.Contains(rt.Sinks, RuleErrorSink)
+	if !info && !ruleDL {
+		return
+	}
 	log := q.log
 	attrs := []any{"change_id", ev.ID, "object", ev.Object, "field", ev.Field, "verb", ev.Verb, "entry_id", ev.Entry.ID}
 	if q.st.cfg.LogPayloads {
 		attrs = append(attrs, "value", string(ev.Value))
 	}
-	if len(rt.Errors) > 0 && slices.Contains(rt.Sinks, RuleErrorSink) {
+	if ruleDL {
 		rc.sample.Log(log, slog.LevelWarn, "ruledl/"+ev.App, "change kept as a dead letter: a rule failed to evaluate", append(attrs, "reason", DescribeRuleErrors(rt.Errors), "rules", rt.Rules)...)
+	}
+	if !info {
+		return
 	}
 	if len(rt.Rules) == 0 {
 		if rt.CatchAll {
@@ -422,11 +450,21 @@ func (rc *Receiver) logChange(q *request, ev *Event, rt *Route) {
 // AckBody is the body of a 200 to a notification: how many of its changes were new and how
 // many were repeats, for a person trying things (Meta ignores it).
 func AckBody(changes, fresh int) []byte {
-	b := fmt.Appendf(nil, `{"changes":%d,"new":%d,"duplicates":%d`, changes, fresh, changes-fresh)
+	return appendAck(nil, changes, fresh)
+}
+
+// appendAck appends AckBody(changes, fresh) to dst.
+func appendAck(dst []byte, changes, fresh int) []byte {
+	dst = append(dst, `{"changes":`...)
+	dst = strconv.AppendInt(dst, int64(changes), 10)
+	dst = append(dst, `,"new":`...)
+	dst = strconv.AppendInt(dst, int64(fresh), 10)
+	dst = append(dst, `,"duplicates":`...)
+	dst = strconv.AppendInt(dst, int64(changes-fresh), 10)
 	if changes > fresh {
-		b = append(b, `,"note":"duplicates were already accepted within storage.dedup_window and are not delivered again"`...)
+		dst = append(dst, `,"note":"duplicates were already accepted within storage.dedup_window and are not delivered again"`...)
 	}
-	return append(b, "}\n"...)
+	return append(dst, "}\n"...)
 }
 
 // clip shortens a client-chosen string for a log line.

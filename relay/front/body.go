@@ -79,12 +79,14 @@ type bodyReader struct {
 	reading map[*bodyRead]struct{}
 }
 
-// bodyRead is one body being read, as preempt sees it.
+// bodyRead is one body being read, as preempt sees it, and then the body handed on: one
+// allocation per request for both.
 type bodyRead struct {
 	start     time.Time
-	rc        *http.ResponseController
+	rc        http.ResponseController
 	got       int64 // bytes read so far
 	preempted bool  // its read deadline was moved to now to free its bytes
+	body      bufferedBody
 }
 
 // preemptMinAge is how long a body has been read before preempt judges its rate, and
@@ -126,7 +128,8 @@ func (b *bodyReader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"content_length", r.ContentLength, "max_body_bytes", max)
 		return
 	}
-	buf, held, err := b.read(w, r, start)
+	me := &bodyRead{start: start, rc: *http.NewResponseController(w)}
+	buf, held, err := b.read(me, r)
 	defer b.release(buf, held)
 	if err != nil {
 		w.Header().Set("Connection", "close")
@@ -149,17 +152,18 @@ func (b *bodyReader) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	r.Body = &bufferedBody{Reader: *bytes.NewReader(buf), b: buf}
+	me.body.b = buf
+	me.body.Reset(buf)
+	r.Body = &me.body
 	r.ContentLength = int64(len(buf))
 	b.next.ServeHTTP(w, r)
 }
 
 // read reads r's body, growing its buffer as bytes arrive and accounting its capacity in
 // inFlight; it returns the buffer and how much of inFlight it holds, also on error.
-func (b *bodyReader) read(w http.ResponseWriter, r *http.Request, start time.Time) (buf []byte, held int64, err error) {
-	rc := http.NewResponseController(w)
+func (b *bodyReader) read(me *bodyRead, r *http.Request) (buf []byte, held int64, err error) {
+	rc, start := &me.rc, me.start
 	defer rc.SetReadDeadline(time.Time{}) // the server sets its own before the next request
-	me := &bodyRead{start: start, rc: rc}
 	b.mu.Lock()
 	b.reading[me] = struct{}{}
 	b.mu.Unlock()
