@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -76,32 +77,39 @@ func appendString(dst []byte, s string) []byte {
 }
 
 // UnmarshalBinary decodes a spooled event written by AppendBinary, of this version or an
-// earlier one. Value aliases data.
+// earlier one. Value aliases data. The fixed string fields share one allocation (they are read
+// per delivery attempt).
 func UnmarshalBinary(data []byte, ev *Event) error {
 	if len(data) == 0 || data[0] < 1 || data[0] > codecVersion {
 		return fmt.Errorf("decode spooled event: version %v: %w", firstByte(data), errCodec)
 	}
 	version := data[0]
 	d := eventReader{b: data[1:]}
-	ev.ID = d.str()
-	ev.App = d.str()
-	ev.Object = d.str()
-	ev.Entry.ID = d.str()
-	ev.Entry.UID = d.str()
+	var f [numFixed][]byte
+	f[fID] = d.bytes()
+	f[fApp] = d.bytes()
+	f[fObject] = d.bytes()
+	f[fEntryID] = d.bytes()
+	f[fEntryUID] = d.bytes()
 	ev.Entry.Time = d.varint()
-	ev.Entry.TimeJSON = ""
+	f[fTimeJSON] = nil
 	if version >= 2 {
-		ev.Entry.TimeJSON = d.str()
+		f[fTimeJSON] = d.bytes()
 	}
-	ev.Field = d.str()
-	ev.Verb = d.str()
+	f[fField] = d.bytes()
+	f[fVerb] = d.bytes()
 	ev.Source = Source(d.byte())
 	if v := d.bytes(); len(v) > 0 {
 		ev.Value = v
 	} else {
 		ev.Value = nil
 	}
-	ev.Signature = d.str()
+	f[fSignature] = d.bytes()
+	var str [numFixed]string
+	joinStrings(&str, &f)
+	ev.ID, ev.App, ev.Object = str[fID], str[fApp], str[fObject]
+	ev.Entry.ID, ev.Entry.UID, ev.Entry.TimeJSON = str[fEntryID], str[fEntryUID], str[fTimeJSON]
+	ev.Field, ev.Verb, ev.Signature = str[fField], str[fVerb], str[fSignature]
 	ev.ReceivedAt = time.Unix(0, d.varint()).UTC()
 	n := d.uvarint()
 	if n > uint64(len(d.b)) {
@@ -136,6 +144,42 @@ func UnmarshalBinary(data []byte, ev *Event) error {
 		return fmt.Errorf("decode spooled event: %w", errCodec)
 	}
 	return nil
+}
+
+// The fixed string fields of a spooled event, as UnmarshalBinary gathers them.
+const (
+	fID = iota
+	fApp
+	fObject
+	fEntryID
+	fEntryUID
+	fTimeJSON
+	fField
+	fVerb
+	fSignature
+	numFixed
+)
+
+// joinStrings sets out[i] to string(in[i]) for every i, with one allocation for all of them.
+func joinStrings(out *[numFixed]string, in *[numFixed][]byte) {
+	n := 0
+	for _, b := range in {
+		n += len(b)
+	}
+	if n == 0 {
+		return
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	for _, b := range in {
+		sb.Write(b)
+	}
+	all := sb.String()
+	off := 0
+	for i, b := range in {
+		out[i] = all[off : off+len(b)]
+		off += len(b)
+	}
 }
 
 func firstByte(b []byte) any {
