@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -48,6 +49,39 @@ type h1Conn struct {
 	br     *bufio.Reader    // reads lr
 	bw     *bufio.Writer
 	idleAt time.Time
+	// watched is the context whose end cuts the connection's exchanges short (unwatch ends
+	// that), kept from one exchange to the next while the caller's context is the same (the
+	// delivery engine passes one per sink): a watch costs an allocation and a lock of the
+	// context. cut is set, before the deadline is moved into the past, once it ended; the
+	// connection is then not used again.
+	watched context.Context
+	unwatch func() bool
+	cut     atomic.Bool
+}
+
+// watch makes the end of ctx cut pc's exchanges short, and reports false when pc was cut
+// already (by a context that ended).
+func (pc *h1Conn) watch(ctx context.Context) bool {
+	if pc.watched == ctx {
+		return !pc.cut.Load()
+	}
+	if pc.unwatch != nil && !pc.unwatch() {
+		return false // the previous context ended: its cut may still be on its way
+	}
+	pc.watched = ctx
+	pc.unwatch = context.AfterFunc(ctx, func() {
+		pc.cut.Store(true)
+		_ = pc.nc.SetDeadline(aLongTimeAgo)
+	})
+	return true
+}
+
+// close closes pc and ends its watch.
+func (pc *h1Conn) close() {
+	if pc.unwatch != nil {
+		pc.unwatch()
+	}
+	_ = pc.nc.Close()
 }
 
 // newH1 returns the direct HTTP/1.1 client of u, or nil when u needs net/http (https, or a
@@ -104,7 +138,7 @@ func (h *h1) roundTrip(ctx context.Context, header http.Header, host string, bod
 		if err == nil {
 			return resp, nil
 		}
-		_ = pc.nc.Close()
+		pc.close()
 		if !reused || !errors.Is(err, errStale) || ctx.Err() != nil {
 			return nil, err
 		}
@@ -114,29 +148,33 @@ func (h *h1) roundTrip(ctx context.Context, header http.Header, host string, bod
 // exchange writes the request on pc and reads the answer's header. An error wrapping errStale
 // means nothing of an answer arrived and the connection failed as a closed one does.
 func (h *h1) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, header http.Header, host string, body []byte) (*http.Response, error) {
+	if !pc.watch(ctx) {
+		return nil, fmt.Errorf("%w: %w", errStale, context.Canceled)
+	}
+	// The watch moves the deadline into the past once ctx ends; cut, checked after this
+	// deadline is set, tells whether that happened before it (and would be undone by it).
 	if err := pc.nc.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
+	if pc.cut.Load() {
+		return nil, fmt.Errorf("%w: %w", errStale, context.Canceled)
+	}
 	pc.lr.N = answerLimit
-	stop := context.AfterFunc(ctx, func() { _ = pc.nc.SetDeadline(aLongTimeAgo) })
 	if err := h.writeRequest(pc.bw, header, host, body); err != nil {
-		stop()
 		return nil, staleIf(err)
 	}
 	if _, err := pc.br.Peek(1); err != nil {
-		stop()
 		return nil, staleIf(err)
 	}
 	for {
 		resp, err := http.ReadResponse(pc.br, h.req)
 		if err != nil {
-			stop()
 			return nil, fmt.Errorf("read answer: %w", err)
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			continue // an informational answer (103 Early Hints…): the real one follows
 		}
-		resp.Body = &h1Body{h: h, pc: pc, body: resp.Body, reuse: !resp.Close, stop: stop}
+		resp.Body = &h1Body{h: h, pc: pc, body: resp.Body, reuse: !resp.Close}
 		return resp, nil
 	}
 }
@@ -232,8 +270,8 @@ func (h *h1) get(ctx context.Context, deadline time.Time) (*h1Conn, bool, error)
 		pc := h.idle[len(h.idle)-1]
 		h.idle[len(h.idle)-1] = nil
 		h.idle = h.idle[:len(h.idle)-1]
-		if h.idleTimeout > 0 && now.Sub(pc.idleAt) > h.idleTimeout {
-			_ = pc.nc.Close()
+		if (h.idleTimeout > 0 && now.Sub(pc.idleAt) > h.idleTimeout) || pc.cut.Load() {
+			pc.close()
 			continue
 		}
 		h.mu.Unlock()
@@ -253,8 +291,8 @@ func (h *h1) get(ctx context.Context, deadline time.Time) (*h1Conn, bool, error)
 
 // put gives a connection whose answer was read to the end back to the pool.
 func (h *h1) put(pc *h1Conn) {
-	if pc.br.Buffered() > 0 || pc.nc.SetDeadline(time.Time{}) != nil {
-		_ = pc.nc.Close() // bytes beyond the answer: the connection is out of step
+	if pc.br.Buffered() > 0 || pc.nc.SetDeadline(time.Time{}) != nil || pc.cut.Load() {
+		pc.close() // bytes beyond the answer (the connection is out of step), or cut
 		return
 	}
 	pc.idleAt = time.Now()
@@ -265,7 +303,7 @@ func (h *h1) put(pc *h1Conn) {
 	}
 	h.mu.Unlock()
 	if pc != nil {
-		_ = pc.nc.Close()
+		pc.close()
 	}
 }
 
@@ -277,7 +315,6 @@ type h1Body struct {
 	body  io.ReadCloser
 	eof   bool
 	reuse bool
-	stop  func() bool // ends the attempt's watch of its context
 	done  bool
 }
 
@@ -297,11 +334,11 @@ func (b *h1Body) Close() error {
 		return nil
 	}
 	b.done = true
-	watching := b.stop()
-	if b.eof && b.reuse && watching {
+	if b.eof && b.reuse {
 		_ = b.body.Close() // at EOF: nothing left to read
 		b.h.put(b.pc)
 		return nil
 	}
-	return b.pc.nc.Close()
+	b.pc.close()
+	return nil
 }

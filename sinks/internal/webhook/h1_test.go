@@ -227,3 +227,60 @@ func TestH1_EndlessHeader(t *testing.T) {
 		t.Fatal("Do = nil for an answer whose header never ends")
 	}
 }
+
+// TestH1_ContextEndsWhileIdle: a connection watched by a context that ended while it was idle
+// is not used again; the next delivery, under another context, goes out on a new one.
+func TestH1_ContextEndsWhileIdle(t *testing.T) {
+	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) })
+	c := newTestClient(t, srv.URL, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	for range 3 {
+		if err := c.Do(ctx, nil, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := c.Do(ctx, nil, []byte(`{}`)); err == nil || !strings.Contains(err.Error(), "context canceled") {
+		t.Fatalf("Do under an ended context = %v, want context canceled", err)
+	}
+	if err := c.Do(context.Background(), nil, []byte(`{}`)); err != nil {
+		t.Fatalf("Do under a live context after another ended: %v", err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (the first cut when its context ended)", n)
+	}
+}
+
+// TestH1_CancelRace: deliveries from many goroutines, their contexts ended at random moments,
+// each either succeed or report their context's end, and the pool keeps working.
+func TestH1_CancelRace(t *testing.T) {
+	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) })
+	c := newTestClient(t, srv.URL, 0)
+	done := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			for i := range 50 {
+				ctx, cancel := context.WithCancel(context.Background())
+				if (g+i)%3 == 0 {
+					time.AfterFunc(time.Duration(i%5)*50*time.Microsecond, cancel)
+				}
+				err := c.Do(ctx, nil, []byte(`{"n":1}`))
+				ended := ctx.Err() != nil
+				cancel()
+				if err != nil && !ended {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatalf("a delivery under a live context failed: %v", err)
+		}
+	}
+	if err := c.Do(context.Background(), nil, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+}
