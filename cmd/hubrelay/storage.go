@@ -140,7 +140,7 @@ func openPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger,
 func registerPostgresMetrics(reg prometheus.Registerer, pg *postgres.Store) {
 	commit := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "hubrelay_postgres_commit_seconds",
-		Help:    "Latency of one accept transaction (keys, changes and deliveries of a request), by outcome.",
+		Help:    "Latency of one accept transaction (the keys, changes and deliveries of the requests it group-commits), by outcome.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	}, []string{"outcome"})
 	lag := prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -150,17 +150,17 @@ func registerPostgresMetrics(reg prometheus.Registerer, pg *postgres.Store) {
 	}, []string{"sink"})
 	stat := func(f func(s *pgxStat) float64) func() float64 {
 		return func() float64 {
-			st := pg.Pool().Stat()
-			return f(&pgxStat{st.AcquiredConns(), st.IdleConns(), st.TotalConns(), st.MaxConns()})
+			st := pg.PoolStat()
+			return f(&pgxStat{st.Acquired, st.Idle, st.Total, st.Max})
 		}
 	}
 	reg.MustRegister(commit, lag,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_acquired_connections",
-			Help: "Connections of the pool in use now."}, stat(func(s *pgxStat) float64 { return float64(s.acquired) })),
+			Help: "Connections of both pools in use now."}, stat(func(s *pgxStat) float64 { return float64(s.acquired) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_idle_connections",
-			Help: "Connections of the pool open and idle."}, stat(func(s *pgxStat) float64 { return float64(s.idle) })),
+			Help: "Connections of both pools open and idle."}, stat(func(s *pgxStat) float64 { return float64(s.idle) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_max_connections",
-			Help: "The pool's size (storage.postgres.max_conns)."}, stat(func(s *pgxStat) float64 { return float64(s.max) })),
+			Help: "The size of both pools, synchronous and bookkeeping (storage.postgres.max_conns)."}, stat(func(s *pgxStat) float64 { return float64(s.max) })),
 	)
 	pg.SetObserver(&postgres.Observer{
 		Commit: func(d time.Duration, err error) {
