@@ -57,6 +57,7 @@ type h1Conn struct {
 	watched context.Context
 	unwatch func() bool
 	cut     atomic.Bool
+	body    h1Body // the body of the connection's current answer
 }
 
 // watch makes the end of ctx cut pc's exchanges short, and reports false when pc was cut
@@ -191,7 +192,9 @@ func (h *h1) readResponse(pc *h1Conn) (*http.Response, error) {
 			continue // an informational answer (103 Early Hints…): the real one follows
 		}
 		reuse := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
-		resp.Body = &h1Body{h: h, pc: pc, body: resp.Body, reuse: reuse}
+		// One answer at a time per connection: its body lives in the connection.
+		pc.body = h1Body{h: h, pc: pc, body: resp.Body, reuse: reuse}
+		resp.Body = &pc.body
 		return resp, nil
 	}
 }
@@ -343,6 +346,15 @@ type h1Body struct {
 	eof   bool
 	reuse bool
 	done  bool
+	lr    io.LimitedReader // drain's
+}
+
+// drain reads up to limit bytes of the body, so that the connection can be reused, and closes
+// it; it is drain's way for an h1 answer, without an allocation.
+func (b *h1Body) drain(limit int64) {
+	b.lr = io.LimitedReader{R: b, N: limit}
+	_, _ = io.Copy(io.Discard, &b.lr)
+	_ = b.Close()
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
