@@ -36,9 +36,11 @@ type storage struct {
 	dir *deadletter.Dir
 	// pg is the Postgres engine, nil for the embedded one.
 	pg *postgres.Store
-	// releaseMemory hands mapped spool pages back to the OS (embedded engine only).
-	releaseMemory func() error
-	close         func() error
+	// boundMemory and checkMemory keep mapped spool pages from piling up in resident memory
+	// (spool.BoundMemory, spool.CheckMemory; embedded engine only).
+	boundMemory func(above int64) error
+	checkMemory func() error
+	close       func() error
 	// where says where the data lives, for the start-up log line (never the URL).
 	where string
 }
@@ -89,7 +91,7 @@ func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*st
 			return nil, err
 		}
 		return &storage{store: pg, letters: pg.DeadLetters(), pg: pg, close: pg.Close,
-			releaseMemory: func() error { return nil }, where: "postgres schema " + p.Schema}, nil
+			boundMemory: func(int64) error { return nil }, checkMemory: func() error { return nil }, where: "postgres schema " + p.Schema}, nil
 	}
 	spoolPath := filepath.Join(cfg.Storage.Dir, spoolFile)
 	sp, err := embedded.Open(spoolPath, spool.Options{
@@ -108,7 +110,7 @@ func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*st
 		sp.Close()
 		return nil, err // it says "open dead-letter dir: ..."
 	}
-	return &storage{store: sp, letters: dl, dir: dl, releaseMemory: sp.ReleaseMemory, close: sp.Close, where: spoolPath}, nil
+	return &storage{store: sp, letters: dl, dir: dl, boundMemory: sp.BoundMemory, checkMemory: sp.CheckMemory, close: sp.Close, where: spoolPath}, nil
 }
 
 // openPostgres opens the Postgres engine of cfg with open: postgres.Open, which fails when the
