@@ -35,16 +35,17 @@ WITH live AS (
 	  AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o
 	       WHERE o.sink = d.sink AND o.order_key = d.order_key AND o.seq < d.seq))
 	ORDER BY d.seq LIMIT $3
-), c AS (
-	-- Rows are found by seq = ANY (an index condition whatever the planner thinks of the
-	-- table's size: a queue's statistics are often those of an empty table), and the lock
-	-- re-checks that a row is still ready and unclaimed.
-	SELECT d.seq FROM deliveries d
-	WHERE d.sink = $1 AND d.seq = ANY (ARRAY(SELECT seq FROM cand WHERE NOT mine)) AND d.state = 0
-	  AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))
-	FOR UPDATE OF d SKIP LOCKED
 ), u AS (
-	UPDATE deliveries d SET owner = $4 WHERE d.sink = $1 AND d.seq = ANY (ARRAY(SELECT seq FROM c))
+	-- Rows are found by seq = ANY in the primary key (an index condition whatever the planner
+	-- thinks of the table's size: a queue's statistics are often those of an empty table).
+	-- The UPDATE re-checks, on the current version of a row another transaction changed
+	-- meanwhile, that it is still ready and unclaimed, so it needs no FOR UPDATE of its own
+	-- (a lock is one more write per row). The check is state::int = 0, not state = 0, so that
+	-- it cannot pick the partial index deliveries_ready, which has no seq condition to offer
+	-- here: with a backlog that was a scan of the sink's ready rows.
+	UPDATE deliveries d SET owner = $4
+	WHERE d.sink = $1 AND d.seq = ANY (ARRAY(SELECT seq FROM cand WHERE NOT mine)) AND d.state::int = 0
+	  AND (d.owner IS NULL OR d.owner NOT IN (SELECT id FROM live))
 	RETURNING d.seq, d.data, d.attempt, d.first_at, d.history, coalesce(d.due_at, d.first_at) AS since
 )
 SELECT seq, data, attempt, first_at, history, since, true AS claimed FROM u
