@@ -53,7 +53,7 @@ func ReadDedupPoints(r io.Reader) ([]DedupPoint, error) {
 // change; the first set solid, the others dashed).
 func WriteDedupChart(w io.Writer, names []string, sets [][]DedupPoint) error {
 	x := axis{Label: "keys in the dedup window", Log: true}
-	mem := chart{Title: "Filters in memory (solid), process RSS (dashed)", X: x, Y: axis{Label: "MiB", Zero: true}}
+	mem := chart{Title: "Heap with the spool open (solid), process RSS, pages released as serve does (dashed)", X: x, Y: axis{Label: "MiB", Zero: true}}
 	look := chart{Title: "Lookup CPU: absent key (solid), present (dashed)", X: x, Y: axis{Label: "ns per lookup", Zero: true}}
 	acc := chart{Title: "Accept CPU per item: empty index / this one", X: x, Y: axis{Label: "ratio to 0 keys", Zero: true}}
 	for i, pts := range sets {
@@ -66,7 +66,7 @@ func WriteDedupChart(w io.Writer, names []string, sets [][]DedupPoint) error {
 				continue // a log axis has no 0
 			}
 			k := float64(p.Keys)
-			filt = append(filt, point{k, p.FilterMB})
+			filt = append(filt, point{k, p.HeapMB})
 			rss = append(rss, point{k, p.RSSMB})
 			absent = append(absent, point{k, p.LookupAbsent})
 			present = append(present, point{k, p.LookupPresent})

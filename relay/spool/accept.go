@@ -179,6 +179,8 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 		c.hash = make([][]byte, len(c.items))
 	}
 	s.apply.checkPending(group)
+	looked := 0
+	defer func() { s.releaseAfterLookups(looked) }()
 	return s.view(func(tx *bolt.Tx) error {
 		dv := s.dedup.View(tx)
 		seen := map[string]bool{}
@@ -195,12 +197,30 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 				seen[it.Key] = true
 				c.hash[i] = dedupindex.Hash([]byte(it.Key))
 				dup, known := dv.Lookup(c.hash[i], cutoff)
+				looked++
 				c.dup[i] = dup
 				c.known[i] = c.known[i] || known
 			}
 		}
 		return nil
 	})
+}
+
+// releaseLookups is how many dedup lookups release the spool's mapped pages: each one reads a
+// leaf page of the index's final level, and the kernel maps the pages around a faulted one too
+// (fault-around, 64 KiB), so 256 lookups map up to ~32 MiB of the file that would otherwise
+// stay resident until serve's maintain releases them (every 100 ms).
+const releaseLookups = 256
+
+// releaseAfterLookups counts n lookups and releases the mapped pages every releaseLookups.
+func (s *Spool) releaseAfterLookups(n int) {
+	if n == 0 || s.dedupLookups.Add(int64(n)) < releaseLookups {
+		return
+	}
+	s.dedupLookups.Store(0)
+	if err := s.ReleaseMemory(); err != nil {
+		s.log.Debug("release spool memory", "err", err)
+	}
 }
 
 // newFrame numbers the group's new items and makes them the next journal frame, and returns

@@ -53,7 +53,6 @@
 //	queue.go           Ready, Done, Reschedule, Promote
 //	stats.go           Stats, Sinks, ExpireDedup, DedupLen
 //	pause.go           the operator's pause of sinks (SetPaused, SinkStates)
-//	memory*.go         the file's pages in the process's resident memory: ReleaseMemory, BoundMemory
 //	layout.go          the file's buckets, meta keys and value encoders
 //	migrate.go         the format check and the migrations from older formats
 //	recover.go         Open's journal replay, Verify and Recover
@@ -72,7 +71,7 @@
 //	sinkstate          sink -> operator's pause: version, paused, since, by (pause.go)
 //	meta               format version, heartbeat, last applied journal frame, and the dedup
 //	                   index's counters
-//	dedupkeys, dedupruns/<run>
+//	dedupkeys, dedupruns/<run>, dedupparts/<partition>
 //	                   the dedup index's (internal/dedupindex, layout.go)
 //
 // The file is checked before bbolt maps it (boltfile.go: meta pages, size, every page the

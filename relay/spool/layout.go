@@ -18,8 +18,9 @@ import (
 // formatVersion is the on-disk layout version stored in the meta bucket. Version 1 kept whole
 // dedup keys, version 2 kept them all in one B+tree (dedupkeys) with a time index
 // (dedupkeyt), version 3 stored an item's data bare and the last applied journal frame
-// without a checksum (itemcodec.go has format 4's); Open migrates all three.
-const formatVersion = 4
+// without a checksum (itemcodec.go has format 4's), version 4 kept the dedup index's final
+// level as runs only (version 5 adds its partitions, dedupparts); Open migrates all four.
+const formatVersion = 5
 
 // The spool file's top-level buckets (doc.go lists what each holds).
 var (
@@ -34,7 +35,7 @@ var (
 	// topBuckets are the buckets Open creates in a new file.
 	topBuckets = [][]byte{
 		bucketItems, bucketRefs, bucketReady, bucketSched, bucketSchedIdx,
-		dedupindex.L0Bucket, dedupindex.RunsBucket, bucketStats, bucketMeta,
+		dedupindex.L0Bucket, dedupindex.RunsBucket, dedupindex.PartsBucket, bucketStats, bucketMeta,
 	}
 )
 

@@ -199,10 +199,50 @@ func prepareFile(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) (uint64
 	if err == nil && (from == 1 || from == 2) {
 		err = migrateDedupV2(db, dedup, log)
 	}
-	if err == nil && from != 0 {
+	if err == nil && from != 0 && from <= formatDedupRuns {
 		err = migrateItemsV3(db, log)
 	}
+	if err == nil && from != 0 {
+		err = migrateDedupV4(db, dedup, log)
+	}
 	return jlsn, err
+}
+
+// formatItemChecksums is the format that introduced item checksums, the last one before the
+// partitioned final level of the dedup index.
+const formatItemChecksums = 4
+
+// migrateDedupV4 takes format 4 to format 5: it writes again, one per transaction, the dedup
+// runs whose chunks cross a partition bound (dedupindex.AlignRun; a crash in between starts
+// over and skips the runs done), then records format 5. Format 4's final runs stay as they
+// are: the sweep merges them into the partitions as keys come in. A format-4 binary would not
+// look in the partitions, so it refuses format 5.
+func migrateDedupV4(db *bolt.DB, dedup *dedupindex.Index, log *slog.Logger) error {
+	next, runs := uint64(0), 0
+	for {
+		err := db.Update(func(tx *bolt.Tx) error {
+			var err error
+			next, err = dedup.AlignRun(tx, next)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migrate the dedup index to format %d: %w", formatVersion, err)
+		}
+		if next == 0 {
+			break
+		}
+		if runs++; runs%64 == 0 {
+			log.Info("migrating the dedup index", "format", formatVersion, "runs_so_far", runs)
+		}
+	}
+	err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(metaVersion, encUint(formatVersion))
+	})
+	if err != nil {
+		return fmt.Errorf("migrate the dedup index to format %d: %w", formatVersion, err)
+	}
+	log.Info("dedup index migrated", "format", formatVersion, "runs", runs)
+	return nil
 }
 
 // formatDedupRuns is the format that introduced the log-structured dedup index, the last one
@@ -227,7 +267,7 @@ func migrateItemsV3(db *bolt.DB, log *slog.Logger) error {
 			next := uint64(0)
 			if v := b.meta.Get(metaMigrate4); v != nil {
 				next = decUint(v)
-			} else if err := b.meta.Put(metaVersion, encUint(formatVersion)); err != nil {
+			} else if err := b.meta.Put(metaVersion, encUint(formatItemChecksums)); err != nil {
 				return err
 			}
 			sinks := pendingSinkBuckets(b)
@@ -263,13 +303,13 @@ func migrateItemsV3(db *bolt.DB, log *slog.Logger) error {
 			return b.meta.Delete(metaMigrate4)
 		})
 		if err != nil {
-			return fmt.Errorf("migrate items to format %d: %w", formatVersion, err)
+			return fmt.Errorf("migrate items to format %d: %w", formatItemChecksums, err)
 		}
 		if !done {
-			log.Info("migrating the spool's items to checksummed records", "format", formatVersion, "items_so_far", moved)
+			log.Info("migrating the spool's items to checksummed records", "format", formatItemChecksums, "items_so_far", moved)
 		}
 	}
-	log.Info("spool items migrated", "format", formatVersion, "items", moved)
+	log.Info("spool items migrated", "format", formatItemChecksums, "items", moved)
 	return nil
 }
 

@@ -72,7 +72,7 @@ func salvageFile(path string) (*salvage, error) {
 		if len(b.path) == 0 {
 			sv.lostTree, recordsLost = true, true
 		} else if top := string(b.path[0]); top != string(bucketItems) && top != string(dedupindex.L0Bucket) &&
-			top != string(dedupindex.RunsBucket) && top != string(bucketStats) {
+			top != string(dedupindex.RunsBucket) && top != string(dedupindex.PartsBucket) && top != string(bucketStats) {
 			recordsLost = true
 		}
 	}
@@ -158,13 +158,15 @@ func (sv *salvage) visit(path [][]byte, k, v []byte, bucket bool) error {
 		sv.schedRec(string(path[1]), binary.BigEndian.Uint64(k), v, nil)
 	case top == string(dedupindex.L0Bucket) && len(path) == 1 && len(k) == 16 && len(v) == 8:
 		sv.addDedup(k, v)
-	case top == string(dedupindex.RunsBucket) && len(path) == 2 && len(k) > 0 && k[0] == runChunkPrefix && len(v)%runRecord == 0:
+	case (top == string(dedupindex.RunsBucket) || top == string(dedupindex.PartsBucket)) && len(path) == 2 &&
+		len(k) > 0 && k[0] == runChunkPrefix && len(v)%runRecord == 0:
 		for i := 0; i < len(v); i += runRecord {
 			sv.addDedup(v[i:i+16], v[i+16:i+runRecord])
 		}
 	case top == string(bucketMeta) && len(path) == 1 && bytes.Equal(k, metaJournalLSN):
 		sv.jlsn, sv.jlsnOK = decLSN(v)
-	case top == string(bucketMeta), top == string(bucketStats), top == string(dedupindex.RunsBucket):
+	case top == string(bucketMeta), top == string(bucketStats), top == string(dedupindex.RunsBucket),
+		top == string(dedupindex.PartsBucket):
 		// Rebuilt from what is salvaged.
 	case top != string(bucketItems) && top != string(bucketRefs) && top != string(bucketReady) &&
 		top != string(bucketSched) && top != string(bucketSchedIdx) && top != string(dedupindex.L0Bucket):

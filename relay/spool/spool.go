@@ -119,10 +119,11 @@ type Spool struct {
 	closeErr  error
 	// writeTxs counts the write transactions committed to the file since Open.
 	writeTxs atomic.Uint64
+	// dedupLookups counts Accept's dedup lookups since the mapped pages were last released
+	// (releaseAfterLookups).
+	dedupLookups atomic.Int64
 
 	probes probes // Check's disk probe
-
-	mem memBound // BoundMemory's bound on the file's resident pages
 
 	damaged damagedItems // items Ready found failing their checksum
 
@@ -189,7 +190,7 @@ func Open(path string, opt Options) (*Spool, error) {
 	s.jq = acceptQueue{delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize,
 		done: make(chan struct{}), lastLSN: jlsn, lastSeq: seq}
 	s.jq.cond = sync.NewCond(&s.jq.mu)
-	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs, opt.test.commitFault, s.checkMemory)
+	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs, opt.test.commitFault)
 	s.apply = newApplier(s, jlsn, opt.ApplyDelay, opt.test)
 	go s.journalLoop()
 	return s, nil
@@ -301,7 +302,6 @@ func (s *Spool) Close() error {
 				}
 			}
 		}
-		s.mem.close()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close spool: %w", err)
 			return

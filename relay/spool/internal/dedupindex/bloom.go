@@ -61,18 +61,27 @@ func (f *bloom) write(b *bolt.Bucket) error {
 	return nil
 }
 
-// read loads f, sized for the run, from run bucket b; false if b holds no filter of that size.
-func (f *bloom) read(b *bolt.Bucket) bool {
+// readBloom loads the filter stored in run bucket b, sized as it was written (the sweep takes
+// records out of a final run and leaves its filter as it is); false if b holds none.
+func readBloom(b *bolt.Bucket) (*bloom, bool) {
 	c := b.Cursor()
+	size := 0
+	for k, v := c.Seek([]byte{bloomPrefix}); k != nil && k[0] == bloomPrefix; k, v = c.Next() {
+		size += len(v)
+	}
+	if size == 0 || size%64 != 0 {
+		return nil, false
+	}
+	f := &bloom{words: make([]uint64, size/8), blocks: uint64(size / 64)}
 	w := 0
 	for k, v := c.Seek([]byte{bloomPrefix}); k != nil && k[0] == bloomPrefix; k, v = c.Next() {
-		if len(v)%8 != 0 || w+len(v)/8 > len(f.words) {
-			return false
+		if len(v)%8 != 0 {
+			return nil, false
 		}
 		for i := 0; i < len(v); i += 8 {
 			f.words[w] = binary.LittleEndian.Uint64(v[i:])
 			w++
 		}
 	}
-	return w == len(f.words)
+	return f, true
 }

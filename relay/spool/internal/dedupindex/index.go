@@ -21,6 +21,13 @@ type Config struct {
 	FanIn  int // runs of one level merged into one (default 4)
 	MaxRun int // the most records a merge writes; larger runs stay as they are (default 262144)
 	Chunk  int // records per chunk value (default 2048)
+	// PartChunk is the records per chunk of a partition (default 160: one 4 KiB page, so that
+	// a lookup reads one page of the final level).
+	PartChunk int
+	// SweepRatio is how many records of partitions a flush of L0 may write, per key flushed,
+	// merging final runs into them (default 16). More keeps fewer final runs (and filters)
+	// waiting at the cost of more writing.
+	SweepRatio int
 }
 
 // withDefaults fills the zero fields of c with their defaults.
@@ -36,6 +43,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Chunk <= 0 {
 		c.Chunk = 2048 // 48 KiB
+	}
+	if c.PartChunk <= 0 {
+		c.PartChunk = 160
+	}
+	if c.SweepRatio <= 0 {
+		c.SweepRatio = 16
 	}
 	return c
 }
@@ -87,8 +100,8 @@ func (d *Index) Load(tx *bolt.Tx) error {
 	rb := tx.Bucket(RunsBucket)
 	for _, r := range rs {
 		b := rb.Bucket(encUint(r.ID))
-		f := newBloom(r.Count)
-		if !f.read(b) {
+		f, ok := readBloom(b)
+		if !ok {
 			f = newBloom(r.Count)
 			err := eachChunk(b, func(recs []byte) error {
 				for i := 0; i+dedupRecord <= len(recs); i += dedupRecord {
@@ -101,6 +114,13 @@ func (d *Index) Load(tx *bolt.Tx) error {
 			}
 		}
 		d.setBloom(r.ID, f)
+	}
+	// The partitions need nothing in memory; their metadata is read so that a damaged one is
+	// found at Open rather than by the sweep.
+	for p := range Parts {
+		if _, _, _, err := partInfo(tx.Bucket(PartsBucket), p); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -120,8 +140,9 @@ func (d *Index) dropBloom(id uint64) {
 // View is one transaction's view of the index, for lookups. It is valid while its
 // transaction is open.
 type View struct {
-	l0   *bolt.Bucket
-	runs []runView
+	l0    *bolt.Bucket
+	parts *bolt.Bucket
+	runs  []runView
 }
 
 type runView struct {
@@ -131,7 +152,7 @@ type runView struct {
 
 // View returns tx's view of the index.
 func (d *Index) View(tx *bolt.Tx) View {
-	v := View{l0: tx.Bucket(L0Bucket)}
+	v := View{l0: tx.Bucket(L0Bucket), parts: tx.Bucket(PartsBucket)}
 	rb := tx.Bucket(RunsBucket)
 	c := rb.Cursor()
 	var ids []uint64
@@ -169,6 +190,12 @@ func (v View) Lookup(h []byte, cutoffTime time.Time) (seen, known bool) {
 			}
 			known = true
 		}
+	}
+	if t, ok := searchPart(v.parts, h); ok {
+		if t > cutoff {
+			return true, true
+		}
+		known = true
 	}
 	return false, known
 }
@@ -238,7 +265,11 @@ func (d *Index) maintain(tx *bolt.Tx, cutoff uint64) error {
 	if err := d.flush(tx); err != nil {
 		return err
 	}
-	return d.merge(tx, cutoff)
+	if err := d.merge(tx, cutoff); err != nil {
+		return err
+	}
+	_, err := d.sweep(tx, cutoff, d.cfg.SweepRatio*d.cfg.L0Max)
+	return err
 }
 
 // flush moves every key of L0, in hash order, into a new run of level 0.
@@ -325,6 +356,13 @@ func (d *Index) Expire(tx *bolt.Tx, cutoffTime time.Time, max int) (int, error) 
 			}
 			removed, rewritten = removed+n, true
 		}
+	}
+	if removed < max {
+		n, err := d.expireParts(tx, cutoff)
+		if err != nil {
+			return 0, err
+		}
+		removed += n
 	}
 	l0 := tx.Bucket(L0Bucket)
 	var old [][]byte

@@ -116,11 +116,17 @@ func runsOf(t *testing.T, db *bolt.DB, d *Index) []RunInfo {
 // whichever level holds it.
 func TestIndex_Model(t *testing.T) {
 	t.Parallel()
-	for _, pool := range []int{60, 400} {
-		t.Run(fmt.Sprint("keys=", pool), func(t *testing.T) {
+	slow := tiny
+	slow.SweepRatio = 1 // final runs wait for a sweep going round in ~128 flushes
+	for _, tt := range []struct {
+		pool int
+		cfg  Config
+	}{{60, tiny}, {400, tiny}, {400, slow}} {
+		pool, cfg := tt.pool, tt.cfg
+		t.Run(fmt.Sprint("keys=", pool, ",sweep=", cfg.SweepRatio), func(t *testing.T) {
 			t.Parallel()
 			const window = 100 * time.Second
-			db, d := openTest(t, tiny)
+			db, d := openTest(t, cfg)
 			rng := rand.New(rand.NewPCG(2, uint64(pool)))
 			model := map[string]time.Time{}
 			levels := map[int]bool{}
@@ -129,7 +135,7 @@ func TestIndex_Model(t *testing.T) {
 				now = now.Add(time.Duration(rng.IntN(3000)) * time.Millisecond)
 				switch r := rng.IntN(100); {
 				case r < 2: // as a reopened spool: a new index loads the filters
-					d = New(tiny, testMeta)
+					d = New(cfg, testMeta)
 					if err := db.View(d.Load); err != nil {
 						t.Fatal(err)
 					}
@@ -165,13 +171,31 @@ func TestIndex_Model(t *testing.T) {
 				for _, r := range runsOf(t, db, d) {
 					levels[r.Level] = true
 				}
+				if partsLen(t, db) > 0 {
+					levels[-1] = true
+				}
 			}
-			if !levels[0] || !levels[1] || (pool > 100 && !levels[FinalLevel]) {
-				t.Fatalf("run levels seen: %v; want flushes, merges and (with many keys) final runs", levels)
+			if !levels[0] || !levels[1] || (pool > 100 && !levels[-1]) || (cfg.SweepRatio == 1 && !levels[FinalLevel]) {
+				t.Fatalf("run levels seen: %v; want flushes, merges and (with many keys) final runs swept into partitions (-1)", levels)
 			}
 			check(t, db, d)
 		})
 	}
+}
+
+// partsLen returns the records the partitions hold, by their metadata.
+func partsLen(t *testing.T, db *bolt.DB) int {
+	t.Helper()
+	n := 0
+	err := db.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = (&Index{}).PartsLen(tx)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func uniq(keys []string) []string {
@@ -210,13 +234,14 @@ func TestIndex_MergesAndFinalises(t *testing.T) {
 			t.Fatalf("run %d holds %d records", r.ID, r.Count)
 		}
 	}
-	if byLevel[FinalLevel] == 0 || byLevel[1] == 0 {
-		t.Fatalf("runs by level %v: want merged and final runs", byLevel)
+	parts := partsLen(t, db)
+	if parts == 0 || byLevel[1] == 0 {
+		t.Fatalf("runs by level %v, %d records in partitions: want merged runs and final ones swept into partitions", byLevel, parts)
 	}
 	var l0 uint64
 	_ = db.View(func(tx *bolt.Tx) error { l0 = d.L0Len(tx); return nil })
-	if int(l0) >= tiny.L0Max || total+int(l0) != 400 {
-		t.Fatalf("L0 holds %d, runs %d: want < %d and 400 in all", l0, total, tiny.L0Max)
+	if int(l0) >= tiny.L0Max || total+int(l0)+parts != 400 {
+		t.Fatalf("L0 holds %d, runs %d, partitions %d: want < %d and 400 in all", l0, total, parts, tiny.L0Max)
 	}
 	check(t, db, d)
 	if seen := accept(t, db, d, time.Hour, t0.Add(time.Minute), "k0", "k199", "k399"); !seen[0] || !seen[1] || !seen[2] {

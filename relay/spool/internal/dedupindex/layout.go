@@ -9,7 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The index's part of its owner's bbolt file: two top-level buckets of its own, three keys of
+// The index's part of its owner's bbolt file: three top-level buckets of its own, five keys of
 // the owner's meta bucket, and the encodings of what it stores there. All integers are
 // big-endian so that keys sort numerically; times are nanoseconds since the Unix epoch with
 // the sign bit flipped (timeBits), so that they sort correctly as bytes.
@@ -18,9 +18,12 @@ import (
 //	dedupruns/<run>    "m" -> level, records, oldest and newest time;
 //	                   'c' + first key hash -> chunk of sorted (key hash, accepted at) records;
 //	                   'b' + 4-byte index -> bloomValue bytes of the run's Bloom filter
+//	dedupparts/<p>     "m" -> as a run's (level 0); 'c' + last key hash -> chunk of records
 //	<meta> dedupn      records in the index (all levels)
 //	<meta> dedupl0n    keys in L0
 //	<meta> deduprunid  the last run id given
+//	<meta> dedupsweep  the partition the sweep merges into next
+//	<meta> dedupexpire the partition Expire looks at next
 var (
 	// L0Bucket is the top-level bucket of the mutable level. Format 2 of the spool kept every
 	// key in it.

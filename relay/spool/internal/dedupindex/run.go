@@ -70,6 +70,11 @@ func searchRun(b *bolt.Bucket, h []byte) (uint64, bool) {
 			return 0, false
 		}
 	}
+	return searchChunk(v, h)
+}
+
+// searchChunk returns the time chunk v records for hash h.
+func searchChunk(v, h []byte) (uint64, bool) {
 	n := len(v) / dedupRecord
 	i := sort.Search(n, func(i int) bool { return bytes.Compare(v[i*dedupRecord:i*dedupRecord+16], h) >= 0 })
 	if i < n && bytes.Equal(v[i*dedupRecord:i*dedupRecord+16], h) {
@@ -98,9 +103,22 @@ func (d *Index) writeRun(tx *bolt.Tx, r RunInfo, recs []byte) error {
 		return fmt.Errorf("put dedup run: %w", err)
 	}
 	f := newBloom(r.Count)
-	step := d.cfg.Chunk * dedupRecord
-	for off := 0; off < len(recs); off += step {
-		chunk := recs[off:min(off+step, len(recs))]
+	// Runs that may become final split their chunks at partition bounds too, so that the sweep
+	// takes a partition's records out of them by deleting whole chunks.
+	aligned := r.Level >= 2
+	for off := 0; off < len(recs); {
+		end := min(off+d.cfg.Chunk*dedupRecord, len(recs))
+		if aligned {
+			_, hi := partBounds(partOf(recs[off:]))
+			for i := off + dedupRecord; i < end; i += dedupRecord {
+				if prefix16(recs[i:]) >= hi {
+					end = i
+					break
+				}
+			}
+		}
+		chunk := recs[off:end]
+		off = end
 		key := make([]byte, 17)
 		key[0] = chunkPrefix
 		copy(key[1:], chunk[:16])

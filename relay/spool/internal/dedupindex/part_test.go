@@ -1,0 +1,150 @@
+package dedupindex
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// TestSweep_UnalignedRun sweeps a final run whose chunks cross partition bounds (as format 4
+// wrote them) into the partitions: every key is still seen, the run goes once emptied, the
+// counts and the partitions check out.
+func TestSweep_UnalignedRun(t *testing.T) {
+	t.Parallel()
+	db, d := openTest(t, tiny)
+	const n = 3000
+	var recs [][]byte
+	at := binary.BigEndian.AppendUint64(nil, timeBits(t0))
+	for i := range n {
+		recs = append(recs, append(Hash([]byte(fmt.Sprint("u", i))), at...))
+	}
+	slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:16], b[:16]) })
+	err := db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(RunsBucket).CreateBucket(encUint(1))
+		if err != nil {
+			return err
+		}
+		f := newBloom(n)
+		for off := 0; off < n; off += 50 { // 50 records a chunk: most cross a bound
+			var chunk []byte
+			for _, r := range recs[off:min(off+50, n)] {
+				chunk = append(chunk, r...)
+				f.add(r[:16])
+			}
+			if err := b.Put(append([]byte{chunkPrefix}, chunk[:16]...), chunk); err != nil {
+				return err
+			}
+		}
+		if err := f.write(b); err != nil {
+			return err
+		}
+		r := RunInfo{ID: 1, Level: FinalLevel, Count: n, MinT: timeBits(t0), MaxT: timeBits(t0)}
+		if err := b.Put(runMetaKey, encRunMeta(r)); err != nil {
+			return err
+		}
+		meta := tx.Bucket(testMeta)
+		if err := meta.Put(metaRunID, encUint(1)); err != nil {
+			return err
+		}
+		return meta.Put(MetaCountKey, encUint(n))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.View(d.Load); err != nil {
+		t.Fatal(err)
+	}
+	check(t, db, d)
+	for steps := 0; len(runsOf(t, db, d)) > 0; steps++ {
+		if steps > Parts {
+			t.Fatalf("the run is still there after %d sweeps", steps)
+		}
+		err := db.Update(func(tx *bolt.Tx) error {
+			_, err := d.Sweep(tx, t0.Add(-time.Hour), 100) // a few partitions a transaction
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, db, d)
+	}
+	if got := partsLen(t, db); got != n || length(t, db, d) != n {
+		t.Fatalf("partitions hold %d, Len %d; want %d", got, length(t, db, d), n)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		v := d.View(tx)
+		for i, r := range recs {
+			if seen, _ := v.Lookup(r[:16], t0.Add(-time.Minute)); !seen {
+				return fmt.Errorf("record %d not seen after the sweep", i)
+			}
+		}
+		if seen, known := v.Lookup(Hash([]byte("absent")), t0.Add(-time.Minute)); seen || known {
+			return fmt.Errorf("an absent key seen")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExpire_Partitions: Expire deletes partitions wholly past the window and writes again one
+// of which at least half is; the keys left are still seen.
+func TestExpire_Partitions(t *testing.T) {
+	t.Parallel()
+	const window = time.Minute
+	db, d := openTest(t, tiny)
+	var old, young []string
+	for i := range 400 {
+		old = append(old, fmt.Sprint("old", i))
+	}
+	for i := range 400 {
+		young = append(young, fmt.Sprint("young", i))
+	}
+	for i := 0; i < 400; i += 8 {
+		accept(t, db, d, window, t0, old[i:i+8]...)
+	}
+	for i := 0; i < 400; i += 8 {
+		accept(t, db, d, window, t0.Add(window/2), young[i:i+8]...)
+	}
+	if partsLen(t, db) == 0 {
+		t.Fatal("nothing in the partitions")
+	}
+	now := t0.Add(window + time.Second)
+	total := 0
+	for i := range 160 { // a call looks at 8 partitions it cannot drop whole
+		var n int
+		err := db.Update(func(tx *bolt.Tx) error {
+			var err error
+			n, err = d.Expire(tx, now.Add(-window), 1000)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += n
+		if i%40 == 0 {
+			check(t, db, d)
+		}
+	}
+	check(t, db, d)
+	if total < 300 || length(t, db, d) > 400+100 {
+		t.Fatalf("Expire deleted %d of 400 expired records; %d left", total, length(t, db, d))
+	}
+	seen := accept(t, db, d, window, now, young...)
+	for i := range seen {
+		if !seen[i] {
+			t.Fatalf("young key %d not seen after Expire", i)
+		}
+	}
+	for i, s := range accept(t, db, d, window, now, old...) {
+		if s {
+			t.Fatalf("old key %d seen past the window", i)
+		}
+	}
+}
