@@ -86,6 +86,7 @@ type rule struct {
 	fields  []string
 	verbs   []string
 	when    *vm.Program // nil = always
+	nilTest *nilTest    // when, if it is a nil test of a value key (see nilTest)
 	value   bool        // when reads `value`
 	conv    bool        // when reads `conversation`
 	sinks   []string    // deduplicated
@@ -125,6 +126,22 @@ func (e *CompileError) Error() string {
 
 // Unwrap returns the underlying error.
 func (e *CompileError) Unwrap() error { return e.Err }
+
+// test evaluates r's `when` against env: a nil test of a value key without the VM when it
+// can, else on the VM.
+func (r *rule) test(env *Env) (bool, error) {
+	if r.nilTest != nil {
+		if b, ok := r.nilTest.eval(env.Value); ok {
+			return b, nil
+		}
+	}
+	out, err := run(r.when, env)
+	if err != nil {
+		return false, err
+	}
+	b, _ := out.(bool)
+	return b, nil
+}
 
 // vmPool recycles expression virtual machines so that evaluation does not allocate a new
 // stack per call. A vm.VM is not safe for concurrent use; a pooled one belongs to one
@@ -190,7 +207,7 @@ func Compile(specs []Spec) (*Set, error) {
 			if err != nil {
 				fail("when", err)
 			} else {
-				r.when = p
+				r.when, r.nilTest = p, nilTestOf(p)
 				if refersTo(p, "conversation") {
 					r.conv, s.needsConv = true, true
 				}
@@ -290,7 +307,7 @@ func (s *Set) match(env *Env, skip []string, onErr func(rule string, err error))
 			if r.conv {
 				loadConversation(env)
 			}
-			out, err := run(r.when, env)
+			ok, err := r.test(env)
 			if err != nil {
 				m.Failed = append(m.Failed, Failure{Rule: r.name, Err: err})
 				if onErr != nil {
@@ -298,7 +315,7 @@ func (s *Set) match(env *Env, skip []string, onErr func(rule string, err error))
 				}
 				continue
 			}
-			if b, _ := out.(bool); !b {
+			if !ok {
 				continue
 			}
 		}

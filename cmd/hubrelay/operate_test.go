@@ -204,24 +204,3 @@ func TestWatchFile_ReportsChanges(t *testing.T) {
 		t.Fatal("change not reported")
 	}
 }
-
-func TestStatmShared(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"6943 1210 834 252 0 1068 0\n", 834, true},
-		{"1 2", 0, false},
-		{"1 2 x 4", 0, false},
-	}
-	for _, tt := range tests {
-		got, err := statmShared([]byte(tt.in))
-		if (err == nil) != tt.ok || got != tt.want {
-			t.Errorf("statmShared(%q) = %d, %v; want %d, ok %v", tt.in, got, err, tt.want, tt.ok)
-		}
-	}
-	if n, ok := fileResident(); ok && n <= 0 {
-		t.Errorf("fileResident = %d on a system with /proc", n)
-	}
-}

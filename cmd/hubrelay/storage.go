@@ -36,9 +36,11 @@ type storage struct {
 	dir *deadletter.Dir
 	// pg is the Postgres engine, nil for the embedded one.
 	pg *postgres.Store
-	// releaseMemory hands mapped spool pages back to the OS (embedded engine only).
-	releaseMemory func() error
-	close         func() error
+	// boundMemory and checkMemory keep mapped spool pages from piling up in resident memory
+	// (spool.BoundMemory, spool.CheckMemory; embedded engine only).
+	boundMemory func(above int64) error
+	checkMemory func() error
+	close       func() error
 	// where says where the data lives, for the start-up log line (never the URL).
 	where string
 }
@@ -89,7 +91,7 @@ func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*st
 			return nil, err
 		}
 		return &storage{store: pg, letters: pg.DeadLetters(), pg: pg, close: pg.Close,
-			releaseMemory: func() error { return nil }, where: "postgres schema " + p.Schema}, nil
+			boundMemory: func(int64) error { return nil }, checkMemory: func() error { return nil }, where: "postgres schema " + p.Schema}, nil
 	}
 	spoolPath := filepath.Join(cfg.Storage.Dir, spoolFile)
 	sp, err := embedded.Open(spoolPath, spool.Options{
@@ -108,7 +110,7 @@ func openStorage(ctx context.Context, cfg *config.Config, log *slog.Logger) (*st
 		sp.Close()
 		return nil, err // it says "open dead-letter dir: ..."
 	}
-	return &storage{store: sp, letters: dl, dir: dl, releaseMemory: sp.ReleaseMemory, close: sp.Close, where: spoolPath}, nil
+	return &storage{store: sp, letters: dl, dir: dl, boundMemory: sp.BoundMemory, checkMemory: sp.CheckMemory, close: sp.Close, where: spoolPath}, nil
 }
 
 // openPostgres opens the Postgres engine of cfg with open: postgres.Open, which fails when the
@@ -140,7 +142,7 @@ func openPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger,
 func registerPostgresMetrics(reg prometheus.Registerer, pg *postgres.Store) {
 	commit := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "hubrelay_postgres_commit_seconds",
-		Help:    "Latency of one accept transaction (keys, changes and deliveries of a request), by outcome.",
+		Help:    "Latency of one accept transaction (the keys, changes and deliveries of the requests it group-commits), by outcome.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	}, []string{"outcome"})
 	lag := prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -150,17 +152,17 @@ func registerPostgresMetrics(reg prometheus.Registerer, pg *postgres.Store) {
 	}, []string{"sink"})
 	stat := func(f func(s *pgxStat) float64) func() float64 {
 		return func() float64 {
-			st := pg.Pool().Stat()
-			return f(&pgxStat{st.AcquiredConns(), st.IdleConns(), st.TotalConns(), st.MaxConns()})
+			st := pg.PoolStat()
+			return f(&pgxStat{st.Acquired, st.Idle, st.Total, st.Max})
 		}
 	}
 	reg.MustRegister(commit, lag,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_acquired_connections",
-			Help: "Connections of the pool in use now."}, stat(func(s *pgxStat) float64 { return float64(s.acquired) })),
+			Help: "Connections of both pools in use now."}, stat(func(s *pgxStat) float64 { return float64(s.acquired) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_idle_connections",
-			Help: "Connections of the pool open and idle."}, stat(func(s *pgxStat) float64 { return float64(s.idle) })),
+			Help: "Connections of both pools open and idle."}, stat(func(s *pgxStat) float64 { return float64(s.idle) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hubrelay_postgres_pool_max_connections",
-			Help: "The pool's size (storage.postgres.max_conns)."}, stat(func(s *pgxStat) float64 { return float64(s.max) })),
+			Help: "The size of both pools, synchronous and bookkeeping (storage.postgres.max_conns)."}, stat(func(s *pgxStat) float64 { return float64(s.max) })),
 	)
 	pg.SetObserver(&postgres.Observer{
 		Commit: func(d time.Duration, err error) {

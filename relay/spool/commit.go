@@ -29,6 +29,9 @@ type committer struct {
 	// fault, when set by tests, can turn a commit that succeeded into a reported failure, as
 	// when bbolt's last fdatasync fails after the new meta page was written.
 	fault func() error
+	// after, when set, runs after every commit, with no transaction open (the spool's
+	// memory check: a commit reads the pages it changes through the map).
+	after func()
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -55,8 +58,8 @@ type errCallFailed struct {
 
 func (e *errCallFailed) Error() string { return e.err.Error() }
 
-func newCommitter(db *bolt.DB, maxSize int, interval time.Duration, commits *atomic.Uint64, fault func() error) *committer {
-	c := &committer{db: db, maxSize: maxSize, interval: interval, commits: commits, fault: fault, done: make(chan struct{})}
+func newCommitter(db *bolt.DB, maxSize int, interval time.Duration, commits *atomic.Uint64, fault func() error, after func()) *committer {
+	c := &committer{db: db, maxSize: maxSize, interval: interval, commits: commits, fault: fault, after: after, done: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	go c.loop()
 	return c
@@ -136,6 +139,9 @@ func (c *committer) loop() {
 		c.queue = append(c.queue[:0], c.queue[n:]...)
 		c.mu.Unlock()
 		c.run(batch)
+		if c.after != nil {
+			c.after()
+		}
 	}
 }
 

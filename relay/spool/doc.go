@@ -53,6 +53,7 @@
 //	queue.go           Ready, Done, Reschedule, Promote
 //	stats.go           Stats, Sinks, ExpireDedup, DedupLen
 //	pause.go           the operator's pause of sinks (SetPaused, SinkStates)
+//	memory*.go         the file's pages in the process's resident memory: ReleaseMemory, BoundMemory
 //	layout.go          the file's buckets, meta keys and value encoders
 //	migrate.go         the format check and the migrations from older formats
 //	recover.go         Open's journal replay, Verify and Recover

@@ -31,7 +31,7 @@ func (s *Spool) Scheduled(sink string, after uint64, max int) ([]Delivery, error
 				s.log.Error("spool schedule index without its delivery, skipped", "sink", sink, "seq", seq)
 				continue
 			}
-			d, ok, err := s.fileDelivery(b, sink, k, v)
+			d, ok, err := s.fileDelivery(b, sink, k, v, nil)
 			if err != nil {
 				return err
 			}

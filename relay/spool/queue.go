@@ -38,7 +38,9 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 	// memory only after its apply is committed, so it is in one place or both, never neither.
 	mem := s.apply.pendingReady(sink, after, max)
 	var out []Delivery
+	seen := s.trackReads() // the items' pages, dropped from memory once copied (BoundMemory)
 	err := s.view(func(tx *bolt.Tx) error {
+		defer s.dropBlocks(tx, seen)
 		b := openBuckets(tx)
 		rb := b.ready.Bucket([]byte(sink))
 		if rb == nil {
@@ -46,7 +48,7 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 		}
 		c := rb.Cursor()
 		for k, v := c.Seek(encUint(after + 1)); k != nil && len(out) < max; k, v = c.Next() {
-			d, ok, err := s.fileDelivery(b, sink, k, v)
+			d, ok, err := s.fileDelivery(b, sink, k, v, seen)
 			if err != nil {
 				return err
 			}
@@ -58,6 +60,9 @@ func (s *Spool) Ready(sink string, after uint64, max int) ([]Delivery, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ready %s: %w", sink, err)
+	}
+	if seen != nil && len(*seen) > 0 {
+		s.checkMemory()
 	}
 	if len(mem) == 0 {
 		return out, nil
@@ -411,8 +416,9 @@ func cloneBytes(b []byte) []byte {
 // (attempt, first seen, history) is meta, for Ready and Scheduled. ok is false when the
 // delivery is skipped: its item is missing (logged; failing the read would stop the sink for
 // good) or fails its checksum (never delivered as if genuine: held back, counted, and the next
-// Open refuses the file until hubrelay spool recover sets it aside).
-func (s *Spool) fileDelivery(b buckets, sink string, k, meta []byte) (d Delivery, ok bool, err error) {
+// Open refuses the file until hubrelay spool recover sets it aside). seen, when not nil,
+// records where the item's data lies in the map.
+func (s *Spool) fileDelivery(b buckets, sink string, k, meta []byte, seen *mappedBlocks) (d Delivery, ok bool, err error) {
 	seq := decUint(k)
 	attempt, firstAt, history, err := decMeta(meta)
 	if err != nil {
@@ -423,6 +429,7 @@ func (s *Spool) fileDelivery(b buckets, sink string, k, meta []byte) (d Delivery
 		s.log.Error("spool delivery without item data, skipped", "sink", sink, "seq", seq)
 		return Delivery{}, false, nil
 	}
+	seen.add(v)
 	_, data, err := decItem(seq, v)
 	if err != nil {
 		s.damagedItem(sink, seq)

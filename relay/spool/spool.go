@@ -125,6 +125,8 @@ type Spool struct {
 
 	probes probes // Check's disk probe
 
+	mem memBound // BoundMemory's bound on the file's resident pages
+
 	damaged damagedItems // items Ready found failing their checksum
 
 	// promoteLimit bounds the deliveries one Promote call moves (maxPromote; tests lower it).
@@ -190,7 +192,7 @@ func Open(path string, opt Options) (*Spool, error) {
 	s.jq = acceptQueue{delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize,
 		done: make(chan struct{}), lastLSN: jlsn, lastSeq: seq}
 	s.jq.cond = sync.NewCond(&s.jq.mu)
-	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs, opt.test.commitFault)
+	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs, opt.test.commitFault, s.checkMemory)
 	s.apply = newApplier(s, jlsn, opt.ApplyDelay, opt.test)
 	go s.journalLoop()
 	return s, nil
@@ -302,6 +304,7 @@ func (s *Spool) Close() error {
 				}
 			}
 		}
+		s.mem.close()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close spool: %w", err)
 			return

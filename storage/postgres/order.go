@@ -63,5 +63,5 @@ func orderKeys(items []relay.Item, n int) []string {
 	return out
 }
 
-// DoneSync implements relay.Queue: Done is durable once its statement commits.
-func (s *Store) DoneSync(sink string, seqs ...uint64) error { return s.Done(sink, seqs...) }
+// DoneSync implements relay.Queue: Done through the synchronous pool, durable once it returns.
+func (s *Store) DoneSync(sink string, seqs ...uint64) error { return s.done(s.pool, sink, seqs) }

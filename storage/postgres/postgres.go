@@ -2,8 +2,9 @@
 // share one database, which holds the dedup keys, the delivery queue, the retry schedule and
 // the dead letters. It implements relay.Store and passes relay/storetest.
 //
-// A POST is acknowledged after one call of the accept function (schema.go) commits: the keys,
-// the items and their deliveries in one transaction. Keys are locked with advisory locks, so
+// A POST is acknowledged after the call of the accept_batch function (schema.go) that holds it
+// commits: its keys, items and deliveries in one transaction, shared with the requests that
+// arrived meanwhile (accept.go's group commit). Keys are locked with advisory locks, so
 // two replicas receiving the same change at once accept it once. Dedup keys are partitioned by
 // UTC day; expiry drops whole days once they are past the window, never rewriting a table.
 //
@@ -19,12 +20,9 @@ package postgres
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,10 +82,15 @@ type Options struct {
 
 // Store is a PostgreSQL storage engine. It is safe for concurrent use.
 type Store struct {
-	pool *pgxpool.Pool
-	opt  Options
-	log  *slog.Logger
-	lock int64 // the schema's advisory lock key (migrations, maintenance)
+	// pool commits synchronously: accepts, dead letters, heartbeats, DoneSync, everything
+	// whose loss in a crash of the database server would lose or reorder something. book
+	// commits with synchronous_commit off: the delivery bookkeeping whose loss in such a crash
+	// only means a delivery made again (see bookkeeping in README's Postgres section): claims
+	// (Ready), Done, Reschedule and Promote.
+	pool, book *pgxpool.Pool
+	opt        Options
+	log        *slog.Logger
+	lock       int64 // the schema's advisory lock key (migrations, maintenance)
 	// host and database are where the store connects, for the log (never the URL).
 	host, database string
 
@@ -97,6 +100,8 @@ type Store struct {
 	parts  map[string]bool // dedup partitions known to exist, by name
 
 	obs atomic.Pointer[Observer]
+
+	commits committer // Accept's group commit (accept.go)
 
 	// sinks are the sinks this replica runs (SetSinks); nil until told, when every sink counts
 	// as run here. started is when the store was made, for the grace of unconfigured sinks.
@@ -130,8 +135,27 @@ type Observer struct {
 // SetObserver sets the receiver of database-side figures.
 func (s *Store) SetObserver(o *Observer) { s.obs.Store(o) }
 
-// Pool returns the connection pool, for metrics (Stat) and the dead-letter store.
+// Pool returns the synchronous connection pool (the one accepts and dead letters use).
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// PoolStat is the connections of both of the store's pools, summed.
+type PoolStat struct {
+	Acquired, Idle, Total, Max int32
+}
+
+// PoolStat returns the connections of both pools (synchronous and bookkeeping), for metrics:
+// together they hold Options.MaxConns.
+func (s *Store) PoolStat() PoolStat {
+	var out PoolStat
+	for _, p := range []*pgxpool.Pool{s.pool, s.book} {
+		st := p.Stat()
+		out.Acquired += st.AcquiredConns()
+		out.Idle += st.IdleConns()
+		out.Total += st.TotalConns()
+		out.Max += st.MaxConns()
+	}
+	return out
+}
 
 // PollInterval implements relay.Poller.
 func (s *Store) PollInterval() time.Duration { return s.opt.PollInterval }
@@ -143,63 +167,6 @@ func (s *Store) Replica() int64 { return s.me.Load() }
 func keyHash(key string) []byte {
 	h := sha256.Sum256([]byte(key))
 	return h[:16]
-}
-
-// Accept implements relay.Spooler: one round trip, one transaction (the accept function).
-func (s *Store) Accept(ctx context.Context, items []relay.Item, now time.Time) ([]bool, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("accept: %w", err)
-	}
-	if len(items) == 0 {
-		return []bool{}, nil
-	}
-	if !s.isUp.Load() {
-		return nil, fmt.Errorf("accept: %w", ErrNotUp)
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.opt.AcceptTimeout)
-	defer cancel()
-	now = now.Truncate(time.Microsecond)
-	if err := s.ensurePartition(ctx, now); err != nil {
-		return nil, fmt.Errorf("accept: %w", err)
-	}
-	keys := make([][]byte, len(items))
-	datas := make([][]byte, len(items))
-	sinkFirst := make([]int32, len(items)+1)
-	sinkNames := make([]string, 0, len(items))
-	locks := make([]int64, 0, len(items))
-	for i, it := range items {
-		if it.Key != "" {
-			keys[i] = keyHash(it.Key)
-			locks = append(locks, int64(binary.BigEndian.Uint64(keys[i])))
-		}
-		datas[i] = it.Data
-		sinkFirst[i] = int32(len(sinkNames) + 1)
-		sinkNames = append(sinkNames, it.Sinks...)
-	}
-	sinkFirst[len(items)] = int32(len(sinkNames) + 1)
-	slices.Sort(locks)
-	locks = slices.Compact(locks)
-	sinkKeys := orderKeys(items, len(sinkNames))
-	start := time.Now()
-	var dup []bool
-	var err error
-	if sinkKeys == nil {
-		err = s.pool.QueryRow(ctx, "SELECT accept($1, $2, $3, $4, $5, $6, $7)",
-			keys, datas, sinkFirst, sinkNames, locks, now, s.opt.DedupWindow).Scan(&dup)
-	} else {
-		err = s.pool.QueryRow(ctx, "SELECT accept_keyed($1, $2, $3, $4, $5, $6, $7, $8)",
-			keys, datas, sinkFirst, sinkNames, sinkKeys, locks, now, s.opt.DedupWindow).Scan(&dup)
-	}
-	if o := s.obs.Load(); o != nil && o.Commit != nil {
-		o.Commit(time.Since(start), err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("accept: %w", err)
-	}
-	if len(dup) != len(items) {
-		return nil, fmt.Errorf("accept: %d flags for %d items", len(dup), len(items))
-	}
-	return dup, nil
 }
 
 // partName is the dedup partition of day t (UTC).
@@ -238,78 +205,12 @@ func (s *Store) ensurePartition(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// readyQuery claims up to $3 ready deliveries of sink $1 after seq $2 for replica $4: only
-// when this replica owns the sink's queue (or takes it over from a replica whose lease $5
-// lapsed), only deliveries not claimed by another live replica, and only deliveries whose
-// ordering key (if any) has no older pending delivery, ready, scheduled or claimed (order.go).
-const readyQuery = `
-WITH live AS (
-	SELECT id FROM replicas WHERE heartbeat > now() - $5::interval
-), take AS (
-	INSERT INTO sink_owners AS o (sink, owner) VALUES ($1, $4)
-	ON CONFLICT (sink) DO UPDATE SET owner = $4
-	WHERE o.owner <> $4 AND o.owner NOT IN (SELECT id FROM live)
-	RETURNING 1
-), own AS (
-	SELECT 1 FROM sink_owners WHERE sink = $1 AND owner = $4
-	UNION ALL SELECT 1 FROM take
-), c AS (
-	SELECT d.seq FROM deliveries d
-	WHERE d.sink = $1 AND d.state = 0 AND d.seq > $2 AND EXISTS (SELECT 1 FROM own)
-	  AND (d.owner IS NULL OR d.owner = $4 OR d.owner NOT IN (SELECT id FROM live))
-	  AND (d.order_key IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries o
-	       WHERE o.sink = d.sink AND o.order_key = d.order_key AND o.seq < d.seq))
-	ORDER BY d.seq LIMIT $3
-	FOR UPDATE OF d SKIP LOCKED
-)
-UPDATE deliveries d SET owner = $4 FROM c WHERE d.sink = $1 AND d.seq = c.seq
-RETURNING d.seq, d.data, d.attempt, d.first_at, d.history, coalesce(d.due_at, d.first_at)`
+// Done implements relay.Queue. Its commit is asynchronous (book): a crash of the database
+// server may bring the deliveries back, and they are delivered again.
+func (s *Store) Done(sink string, seqs ...uint64) error { return s.done(s.book, sink, seqs) }
 
-// Ready implements relay.Queue; it claims what it returns. Until the store is up (Start) it
-// returns none.
-func (s *Store) Ready(sink string, after uint64, max int) ([]relay.Delivery, error) {
-	if max <= 0 || after >= 1<<63 || !s.isUp.Load() {
-		return nil, nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
-	defer cancel()
-	if ok, err := s.mayClaim(ctx, sink); !ok || err != nil {
-		return nil, err
-	}
-	rows, err := s.pool.Query(ctx, readyQuery, sink, int64(after), max, s.me.Load(), s.opt.Lease)
-	if err != nil {
-		return nil, fmt.Errorf("ready %s: %w", sink, err)
-	}
-	var out []relay.Delivery
-	var since []time.Time
-	for rows.Next() {
-		var d relay.Delivery
-		var seq int64
-		var attempt int32
-		var due time.Time
-		if err := rows.Scan(&seq, &d.Data, &attempt, &d.FirstAt, &d.History, &due); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("ready %s: %w", sink, err)
-		}
-		d.Sink, d.Seq, d.Attempt = sink, uint64(seq), int(attempt)
-		out = append(out, d)
-		since = append(since, due)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("ready %s: %w", sink, err)
-	}
-	if o := s.obs.Load(); o != nil && o.Claimed != nil {
-		now := time.Now()
-		for _, t := range since {
-			o.Claimed(sink, now.Sub(t))
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
-	return out, nil
-}
-
-// Done implements relay.Queue.
-func (s *Store) Done(sink string, seqs ...uint64) error {
+// done deletes the deliveries seqs of sink through pool.
+func (s *Store) done(pool *pgxpool.Pool, sink string, seqs []uint64) error {
 	if len(seqs) == 0 {
 		return nil
 	}
@@ -319,7 +220,7 @@ func (s *Store) Done(sink string, seqs ...uint64) error {
 	for i, q := range seqs {
 		ids[i] = int64(q)
 	}
-	if _, err := s.pool.Exec(ctx, "DELETE FROM deliveries WHERE sink = $1 AND seq = ANY($2)", sink, ids); err != nil {
+	if _, err := pool.Exec(ctx, "DELETE FROM deliveries WHERE sink = $1 AND seq = ANY($2)", sink, ids); err != nil {
 		return fmt.Errorf("done %s: %w", sink, err)
 	}
 	return nil
@@ -330,7 +231,7 @@ func (s *Store) Done(sink string, seqs ...uint64) error {
 func (s *Store) Reschedule(sink string, seq uint64, at time.Time, attempt int, history []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, `UPDATE deliveries SET state = 1, due_at = $3, attempt = $4, history = $5, owner = NULL
+	tag, err := s.book.Exec(ctx, `UPDATE deliveries SET state = 1, due_at = $3, attempt = $4, history = $5, owner = NULL
 		WHERE sink = $1 AND seq = $2`, sink, int64(seq), at, attempt, history)
 	if err != nil {
 		return fmt.Errorf("reschedule %s %d: %w", sink, seq, err)
@@ -359,7 +260,7 @@ func (s *Store) RescheduleBatch(sink string, rs []relay.Retry) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
-	_, err := s.pool.Exec(ctx, `UPDATE deliveries d
+	_, err := s.book.Exec(ctx, `UPDATE deliveries d
 		SET state = 1, due_at = u.due_at, attempt = u.attempt, history = u.history, owner = NULL
 		FROM unnest($2::bigint[], $3::timestamptz[], $4::integer[], $5::bytea[]) AS u(seq, due_at, attempt, history)
 		WHERE d.sink = $1 AND d.seq = u.seq`, sink, seqs, dues, attempts, histories)
@@ -376,7 +277,7 @@ func (s *Store) Promote(now time.Time) (map[string]uint64, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.AcceptTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `
+	rows, err := s.book.Query(ctx, `
 WITH p AS (
 	SELECT sink, seq FROM deliveries WHERE state = 1 AND due_at <= $1
 	ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED

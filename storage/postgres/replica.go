@@ -43,7 +43,7 @@ func Open(ctx context.Context, opt Options) (*Store, error) {
 		return nil, err
 	}
 	if err := s.setUp(ctx); err != nil {
-		s.pool.Close()
+		s.closePools()
 		return nil, err
 	}
 	return s, nil
@@ -69,7 +69,7 @@ func Start(ctx context.Context, opt Options) (*Store, error) {
 	// The caller giving up (a signal) ends it; its deadline passing does not: the database
 	// may answer later.
 	if errors.Is(err, ErrSchemaTooNew) || errors.Is(ctx.Err(), context.Canceled) {
-		s.pool.Close()
+		s.closePools()
 		return nil, err
 	}
 	s.log.Warn("postgres not reachable at start: serving without it (POSTs get 503, not ready) and retrying", "err", err)
@@ -99,19 +99,37 @@ func newStore(ctx context.Context, opt Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.MaxConns = int32(opt.MaxConns)
 	cfg.ConnConfig.RuntimeParams["search_path"] = opt.Schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "hubrelay"
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
+	// The bookkeeping pool (claims, removals, retries, promotions) commits asynchronously, the
+	// main pool synchronously; together they hold MaxConns connections.
+	bookCfg := cfg.Copy()
+	bookCfg.MaxConns = int32(max(1, opt.MaxConns/4))
+	bookCfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	cfg.MaxConns = int32(max(1, opt.MaxConns-opt.MaxConns/4))
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres: %s", redact(err.Error(), opt.URL))
 	}
-	return &Store{pool: pool, opt: opt, log: log.With("component", "postgres"), lock: lockKey(opt.Schema),
+	book, err := pgxpool.NewWithConfig(ctx, bookCfg)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to postgres: %s", redact(err.Error(), opt.URL))
+	}
+	s := &Store{pool: pool, book: book, opt: opt, log: log.With("component", "postgres"), lock: lockKey(opt.Schema),
 		host: cfg.ConnConfig.Host, database: cfg.ConnConfig.Database,
-		parts: map[string]bool{}, started: time.Now(), up: make(chan struct{}), fatal: make(chan error, 1), stop: make(chan struct{})}, nil
+		parts: map[string]bool{}, started: time.Now(), up: make(chan struct{}), fatal: make(chan error, 1), stop: make(chan struct{})}
+	s.commits.s = s
+	return s, nil
+}
+
+// closePools closes both connection pools.
+func (s *Store) closePools() {
+	s.book.Close()
+	s.pool.Close()
 }
 
 // orDefault returns v, or def when v is not positive (an option left out).
@@ -294,7 +312,7 @@ func (s *Store) Close() error {
 				s.log.Warn("release replica claims", "err", err)
 			}
 		}
-		s.pool.Close()
+		s.closePools()
 	})
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 // SchemaVersion is the version of the database schema this binary writes. Open migrates an
 // older schema up to it and refuses a newer one: an older binary must not write a schema it
 // does not know.
-const SchemaVersion = 6
+const SchemaVersion = 7
 
 // ErrSchemaTooNew is wrapped by Open's error when the database was migrated by a newer hubrelay.
 var ErrSchemaTooNew = errors.New("database schema is newer than this hubrelay")
@@ -252,6 +252,50 @@ BEGIN
 	SELECT DISTINCT ON (s.seq, sink_names[j]) sink_names[j], s.seq, now, s.data, nullif(sink_keys[j], '')
 	FROM (SELECT it.i, it.data, nextval('item_seq') AS seq
 	      FROM unnest(datas, dup) WITH ORDINALITY AS it(data, dup, i) WHERE NOT it.dup ORDER BY it.i) s,
+	     generate_series(sink_first[s.i], sink_first[s.i + 1] - 1) AS j;
+	RETURN dup;
+END
+$$;
+`,
+	// 7: accept_batch commits the items of several concurrent requests at once (accept.go's
+	// group commit), each item with its own acceptance time; version 6's accept and
+	// accept_keyed stay for replicas of the previous version during a rolling upgrade.
+	// deliveries' pages keep room for the new version of a row that a claim, a retry or a
+	// promotion writes, so it stays on its page without new index entries (a HOT update).
+	`
+ALTER TABLE deliveries SET (fillfactor = 60);
+CREATE FUNCTION accept_batch(keys bytea[], datas bytea[], nows timestamptz[], sink_first int[], sink_names text[],
+                             sink_keys text[], locks bigint[], win interval) RETURNS bool[]
+LANGUAGE plpgsql AS $$
+DECLARE
+	-- The oldest day any item's window reaches: the probes read no older partition.
+	cutoff_day date := (((SELECT min(n) FROM unnest(nows) AS n) - win) AT TIME ZONE 'UTC')::date;
+	l          bigint;
+	dup        bool[];
+BEGIN
+	IF locks IS NOT NULL THEN
+		FOREACH l IN ARRAY locks LOOP
+			PERFORM pg_advisory_xact_lock(l);
+		END LOOP;
+	END IF;
+	-- A repeat: a key seen in its item's window (one index probe per key, whatever plan is
+	-- cached), or earlier in this same call.
+	SELECT coalesce(array_agg(NOT fresh ORDER BY i), '{}') INTO dup FROM (
+		SELECT k.i, k.key IS NULL OR (row_number() OVER (PARTITION BY k.key ORDER BY k.i) = 1 AND seen.hit IS NULL) AS fresh
+		FROM unnest(keys, nows) WITH ORDINALITY AS k(key, at, i)
+		LEFT JOIN LATERAL (
+			SELECT 1 AS hit FROM dedup d
+			WHERE d.key = k.key AND d.at > k.at - win AND d.day >= cutoff_day LIMIT 1
+		) seen ON true
+	) f;
+	INSERT INTO dedup (key, at, day)
+	SELECT k.key, k.at, (k.at AT TIME ZONE 'UTC')::date
+	FROM unnest(keys, nows, dup) AS k(key, at, dup) WHERE NOT k.dup AND k.key IS NOT NULL;
+	-- One seq per new item, in item order (ordinality order).
+	INSERT INTO deliveries (sink, seq, first_at, data, order_key)
+	SELECT DISTINCT ON (s.seq, sink_names[j]) sink_names[j], s.seq, s.at, s.data, nullif(sink_keys[j], '')
+	FROM (SELECT it.i, it.data, it.at, nextval('item_seq') AS seq
+	      FROM unnest(datas, nows, dup) WITH ORDINALITY AS it(data, at, dup, i) WHERE NOT it.dup ORDER BY it.i) s,
 	     generate_series(sink_first[s.i], sink_first[s.i + 1] - 1) AS j;
 	RETURN dup;
 END

@@ -57,6 +57,7 @@ type h1Conn struct {
 	watched context.Context
 	unwatch func() bool
 	cut     atomic.Bool
+	body    h1Body // the body of the connection's current answer
 }
 
 // watch makes the end of ctx cut pc's exchanges short, and reports false when pc was cut
@@ -119,7 +120,7 @@ const defaultMaxIdlePerHost = 64
 const answerLimit = 10<<20 + drainLimit
 
 // errStale marks a failure on a reused connection before any byte of the answer arrived.
-var errStale = errors.New("reused connection closed by the server")
+var errStale = errors.New("connection closed by the server")
 
 // roundTrip makes one attempt: the request on an idle connection or a new one, until the
 // answer's header. The answer's body must be read and closed (drain), which gives the
@@ -160,12 +161,28 @@ func (h *h1) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, heade
 		return nil, fmt.Errorf("%w: %w", errStale, context.Canceled)
 	}
 	pc.lr.N = answerLimit
-	if err := h.writeRequest(pc.bw, header, host, body); err != nil {
-		return nil, staleIf(err)
+	if err := checkHeader(header, host); err != nil {
+		return nil, err
+	}
+	if werr := h.writeRequest(pc.bw, header, host, body); werr != nil {
+		// A server that answers before it has read the whole request (413, say) and closes
+		// fails the write: its answer may be there to read all the same.
+		resp, err := h.readResponse(pc)
+		if err != nil {
+			return nil, staleIf(werr)
+		}
+		resp.Body.(*h1Body).reuse = false
+		return resp, nil
 	}
 	if _, err := pc.br.Peek(1); err != nil {
 		return nil, staleIf(err)
 	}
+	return h.readResponse(pc)
+}
+
+// readResponse reads the answer's header on pc, after any informational answers. The
+// connection is reused after it only if the server did not close it nor switch protocols.
+func (h *h1) readResponse(pc *h1Conn) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(pc.br, h.req)
 		if err != nil {
@@ -174,7 +191,10 @@ func (h *h1) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, heade
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			continue // an informational answer (103 Early Hints…): the real one follows
 		}
-		resp.Body = &h1Body{h: h, pc: pc, body: resp.Body, reuse: !resp.Close}
+		reuse := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
+		// One answer at a time per connection: its body lives in the connection.
+		pc.body = h1Body{h: h, pc: pc, body: resp.Body, reuse: reuse}
+		resp.Body = &pc.body
 		return resp, nil
 	}
 }
@@ -195,12 +215,28 @@ func staleIf(err error) error {
 	return err
 }
 
-// writeRequest writes the request line, Host, header, Content-Length and body, and flushes.
-// Like net/http it refuses header names and values that would break the request's framing.
-func (h *h1) writeRequest(w *bufio.Writer, header http.Header, host string, body []byte) error {
+// checkHeader refuses, as net/http does, header names and values that would break the
+// request's framing; nothing is written then.
+func checkHeader(header http.Header, host string) error {
 	if !validHeaderValue(host) {
 		return errors.New("invalid Host header value")
 	}
+	for k, vs := range header {
+		if !validHeaderName(k) {
+			return fmt.Errorf("invalid header field name %q", k)
+		}
+		for _, v := range vs {
+			if !validHeaderValue(v) {
+				return fmt.Errorf("invalid header field value for %q", k)
+			}
+		}
+	}
+	return nil
+}
+
+// writeRequest writes the request line, Host, header (checked by checkHeader), Content-Length
+// and body, and flushes.
+func (h *h1) writeRequest(w *bufio.Writer, header http.Header, host string, body []byte) error {
 	w.WriteString(h.method)
 	w.WriteByte(' ')
 	w.WriteString(h.requestURI)
@@ -212,13 +248,7 @@ func (h *h1) writeRequest(w *bufio.Writer, header http.Header, host string, body
 		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
 			continue // set here, or not at all (the body has a length)
 		}
-		if !validHeaderName(k) {
-			return fmt.Errorf("invalid header field name %q", k)
-		}
 		for _, v := range vs {
-			if !validHeaderValue(v) {
-				return fmt.Errorf("invalid header field value for %q", k)
-			}
 			w.WriteString(k)
 			w.WriteString(": ")
 			w.WriteString(v)
@@ -316,6 +346,15 @@ type h1Body struct {
 	eof   bool
 	reuse bool
 	done  bool
+	lr    io.LimitedReader // drain's
+}
+
+// drain reads up to limit bytes of the body, so that the connection can be reused, and closes
+// it; it is drain's way for an h1 answer, without an allocation.
+func (b *h1Body) drain(limit int64) {
+	b.lr = io.LimitedReader{R: b, N: limit}
+	_, _ = io.Copy(io.Discard, &b.lr)
+	_ = b.Close()
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {

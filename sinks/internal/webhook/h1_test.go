@@ -3,6 +3,7 @@ package webhook
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hubrelay/hubrelay/relay"
 )
 
 // countingServer is an httptest server that counts the connections it accepted.
@@ -282,5 +285,37 @@ func TestH1_CancelRace(t *testing.T) {
 	}
 	if err := c.Do(context.Background(), nil, []byte(`{}`)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestH1_AnswerBeforeBody: a server that answers 413 after the request's header and closes
+// without reading the body fails the write; the answer is read all the same, and is
+// permanent.
+func TestH1_AnswerBeforeBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(nc)); err != nil {
+					return
+				}
+				_, _ = io.WriteString(nc, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+			}()
+		}
+	}()
+	c := newTestClient(t, "http://"+ln.Addr().String()+"/hook", 2)
+	err = c.Do(context.Background(), nil, make([]byte, 16<<20))
+	se, ok := errors.AsType[*relay.StatusError](err)
+	if !ok || se.Status != http.StatusRequestEntityTooLarge || !se.Perm {
+		t.Fatalf("Do = %v, want a permanent 413", err)
 	}
 }

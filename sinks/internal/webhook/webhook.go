@@ -346,6 +346,10 @@ func defaultClient() *http.Client {
 
 // drain reads a little of body so the connection can be reused, then closes it.
 func drain(body io.ReadCloser) {
+	if b, ok := body.(*h1Body); ok {
+		b.drain(drainLimit)
+		return
+	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(body, drainLimit))
 	_ = body.Close()
 }
