@@ -523,3 +523,19 @@ func TestParse_SinkRate(t *testing.T) {
 		})
 	}
 }
+
+func TestParse_MemoryLimit(t *testing.T) {
+	const base = "apps: [{name: shop, verify_token: t, app_secrets: [s]}]\n"
+	for in, want := range map[string]int64{"": 0, "server: {memory_limit: 96MiB}\n": 96 << 20, "server: {memory_limit: 0}\n": 0} {
+		cfg, err := Parse("c.yaml", []byte(base+in), noEnv)
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if cfg.Server.MemoryLimit != want {
+			t.Errorf("%q: MemoryLimit = %d, want %d", in, cfg.Server.MemoryLimit, want)
+		}
+	}
+	if _, err := Parse("c.yaml", []byte(base+"server: {memory_limit: lots}\n"), noEnv); err == nil || !strings.Contains(err.Error(), "server.memory_limit") {
+		t.Errorf("memory_limit: lots: %v, want a problem at server.memory_limit", err)
+	}
+}

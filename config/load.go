@@ -191,7 +191,7 @@ func (d *decoder) server(n *yaml.Node, path string, s *Server) {
 	f, ok := d.mapping(n, path, "listen", "path", "max_body_bytes", "read_header_timeout", "read_timeout",
 		"write_timeout", "idle_timeout", "shutdown_timeout", "max_changes", "max_json_depth", "max_concurrent",
 		"max_concurrent_per_ip", "max_event_age", "tls", "trusted_proxy", "max_connections",
-		"max_connections_per_ip", "min_body_rate", "body_grace", "max_body_bytes_in_flight")
+		"max_connections_per_ip", "min_body_rate", "body_grace", "max_body_bytes_in_flight", "memory_limit")
 	if !ok {
 		return
 	}
@@ -221,6 +221,7 @@ func (d *decoder) server(n *yaml.Node, path string, s *Server) {
 	d.setSize(f, path, "min_body_rate", false, &s.MinBodyRate)
 	d.setDuration(f, path, "body_grace", false, &s.BodyGrace)
 	d.setSize(f, path, "max_body_bytes_in_flight", true, &s.MaxBodyBytesInFlight)
+	d.setSize(f, path, "memory_limit", false, &s.MemoryLimit)
 	if s.MaxConnectionsIP > s.MaxConnections {
 		d.problem(f.valueOf(n, "max_connections_per_ip", "max_connections"), join(path, "max_connections_per_ip"),
 			"must not exceed max_connections (%d > %d)", s.MaxConnectionsIP, s.MaxConnections)

@@ -71,6 +71,10 @@ type Server struct {
 	// BodyGrace has passed (default 1 KiB/s after 5s; 0 = off).
 	MinBodyRate int64
 	BodyGrace   time.Duration
+	// MemoryLimit is the Go runtime's soft memory limit (debug.SetMemoryLimit) in bytes; 0
+	// (the default) derives one: DefaultMemoryLimit, or twice the live heap plus 16 MiB when
+	// that is more, followed as the heap grows; none when GOMEMLIMIT is set.
+	MemoryLimit int64
 	// MaxBodyBytesInFlight bounds the bytes of all request bodies held at once (default 64 MiB;
 	// at least MaxBodyBytes).
 	MaxBodyBytesInFlight int64
@@ -153,6 +157,11 @@ type Postgres struct {
 	// DefaultSinkGrace. A rolling config change that adds or removes a sink finishes within it.
 	SinkGrace time.Duration
 }
+
+// DefaultMemoryLimit is the floor of the soft memory limit the relay derives when
+// server.memory_limit is not set: with the spool's pages bounded (8 MiB) and the binary's
+// own (~20 MiB), it keeps a relay with a small heap under 100 MB resident.
+const DefaultMemoryLimit = 64 << 20
 
 // DefaultSinkGrace is the default of storage.postgres.sink_grace.
 const DefaultSinkGrace = 10 * time.Minute

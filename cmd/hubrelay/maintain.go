@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-// maintain expires old dedup keys in small transactions (every minute) and bounds the spool's
+// maintain expires old dedup keys in small transactions (every minute), keeps an auto memory
+// limit up to date with the live heap (every second; memlimit.go), and bounds the spool's
 // mapped pages in the process's resident memory to releaseAbove (spool.BoundMemory: checked
 // by the spool after its commits and reads of the file, and here every 100 ms for the rest,
 // such as dedup lookups): a sink draining a backlog reads tens of MiB of spool a second, and
@@ -37,6 +38,9 @@ func (s *server) maintain(ctx context.Context) {
 					break
 				}
 			}
+		}
+		if s.memLimit != nil && n%int(time.Second/tick) == 0 {
+			s.memLimit.adjust() // an auto limit follows the live heap
 		}
 		if err := s.storage.checkMemory(); err != nil && n%int(time.Minute/tick) == 0 {
 			s.log.Warn("bound spool memory", "err", err)

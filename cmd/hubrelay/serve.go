@@ -174,13 +174,15 @@ type server struct {
 	console  *console.Handler // nil unless admin.console
 	ready    func() error
 	shutdown time.Duration
+	memLimit *memoryLimiter // server.memory_limit; nil: none
 	// abandoned is set when deliveries did not end at shutdown: the spool and the sinks are
 	// then left for the process exit to close (see drainCtx).
 	abandoned bool
 }
 
 func serve(ctx context.Context, cfg *config.Config, cfgPath string, watch time.Duration, log *slog.Logger, e env) error {
-	s := &server{log: log, cfgPath: cfgPath, getenv: e.getenv, shutdown: cfg.Server.ShutdownTimeout}
+	s := &server{log: log, cfgPath: cfgPath, getenv: e.getenv, shutdown: cfg.Server.ShutdownTimeout,
+		memLimit: newMemoryLimiter(cfg.Server, e.getenv)}
 	// Bind first: a taken port is the most common start-up failure, and it must not be
 	// preceded by opening (and closing) the spool.
 	ln, err := listen(cfg, "server.listen", cfg.Server.Listen)
