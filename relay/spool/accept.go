@@ -180,7 +180,13 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 	}
 	s.apply.checkPending(group)
 	looked := 0
-	defer func() { s.releaseAfterLookups(looked) }()
+	defer func() {
+		if looked > 0 {
+			// Each lookup of the index's final level faults in the 64 KiB around one leaf
+			// page: a group's lookups may map tens of MiB of the file (BoundMemory).
+			s.checkMemory()
+		}
+	}()
 	return s.view(func(tx *bolt.Tx) error {
 		dv := s.dedup.View(tx)
 		seen := map[string]bool{}
@@ -204,23 +210,6 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 		}
 		return nil
 	})
-}
-
-// releaseLookups is how many dedup lookups release the spool's mapped pages: each one reads a
-// leaf page of the index's final level, and the kernel maps the pages around a faulted one too
-// (fault-around, 64 KiB), so 256 lookups map up to ~32 MiB of the file that would otherwise
-// stay resident until serve's maintain releases them (every 100 ms).
-const releaseLookups = 256
-
-// releaseAfterLookups counts n lookups and releases the mapped pages every releaseLookups.
-func (s *Spool) releaseAfterLookups(n int) {
-	if n == 0 || s.dedupLookups.Add(int64(n)) < releaseLookups {
-		return
-	}
-	s.dedupLookups.Store(0)
-	if err := s.ReleaseMemory(); err != nil {
-		s.log.Debug("release spool memory", "err", err)
-	}
 }
 
 // newFrame numbers the group's new items and makes them the next journal frame, and returns

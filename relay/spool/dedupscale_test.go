@@ -267,11 +267,11 @@ func prefillBulk(b *testing.B, s *Spool, n int, key func(int) string, now time.T
 	b.Logf("pre-fill: swept into the partitions")
 }
 
-// residentLookups looks up every hash again, releasing the spool's mapped pages every
-// releaseLookups lookups as Accept does, and returns the resident set at the end and the file
-// pages at their peak, in MiB.
+// residentLookups looks up every hash again in groups of 64, checking the memory bound after
+// each as Accept does after each group's lookups (serve's bound: BoundMemory(16 MiB)), and
+// returns the resident set at the end and the file pages at their peak, in MiB.
 func residentLookups(b *testing.B, s *Spool, present, absent [][]byte) (rss, filePeak float64) {
-	if err := s.ReleaseMemory(); err != nil {
+	if err := s.BoundMemory(16 << 20); err != nil {
 		b.Fatal(err)
 	}
 	_, base := rssMB()
@@ -282,10 +282,10 @@ func residentLookups(b *testing.B, s *Spool, present, absent [][]byte) (rss, fil
 	}()
 	cutoff := time.Now().Add(-s.window)
 	for _, hashes := range [][][]byte{present, absent} {
-		for i := 0; i < len(hashes); i += releaseLookups {
+		for i := 0; i < len(hashes); i += 64 {
 			err := s.view(func(tx *bolt.Tx) error {
 				dv := s.dedup.View(tx)
-				for _, h := range hashes[i:min(i+releaseLookups, len(hashes))] {
+				for _, h := range hashes[i:min(i+64, len(hashes))] {
 					if h != nil {
 						dv.Lookup(h, cutoff)
 					}
@@ -297,8 +297,10 @@ func residentLookups(b *testing.B, s *Spool, present, absent [][]byte) (rss, fil
 			}
 			_, file := rssMB()
 			filePeak = max(filePeak, file)
-			releases++
-			if err := s.ReleaseMemory(); err != nil {
+			if file > base+16 {
+				releases++
+			}
+			if err := s.CheckMemory(); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -119,9 +119,6 @@ type Spool struct {
 	closeErr  error
 	// writeTxs counts the write transactions committed to the file since Open.
 	writeTxs atomic.Uint64
-	// dedupLookups counts Accept's dedup lookups since the mapped pages were last released
-	// (releaseAfterLookups).
-	dedupLookups atomic.Int64
 
 	probes probes // Check's disk probe
 
