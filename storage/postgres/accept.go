@@ -30,6 +30,11 @@ import (
 // up to 4096, which serialize large requests on one server backend.
 const acceptSlots = 4
 
+// acceptSlotsFor is how many batches a main pool of conns connections commits at once: at
+// most acceptSlots, and one connection fewer than the pool, so that heartbeats, dead letters
+// and the other synchronous statements always find a connection while the accepts run.
+func acceptSlotsFor(conns int) int { return max(1, min(acceptSlots, conns-1)) }
+
 // maxBatchItems bounds the changes of one batch (a single larger request still goes alone).
 const maxBatchItems = 256
 
@@ -52,9 +57,10 @@ type acceptCall struct {
 	done chan struct{}
 }
 
-// committer queues Accept calls and runs up to acceptSlots batches of them at a time.
+// committer queues Accept calls and runs up to slots batches of them at a time.
 type committer struct {
 	s       *Store
+	slots   int // acceptSlots, or fewer when the main pool is small (acceptSlotsFor)
 	mu      sync.Mutex
 	queue   []*acceptCall
 	running int
@@ -105,7 +111,7 @@ func newAcceptCall(ctx context.Context, items []relay.Item, now time.Time) *acce
 func (cm *committer) enqueue(c *acceptCall) {
 	cm.mu.Lock()
 	cm.queue = append(cm.queue, c)
-	start := cm.running < acceptSlots
+	start := cm.running < cm.slots
 	if start {
 		cm.running++
 	}
@@ -151,7 +157,7 @@ func (s *Store) commitBatch(batch []*acceptCall) {
 	if len(live) == 0 {
 		return
 	}
-	err := s.acceptBatch(live)
+	err := s.acceptBatchSafe(live)
 	var pe *pgconn.PgError
 	if err != nil && len(live) > 1 && errors.As(err, &pe) && refusedContent(pe.Code) {
 		// The server refused the statement for what it holds: find the caller it was.
@@ -171,6 +177,18 @@ func (s *Store) commitBatch(batch []*acceptCall) {
 // transaction (a lost connection, a shutdown, a conflict).
 func refusedContent(code string) bool {
 	return strings.HasPrefix(code, "22") || strings.HasPrefix(code, "54")
+}
+
+// acceptBatchSafe is acceptBatch, with a panic turned into the batch's error: every caller
+// of the batch gets its answer (a 503), none waits forever, and the committer's slot is freed.
+func (s *Store) acceptBatchSafe(calls []*acceptCall) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("accept batch panicked", "panic", fmt.Sprint(r), "calls", len(calls))
+			err = fmt.Errorf("accept batch panicked: %v", r)
+		}
+	}()
+	return s.acceptBatch(calls)
 }
 
 // acceptBatch runs accept_batch over the calls' items, in order, and hands each call its flags.

@@ -109,7 +109,7 @@ func newStore(ctx context.Context, opt Options) (*Store, error) {
 	bookCfg := cfg.Copy()
 	bookCfg.MaxConns = int32(max(1, opt.MaxConns/4))
 	bookCfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
-	cfg.MaxConns = int32(max(1, opt.MaxConns-opt.MaxConns/4))
+	cfg.MaxConns = int32(max(1, opt.MaxConns-int(bookCfg.MaxConns)))
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres: %s", redact(err.Error(), opt.URL))
@@ -122,7 +122,7 @@ func newStore(ctx context.Context, opt Options) (*Store, error) {
 	s := &Store{pool: pool, book: book, opt: opt, log: log.With("component", "postgres"), lock: lockKey(opt.Schema),
 		host: cfg.ConnConfig.Host, database: cfg.ConnConfig.Database,
 		parts: map[string]bool{}, started: time.Now(), up: make(chan struct{}), fatal: make(chan error, 1), stop: make(chan struct{})}
-	s.commits.s = s
+	s.commits.s, s.commits.slots = s, acceptSlotsFor(int(cfg.MaxConns))
 	return s, nil
 }
 
