@@ -55,9 +55,9 @@ type BatchSink interface {
 // once, after the last Deliver or DeliverBatch call has returned: by the command when a reload
 // replaces or removes the sink, and at shutdown. Close honours ctx like Deliver: when ctx ends
 // first it returns an error wrapping ctx's, and lets go of the resources as soon as it can
-// (the process may be exiting). Sinks without resources (the HTTP sinks, whose connections
-// belong to a shared client) do not implement it; callers check for it with a type switch
-// on this interface, never on io.Closer.
+// (the process may be exiting). Sinks without resources do not implement it (the HTTP sinks
+// do: Close closes their idle keep-alive connections); callers check for it with a type
+// switch on this interface, never on io.Closer.
 type SinkCloser interface {
 	Sink
 	Close(ctx context.Context) error

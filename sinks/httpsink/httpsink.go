@@ -68,7 +68,10 @@ type Sink struct {
 	client  *webhook.Client
 }
 
-var _ relay.BatchSink = (*Sink)(nil)
+var (
+	_ relay.BatchSink  = (*Sink)(nil)
+	_ relay.SinkCloser = (*Sink)(nil)
+)
 
 // fixed header values, shared read-only by every request.
 var (
@@ -126,6 +129,13 @@ func New(o Options) (*Sink, error) {
 
 // Name returns the sink name.
 func (s *Sink) Name() string { return s.name }
+
+// Close closes the sink's idle keep-alive connections; Deliver fails afterwards without
+// sending anything. It does not block, and a second Close does nothing.
+func (s *Sink) Close(context.Context) error {
+	s.client.Close()
+	return nil
+}
 
 // Deliver sends ev in one request, retried quickly as configured. It returns nil once the
 // endpoint answered 2xx. Sending the same change again is harmless only if the endpoint

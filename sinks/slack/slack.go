@@ -47,7 +47,7 @@ type Sink struct {
 	client *webhook.Client
 }
 
-var _ relay.Sink = (*Sink)(nil)
+var _ relay.SinkCloser = (*Sink)(nil)
 
 var (
 	valJSON      = []string{"application/json"}
@@ -96,6 +96,13 @@ func DefaultText(ev *relay.Event) (string, error) {
 
 // Name returns the sink name.
 func (s *Sink) Name() string { return s.name }
+
+// Close closes the sink's idle keep-alive connections; Deliver fails afterwards without
+// sending anything. It does not block, and a second Close does nothing.
+func (s *Sink) Close(context.Context) error {
+	s.client.Close()
+	return nil
+}
 
 // message is the incoming-webhook payload.
 type message struct {

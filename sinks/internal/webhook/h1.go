@@ -3,6 +3,7 @@ package webhook
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -25,10 +26,16 @@ import (
 //
 // It writes HTTP/1.1 with a Content-Length and reads the answer with http.ReadResponse
 // (chunked, close-delimited and 1xx answers included). A connection is reused only after its
-// answer was read to the end and the server did not ask to close it. An attempt that fails on
-// a reused connection before any byte of the answer arrived (the server closed the idle
-// connection meanwhile) is made again on another connection, as net/http does for requests
-// it may replay.
+// answer was read to the end and the server did not ask to close it, and only if a look at
+// its socket just before (alive: a peek that does not wait) finds it open with nothing to
+// read: one the server closed meanwhile is dropped and the next taken, one holding bytes
+// nobody asked for (an unsolicited answer, which would be read as the next request's) is
+// closed. A request is made again on another connection, without costing an attempt, only
+// when nothing of it was sent; once it was written, a failure before the answer (EOF, a
+// reset: the server may have acted on it) is the attempt's outcome and Do's retries and
+// backoff decide. net/http's transport differs there: it replays a request it deems
+// replayable (one with an Idempotency-Key, say) after a reused connection failed before the
+// answer, without counting it.
 type h1 struct {
 	addr        string // host:port dialled
 	method      string
@@ -37,18 +44,23 @@ type h1 struct {
 	dialer      net.Dialer
 	maxIdle     int
 	idleTimeout time.Duration
+	auth        string // "Basic …" from the URL's userinfo, sent when the caller sets no Authorization
 
-	mu   sync.Mutex
-	idle []*h1Conn // most recently used last
+	mu     sync.Mutex
+	idle   []*h1Conn // most recently used last
+	closed bool      // closeIdle was called: connections are no longer kept
 }
 
 // h1Conn is one connection of an h1 pool.
 type h1Conn struct {
-	nc     net.Conn
-	lr     io.LimitedReader // nc, up to what one answer may bring (answerLimit)
-	br     *bufio.Reader    // reads lr
-	bw     *bufio.Writer
-	idleAt time.Time
+	nc      net.Conn
+	rc      syscall.RawConn  // nc's, for alive's peek (nil when nc has none)
+	written int64            // bytes of the current request handed to nc (Write)
+	peeker                   // alive's state
+	lr      io.LimitedReader // nc, up to what one answer may bring (answerLimit)
+	br      *bufio.Reader    // reads lr
+	bw      *bufio.Writer
+	idleAt  time.Time
 	// watched is the context whose end cuts the connection's exchanges short (unwatch ends
 	// that), kept from one exchange to the next while the caller's context is the same (the
 	// delivery engine passes one per sink): a watch costs an allocation and a lock of the
@@ -77,6 +89,14 @@ func (pc *h1Conn) watch(ctx context.Context) bool {
 	return true
 }
 
+// Write writes p to the connection, counting what was handed over (written): a request of
+// which nothing was sent may be made again elsewhere.
+func (pc *h1Conn) Write(p []byte) (int, error) {
+	n, err := pc.nc.Write(p)
+	pc.written += int64(n)
+	return n, err
+}
+
 // close closes pc and ends its watch.
 func (pc *h1Conn) close() {
 	if pc.unwatch != nil {
@@ -99,7 +119,14 @@ func newH1(u *url.URL, method string) *h1 {
 		port = "80"
 	}
 	t := http.DefaultTransport.(*http.Transport)
+	var auth string
+	if u.User != nil {
+		// As net/http's Client: the URL's userinfo is Basic authentication.
+		pw, _ := u.User.Password()
+		auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pw))
+	}
 	return &h1{
+		auth:        auth,
 		addr:        net.JoinHostPort(u.Hostname(), port),
 		method:      method,
 		requestURI:  u.RequestURI(),
@@ -119,8 +146,21 @@ const defaultMaxIdlePerHost = 64
 // (drainLimit): a destination sending an endless header costs a failed attempt, not memory.
 const answerLimit = 10<<20 + drainLimit
 
-// errStale marks a failure on a reused connection before any byte of the answer arrived.
-var errStale = errors.New("connection closed by the server")
+// errNothingSent marks a failure before any byte of the request was sent: the request may be
+// made again on another connection.
+var errNothingSent = errors.New("nothing of the request was sent")
+
+// largeBody is the body size from which the write may block on a server that does not read
+// (socket buffers full): its deadline then leaves the answer's read a reserve of the attempt
+// (earlyAnswerWait at most), for an answer sent before the body was taken (413).
+const largeBody = 64 << 10
+
+// earlyAnswerWait bounds the reserve of an attempt kept for reading an answer after a large
+// body's write failed or timed out.
+const earlyAnswerWait = time.Second
+
+// defaultUserAgent is net/http's, sent when the caller sets no User-Agent.
+const defaultUserAgent = "Go-http-client/1.1"
 
 // roundTrip makes one attempt: the request on an idle connection or a new one, until the
 // answer's header. The answer's body must be read and closed (drain), which gives the
@@ -140,44 +180,59 @@ func (h *h1) roundTrip(ctx context.Context, header http.Header, host string, bod
 			return resp, nil
 		}
 		pc.close()
-		if !reused || !errors.Is(err, errStale) || ctx.Err() != nil {
+		if !reused || !errors.Is(err, errNothingSent) || ctx.Err() != nil {
 			return nil, err
 		}
 	}
 }
 
-// exchange writes the request on pc and reads the answer's header. An error wrapping errStale
-// means nothing of an answer arrived and the connection failed as a closed one does.
+// exchange writes the request on pc and reads the answer's header. An error wrapping
+// errNothingSent means no byte of the request reached the connection.
 func (h *h1) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, header http.Header, host string, body []byte) (*http.Response, error) {
 	if !pc.watch(ctx) {
-		return nil, fmt.Errorf("%w: %w", errStale, context.Canceled)
+		return nil, fmt.Errorf("%w: %w", errNothingSent, context.Canceled)
 	}
-	// The watch moves the deadline into the past once ctx ends; cut, checked after this
-	// deadline is set, tells whether that happened before it (and would be undone by it).
-	if err := pc.nc.SetDeadline(deadline); err != nil {
+	// The watch moves the deadline into the past once ctx ends; cut, checked after these
+	// deadlines are set, tells whether that happened before them (and would be undone).
+	if err := setDeadlines(pc, deadline, len(body)); err != nil {
 		return nil, err
 	}
 	if pc.cut.Load() {
-		return nil, fmt.Errorf("%w: %w", errStale, context.Canceled)
+		return nil, fmt.Errorf("%w: %w", errNothingSent, context.Canceled)
 	}
 	pc.lr.N = answerLimit
+	pc.written = 0
 	if err := checkHeader(header, host); err != nil {
 		return nil, err
 	}
 	if werr := h.writeRequest(pc.bw, header, host, body); werr != nil {
-		// A server that answers before it has read the whole request (413, say) and closes
-		// fails the write: its answer may be there to read all the same.
+		if pc.written == 0 {
+			return nil, fmt.Errorf("write request: %w: %w", errNothingSent, werr)
+		}
+		// A server that answers before it has read the whole request (413, say) fails the
+		// write, when it closes, or lets it time out: its answer may be there to read all the
+		// same, within the reserve setDeadlines kept.
 		resp, err := h.readResponse(pc)
 		if err != nil {
-			return nil, staleIf(werr)
+			return nil, fmt.Errorf("write request: %w", werr)
 		}
 		resp.Body.(*h1Body).reuse = false
 		return resp, nil
 	}
-	if _, err := pc.br.Peek(1); err != nil {
-		return nil, staleIf(err)
-	}
 	return h.readResponse(pc)
+}
+
+// setDeadlines bounds pc's exchange by deadline; a large body's write ends earlier, keeping
+// the read a reserve (a quarter of what is left, earlyAnswerWait at most).
+func setDeadlines(pc *h1Conn, deadline time.Time, bodyLen int) error {
+	if bodyLen < largeBody {
+		return pc.nc.SetDeadline(deadline)
+	}
+	reserve := max(min(earlyAnswerWait, time.Until(deadline)/4), 0)
+	if err := pc.nc.SetReadDeadline(deadline); err != nil {
+		return err
+	}
+	return pc.nc.SetWriteDeadline(deadline.Add(-reserve))
 }
 
 // readResponse reads the answer's header on pc, after any informational answers. The
@@ -202,19 +257,6 @@ func (h *h1) readResponse(pc *h1Conn) (*http.Response, error) {
 // aLongTimeAgo is a deadline in the past: it makes every pending read and write fail now.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// staleIf marks err as a closed connection's (errStale) when it is one: EOF, a reset or a
-// broken pipe, not a timeout.
-func staleIf(err error) error {
-	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-		return err
-	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
-		return fmt.Errorf("%w: %w", errStale, err)
-	}
-	return err
-}
-
 // checkHeader refuses, as net/http does, header names and values that would break the
 // request's framing; nothing is written then.
 func checkHeader(header http.Header, host string) error {
@@ -234,8 +276,10 @@ func checkHeader(header http.Header, host string) error {
 	return nil
 }
 
-// writeRequest writes the request line, Host, header (checked by checkHeader), Content-Length
-// and body, and flushes.
+// writeRequest writes the request line, Host, User-Agent, Authorization, header (checked by
+// checkHeader), Content-Length and body, and flushes. As net/http: User-Agent is
+// defaultUserAgent unless the header has one (an empty one sends none), Authorization the
+// URL's userinfo unless the header has a non-empty one.
 func (h *h1) writeRequest(w *bufio.Writer, header http.Header, host string, body []byte) error {
 	w.WriteString(h.method)
 	w.WriteByte(' ')
@@ -243,10 +287,32 @@ func (h *h1) writeRequest(w *bufio.Writer, header http.Header, host string, body
 	w.WriteString(" HTTP/1.1\r\nHost: ")
 	w.WriteString(host)
 	w.WriteString("\r\n")
+	ua := defaultUserAgent
+	if vs, ok := header["User-Agent"]; ok {
+		ua = ""
+		if len(vs) > 0 {
+			ua = vs[0]
+		}
+	}
+	if ua != "" {
+		w.WriteString("User-Agent: ")
+		w.WriteString(ua)
+		w.WriteString("\r\n")
+	}
+	auth := h.auth != "" && header.Get("Authorization") == ""
+	if auth {
+		w.WriteString("Authorization: ")
+		w.WriteString(h.auth)
+		w.WriteString("\r\n")
+	}
 	for k, vs := range header {
 		switch k {
-		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+		case "Host", "Content-Length", "Transfer-Encoding", "Trailer", "User-Agent":
 			continue // set here, or not at all (the body has a length)
+		case "Authorization":
+			if auth {
+				continue
+			}
 		}
 		for _, v := range vs {
 			w.WriteString(k)
@@ -292,34 +358,62 @@ func validHeaderValue(v string) bool {
 	return true
 }
 
-// get returns an idle connection (reused true) or dials one.
+// get returns an idle connection that is open with nothing to read (reused true), or dials
+// one. Idle connections that are not are closed on the way: nothing was written on them.
 func (h *h1) get(ctx context.Context, deadline time.Time) (*h1Conn, bool, error) {
-	now := time.Now()
-	h.mu.Lock()
-	for len(h.idle) > 0 {
-		pc := h.idle[len(h.idle)-1]
-		h.idle[len(h.idle)-1] = nil
-		h.idle = h.idle[:len(h.idle)-1]
-		if (h.idleTimeout > 0 && now.Sub(pc.idleAt) > h.idleTimeout) || pc.cut.Load() {
-			pc.close()
-			continue
+	for {
+		pc := h.popIdle()
+		if pc == nil {
+			break
 		}
-		h.mu.Unlock()
-		return pc, true, nil
+		if pc.alive() {
+			return pc, true, nil
+		}
+		pc.close() // closed by the server, or holding bytes nobody asked for
 	}
-	h.mu.Unlock()
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	nc, err := h.dialer.DialContext(dctx, "tcp", h.addr)
 	if err != nil {
 		return nil, false, err
 	}
-	pc := &h1Conn{nc: nc, lr: io.LimitedReader{R: nc}, bw: bufio.NewWriterSize(nc, 4096)}
+	pc := &h1Conn{nc: nc, lr: io.LimitedReader{R: nc}}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			pc.rc = rc
+		}
+	}
+	pc.bw = bufio.NewWriterSize(pc, 4096)
 	pc.br = bufio.NewReaderSize(&pc.lr, 4096)
 	return pc, false, nil
 }
 
-// put gives a connection whose answer was read to the end back to the pool.
+// popIdle takes the most recently used idle connection that has not expired nor been cut, and
+// closes those that have on the way; nil when there is none.
+func (h *h1) popIdle() *h1Conn {
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for len(h.idle) > 0 {
+		pc := h.idle[len(h.idle)-1]
+		h.idle[len(h.idle)-1] = nil
+		h.idle = h.idle[:len(h.idle)-1]
+		if h.expired(pc, now) || pc.cut.Load() {
+			pc.close()
+			continue
+		}
+		return pc
+	}
+	return nil
+}
+
+// expired reports whether pc was idle longer than the idle timeout at now.
+func (h *h1) expired(pc *h1Conn, now time.Time) bool {
+	return h.idleTimeout > 0 && now.Sub(pc.idleAt) > h.idleTimeout
+}
+
+// put gives a connection whose answer was read to the end back to the pool, and closes the
+// idle connections that expired (the oldest come first).
 func (h *h1) put(pc *h1Conn) {
 	if pc.br.Buffered() > 0 || pc.nc.SetDeadline(time.Time{}) != nil || pc.cut.Load() {
 		pc.close() // bytes beyond the answer (the connection is out of step), or cut
@@ -327,12 +421,33 @@ func (h *h1) put(pc *h1Conn) {
 	}
 	pc.idleAt = time.Now()
 	h.mu.Lock()
-	if len(h.idle) < h.maxIdle {
+	n := 0
+	for n < len(h.idle) && h.expired(h.idle[n], pc.idleAt) {
+		h.idle[n].close()
+		n++
+	}
+	if n > 0 {
+		k := copy(h.idle, h.idle[n:])
+		clear(h.idle[k:])
+		h.idle = h.idle[:k]
+	}
+	if len(h.idle) < h.maxIdle && !h.closed {
 		h.idle = append(h.idle, pc)
 		pc = nil
 	}
 	h.mu.Unlock()
 	if pc != nil {
+		pc.close()
+	}
+}
+
+// closeIdle closes the idle connections, and those given back from now on.
+func (h *h1) closeIdle() {
+	h.mu.Lock()
+	idle := h.idle
+	h.idle, h.closed = nil, true
+	h.mu.Unlock()
+	for _, pc := range idle {
 		pc.close()
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -84,6 +85,8 @@ type Client struct {
 	prefix   string   // "name: METHOD redacted-url: "
 	u        *url.URL // url parsed once; each request gets a copy
 	hc       *http.Client
+	ownHC    bool          // hc's transport is the Client's own (Config.Client nil)
+	closed   atomic.Bool   // Close was called
 	h1       *h1           // attempts without net/http's transport, when the destination allows (h1.go)
 	timeout  time.Duration // hc.Timeout: each attempt's bound
 	retries  int           // quick retries after the first attempt
@@ -160,11 +163,27 @@ func New(c Config) (*Client, error) {
 	wc.u = u
 	wc.timeout = hc.Timeout
 	if c.Client == nil {
+		wc.ownHC = true
 		wc.h1 = newH1(u, method)
 	}
 	wc.retries, wc.minB, wc.maxB = c.Retries, minB, maxB
 	wc.logger = &scrubLogger{l: logger.With(keySink, c.Name), scrub: wc.scrub, url: wc.redacted}
 	return wc, nil
+}
+
+// Close closes the Client's idle connections (those of a Config.Client's transport are left
+// alone) and makes later Do calls fail without sending anything. Calls of Do still under way
+// finish; their connections are closed, not kept. A second Close does nothing.
+func (c *Client) Close() {
+	if c.closed.Swap(true) {
+		return
+	}
+	if c.h1 != nil {
+		c.h1.closeIdle()
+	}
+	if c.ownHC {
+		c.hc.CloseIdleConnections()
+	}
 }
 
 // Redacted returns the destination URL as it may be printed.
@@ -180,6 +199,9 @@ func (c *Client) Redacted() string { return c.redacted }
 // log arguments per request, and closed every idle connection of the transport after any
 // failed call, so that during an outage each delivery dialled (for https, handshook) anew.
 func (c *Client) Do(ctx context.Context, header http.Header, body []byte) error {
+	if c.closed.Load() {
+		return errors.New(c.prefix + "client closed")
+	}
 	if header == nil {
 		header = make(http.Header)
 	}
