@@ -69,7 +69,9 @@ type h1Conn struct {
 	watched context.Context
 	unwatch func() bool
 	cut     atomic.Bool
-	body    h1Body // the body of the connection's current answer
+	h       *h1      // the pool the connection goes back to
+	ans     h1Answer // the connection's current answer body
+	gen     uint64   // the exchange ans belongs to (an h1Body of another is stale)
 }
 
 // watch makes the end of ctx cut pc's exchanges short, and reports false when pc was cut
@@ -216,7 +218,7 @@ func (h *h1) exchange(ctx context.Context, pc *h1Conn, deadline time.Time, heade
 		if err != nil {
 			return nil, fmt.Errorf("write request: %w", werr)
 		}
-		resp.Body.(*h1Body).reuse = false
+		pc.ans.reuse = false
 		return resp, nil
 	}
 	return h.readResponse(pc)
@@ -247,9 +249,12 @@ func (h *h1) readResponse(pc *h1Conn) (*http.Response, error) {
 			continue // an informational answer (103 Early Hints…): the real one follows
 		}
 		reuse := !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
-		// One answer at a time per connection: its body lives in the connection.
-		pc.body = h1Body{h: h, pc: pc, body: resp.Body, reuse: reuse}
-		resp.Body = &pc.body
+		// One answer at a time per connection: its body's state lives in the connection, and
+		// the handle given out names the exchange, so that one held beyond its Close cannot act
+		// on a later exchange's.
+		pc.gen++
+		pc.ans = h1Answer{body: resp.Body, reuse: reuse}
+		resp.Body = &h1Body{pc: pc, gen: pc.gen}
 		return resp, nil
 	}
 }
@@ -377,7 +382,7 @@ func (h *h1) get(ctx context.Context, deadline time.Time) (*h1Conn, bool, error)
 	if err != nil {
 		return nil, false, err
 	}
-	pc := &h1Conn{nc: nc, lr: io.LimitedReader{R: nc}}
+	pc := &h1Conn{h: h, nc: nc, lr: io.LimitedReader{R: nc}}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			pc.rc = rc
@@ -452,11 +457,8 @@ func (h *h1) closeIdle() {
 	}
 }
 
-// h1Body is the body of an h1 answer: closing it gives the connection back once the body was
-// read to its end, and closes it otherwise.
-type h1Body struct {
-	h     *h1
-	pc    *h1Conn
+// h1Answer is the state of a connection's current answer body.
+type h1Answer struct {
 	body  io.ReadCloser
 	eof   bool
 	reuse bool
@@ -464,33 +466,55 @@ type h1Body struct {
 	lr    io.LimitedReader // drain's
 }
 
+// h1Body is the body of an h1 answer: closing it gives the connection back once the body was
+// read to its end, and closes it otherwise. It is the handle of one exchange (gen): once the
+// connection went on to another, Read fails and Close does nothing.
+type h1Body struct {
+	pc  *h1Conn
+	gen uint64
+}
+
+// answer returns the state of b's answer, nil when b is closed or stale.
+func (b *h1Body) answer() *h1Answer {
+	if b.gen != b.pc.gen || b.pc.ans.done {
+		return nil
+	}
+	return &b.pc.ans
+}
+
 // drain reads up to limit bytes of the body, so that the connection can be reused, and closes
 // it; it is drain's way for an h1 answer, without an allocation.
 func (b *h1Body) drain(limit int64) {
-	b.lr = io.LimitedReader{R: b, N: limit}
-	_, _ = io.Copy(io.Discard, &b.lr)
+	a := b.answer()
+	if a == nil {
+		return
+	}
+	a.lr = io.LimitedReader{R: b, N: limit}
+	_, _ = io.Copy(io.Discard, &a.lr)
 	_ = b.Close()
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
-	if b.done {
+	a := b.answer()
+	if a == nil {
 		return 0, errors.New("read on closed body")
 	}
-	n, err := b.body.Read(p)
+	n, err := a.body.Read(p)
 	if err == io.EOF {
-		b.eof = true
+		a.eof = true
 	}
 	return n, err
 }
 
 func (b *h1Body) Close() error {
-	if b.done {
+	a := b.answer()
+	if a == nil {
 		return nil
 	}
-	b.done = true
-	if b.eof && b.reuse {
-		_ = b.body.Close() // at EOF: nothing left to read
-		b.h.put(b.pc)
+	a.done = true
+	if a.eof && a.reuse {
+		_ = a.body.Close() // at EOF: nothing left to read
+		b.pc.h.put(b.pc)
 		return nil
 	}
 	b.pc.close()

@@ -299,3 +299,35 @@ func TestH1_ExpiredDroppedOnPut(t *testing.T) {
 		}
 	}
 }
+
+// TestH1_StaleBody: an answer's body used after its Close, once its connection went on to the
+// next exchange, neither reads nor closes that exchange's answer.
+func TestH1_StaleBody(t *testing.T) {
+	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "answer") })
+	c := newTestClient(t, srv.URL, 0)
+	rt := func() *http.Response {
+		t.Helper()
+		resp, err := c.h1.roundTrip(context.Background(), nil, c.u.Host, []byte(`{}`), time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	first := rt().Body
+	drain(first)
+	second := rt() // on the same connection
+	if n, err := first.Read(make([]byte, 16)); err == nil {
+		t.Errorf("a closed body read %d bytes of the next exchange's answer", n)
+	}
+	_ = first.Close()
+	if b, err := io.ReadAll(second.Body); err != nil || string(b) != "answer" {
+		t.Fatalf("the next exchange's body after a stale Close: %q, %v", b, err)
+	}
+	_ = second.Body.Close()
+	if err := c.Do(context.Background(), nil, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}
