@@ -182,7 +182,10 @@ func (h *h1) roundTrip(ctx context.Context, header http.Header, host string, bod
 			return resp, nil
 		}
 		pc.close()
-		if !reused || !errors.Is(err, errNothingSent) || ctx.Err() != nil {
+		// Made again only if nothing was sent, on a reused connection (a new one failing so
+		// would fail again), while the attempt has time left (a deadline already past fails
+		// every write before its first byte: it must not close the whole pool).
+		if !reused || !errors.Is(err, errNothingSent) || ctx.Err() != nil || !time.Now().Before(deadline) {
 			return nil, err
 		}
 	}

@@ -331,3 +331,32 @@ func TestH1_StaleBody(t *testing.T) {
 		t.Errorf("%d connections, want 1", n)
 	}
 }
+
+// TestH1_NoReplayPastDeadline: an attempt whose deadline has passed fails on the first idle
+// connection, whose write fails before its first byte, instead of trying (and closing) every
+// idle connection of the pool in turn.
+func TestH1_NoReplayPastDeadline(t *testing.T) {
+	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {})
+	c := newTestClient(t, srv.URL, 0)
+	t.Cleanup(c.Close)
+	var pcs []*h1Conn
+	for range 3 {
+		pc, _, err := c.h1.get(context.Background(), time.Now().Add(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pcs = append(pcs, pc)
+	}
+	for _, pc := range pcs {
+		c.h1.put(pc)
+	}
+	if _, err := c.h1.roundTrip(context.Background(), nil, c.u.Host, []byte(`{}`), 0); err == nil {
+		t.Fatal("roundTrip with no time left = nil error")
+	}
+	c.h1.mu.Lock()
+	n := len(c.h1.idle)
+	c.h1.mu.Unlock()
+	if n != 2 {
+		t.Errorf("%d idle connections left, want 2 (one tried)", n)
+	}
+}
