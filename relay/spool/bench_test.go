@@ -168,12 +168,19 @@ func cpuTime() time.Duration {
 // POST: 32 callers Accept 50 items of 1 KB each (two sinks) and nobody delivers, so every item
 // is applied to the bbolt file (items, refs, ready entries, dedup keys). It waits for the
 // applies at the end, so "cpu-µs/item" (the process CPU per item) includes them.
-func BenchmarkAccept_SinksDown50(b *testing.B) {
+func BenchmarkAccept_SinksDown50(b *testing.B) { benchSinksDown(b, 50) }
+
+// BenchmarkAccept_SinksDown1 is BenchmarkAccept_SinksDown50 at 1 change per POST: 32 callers
+// Accept one item each.
+func BenchmarkAccept_SinksDown1(b *testing.B) { benchSinksDown(b, 1) }
+
+// benchSinksDown has 32 callers Accept per items of 1 KB each (two sinks) while nobody
+// delivers, and reports the process CPU per item, the applies included.
+func benchSinksDown(b *testing.B, per int) {
 	s, _ := openTest(b, Options{})
 	data := make([]byte, 1024)
 	var n atomic.Uint64
-	const per = 50
-	cpu0 := cpuTime()
+	cpu0, txs0 := cpuTime(), s.WriteTransactions()
 	b.ResetTimer()
 	b.SetParallelism(max(1, 32/runtime.GOMAXPROCS(0)))
 	b.RunParallel(func(pb *testing.PB) {
@@ -192,4 +199,7 @@ func BenchmarkAccept_SinksDown50(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1e3/float64(b.N*per), "cpu-µs/item")
 	b.ReportMetric(float64(b.N*per)/b.Elapsed().Seconds(), "items/s")
+	if txs := s.WriteTransactions() - txs0; txs > 0 {
+		b.ReportMetric(float64(b.N*per)/float64(txs), "items/commit")
+	}
 }
