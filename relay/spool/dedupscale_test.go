@@ -14,11 +14,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,10 +42,13 @@ type dedupScalePoint struct {
 	RSSFileRawMB  float64 `json:"rss_file_raw_mb"`  // file pages after the timed lookups, never released
 	LookupAbsent  float64 `json:"lookup_absent_ns"` // CPU time of one lookup of a key the index does not hold
 	LookupPresent float64 `json:"lookup_present_ns"`
-	AcceptPerSec  float64 `json:"accept_per_s"`  // 1-item Accepts, 64 callers, two sinks
-	AcceptCPUUS   float64 `json:"accept_cpu_us"` // process CPU per accepted item
-	PrefillPerSec float64 `json:"prefill_per_s"` // keys/s of the pre-fill (the index's Writer, prefillIndex)
-	SpoolMB       float64 `json:"spool_mb"`      // size of spool.db
+	AcceptPerSec  float64 `json:"accept_per_s"`   // 1-item Accepts, 64 callers, two sinks
+	AcceptCPUUS   float64 `json:"accept_cpu_us"`  // process CPU per accepted item
+	PrefillPerSec float64 `json:"prefill_per_s"`  // keys/s of the pre-fill (the index's Writer, prefillIndex)
+	AcceptMinflt  float64 `json:"accept_minflt"`  // minor page faults per accepted item
+	AcceptMajflt  float64 `json:"accept_majflt"`  // major page faults per accepted item
+	AcceptReadKB  float64 `json:"accept_read_kb"` // bytes read from storage (/proc/self/io read_bytes) per item, KiB
+	SpoolMB       float64 `json:"spool_mb"`       // size of spool.db
 }
 
 // BenchmarkDedupScale measures the dedup index against the number of keys in its window: it
@@ -80,6 +85,8 @@ func BenchmarkDedupScale(b *testing.B) {
 			b.ReportMetric(float64(p.Runs), "runs")
 			b.ReportMetric(p.AcceptPerSec, "accept-items/s")
 			b.ReportMetric(p.AcceptCPUUS, "accept-cpu-µs/item")
+			b.ReportMetric(p.AcceptMinflt, "accept-minflt/item")
+			b.ReportMetric(p.AcceptMajflt, "accept-majflt/item")
 			if n == 0 {
 				base = p.AcceptCPUUS
 			} else if base > 0 {
@@ -158,6 +165,20 @@ func measureDedupScale(b *testing.B, n int) dedupScalePoint {
 	var next atomic.Int64
 	next.Store(int64(n + 1 + lookups))
 	data := make([]byte, 1024)
+	if prof := os.Getenv("HUBRELAY_DEDUP_CPUPROFILE"); prof != "" && n > 0 {
+		f, err := os.Create(fmt.Sprintf("%s.%d", prof, n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	var ru0 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	read0 := ioReadBytes()
 	cpu0, t0 := cpuTime(), time.Now()
 	var wg sync.WaitGroup
 	for range 64 {
@@ -178,6 +199,11 @@ func measureDedupScale(b *testing.B, n int) dedupScalePoint {
 	wg.Wait()
 	p.AcceptPerSec = accepts / time.Since(t0).Seconds()
 	p.AcceptCPUUS = float64(cpuTime()-cpu0) / float64(time.Microsecond) / accepts
+	var ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	p.AcceptMinflt = float64(ru1.Minflt-ru0.Minflt) / accepts
+	p.AcceptMajflt = float64(ru1.Majflt-ru0.Majflt) / accepts
+	p.AcceptReadKB = float64(ioReadBytes()-read0) / 1024 / accepts
 	return p
 }
 
@@ -337,6 +363,22 @@ func randomKeyPrefix() string {
 	r := make([]byte, 6)
 	crand.Read(r)
 	return "wamid.HBgL" + hex.EncodeToString(r)
+}
+
+// ioReadBytes returns the bytes this process has read from storage (read_bytes of
+// /proc/self/io: page cache misses, of reads and of faults on the map), 0 where there is none.
+func ioReadBytes() int64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "read_bytes: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // heapInUse returns the bytes of live heap after a full collection.
