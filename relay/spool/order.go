@@ -23,7 +23,7 @@ func (s *Spool) Scheduled(sink string, after uint64, max int) ([]Delivery, error
 		if ib == nil || sb == nil {
 			return nil
 		}
-		c := ib.Cursor()
+		c, items := ib.Cursor(), itemCursor{c: b.items.Cursor()}
 		for k, due := c.Seek(encUint(after + 1)); k != nil && len(out) < max; k, due = c.Next() {
 			seq := decUint(k)
 			v := sb.Get(schedKey(due, k))
@@ -31,7 +31,7 @@ func (s *Spool) Scheduled(sink string, after uint64, max int) ([]Delivery, error
 				s.log.Error("spool schedule index without its delivery, skipped", "sink", sink, "seq", seq)
 				continue
 			}
-			d, ok, err := s.fileDelivery(b, sink, k, v, nil)
+			d, ok, err := s.fileDelivery(&items, sink, k, v, nil)
 			if err != nil {
 				return err
 			}
