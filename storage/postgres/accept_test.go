@@ -16,11 +16,16 @@ import (
 )
 
 // locker holds advisory locks on a connection of its own, so that the Accept calls taking
-// them wait in the database: the test decides when their batches may go on.
+// them wait in the database: the test decides when their batches may go on. Advisory locks
+// belong to the whole database, not to a schema, so the keys a locker holds are its test's
+// own (key names them): two tests running in parallel never wait for each other's locks.
 type locker struct {
 	t    *testing.T
 	conn *pgx.Conn
 }
+
+// key is the item key, unique to the test, whose lock lock(k) holds.
+func (l *locker) key(k string) string { return l.t.Name() + "/" + k }
 
 func newLocker(t *testing.T, url string) *locker {
 	t.Helper()
@@ -43,13 +48,13 @@ func (l *locker) exec(q string, args ...any) {
 	}
 }
 
-func (l *locker) lock(key string)   { l.exec("SELECT pg_advisory_lock($1)", postgres.LockOf(key)) }
-func (l *locker) unlock(key string) { l.exec("SELECT pg_advisory_unlock($1)", postgres.LockOf(key)) }
+func (l *locker) lock(k string)   { l.exec("SELECT pg_advisory_lock($1)", postgres.LockOf(l.key(k))) }
+func (l *locker) unlock(k string) { l.exec("SELECT pg_advisory_unlock($1)", postgres.LockOf(l.key(k))) }
 
 // waiters returns the backends waiting for the lock of key.
 func (l *locker) waiters(key string) []int32 {
 	l.t.Helper()
-	k := postgres.LockOf(key)
+	k := postgres.LockOf(l.key(key))
 	rows, err := l.conn.Query(context.Background(), `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
 		AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid AND objsubid = 1`, k)
 	if err != nil {
@@ -83,7 +88,7 @@ func fillSlots(t *testing.T, s *postgres.Store, l *locker, key string, now time.
 	t.Helper()
 	var out []<-chan acceptResult
 	for i := range postgres.AcceptSlots {
-		out = append(out, acceptAsync(s, []relay.Item{{Key: key, Data: []byte(key), Sinks: []string{"orders"}}}, now))
+		out = append(out, acceptAsync(s, []relay.Item{{Key: l.key(key), Data: []byte(key), Sinks: []string{"orders"}}}, now))
 		waitUntil(t, fmt.Sprintf("%d batches waiting for the lock", i+1), func() bool { return len(l.waiters(key)) == i+1 })
 	}
 	return out
@@ -220,7 +225,7 @@ func TestAccept_FailedBatchFailsEveryCaller(t *testing.T) {
 	for i := range n {
 		queued[i] = acceptAsync(s, []relay.Item{
 			{Key: fmt.Sprint("own-", i), Data: []byte("own"), Sinks: []string{"orders"}},
-			{Key: "second", Data: []byte("second"), Sinks: []string{"orders"}},
+			{Key: l.key("second"), Data: []byte("second"), Sinks: []string{"orders"}},
 		}, now)
 	}
 	waitUntil(t, "every caller queued", func() bool { return s.Queued() == n })
