@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -62,6 +64,14 @@ type Index struct {
 	meta   []byte // the owner's bucket that holds the index's counters
 	mu     sync.RWMutex
 	blooms map[uint64]*bloom
+	// partMinT holds, per partition, the MinT it was last read or written with (MaxUint64:
+	// it holds nothing; 0: not known), so that Expire reads only the partitions that can hold
+	// a record past its cutoff: reading the metadata of all Parts partitions at every call
+	// faulted in a page (and, with fault-around, the 64 KiB around it) of each, a burst of up
+	// to 64 MiB of resident file pages. A transaction that rolls back can leave an entry
+	// higher than the file's; that only keeps expired records (which lookups ignore) until
+	// the sweep rewrites the partition or Load reads it again.
+	partMinT [Parts]atomic.Uint64
 }
 
 // New returns an index sized by cfg that keeps its counters (MetaCountKey and its own) in the
@@ -118,11 +128,21 @@ func (d *Index) Load(tx *bolt.Tx) error {
 	// The partitions need nothing in memory; their metadata is read so that a damaged one is
 	// found at Open rather than by the sweep.
 	for p := range Parts {
-		if _, _, _, err := partInfo(tx.Bucket(PartsBucket), p); err != nil {
+		r, _, ok, err := partInfo(tx.Bucket(PartsBucket), p)
+		if err != nil {
 			return err
 		}
+		d.notePart(p, r, ok)
 	}
 	return nil
+}
+
+// notePart records partition p's MinT as read or written (ok: it holds records).
+func (d *Index) notePart(p int, r RunInfo, ok bool) {
+	if !ok {
+		r.MinT = math.MaxUint64
+	}
+	d.partMinT[p].Store(r.MinT)
 }
 
 func (d *Index) setBloom(id uint64, f *bloom) {

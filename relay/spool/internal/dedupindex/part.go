@@ -138,6 +138,7 @@ func (d *Index) rewritePart(tx *bolt.Tx, p int, from []RunInfo, cutoff uint64) (
 		if err := parts.DeleteBucket(partKey(p)); err != nil {
 			return 0, 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 		}
+		d.partMinT[p].Store(0)
 	}
 	n := len(out) / dedupRecord
 	if n > 0 {
@@ -158,6 +159,7 @@ func (d *Index) writePart(parts *bolt.Bucket, r RunInfo, recs []byte) error {
 	if err := b.Put(runMetaKey, encRunMeta(r)); err != nil {
 		return fmt.Errorf("put dedup partition: %w", err)
 	}
+	d.notePart(int(r.ID), r, true)
 	step := d.cfg.PartChunk * dedupRecord
 	for off := 0; off < len(recs); off += step {
 		chunk := recs[off:min(off+step, len(recs))]
@@ -308,10 +310,14 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 	removed, next := 0, (start+lookParts)%Parts
 	for i := 0; i < Parts; i++ {
 		p := (start + i) % Parts
+		if m := d.partMinT[p].Load(); m != 0 && m > cutoff {
+			continue // nothing of it is past cutoff, or it holds nothing
+		}
 		r, b, ok, err := partInfo(parts, p)
 		if err != nil {
 			return 0, err
 		}
+		d.notePart(p, r, ok)
 		if !ok || r.MinT > cutoff {
 			continue
 		}
@@ -319,6 +325,7 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 			if err := parts.DeleteBucket(partKey(p)); err != nil {
 				return 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 			}
+			d.partMinT[p].Store(0)
 			if err := addCount(meta, -int64(r.Count)); err != nil {
 				return 0, err
 			}

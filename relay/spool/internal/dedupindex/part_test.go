@@ -148,3 +148,62 @@ func TestExpire_Partitions(t *testing.T) {
 		}
 	}
 }
+
+// TestExpire_ReadsOnlyPartitionsPastCutoff: while no partition holds a record at or before the
+// cutoff, Expire reads none of them (each read was a page fault and, with fault-around, 64 KiB
+// of resident file pages), neither after the sweep wrote them nor after Load read them; once
+// the cutoff passes their records it reads and expires them.
+func TestExpire_ReadsOnlyPartitionsPastCutoff(t *testing.T) {
+	t.Parallel()
+	const window = time.Minute
+	db, d := openTest(t, tiny)
+	var keys []string
+	for i := range 400 {
+		keys = append(keys, fmt.Sprint("k", i))
+	}
+	for i := 0; i < len(keys); i += 8 {
+		accept(t, db, d, window, t0, keys[i:i+8]...)
+	}
+	if partsLen(t, db) < 8 {
+		t.Fatalf("%d partitions hold records, want several", partsLen(t, db))
+	}
+	// expire returns the records Expire removed at cutoff and the cursors its transaction
+	// opened (a partition's read opens at least one).
+	expire := func(d *Index, cutoff time.Time) (removed, cursors int) {
+		t.Helper()
+		err := db.Update(func(tx *bolt.Tx) error {
+			st := tx.Stats()
+			before := st.GetCursorCount()
+			var err error
+			removed, err = d.Expire(tx, cutoff, 1000)
+			st = tx.Stats()
+			cursors = int(st.GetCursorCount() - before)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return removed, cursors
+	}
+	reloaded := New(tiny, testMeta)
+	if err := db.View(reloaded.Load); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		d    *Index
+	}{{"after the sweep", d}, {"after Load", reloaded}} {
+		if n, cursors := expire(c.d, t0.Add(-time.Second)); n != 0 || cursors > 32 {
+			t.Errorf("%s: Expire before every record removed %d and opened %d cursors, want 0 and a few (%d partitions)", c.name, n, cursors, partsLen(t, db))
+		}
+	}
+	total := 0
+	for range 200 {
+		n, _ := expire(d, t0.Add(time.Second))
+		total += n
+	}
+	if total != len(keys) || partsLen(t, db) != 0 {
+		t.Errorf("Expire past every record removed %d of %d; %d partitions left", total, len(keys), partsLen(t, db))
+	}
+	check(t, db, d)
+}
