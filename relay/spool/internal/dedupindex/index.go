@@ -64,14 +64,14 @@ type Index struct {
 	meta   []byte // the owner's bucket that holds the index's counters
 	mu     sync.RWMutex
 	blooms map[uint64]*bloom
-	// partMinT holds, per partition, the MinT it was last read or written with (MaxUint64:
-	// it holds nothing; 0: not known), so that Expire reads only the partitions that can hold
-	// a record past its cutoff: reading the metadata of all Parts partitions at every call
-	// faulted in a page (and, with fault-around, the 64 KiB around it) of each, a burst of up
-	// to 64 MiB of resident file pages. A transaction that rolls back can leave an entry
-	// higher than the file's; that only keeps expired records (which lookups ignore) until
-	// the sweep rewrites the partition or Load reads it again.
-	partMinT [Parts]atomic.Uint64
+	// partMinT and partMaxT hold, per partition, the MinT and MaxT it was last read or written
+	// with (MaxUint64: it holds nothing; a MinT of 0: not known), so that Expire reads only the
+	// partitions it may drop or rewrite: reading the metadata of all Parts partitions at every
+	// call faulted in a page (and, with fault-around, the 64 KiB around it) of each, a burst of
+	// up to 64 MiB of resident file pages. A transaction that rolls back can leave an entry
+	// above the file's; that only keeps expired records (which lookups ignore) until the sweep
+	// rewrites the partition or Load reads it again.
+	partMinT, partMaxT [Parts]atomic.Uint64
 }
 
 // New returns an index sized by cfg that keeps its counters (MetaCountKey and its own) in the
@@ -137,11 +137,12 @@ func (d *Index) Load(tx *bolt.Tx) error {
 	return nil
 }
 
-// notePart records partition p's MinT as read or written (ok: it holds records).
+// notePart records partition p's MinT and MaxT as read or written (ok: it holds records).
 func (d *Index) notePart(p int, r RunInfo, ok bool) {
 	if !ok {
-		r.MinT = math.MaxUint64
+		r.MinT, r.MaxT = math.MaxUint64, math.MaxUint64
 	}
+	d.partMaxT[p].Store(r.MaxT)
 	d.partMinT[p].Store(r.MinT)
 }
 

@@ -310,8 +310,13 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 	removed, next := 0, (start+lookParts)%Parts
 	for i := 0; i < Parts; i++ {
 		p := (start + i) % Parts
-		if m := d.partMinT[p].Load(); m != 0 && m > cutoff {
-			continue // nothing of it is past cutoff, or it holds nothing
+		if lo := d.partMinT[p].Load(); lo != 0 {
+			if lo > cutoff {
+				continue // nothing of it is past cutoff, or it holds nothing
+			}
+			if i >= lookParts && d.partMaxT[p].Load() > cutoff {
+				continue // not wholly past it, and too far to be rewritten by this call
+			}
 		}
 		r, b, ok, err := partInfo(parts, p)
 		if err != nil {

@@ -3,6 +3,7 @@ package dedupindex
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -197,13 +198,65 @@ func TestExpire_ReadsOnlyPartitionsPastCutoff(t *testing.T) {
 			t.Errorf("%s: Expire before every record removed %d and opened %d cursors, want 0 and a few (%d partitions)", c.name, n, cursors, partsLen(t, db))
 		}
 	}
+	// With ten times as many younger records (a relay older than its window: most partitions
+	// hold records on both sides of the cutoff), no partition is worth a rewrite, and a call
+	// still reads only the few it may rewrite, not every one that holds an old record.
+	var young []string
+	for i := range 4000 {
+		young = append(young, fmt.Sprint("y", i))
+	}
+	for i := 0; i < len(young); i += 8 {
+		accept(t, db, d, window, t0.Add(window/2), young[i:i+8]...)
+	}
+	// The same call, rolled back, from this index and from it knowing no partition (it then
+	// reads them all, as Expire did before): a partition's read opens at least one cursor.
+	errRollback := errors.New("rolled back")
+	dry := func(d *Index) (cursors, parts int) {
+		err := db.Update(func(tx *bolt.Tx) error {
+			st := tx.Stats()
+			before := st.GetCursorCount()
+			if _, err := d.Expire(tx, t0.Add(time.Second), 1000); err != nil {
+				return err
+			}
+			st = tx.Stats()
+			cursors = int(st.GetCursorCount() - before)
+			if err := tx.Bucket(PartsBucket).ForEachBucket(func([]byte) error { parts++; return nil }); err != nil {
+				return err
+			}
+			return errRollback
+		})
+		if !errors.Is(err, errRollback) {
+			t.Fatal(err)
+		}
+		return cursors, parts
+	}
+	with, parts := dry(d)
+	for p := range d.partMinT {
+		d.partMinT[p].Store(0)
+	}
+	without, _ := dry(d)
+	if err := db.View(d.Load); err != nil {
+		t.Fatal(err)
+	}
+	if parts < 64 {
+		t.Fatalf("%d partitions hold records, want more", parts)
+	} else if without < parts || with > 64 {
+		t.Errorf("Expire with old and young records in %d partitions opened %d cursors, %d when it reads every partition: want those of a few", parts, with, without)
+	}
 	total := 0
+	for i, s := range accept(t, db, d, window, t0.Add(window/2), young...) {
+		if !s {
+			t.Fatalf("young key %d not seen after Expire", i)
+		}
+	}
 	for range 200 {
-		n, _ := expire(d, t0.Add(time.Second))
+		n, _ := expire(d, t0.Add(window))
 		total += n
 	}
-	if total != len(keys) || partsLen(t, db) != 0 {
-		t.Errorf("Expire past every record removed %d of %d; %d partitions left", total, len(keys), partsLen(t, db))
+	if partsLen(t, db) != 0 {
+		t.Errorf("Expire past every record removed %d of %d; %d partitions left", total, len(keys)+len(young), partsLen(t, db))
+	} else if total != len(keys)+len(young) {
+		t.Errorf("Expire past every record removed %d of %d", total, len(keys)+len(young))
 	}
 	check(t, db, d)
 }
