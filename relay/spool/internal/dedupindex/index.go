@@ -125,8 +125,8 @@ func (d *Index) Load(tx *bolt.Tx) error {
 		}
 		d.setBloom(r.ID, f)
 	}
-	// The partitions need nothing in memory; their metadata is read so that a damaged one is
-	// found at Open rather than by the sweep.
+	// The partitions' records stay on disk; their metadata is read so that a damaged one is
+	// found at Open rather than by the sweep, and to know their times (partMinT, partMaxT).
 	for p := range Parts {
 		r, _, ok, err := partInfo(tx.Bucket(PartsBucket), p)
 		if err != nil {
@@ -145,6 +145,10 @@ func (d *Index) notePart(p int, r RunInfo, ok bool) {
 	d.partMaxT[p].Store(r.MaxT)
 	d.partMinT[p].Store(r.MinT)
 }
+
+// forgetPart marks partition p's times as not known, after a delete of it: Expire then reads
+// it again.
+func (d *Index) forgetPart(p int) { d.partMinT[p].Store(0) }
 
 func (d *Index) setBloom(id uint64, f *bloom) {
 	d.mu.Lock()

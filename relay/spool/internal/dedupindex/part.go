@@ -138,7 +138,7 @@ func (d *Index) rewritePart(tx *bolt.Tx, p int, from []RunInfo, cutoff uint64) (
 		if err := parts.DeleteBucket(partKey(p)); err != nil {
 			return 0, 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 		}
-		d.partMinT[p].Store(0)
+		d.forgetPart(p)
 	}
 	n := len(out) / dedupRecord
 	if n > 0 {
@@ -330,7 +330,7 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 			if err := parts.DeleteBucket(partKey(p)); err != nil {
 				return 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 			}
-			d.partMinT[p].Store(0)
+			d.forgetPart(p)
 			if err := addCount(meta, -int64(r.Count)); err != nil {
 				return 0, err
 			}
