@@ -22,7 +22,7 @@ var (
 
 // openTest opens a bbolt file in a temporary directory with the buckets the index's owner
 // creates, and an index on it.
-func openTest(t *testing.T, cfg Config) (*bolt.DB, *Index) {
+func openTest(t testing.TB, cfg Config) (*bolt.DB, *Index) {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "index.db"), 0o600, nil)
 	if err != nil {

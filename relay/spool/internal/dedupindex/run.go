@@ -191,28 +191,37 @@ func (d *Index) merge(tx *bolt.Tx, cutoff uint64) error {
 
 // mergeRuns replaces runs in by one run of the given level holding, for each hash, its newest
 // time, and nothing at or before cutoff. It returns how many records it dropped.
+//
+// The inputs are read where the transaction holds them (the file's map, or the values of a run
+// written earlier in the same transaction), not copied: the largest merges take MaxRun records
+// (6 MiB), and a copy of the inputs beside the output doubled what such a merge held.
 func (d *Index) mergeRuns(tx *bolt.Tx, in []RunInfo, level int, cutoff uint64) (int, error) {
 	rb := tx.Bucket(RunsBucket)
-	srcs := make([][]byte, len(in)) // each run's records, concatenated in hash order
+	srcs := make([]chunkSeq, len(in)) // each run's chunks, in hash order
 	total := 0
 	for i, r := range in {
 		err := eachChunk(rb.Bucket(encUint(r.ID)), func(recs []byte) error {
-			srcs[i] = append(srcs[i], recs...)
+			if len(recs) > 0 {
+				srcs[i].chunks = append(srcs[i].chunks, recs)
+			}
 			return nil
 		})
 		if err != nil {
 			return 0, err
 		}
+		srcs[i].next()
 		total += r.Count
 	}
 	out := make([]byte, 0, total*dedupRecord)
 	minT, maxT := ^uint64(0), uint64(0)
 	for {
-		// The smallest hash among the inputs' heads, with its newest time.
+		// The smallest hash among the inputs' heads, with its newest time. h stays valid
+		// while the heads move on: it is part of a chunk the transaction holds.
 		var h []byte
 		var t uint64
-		for _, s := range srcs {
-			if len(s) == 0 {
+		for i := range srcs {
+			s := srcs[i].head
+			if s == nil {
 				continue
 			}
 			switch c := bytes.Compare(s[:16], h); {
@@ -225,10 +234,9 @@ func (d *Index) mergeRuns(tx *bolt.Tx, in []RunInfo, level int, cutoff uint64) (
 		if h == nil {
 			break
 		}
-		h = bytes.Clone(h)
-		for i, s := range srcs {
-			if len(s) > 0 && bytes.Equal(s[:16], h) {
-				srcs[i] = s[dedupRecord:]
+		for i := range srcs {
+			if s := srcs[i].head; s != nil && bytes.Equal(s[:16], h) {
+				srcs[i].next()
 			}
 		}
 		if t <= cutoff {
@@ -250,4 +258,27 @@ func (d *Index) mergeRuns(tx *bolt.Tx, in []RunInfo, level int, cutoff uint64) (
 		}
 	}
 	return total - n, addCount(tx.Bucket(d.meta), int64(n-total))
+}
+
+// chunkSeq walks the records of a run's chunks in order: head is the current record (nil
+// once every chunk is read).
+type chunkSeq struct {
+	chunks [][]byte // the chunks not reached yet; each a whole number of records
+	rest   []byte   // the current chunk from head on
+	head   []byte
+}
+
+// next moves head to the following record.
+func (c *chunkSeq) next() {
+	if len(c.rest) > 0 {
+		c.rest = c.rest[dedupRecord:]
+	}
+	for len(c.rest) == 0 && len(c.chunks) > 0 {
+		c.rest, c.chunks = c.chunks[0], c.chunks[1:]
+	}
+	if len(c.rest) == 0 {
+		c.head = nil
+		return
+	}
+	c.head = c.rest[:dedupRecord]
 }
