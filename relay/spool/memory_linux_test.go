@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // rssFile returns the file-backed resident memory of this process in KiB.
@@ -155,5 +157,79 @@ func TestSpool_BoundMemory(t *testing.T) {
 	}
 	if unbounded < 16<<10 {
 		t.Errorf("RssFile grew by only %d KiB unbounded: the test reads too little to show the bound", unbounded)
+	}
+}
+
+// One write transaction that reads the whole file (as the dedup index's sweep reads hundreds
+// of partitions in one) keeps the file's resident pages within the bound when it calls
+// checkMemoryIn as it goes, and what it read before a release still reads the same after it;
+// without the calls the same transaction leaves tens of MiB resident until it ends.
+func TestSpool_BoundMemoryInsideWriteTransaction(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "spool.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	data := bytes.Repeat([]byte("x"), 1000)
+	for i := 0; i < 40000; i += 1000 { // ~40 MiB of items, several to a page
+		items := make([]Item, 1000)
+		for j := range items {
+			items[j] = Item{Key: fmt.Sprint("k", i+j), Data: data, Sinks: []string{"s"}}
+		}
+		if _, err := s.Accept(context.Background(), items, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Stats(); err != nil { // every frame applied: the items are in the file
+		t.Fatal(err)
+	}
+	// readAll reads every item in one write transaction, calling checkMemoryIn after every
+	// 256 when check is set, and returns the most the file's resident pages grew meanwhile.
+	readAll := func(check bool) (grew int) {
+		base := rssFile(t)
+		err := s.update(func(tx *bolt.Tx) error {
+			var first []byte // a value read before any release, compared at the end
+			n := 0
+			c := openBuckets(tx).items.Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if first == nil {
+					first = v
+				}
+				if n++; n%256 == 0 {
+					grew = max(grew, rssFile(t)-base)
+					if check {
+						s.checkMemoryIn(tx)
+					}
+				}
+			}
+			if n < 40000 || !bytes.Contains(first, data) {
+				return fmt.Errorf("read %d items; the first no longer holds its data", n)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return grew
+	}
+	const bound = 4 << 20
+	if err := s.BoundMemory(bound); err != nil {
+		t.Fatal(err)
+	}
+	bounded := readAll(true)
+	if err := s.BoundMemory(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseMemory(); err != nil {
+		t.Fatal(err)
+	}
+	unbounded := readAll(false)
+	t.Logf("RssFile growth inside one write transaction reading ~40 MiB: %d KiB checked (bound %d KiB), %d KiB unchecked", bounded, bound>>10, unbounded)
+	// 256 items between checks are ~256 KiB of pages, faulted in 64 KiB at a time.
+	if bounded > bound>>10+2<<10 {
+		t.Errorf("RssFile grew by %d KiB with a bound of %d KiB", bounded, bound>>10)
+	}
+	if unbounded < 16<<10 {
+		t.Errorf("RssFile grew by only %d KiB unchecked: the test reads too little to show the bound", unbounded)
 	}
 }

@@ -15,6 +15,8 @@ func (s *Spool) CheckMemory() error { return nil }
 
 func (s *Spool) checkMemory() {}
 
+func (s *Spool) checkMemoryIn(*bolt.Tx) {}
+
 func (s *Spool) trackReads() *mappedBlocks { return nil }
 
 func (s *Spool) dropBlocks(*bolt.Tx, *mappedBlocks) {}

@@ -117,7 +117,8 @@ func (s *Spool) Done(sink string, seqs ...uint64) error {
 			rc = rb.Cursor()
 		}
 		rel := releaser{refs: b.refs.Cursor(), items: b.items.Cursor(), b: b}
-		for _, seq := range seqs {
+		for i, seq := range seqs {
+			s.boundIn(tx, i)
 			k := encUint(seq)
 			switch {
 			case rc != nil && seekFound(rc, k):
@@ -218,7 +219,8 @@ func (s *Spool) reschedule(sink string, rs []Retry) (int, error) {
 		rb := b.ready.Bucket(name)
 		var sb, ib *bolt.Bucket
 		var dReady, dSched int64
-		for _, r := range rs {
+		for i, r := range rs {
+			s.boundIn(tx, i)
 			k := encUint(r.Seq)
 			var firstAt time.Time
 			if v := getBucket(rb, k); v != nil {
@@ -320,7 +322,8 @@ func (s *Spool) Promote(now time.Time) (map[string]uint64, error) {
 			}
 			ib := b.schedIdx.Bucket(name)
 			low := uint64(math.MaxUint64)
-			for _, e := range due {
+			for i, e := range due {
+				s.boundIn(tx, moved+i)
 				seqB := e.key[8:]
 				if err := sb.Delete(e.key); err != nil {
 					return false, fmt.Errorf("delete scheduled delivery: %w", err)

@@ -190,6 +190,7 @@ func Open(path string, opt Options) (*Spool, error) {
 		done: make(chan struct{}), lastLSN: jlsn, lastSeq: seq}
 	s.jq.cond = sync.NewCond(&s.jq.mu)
 	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs, opt.test.commitFault, s.checkMemory)
+	dedup.SetRelease(s.checkMemoryIn)
 	s.apply = newApplier(s, jlsn, opt.ApplyDelay, opt.test)
 	go s.journalLoop()
 	return s, nil

@@ -72,6 +72,28 @@ type Index struct {
 	// above the file's; that only keeps expired records (which lookups ignore) until the sweep
 	// rewrites the partition or Load reads it again.
 	partMinT, partMaxT [Parts]atomic.Uint64
+	// release, when set, is called by the write transactions that read many partitions in
+	// one (the sweep, Expire) every releaseEvery partitions (SetRelease).
+	release func(*bolt.Tx)
+}
+
+// releaseEvery is how many partitions the sweep and Expire read between calls of the
+// release function: a partition read faults in the 64 KiB of the file around it, so 32 are
+// up to 2 MiB of resident file pages.
+const releaseEvery = 32
+
+// SetRelease makes the index call fn(tx) now and then inside its write transactions that
+// read many partitions in one (a sweep reads up to hundreds), so that the owner can drop the
+// file pages they faulted in before the transaction ends. fn runs in the index's write
+// transaction; it must not write to tx. Call it before the index is used.
+func (d *Index) SetRelease(fn func(*bolt.Tx)) { d.release = fn }
+
+// released calls the release function after every releaseEvery-th partition read (n counts
+// them).
+func (d *Index) released(tx *bolt.Tx, n int) {
+	if d.release != nil && n > 0 && n%releaseEvery == 0 {
+		d.release(tx)
+	}
 }
 
 // New returns an index sized by cfg that keeps its counters (MetaCountKey and its own) in the

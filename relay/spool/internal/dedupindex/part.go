@@ -74,6 +74,7 @@ func (d *Index) sweep(tx *bolt.Tx, cutoff uint64, budget int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		d.released(tx, steps+1)
 		final = slices.DeleteFunc(final, func(r RunInfo) bool { return r.Count <= 0 })
 		written += n + 1 // a step costs something even where there is little to write
 		p = (p + 1) % Parts
@@ -307,7 +308,7 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 		return 0, nil
 	}
 	start := int(decUint(meta.Get(metaExpire)) % Parts)
-	removed, next := 0, (start+lookParts)%Parts
+	removed, next, read := 0, (start+lookParts)%Parts, 0
 	for i := 0; i < Parts; i++ {
 		p := (start + i) % Parts
 		if lo := d.partMinT[p].Load(); lo != 0 {
@@ -322,6 +323,8 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		read++
+		d.released(tx, read)
 		d.notePart(p, r, ok)
 		if !ok || r.MinT > cutoff {
 			continue

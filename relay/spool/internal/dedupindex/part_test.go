@@ -260,3 +260,45 @@ func TestExpire_ReadsOnlyPartitionsPastCutoff(t *testing.T) {
 	}
 	check(t, db, d)
 }
+
+// TestSweep_CallsRelease: a sweep that rewrites many partitions in one transaction calls the
+// release function with that transaction after every releaseEvery partitions, so that the
+// owner can drop the file pages it read before it commits; the records are all there after.
+func TestSweep_CallsRelease(t *testing.T) {
+	t.Parallel()
+	db, d := openTest(t, Config{})
+	var calls int
+	var inTx *bolt.Tx
+	d.SetRelease(func(tx *bolt.Tx) {
+		calls++
+		if tx != inTx || !tx.Writable() {
+			t.Errorf("release called with %p (writable %v), want the sweep's write transaction %p", tx, tx.Writable(), inTx)
+		}
+	})
+	const n = 20000 // records in about every one of the Parts partitions
+	var recs []byte
+	for i := range n {
+		recs = append(recs, Hash([]byte(fmt.Sprint("k", i)))...)
+		recs = binary.BigEndian.AppendUint64(recs, timeBits(t0))
+	}
+	recs = sortRecs(recs)
+	var written int
+	err := db.Update(func(tx *bolt.Tx) error {
+		inTx = tx
+		if err := d.WriteFinalRun(tx, recs); err != nil {
+			return err
+		}
+		var err error
+		written, err = d.Sweep(tx, t0.Add(-time.Hour), 1<<30)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if written < n || calls < Parts/releaseEvery-1 {
+		t.Fatalf("sweep wrote %d records and called release %d times; want %d and about %d", written, calls, n, Parts/releaseEvery)
+	}
+	if got := partsLen(t, db); got != n {
+		t.Fatalf("partitions hold %d records, want %d", got, n)
+	}
+}
