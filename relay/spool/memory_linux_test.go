@@ -90,17 +90,17 @@ func TestStatmShared(t *testing.T) {
 	}
 }
 
-// A backlog read back with the memory bounded leaves no more of the file resident than the
-// bound, though every item's page is read (and faulted in with its neighbours); unbounded, the
-// same reads leave tens of MiB.
-func TestSpool_BoundMemory(t *testing.T) {
+// openBacklog opens a spool in a temporary directory holding a backlog of 40000 items of
+// 1000 bytes for sink "s" (~40 MiB, several to a page), and returns it with the items' data.
+func openBacklog(t *testing.T) (*Spool, []byte) {
+	t.Helper()
 	s, err := Open(filepath.Join(t.TempDir(), "spool.db"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
 	data := bytes.Repeat([]byte("x"), 1000)
-	for i := 0; i < 40000; i += 1000 { // ~40 MiB of items, several to a page
+	for i := 0; i < 40000; i += 1000 {
 		items := make([]Item, 1000)
 		for j := range items {
 			items[j] = Item{Key: fmt.Sprint("k", i+j), Data: data, Sinks: []string{"s"}}
@@ -109,6 +109,14 @@ func TestSpool_BoundMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return s, data
+}
+
+// A backlog read back with the memory bounded leaves no more of the file resident than the
+// bound, though every item's page is read (and faulted in with its neighbours); unbounded, the
+// same reads leave tens of MiB.
+func TestSpool_BoundMemory(t *testing.T) {
+	s, data := openBacklog(t)
 	if _, err := s.Stats(); err != nil { // every frame applied: Ready reads the file
 		t.Fatal(err)
 	}
@@ -165,21 +173,7 @@ func TestSpool_BoundMemory(t *testing.T) {
 // checkMemoryIn as it goes, and what it read before a release still reads the same after it;
 // without the calls the same transaction leaves tens of MiB resident until it ends.
 func TestSpool_BoundMemoryInsideWriteTransaction(t *testing.T) {
-	s, err := Open(filepath.Join(t.TempDir(), "spool.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	data := bytes.Repeat([]byte("x"), 1000)
-	for i := 0; i < 40000; i += 1000 { // ~40 MiB of items, several to a page
-		items := make([]Item, 1000)
-		for j := range items {
-			items[j] = Item{Key: fmt.Sprint("k", i+j), Data: data, Sinks: []string{"s"}}
-		}
-		if _, err := s.Accept(context.Background(), items, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, data := openBacklog(t)
 	if _, err := s.Stats(); err != nil { // every frame applied: the items are in the file
 		t.Fatal(err)
 	}
