@@ -74,7 +74,12 @@ func (s *Spool) BoundMemory(above int64) error {
 // CheckMemory releases the spool file's pages if the process's file-backed resident memory
 // has grown past BoundMemory's bound; it does nothing without one, or while another check
 // runs.
-func (s *Spool) CheckMemory() error {
+func (s *Spool) CheckMemory() error { return s.overBound(s.ReleaseMemory) }
+
+// overBound calls release if the process's file-backed resident memory has grown past
+// BoundMemory's bound, with the check's lock held; it does nothing without a bound, or while
+// another check runs.
+func (s *Spool) overBound(release func() error) error {
 	above := s.mem.above.Load()
 	if above <= 0 || !s.mem.mu.TryLock() {
 		return nil
@@ -87,7 +92,7 @@ func (s *Spool) CheckMemory() error {
 	if rss <= s.mem.base.Load()+above {
 		return nil
 	}
-	return s.ReleaseMemory()
+	return release()
 }
 
 // checkMemory is CheckMemory for the spool's own callers, which have no one to report to: a
@@ -98,26 +103,22 @@ func (s *Spool) checkMemory() {
 	}
 }
 
-// checkMemoryIn is checkMemory for a write transaction in progress: the dedup index calls it
-// while a sweep reads hundreds of partitions in one transaction, whose pages would otherwise
-// stay resident until it commits (a 1M-key index's sweep made ~20 MiB resident in one). The
-// map cannot move while tx, the one write transaction, is open (bbolt remaps only in a write
-// transaction's commit), so it releases the range tx sees without a transaction of its own.
-// tx is only read.
+// checkMemoryIn is checkMemory for a write transaction in progress, whose pages would
+// otherwise stay resident until it ends: Promote, RescheduleBatch and Done call it as they
+// move deliveries (boundIn; in a 1M backlog a Promote or a rescheduler's commit made 11–15 MiB
+// resident), the dedup index as its sweep or Expire reads partitions (SetRelease). The map
+// cannot move while tx, the one write transaction, is open (bbolt remaps only in a write
+// transaction's commit), so it releases the range tx sees without a transaction of its own,
+// which, taken inside a read transaction, could wait forever on a writer waiting to remap.
+// tx is only read. A failure is left to the next check after the commit.
 func (s *Spool) checkMemoryIn(tx *bolt.Tx) {
-	above := s.mem.above.Load()
-	if above <= 0 || !s.mem.mu.TryLock() {
-		return
-	}
-	defer s.mem.mu.Unlock()
-	rss, err := s.mem.fileResident()
-	if err != nil || rss <= s.mem.base.Load()+above {
-		return
-	}
-	page := int64(os.Getpagesize())
-	if size := tx.Size() &^ (page - 1); size > 0 {
-		_ = madvise(s.db.Info().Data, uintptr(size)) // only memory: the pages stay in the page cache
-	}
+	_ = s.overBound(func() error {
+		page := int64(os.Getpagesize())
+		if size := tx.Size() &^ (page - 1); size > 0 {
+			_ = madvise(s.db.Info().Data, uintptr(size)) // only memory: the pages stay in the page cache
+		}
+		return nil
+	})
 }
 
 // fileResident returns the process's file-backed (and shared) resident memory in bytes: the
