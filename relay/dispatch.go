@@ -92,6 +92,7 @@ func (d *dispatcher) step() bool {
 		}
 	}
 	r.orderPassed(from, d.cursor, complete, d.reread)
+	clear(d.reread) // nothing of the deliveries (their data) outlives the read
 	d.reread = d.reread[:0]
 	if len(ds) == limit || r.paused() {
 		return true

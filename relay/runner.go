@@ -276,6 +276,9 @@ func (r *runner) rescheduler() {
 		}
 		r.release(err != nil, seqs...)
 		r.e.wakePromoter()
+		// The spool has its own copies now; a reused array would keep each retry's
+		// history (up to maxHistory attempts) alive until a later batch as long overwrote it.
+		clear(batch)
 	}
 }
 

@@ -146,7 +146,8 @@ type Queue interface {
 	// RescheduleBatch records failed attempts of pending deliveries of sink as Reschedule does,
 	// all in one commit, so that a failing sink costs one commit per batch of failures rather
 	// than one per failure. A Seq without a pending delivery is skipped (it was done meanwhile),
-	// so it is idempotent. On error none of rs is recorded.
+	// so it is idempotent. On error none of rs is recorded. rs is the caller's again once it
+	// returns (the engine reuses it).
 	RescheduleBatch(sink string, rs []Retry) error
 	// Promote makes scheduled deliveries due at or before now ready again, keeping their Seq,
 	// attempt count and history, and returns for each sink the lowest promoted Seq so the
