@@ -85,7 +85,9 @@ const releaseEvery = 32
 // SetRelease makes the index call fn(tx) now and then inside its write transactions that
 // read many partitions in one (a sweep reads up to hundreds), so that the owner can drop the
 // file pages they faulted in before the transaction ends. fn runs in the index's write
-// transaction; it must not write to tx. Call it before the index is used.
+// transaction; it must not write to tx. Call it before the index is shared between
+// goroutines (the spool sets it at the end of Open; the migrations and the journal replay
+// before it run without one).
 func (d *Index) SetRelease(fn func(*bolt.Tx)) { d.release = fn }
 
 // released calls the release function after every releaseEvery-th partition read (n counts
