@@ -123,6 +123,8 @@ type Spool struct {
 	probes probes // Check's disk probe
 
 	mem memBound // BoundMemory's bound on the file's resident pages
+	// pageFile is the file open again, read only, for the dedup index's lookups (SetPageFile).
+	pageFile *os.File
 
 	damaged damagedItems // items Ready found failing their checksum
 
@@ -191,6 +193,15 @@ func Open(path string, opt Options) (*Spool, error) {
 	s.jq.cond = sync.NewCond(&s.jq.mu)
 	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs, opt.test.commitFault, s.checkMemory)
 	dedup.SetRelease(s.checkMemoryIn)
+	// Accept's lookups read the dedup index's final level from the file rather than the map
+	// (dedupindex.SetPageFile): a second descriptor, read only (bbolt's and the spool's locks
+	// are flock's, which closing it leaves alone). Without it they read through the map.
+	if f, err := os.Open(path); err != nil {
+		log.Warn("dedup lookups read through the map", "path", path, "err", err)
+	} else {
+		s.pageFile = f
+		dedup.SetPageFile(f, db.Info().PageSize)
+	}
 	s.apply = newApplier(s, jlsn, opt.ApplyDelay, opt.test)
 	go s.journalLoop()
 	return s, nil
@@ -303,6 +314,9 @@ func (s *Spool) Close() error {
 			}
 		}
 		s.mem.close()
+		if s.pageFile != nil {
+			_ = s.pageFile.Close() // read only
+		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close spool: %w", err)
 			return

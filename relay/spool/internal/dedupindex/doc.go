@@ -31,9 +31,11 @@
 // records of partitions per key flushed: a step writes one partition (~2.3 MiB at 100M keys),
 // and the final runs waiting for the sweep hold about the keys of one round (a few million at
 // 100M keys: tens of runs, a few MiB of filters). A lookup then probes L0, the runs' filters
-// and one chunk of one partition, read in place from the mapped file (chunks are keyed by their
-// last hash: one Seek, one 4 KiB leaf page), so neither memory nor the lookup's cost grows
-// with the keys in the final level. The spool's format 5 introduced the partitions; its
+// and one chunk of one partition (chunks are keyed by their last hash: one Seek, a branch page
+// and one or two 4 KiB leaves), so neither memory nor the lookup's cost grows with the keys in
+// the final level. In a read transaction the partition's pages are read from the file with
+// pread, not through bbolt's map (SetPageFile, pageread.go): a large index's pages would
+// otherwise fault into the process's resident memory one 64 KiB block at a time. The spool's format 5 introduced the partitions; its
 // migration from format 4 only rewrites runs whose chunks cross partition bounds (AlignRun).
 //
 // A key is seen when some level holds it with a time inside the window. Expire deletes runs

@@ -75,6 +75,8 @@ type Index struct {
 	// release, when set, is called by the write transactions that read many partitions in
 	// one (the sweep, Expire) every releaseEvery partitions (SetRelease).
 	release func(*bolt.Tx)
+	// pages, when set, is where read-only Views read the final level's pages (SetPageFile).
+	pages *pageFile
 }
 
 // releaseEvery is how many partitions the sweep and Expire read between calls of the
@@ -192,6 +194,7 @@ type View struct {
 	l0    *bolt.Bucket
 	parts *bolt.Bucket
 	runs  []runView
+	pages *pageReader // nil: partitions are read through the map (SetPageFile)
 }
 
 type runView struct {
@@ -202,6 +205,9 @@ type runView struct {
 // View returns tx's view of the index.
 func (d *Index) View(tx *bolt.Tx) View {
 	v := View{l0: tx.Bucket(L0Bucket), parts: tx.Bucket(PartsBucket)}
+	if d.pages != nil && !tx.Writable() {
+		v.pages = &pageReader{pf: d.pages, limit: tx.Size()}
+	}
 	rb := tx.Bucket(RunsBucket)
 	c := rb.Cursor()
 	var ids []uint64
@@ -240,7 +246,7 @@ func (v View) Lookup(h []byte, cutoffTime time.Time) (seen, known bool) {
 			known = true
 		}
 	}
-	if t, ok := searchPart(v.parts, h); ok {
+	if t, ok := searchPart(v.parts, h, v.pages); ok {
 		if t > cutoff {
 			return true, true
 		}

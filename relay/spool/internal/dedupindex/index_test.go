@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -44,6 +45,13 @@ func openTest(t testing.TB, cfg Config) (*bolt.DB, *Index) {
 	if err := db.View(d.Load); err != nil {
 		t.Fatal(err)
 	}
+	// Read-only lookups read the partitions' pages from the file, as in the spool.
+	f, err := os.Open(db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	d.SetPageFile(f, db.Info().PageSize)
 	return db, d
 }
 

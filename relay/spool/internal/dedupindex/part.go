@@ -375,7 +375,7 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 // keyed by their last hash, so the first chunk key at or after h names the one chunk that may
 // hold it: one leaf page of the partition read, where a run's (keyed by the first) needs the
 // one before it too.
-func searchPart(parts *bolt.Bucket, h []byte) (uint64, bool) {
+func searchPart(parts *bolt.Bucket, h []byte, pr *pageReader) (uint64, bool) {
 	if parts == nil {
 		return 0, false
 	}
@@ -388,7 +388,7 @@ func searchPart(parts *bolt.Bucket, h []byte) (uint64, bool) {
 	var ck [1 + hashLen]byte
 	ck[0] = chunkPrefix
 	copy(ck[1:], h)
-	key, v := b.Cursor().Seek(ck[:])
+	key, v := pr.seekBucket(b, ck[:])
 	if key == nil || key[0] != chunkPrefix {
 		return 0, false
 	}

@@ -1,0 +1,235 @@
+package dedupindex
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// pagedView returns a pageReader over db's file for read transaction tx, as a View's.
+func pagedView(t testing.TB, db *bolt.DB, tx *bolt.Tx) *pageReader {
+	t.Helper()
+	f, err := os.Open(db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &pageReader{pf: &pageFile{f: f, pageSize: db.Info().PageSize}, limit: tx.Size()}
+}
+
+// TestPageReader_SeekAsCursor: over a bucket of three levels, with keys of every length,
+// values from empty to overflowing their page and a nested bucket, the page walk finds for
+// every target what bbolt's Cursor.Seek finds, without once giving up on a page.
+func TestPageReader_SeekAsCursor(t *testing.T) {
+	t.Parallel()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "pages.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rng := rand.New(rand.NewPCG(1, 2))
+	var keys [][]byte
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("t"))
+		if err != nil {
+			return err
+		}
+		for i := range 30_000 {
+			k := make([]byte, 1+rng.IntN(40))
+			for j := range k {
+				k[j] = byte(rng.IntN(256))
+			}
+			v := make([]byte, rng.IntN(300))
+			if i%997 == 0 {
+				v = make([]byte, 5000+rng.IntN(9000)) // an overflow page
+			}
+			for j := range v {
+				v[j] = byte(i + j)
+			}
+			if err := b.Put(k, v); err != nil {
+				return err
+			}
+			keys = append(keys, k)
+		}
+		_, err = b.CreateBucket([]byte("\x80nested"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("t"))
+		if b.Stats().Depth < 3 {
+			t.Fatalf("tree depth %d, want 3 or more", b.Stats().Depth)
+		}
+		r := pagedView(t, db, tx)
+		targets := [][]byte{nil, {}, {0}, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, []byte("\x80nested"), []byte("\x80nest")}
+		for _, k := range keys {
+			targets = append(targets, k, append(slices.Clip(k), 0), k[:len(k)-1])
+		}
+		for i, target := range targets {
+			wk, wv := b.Cursor().Seek(target)
+			gk, gv := r.seekBucket(b, target)
+			if !bytes.Equal(gk, wk) || !bytes.Equal(gv, wv) || (gv == nil) != (wv == nil) {
+				return fmt.Errorf("target %d %x: got %x (value %d bytes, nil %v), cursor %x (%d bytes, nil %v)",
+					i, target, gk, len(gv), gv == nil, wk, len(wv), wv == nil)
+			}
+		}
+		if r.cursor != 0 || r.paged != len(targets) {
+			return fmt.Errorf("%d seeks from the pages, %d sent to the cursor; want %d and 0", r.paged, r.cursor, len(targets))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPageReader_GivesUpOnDamage: a page whose header names another page, a flag bbolt does
+// not write there, or elements pointing out of it, sends the seek back to the cursor.
+func TestPageReader_GivesUpOnDamage(t *testing.T) {
+	t.Parallel()
+	const ps = 4096
+	page := func(id uint64, flags, count uint16) []byte {
+		p := make([]byte, 3*ps)
+		ne := binary.NativeEndian
+		ne.PutUint64(p[2*ps:], id)
+		ne.PutUint16(p[2*ps+8:], flags)
+		ne.PutUint16(p[2*ps+10:], count)
+		return p
+	}
+	good := page(2, leafPageFlag, 1)
+	e := good[2*ps+pageHeaderSize:]
+	binary.NativeEndian.PutUint32(e[4:], pageElementSize) // key right after the element
+	binary.NativeEndian.PutUint32(e[8:], 1)
+	binary.NativeEndian.PutUint32(e[12:], 1)
+	copy(good[2*ps+pageHeaderSize+pageElementSize:], "kv")
+	outside := slices.Clone(good)
+	binary.NativeEndian.PutUint32(outside[2*ps+pageHeaderSize+12:], ps) // value past the page
+	for _, tt := range []struct {
+		name string
+		file []byte
+		ok   bool
+	}{
+		{"sound", good, true},
+		{"another id", page(7, leafPageFlag, 1), false},
+		{"meta flag", page(2, 0x04, 1), false},
+		{"more elements than fit", page(2, leafPageFlag, 300), false},
+		{"value outside", outside, false},
+		{"empty branch", page(2, branchPageFlag, 0), false},
+		{"short file", good[:2*ps+100], false},
+	} {
+		r := &pageReader{pf: &pageFile{f: bytes.NewReader(tt.file), pageSize: ps}, limit: int64(len(tt.file))}
+		k, v, found, ok := r.seek(2, []byte("a"))
+		if ok != tt.ok || (ok && (!found || string(k) != "k" || string(v) != "v")) {
+			t.Errorf("%s: seek %q %q found %v ok %v; want ok %v", tt.name, k, v, found, ok, tt.ok)
+		}
+	}
+}
+
+// FuzzPageReader: no file makes the page walk panic or read past what it was given.
+func FuzzPageReader(f *testing.F) {
+	f.Add(make([]byte, 4*256), uint64(2), []byte("k"))
+	f.Fuzz(func(t *testing.T, file []byte, root uint64, target []byte) {
+		const ps = 256
+		r := &pageReader{pf: &pageFile{f: bytes.NewReader(file), pageSize: ps}, limit: int64(len(file))}
+		k, v, found, ok := r.seek(root, target)
+		if !ok && (k != nil || v != nil || found) {
+			t.Fatalf("gave up but returned %x %x %v", k, v, found)
+		}
+		if r.reads > maxPageWalk {
+			t.Fatalf("%d pages read", r.reads)
+		}
+	})
+}
+
+// TestLookup_PagesAsMap: an index whose partitions are trees of their own (not inline) answers
+// every lookup the same from the file's pages (a read transaction's View after SetPageFile) as
+// through bbolt's map, and the pages are what answered.
+func TestLookup_PagesAsMap(t *testing.T) {
+	t.Parallel()
+	const window = time.Hour
+	db, d := openTest(t, Config{Chunk: 16})
+	f, err := os.Open(db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const n = 200_000 // ~195 a partition: 13 chunks, more than a page
+	hash := func(i int) []byte { return Hash(fmt.Appendf(nil, "wamid.%d", i)) }
+	at := binary.BigEndian.AppendUint64(nil, timeBits(t0))
+	err = db.Update(func(tx *bolt.Tx) error {
+		for from := 0; from < n; from += d.MaxRun() {
+			var recs [][]byte
+			for i := from; i < min(from+d.MaxRun(), n); i++ {
+				recs = append(recs, append(hash(i), at...))
+			}
+			slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:hashLen], b[:hashLen]) })
+			if err := d.WriteFinalRun(tx, slices.Concat(recs...)); err != nil {
+				return err
+			}
+		}
+		for {
+			written, err := d.Sweep(tx, t0.Add(-window), n)
+			if err != nil || written == 0 {
+				return err
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cutoff := t0.Add(-window / 2)
+	answers := func(paged bool) (seen []bool, fromPages int) {
+		err := db.View(func(tx *bolt.Tx) error {
+			d.pages = nil
+			if paged {
+				d.SetPageFile(f, db.Info().PageSize)
+			}
+			v := d.View(tx)
+			for i := range 2 * n { // the second half is absent
+				s, _ := v.Lookup(hash(i), cutoff)
+				seen = append(seen, s)
+			}
+			if v.pages != nil {
+				fromPages = v.pages.paged
+				if v.pages.cursor != 0 {
+					return fmt.Errorf("%d seeks sent back to the cursor", v.pages.cursor)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seen, fromPages
+	}
+	viaMap, _ := answers(false)
+	viaPages, fromPages := answers(true)
+	if fromPages < n {
+		t.Fatalf("%d of %d lookups read the partitions' pages", fromPages, 2*n)
+	}
+	for i := range viaMap {
+		if viaMap[i] != (i < n) || viaPages[i] != viaMap[i] {
+			t.Fatalf("lookup %d: seen %v through the map, %v from the pages; want %v", i, viaMap[i], viaPages[i], i < n)
+		}
+	}
+	// A write transaction's View reads through the map: its own changes are not in the file.
+	err = db.Update(func(tx *bolt.Tx) error {
+		if v := d.View(tx); v.pages != nil {
+			return fmt.Errorf("a write transaction's View reads the file")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
