@@ -189,6 +189,7 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 	}()
 	return s.view(func(tx *bolt.Tx) error {
 		dv := s.dedup.View(tx)
+		defer dv.Release()
 		seen := map[string]bool{}
 		for _, c := range group {
 			cutoff := c.now.Add(-s.window)

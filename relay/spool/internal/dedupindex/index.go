@@ -207,6 +207,7 @@ func (d *Index) View(tx *bolt.Tx) View {
 	v := View{l0: tx.Bucket(L0Bucket), parts: tx.Bucket(PartsBucket)}
 	if d.pages != nil && !tx.Writable() {
 		v.pages = &pageReader{pf: d.pages, limit: tx.Size()}
+		v.pages.gen, v.pages.cache = d.pages.branches.begin(tx)
 	}
 	rb := tx.Bucket(RunsBucket)
 	c := rb.Cursor()
@@ -224,6 +225,10 @@ func (d *Index) View(tx *bolt.Tx) View {
 	d.mu.RUnlock()
 	return v
 }
+
+// Release hands the buffers the View's lookups read pages into on to the next View; the View
+// must not be used after it. A View not released is only left to the garbage collector.
+func (v View) Release() { v.pages.release() }
 
 // Lookup reports whether some level holds hash h with a time after cutoff (seen), and
 // whether any level holds it at all (known).

@@ -25,7 +25,13 @@ var (
 // creates, and an index on it.
 func openTest(t testing.TB, cfg Config) (*bolt.DB, *Index) {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "index.db"), 0o600, nil)
+	return openTestFile(t, cfg, nil)
+}
+
+// openTestFile is openTest with bbolt's options opts.
+func openTestFile(t testing.TB, cfg Config, opts *bolt.Options) (*bolt.DB, *Index) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "index.db"), 0o600, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -16,7 +17,10 @@ import (
 // 2-vCPU VM a fault and its share of the releases cost 5–10 µs, a pread of the page from the
 // page cache about 2 µs, and it leaves nothing resident. So a read-only View reads partition
 // pages from the file (SetPageFile) and walks them itself, as bbolt's cursor would; anything it
-// does not recognise sends the lookup back to the cursor.
+// does not recognise sends the lookup back to the cursor. The branch pages, few and read by
+// every lookup of their partition, are kept in memory between partition changes
+// (branchCache), and a leaf is read with its overflow page in one pread: a lookup makes one or
+// two.
 //
 // The layout read is bbolt's on-disk page, unchanged since its first release (a file of 2014
 // opens today): a 16-byte header {id uint64, flags uint16, count uint16, overflow uint32} in
@@ -33,18 +37,107 @@ const (
 	leafPageFlag    = 0x02
 	bucketLeafFlag  = 0x01
 
-	// maxPageWalk bounds the pages one lookup reads before it gives up and asks the cursor:
+	// maxPageWalk bounds the pages one lookup looks at before it gives up and asks the cursor:
 	// a tree is a few levels deep, and a leaf of hashes never needs a second to its right
 	// unless it is empty, which bbolt's rebalance does not leave in a committed tree.
 	maxPageWalk = 16
-	// maxPageBytes bounds one page with its overflow: a partition's pages are single pages.
+	// maxPageBytes bounds one page with its overflow: a partition's leaves are two pages.
 	maxPageBytes = 1 << 20
+	// readSpan is how many pages a read takes from the page asked for (page).
+	readSpan = 2
 )
 
-// pageFile is where a read-only View reads partition pages from (SetPageFile).
+// pageFile is where a read-only View reads partition pages from (SetPageFile), with the
+// branch pages read so far.
 type pageFile struct {
 	f        io.ReaderAt
 	pageSize int
+	branches branchCache
+	wins     sync.Pool // *[]pageWindow of released Views
+}
+
+// branchCache holds copies of the partitions' branch pages (a few thousand at 100M keys, each
+// read by every lookup of its partition), so that a lookup reads only its leaves.
+//
+// A page's content is fixed while a transaction that reaches it is open, but bbolt reuses the
+// ids of freed pages, so a copy is good only for transactions that see the same partitions.
+// Every write transaction that changes a partition (writePart, the deletes of rewritePart and
+// expireParts) calls partsChanged before it commits: the cache is emptied, its generation
+// moves on and since becomes that transaction's id. A View uses the cache only if its
+// transaction is at least since (it sees that change: no partition changed after it without
+// moving the generation again), and only while the generation is the one it began with.
+// A transaction that rolls back leaves since ahead of the file, which only turns the cache off
+// until the next commit has its id.
+type branchCache struct {
+	mu    sync.Mutex
+	gen   uint64
+	since uint64
+	pages map[uint64][]byte // page id -> copy; never changed once stored
+	bytes int
+}
+
+// maxBranchBytes bounds the branch pages held: 4096 pages of 4 KiB, the roots of all 1024
+// partitions and most of the level below at 100M keys.
+const maxBranchBytes = 16 << 20
+
+// partsChanged is called by a write transaction that changes a partition, before it commits.
+func (d *Index) partsChanged(tx *bolt.Tx) {
+	if d.pages == nil {
+		return
+	}
+	c := &d.pages.branches
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.since = uint64(tx.ID())
+	clear(c.pages)
+	c.bytes = 0
+}
+
+// begin returns the generation a View of read transaction tx may use the cache in, ok false
+// if its transaction is older than the last change of a partition.
+func (c *branchCache) begin(tx *bolt.Tx) (gen uint64, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen, uint64(tx.ID()) >= c.since
+}
+
+// get returns the copy of page id held for generation gen.
+func (c *branchCache) get(gen, id uint64) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return nil
+	}
+	return c.pages[id]
+}
+
+// put stores a copy of the part of branch page p that its count elements and their keys use,
+// read as page id in generation gen (a partition of a few chunks has a branch page of a few
+// elements: the copy is ~100 bytes, not 4 KiB).
+func (c *branchCache) put(gen, id uint64, p []byte, count int) {
+	used := pageHeaderSize + count*pageElementSize
+	for i := range count {
+		e := p[pageHeaderSize+i*pageElementSize:]
+		end := pageHeaderSize + i*pageElementSize + int(binary.NativeEndian.Uint32(e)) + int(binary.NativeEndian.Uint32(e[4:]))
+		if end > len(p) { // a key outside the page: not kept (a walk checks each key it reads)
+			return
+		}
+		used = max(used, end)
+	}
+	p = p[:used]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen || c.bytes+len(p) > maxBranchBytes {
+		return
+	}
+	if c.pages == nil {
+		c.pages = map[uint64][]byte{}
+	}
+	if _, ok := c.pages[id]; !ok {
+		c.pages[id] = bytes.Clone(p)
+		c.bytes += len(p)
+	}
 }
 
 // SetPageFile has lookups in read-only transactions read the final level's pages from f, the
@@ -59,54 +152,91 @@ func (d *Index) SetPageFile(f io.ReaderAt, pageSize int) {
 	d.pages = &pageFile{f: f, pageSize: pageSize}
 }
 
+// release hands r's buffers on to the next View (View.Release).
+func (r *pageReader) release() {
+	if r == nil || r.wins == nil {
+		return
+	}
+	w := r.wins
+	for i := range w {
+		w[i].n = 0
+	}
+	r.wins = nil
+	r.pf.wins.Put(&w)
+}
+
+// pageWindow holds pages [start, start+n) of the file, read with one pread.
+type pageWindow struct {
+	buf      []byte
+	start, n uint64
+}
+
 // pageReader reads one transaction's pages for the lookups of one View, one buffer per level
 // of the walk. It is not safe for concurrent use, as a View is not.
 type pageReader struct {
-	pf    *pageFile
-	limit int64 // the transaction's file size: no page of its tree lies beyond
-	bufs  [][]byte
-	reads int // pages read by the lookup in progress
+	pf     *pageFile
+	limit  int64        // the transaction's file size: no page of its tree lies beyond
+	gen    uint64       // the branch cache's generation this View uses
+	cache  bool         // whether it may use the branch cache (branchCache.begin)
+	wins   []pageWindow // per depth of the walk: the pages read last
+	visits int          // pages the seek in progress has looked at, read or held
+
+	preads, cached int // preads made in all, branch pages taken from the cache (tests)
 
 	paged, cursor int // seeks answered from the file's pages, and sent back to the cursor
 }
 
-// page reads page id into the buffer of walk level depth and returns it with its flags and
-// count, ok false if it is not a sound branch or leaf page with id in its header.
+// page returns page id, read into the window of walk level depth, with its flags and count,
+// ok false if it is not a sound branch or leaf page with id in its header. A read takes
+// readSpan pages from id: a partition's leaf holds two chunks of ~3.8 KiB (bbolt puts at least
+// two keys in a node), a page and its overflow. A page inside the window is served from it.
+// (Reading four pages to take the sibling leaf too, when it follows in the file, made fewer
+// preads but cost more: 16 KiB preads.)
 func (r *pageReader) page(id uint64, depth int) (p []byte, flags uint16, count int, ok bool) {
-	ps := int64(r.pf.pageSize)
-	if id < 2 || id > uint64(r.limit/ps) || r.reads >= maxPageWalk {
+	ps := uint64(r.pf.pageSize)
+	total := uint64(r.limit) / ps
+	if id < 2 || id >= total {
 		return nil, 0, 0, false
 	}
-	r.reads++
-	for len(r.bufs) <= depth {
-		r.bufs = append(r.bufs, make([]byte, r.pf.pageSize))
+	if r.wins == nil {
+		if w, ok := r.pf.wins.Get().(*[]pageWindow); ok {
+			r.wins = *w
+		}
 	}
-	off := int64(id) * ps
-	if off+ps > r.limit {
-		return nil, 0, 0, false
+	for len(r.wins) <= depth {
+		r.wins = append(r.wins, pageWindow{buf: make([]byte, readSpan*ps)})
 	}
-	buf := r.bufs[depth][:ps]
-	if n, err := r.pf.f.ReadAt(buf, off); n != len(buf) {
-		_ = err
-		return nil, 0, 0, false
+	w := &r.wins[depth]
+	if w.n == 0 || id < w.start || id >= w.start+w.n {
+		span := min(readSpan, total-id)
+		r.preads++
+		w.n = 0
+		if m, _ := r.pf.f.ReadAt(w.buf[:span*ps], int64(id*ps)); uint64(m) != span*ps {
+			return nil, 0, 0, false
+		}
+		w.start, w.n = id, span
 	}
+	at := (id - w.start) * ps
+	buf := w.buf[at : at+ps]
 	ne := binary.NativeEndian
 	if ne.Uint64(buf) != id {
 		return nil, 0, 0, false
 	}
 	flags, count = ne.Uint16(buf[8:]), int(ne.Uint16(buf[10:]))
-	if over := int64(ne.Uint32(buf[12:])); over > 0 {
+	if over := uint64(ne.Uint32(buf[12:])); over > 0 {
 		n := (over + 1) * ps
-		if n > maxPageBytes || off+n > r.limit {
+		switch {
+		case n > maxPageBytes || id+over >= total:
 			return nil, 0, 0, false
-		}
-		if int64(cap(r.bufs[depth])) < n {
-			r.bufs[depth] = make([]byte, n)
-			copy(r.bufs[depth], buf)
-		}
-		buf = r.bufs[depth][:n]
-		if m, _ := r.pf.f.ReadAt(buf[ps:], off+ps); int64(m) != n-ps {
-			return nil, 0, 0, false
+		case id+1+over <= w.start+w.n:
+			buf = w.buf[at : at+n]
+		default: // a page larger than the window: read whole into a buffer of its own
+			whole := make([]byte, n)
+			r.preads++
+			if m, _ := r.pf.f.ReadAt(whole, int64(id*ps)); uint64(m) != n {
+				return nil, 0, 0, false
+			}
+			buf = whole
 		}
 	}
 	if (flags != branchPageFlag && flags != leafPageFlag) || pageHeaderSize+count*pageElementSize > len(buf) {
@@ -141,14 +271,32 @@ func element(p []byte, flags uint16, i int) (key []byte, child uint64, val []byt
 // (nil for a nested bucket), as bbolt's Cursor.Seek would. found is false when the tree holds
 // no such key; ok is false when the walk could not be made (then ask the cursor).
 func (r *pageReader) seek(root uint64, target []byte) (key, val []byte, found, ok bool) {
-	r.reads = 0
+	r.visits = 0
 	return r.seekIn(root, target, 0)
 }
 
 func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byte, found, ok bool) {
-	p, flags, count, ok := r.page(id, depth)
-	if !ok {
+	if r.visits++; r.visits > maxPageWalk { // a damaged tree's cycle, or a walk gone wrong
 		return nil, nil, false, false
+	}
+	var p []byte
+	var flags uint16
+	var count int
+	if r.cache {
+		p = r.pf.branches.get(r.gen, id) // checked when it was read
+		if p != nil {
+			flags, count = branchPageFlag, int(binary.NativeEndian.Uint16(p[10:]))
+			r.cached++
+		}
+	}
+	if p == nil {
+		p, flags, count, ok = r.page(id, depth)
+		if !ok {
+			return nil, nil, false, false
+		}
+		if r.cache && flags == branchPageFlag {
+			r.pf.branches.put(r.gen, id, p, count)
+		}
 	}
 	if flags == leafPageFlag {
 		// The first element whose key is at or after target.

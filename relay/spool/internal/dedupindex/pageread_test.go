@@ -83,6 +83,7 @@ func TestPageReader_SeekAsCursor(t *testing.T) {
 					i, target, gk, len(gv), gv == nil, wk, len(wv), wv == nil)
 			}
 		}
+		t.Logf("%d seeks, %d preads", r.paged, r.preads)
 		if r.cursor != 0 || r.paged != len(targets) {
 			return fmt.Errorf("%d seeks from the pages, %d sent to the cursor; want %d and 0", r.paged, r.cursor, len(targets))
 		}
@@ -138,15 +139,27 @@ func TestPageReader_GivesUpOnDamage(t *testing.T) {
 // FuzzPageReader: no file makes the page walk panic or read past what it was given.
 func FuzzPageReader(f *testing.F) {
 	f.Add(make([]byte, 4*256), uint64(2), []byte("k"))
+	cycle := make([]byte, 3*256) // page 2: a branch whose one child is page 2
+	binary.NativeEndian.PutUint64(cycle[512:], 2)
+	binary.NativeEndian.PutUint16(cycle[512+8:], branchPageFlag)
+	binary.NativeEndian.PutUint16(cycle[512+10:], 1)
+	binary.NativeEndian.PutUint32(cycle[512+16:], pageElementSize)
+	binary.NativeEndian.PutUint32(cycle[512+20:], 1)
+	binary.NativeEndian.PutUint64(cycle[512+24:], 2)
+	f.Add(cycle, uint64(2), []byte("k"))
 	f.Fuzz(func(t *testing.T, file []byte, root uint64, target []byte) {
 		const ps = 256
-		r := &pageReader{pf: &pageFile{f: bytes.NewReader(file), pageSize: ps}, limit: int64(len(file))}
-		k, v, found, ok := r.seek(root, target)
-		if !ok && (k != nil || v != nil || found) {
-			t.Fatalf("gave up but returned %x %x %v", k, v, found)
-		}
-		if r.reads > maxPageWalk {
-			t.Fatalf("%d pages read", r.reads)
+		// With the branch cache on: a branch page held must not let a damaged tree's cycle
+		// go round for ever.
+		r := &pageReader{pf: &pageFile{f: bytes.NewReader(file), pageSize: ps}, limit: int64(len(file)), cache: true}
+		for range 2 { // the second seek finds the branch pages of the first held
+			k, v, found, ok := r.seek(root, target)
+			if !ok && (k != nil || v != nil || found) {
+				t.Fatalf("gave up but returned %x %x %v", k, v, found)
+			}
+			if r.visits > maxPageWalk+1 {
+				t.Fatalf("%d pages looked at", r.visits)
+			}
 		}
 	})
 }
@@ -157,7 +170,7 @@ func FuzzPageReader(f *testing.F) {
 func TestLookup_PagesAsMap(t *testing.T) {
 	t.Parallel()
 	const window = time.Hour
-	db, d := openTest(t, Config{Chunk: 16})
+	db, d := openTest(t, Config{Chunk: 16, PartChunk: 16})
 	f, err := os.Open(db.Path())
 	if err != nil {
 		t.Fatal(err)
@@ -165,28 +178,7 @@ func TestLookup_PagesAsMap(t *testing.T) {
 	defer f.Close()
 	const n = 200_000 // ~195 a partition: 13 chunks, more than a page
 	hash := func(i int) []byte { return Hash(fmt.Appendf(nil, "wamid.%d", i)) }
-	at := binary.BigEndian.AppendUint64(nil, timeBits(t0))
-	err = db.Update(func(tx *bolt.Tx) error {
-		for from := 0; from < n; from += d.MaxRun() {
-			var recs [][]byte
-			for i := from; i < min(from+d.MaxRun(), n); i++ {
-				recs = append(recs, append(hash(i), at...))
-			}
-			slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:hashLen], b[:hashLen]) })
-			if err := d.WriteFinalRun(tx, slices.Concat(recs...)); err != nil {
-				return err
-			}
-		}
-		for {
-			written, err := d.Sweep(tx, t0.Add(-window), n)
-			if err != nil || written == 0 {
-				return err
-			}
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fillParts(t, db, d, hash, 0, n, window)
 	cutoff := t0.Add(-window / 2)
 	answers := func(paged bool) (seen []bool, fromPages int) {
 		err := db.View(func(tx *bolt.Tx) error {
@@ -200,6 +192,10 @@ func TestLookup_PagesAsMap(t *testing.T) {
 				seen = append(seen, s)
 			}
 			if v.pages != nil {
+				t.Logf("%d seeks from the pages, %d preads, %d branch pages from the cache", v.pages.paged, v.pages.preads, v.pages.cached)
+				if v.pages.cached < n {
+					return fmt.Errorf("%d branch pages from the cache", v.pages.cached)
+				}
 				fromPages = v.pages.paged
 				if v.pages.cursor != 0 {
 					return fmt.Errorf("%d seeks sent back to the cursor", v.pages.cursor)
@@ -231,5 +227,75 @@ func TestLookup_PagesAsMap(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// fillParts adds the keys hash(from..to-1) to the index's partitions: as final runs, swept in.
+func fillParts(t testing.TB, db *bolt.DB, d *Index, hash func(int) []byte, from, to int, window time.Duration) {
+	t.Helper()
+	at := binary.BigEndian.AppendUint64(nil, timeBits(t0))
+	err := db.Update(func(tx *bolt.Tx) error {
+		for lo := from; lo < to; lo += d.MaxRun() {
+			var recs [][]byte
+			for i := lo; i < min(lo+d.MaxRun(), to); i++ {
+				recs = append(recs, append(hash(i), at...))
+			}
+			slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:hashLen], b[:hashLen]) })
+			if err := d.WriteFinalRun(tx, slices.Concat(recs...)); err != nil {
+				return err
+			}
+		}
+		for {
+			written, err := d.Sweep(tx, t0.Add(-window), to)
+			if err != nil || written == 0 {
+				return err
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLookup_BranchCacheAcrossRewrites: lookups keep finding every key from the pages while the
+// sweep rewrites every partition again and again (bbolt reusing the freed pages' ids), so no
+// branch page held from before a rewrite answers after it; and the cache does serve lookups in
+// between.
+func TestLookup_BranchCacheAcrossRewrites(t *testing.T) {
+	t.Parallel()
+	const window = time.Hour
+	// 1 KiB pages and chunks of 4 records: partitions of a few dozen keys are trees of two
+	// levels, so that every round rewrites branch pages.
+	db, d := openTestFile(t, Config{Chunk: 16, PartChunk: 4}, &bolt.Options{PageSize: 1024})
+	hash := func(i int) []byte { return Hash(fmt.Appendf(nil, "id.%d", i)) }
+	const step = 25_000
+	cutoff := t0.Add(-window / 2)
+	cached := 0
+	for round := range 6 {
+		fillParts(t, db, d, hash, round*step, (round+1)*step, window)
+		for pass := range 2 { // the second pass of a round finds the branch pages in the cache
+			err := db.View(func(tx *bolt.Tx) error {
+				v := d.View(tx)
+				if v.pages == nil || !v.pages.cache {
+					return fmt.Errorf("round %d: the View does not read the pages through the cache", round)
+				}
+				for i := range (round + 2) * step { // the last step is absent
+					if seen, _ := v.Lookup(hash(i), cutoff); seen != (i < (round+1)*step) {
+						return fmt.Errorf("round %d pass %d: key %d seen %v", round, pass, i, seen)
+					}
+				}
+				if v.pages.cursor != 0 {
+					return fmt.Errorf("round %d: %d seeks sent back to the cursor", round, v.pages.cursor)
+				}
+				cached += v.pages.cached
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if cached == 0 {
+		t.Fatal("no lookup took a branch page from the cache")
 	}
 }

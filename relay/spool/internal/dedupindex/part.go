@@ -140,6 +140,7 @@ func (d *Index) rewritePart(tx *bolt.Tx, p int, from []RunInfo, cutoff uint64) (
 			return 0, 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 		}
 		d.forgetPart(p)
+		d.partsChanged(tx)
 	}
 	n := len(out) / dedupRecord
 	if n > 0 {
@@ -152,6 +153,7 @@ func (d *Index) rewritePart(tx *bolt.Tx, p int, from []RunInfo, cutoff uint64) (
 
 // writePart stores recs as partition r.ID's base.
 func (d *Index) writePart(parts *bolt.Bucket, r RunInfo, recs []byte) error {
+	d.partsChanged(parts.Tx())
 	b, err := parts.CreateBucket(partKey(int(r.ID)))
 	if err != nil {
 		return fmt.Errorf("create dedup partition %d: %w", r.ID, err)
@@ -334,6 +336,7 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 				return 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 			}
 			d.forgetPart(p)
+			d.partsChanged(tx)
 			if err := addCount(meta, -int64(r.Count)); err != nil {
 				return 0, err
 			}
