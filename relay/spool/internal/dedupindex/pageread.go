@@ -267,6 +267,25 @@ func element(p []byte, flags uint16, i int) (key []byte, child uint64, val []byt
 	return p[k0 : k0+ksize], 0, p[k0+ksize : k0+ksize+vsize], lf, true
 }
 
+// search returns the first of page p's count elements whose key is at or after target (atOrAfter)
+// or after it, count if there is none; ok is false if a key it compared lies outside p.
+func search(p []byte, flags uint16, count int, target []byte, atOrAfter bool) (int, bool) {
+	lo, hi := 0, count
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		k, _, _, _, ok := element(p, flags, m)
+		if !ok {
+			return 0, false
+		}
+		if c := bytes.Compare(k, target); c < 0 || (c == 0 && !atOrAfter) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo, true
+}
+
 // seek returns the first key at or after target in the tree under page root and its value
 // (nil for a nested bucket), as bbolt's Cursor.Seek would. found is false when the tree holds
 // no such key; ok is false when the walk could not be made (then ask the cursor).
@@ -299,19 +318,9 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 		}
 	}
 	if flags == leafPageFlag {
-		// The first element whose key is at or after target.
-		lo, hi := 0, count
-		for lo < hi {
-			m := int(uint(lo+hi) >> 1)
-			k, _, _, _, ok := element(p, flags, m)
-			if !ok {
-				return nil, nil, false, false
-			}
-			if bytes.Compare(k, target) < 0 {
-				lo = m + 1
-			} else {
-				hi = m
-			}
+		lo, ok := search(p, flags, count, target, true)
+		if !ok {
+			return nil, nil, false, false
 		}
 		if lo == count {
 			return nil, nil, false, true
@@ -331,18 +340,9 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 	// The child whose first key is the last at or before target (the first child if none is),
 	// as bbolt's search descends; if its subtree holds nothing at or after target, the answer
 	// is the first key of the next child's.
-	lo, hi := 0, count
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		k, _, _, _, ok := element(p, flags, m)
-		if !ok {
-			return nil, nil, false, false
-		}
-		if bytes.Compare(k, target) <= 0 {
-			lo = m + 1
-		} else {
-			hi = m
-		}
+	lo, ok := search(p, flags, count, target, false)
+	if !ok {
+		return nil, nil, false, false
 	}
 	for i := max(lo-1, 0); i < count; i++ {
 		_, child, _, _, ok := element(p, flags, i)
