@@ -36,8 +36,9 @@
 // the final level. In a read transaction the partition's pages are read from the file with
 // pread, not through bbolt's map (SetPageFile, pageread.go): a large index's pages would
 // otherwise fault into the process's resident memory one 64 KiB block at a time. Copies of
-// the partitions' branch pages are kept (at most 16 MiB) until a partition changes. The spool's format 5 introduced the partitions; its
-// migration from format 4 only rewrites runs whose chunks cross partition bounds (AlignRun).
+// the partitions' branch pages are kept (at most 24 MiB), each partition's until it changes.
+// The spool's format 5 introduced the partitions; its migration from format 4 only rewrites
+// runs whose chunks cross partition bounds (AlignRun).
 //
 // A key is seen when some level holds it with a time inside the window. Expire deletes runs
 // whose newest key is past the window, rewrites one run a call of which at least half is past

@@ -60,83 +60,85 @@ type pageFile struct {
 // read by every lookup of its partition), so that a lookup reads only its leaves.
 //
 // A page's content is fixed while a transaction that reaches it is open, but bbolt reuses the
-// ids of freed pages, so a copy is good only for transactions that see the same partitions.
-// Every write transaction that changes a partition (writePart, the deletes of rewritePart and
-// expireParts) calls partsChanged before it commits: the cache is emptied, its generation
-// moves on and since becomes that transaction's id. A View uses the cache only if its
-// transaction is at least since (it sees that change: no partition changed after it without
-// moving the generation again), and only while the generation is the one it began with.
-// A transaction that rolls back leaves since ahead of the file, which only turns the cache off
-// until the next commit has its id.
+// ids of freed pages. A partition's pages are freed only by a transaction that changes that
+// partition (writePart and the deletes of rewritePart and expireParts, which all call
+// partsChanged before they commit), so a copy of one of its pages holds for every transaction
+// that sees the partition as it was when the copy was read. partsChanged drops the
+// partition's copies and sets its since to the changing transaction's id, which is above that
+// of every transaction open then and at most that of every one that sees the change; a copy
+// is used or stored only by a transaction at least since. A transaction that rolls back
+// leaves since ahead of the file, which only keeps the partition's pages out until the next
+// commit has its id.
 type branchCache struct {
 	mu    sync.Mutex
-	gen   uint64
-	since uint64
+	parts [Parts]partPages
+	bytes int // held in all parts, at most maxBranchBytes
+}
+
+// partPages is what branchCache holds of one partition.
+type partPages struct {
+	since uint64            // the id of the last transaction that changed the partition
 	pages map[uint64][]byte // page id -> copy; never changed once stored
 	bytes int
 }
 
-// maxBranchBytes bounds the branch pages held: 4096 pages of 4 KiB, the roots of all 1024
-// partitions and most of the level below at 100M keys.
-const maxBranchBytes = 16 << 20
+// maxBranchBytes bounds the branch pages held: the ~4100 pages of 4 KiB of 100M keys' 1024
+// partitions (a root and three below it each).
+const maxBranchBytes = 24 << 20
 
-// partsChanged is called by a write transaction that changes a partition, before it commits.
-func (d *Index) partsChanged(tx *bolt.Tx) {
+// partsChanged is called by write transaction tx as it changes partition p, before it commits.
+func (d *Index) partsChanged(tx *bolt.Tx, p int) {
 	if d.pages == nil {
 		return
 	}
 	c := &d.pages.branches
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gen++
-	c.since = uint64(tx.ID())
-	clear(c.pages)
-	c.bytes = 0
+	pp := &c.parts[p%Parts]
+	pp.since = uint64(tx.ID())
+	clear(pp.pages)
+	c.bytes -= pp.bytes
+	pp.bytes = 0
 }
 
-// begin returns the generation a View of read transaction tx may use the cache in, ok false
-// if its transaction is older than the last change of a partition.
-func (c *branchCache) begin(tx *bolt.Tx) (gen uint64, ok bool) {
+// get returns the copy of partition p's page id held for read transaction txid, nil if none.
+func (c *branchCache) get(p int, txid, id uint64) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen, uint64(tx.ID()) >= c.since
-}
-
-// get returns the copy of page id held for generation gen.
-func (c *branchCache) get(gen, id uint64) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gen != gen {
+	pp := &c.parts[p%Parts]
+	if txid < pp.since {
 		return nil
 	}
-	return c.pages[id]
+	return pp.pages[id]
 }
 
-// put stores a copy of the part of branch page p that its count elements and their keys use,
-// read as page id in generation gen (a partition of a few chunks has a branch page of a few
-// elements: the copy is ~100 bytes, not 4 KiB).
-func (c *branchCache) put(gen, id uint64, p []byte, count int) {
+// put stores a copy of the part of branch page pg that its count elements and their keys use
+// (a partition of a few chunks has a branch page of a few elements: ~100 bytes, not 4 KiB),
+// read as partition p's page id by read transaction txid.
+func (c *branchCache) put(p int, txid, id uint64, pg []byte, count int) {
 	used := pageHeaderSize + count*pageElementSize
 	for i := range count {
-		e := p[pageHeaderSize+i*pageElementSize:]
+		e := pg[pageHeaderSize+i*pageElementSize:]
 		end := pageHeaderSize + i*pageElementSize + int(binary.NativeEndian.Uint32(e)) + int(binary.NativeEndian.Uint32(e[4:]))
-		if end > len(p) { // a key outside the page: not kept (a walk checks each key it reads)
+		if end > len(pg) { // a key outside the page: not kept (a walk checks each key it reads)
 			return
 		}
 		used = max(used, end)
 	}
-	p = p[:used]
+	pg = pg[:used]
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen || c.bytes+len(p) > maxBranchBytes {
+	pp := &c.parts[p%Parts]
+	if txid < pp.since || c.bytes+len(pg) > maxBranchBytes {
 		return
 	}
-	if c.pages == nil {
-		c.pages = map[uint64][]byte{}
+	if pp.pages == nil {
+		pp.pages = map[uint64][]byte{}
 	}
-	if _, ok := c.pages[id]; !ok {
-		c.pages[id] = bytes.Clone(p)
-		c.bytes += len(p)
+	if _, ok := pp.pages[id]; !ok {
+		pp.pages[id] = bytes.Clone(pg)
+		pp.bytes += len(pg)
+		c.bytes += len(pg)
 	}
 }
 
@@ -176,8 +178,9 @@ type pageWindow struct {
 type pageReader struct {
 	pf     *pageFile
 	limit  int64        // the transaction's file size: no page of its tree lies beyond
-	gen    uint64       // the branch cache's generation this View uses
-	cache  bool         // whether it may use the branch cache (branchCache.begin)
+	txid   uint64       // the transaction's id, for the branch cache
+	part   int          // the partition of the seek in progress
+	cache  bool         // whether it uses the branch cache
 	wins   []pageWindow // per depth of the walk: the pages read last
 	visits int          // pages the seek in progress has looked at, read or held
 
@@ -302,7 +305,7 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 	var flags uint16
 	var count int
 	if r.cache {
-		p = r.pf.branches.get(r.gen, id) // checked when it was read
+		p = r.pf.branches.get(r.part, r.txid, id) // checked when it was read
 		if p != nil {
 			flags, count = branchPageFlag, int(binary.NativeEndian.Uint16(p[10:]))
 			r.cached++
@@ -314,7 +317,7 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 			return nil, nil, false, false
 		}
 		if r.cache && flags == branchPageFlag {
-			r.pf.branches.put(r.gen, id, p, count)
+			r.pf.branches.put(r.part, r.txid, id, p, count)
 		}
 	}
 	if flags == leafPageFlag {
@@ -357,10 +360,11 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 	return nil, nil, false, true
 }
 
-// seekBucket is b.Cursor().Seek(target) for a partition bucket of the View's transaction:
+// seekBucket is b.Cursor().Seek(target) for partition p's bucket b in the View's transaction:
 // from the file's pages where it can (r not nil and b not inline), else by the cursor.
-func (r *pageReader) seekBucket(b *bolt.Bucket, target []byte) (key, val []byte) {
+func (r *pageReader) seekBucket(b *bolt.Bucket, p int, target []byte) (key, val []byte) {
 	if root := uint64(b.Root()); r != nil && root != 0 {
+		r.part = p
 		key, val, found, ok := r.seek(root, target)
 		if ok {
 			r.paged++

@@ -77,7 +77,7 @@ func TestPageReader_SeekAsCursor(t *testing.T) {
 		}
 		for i, target := range targets {
 			wk, wv := b.Cursor().Seek(target)
-			gk, gv := r.seekBucket(b, target)
+			gk, gv := r.seekBucket(b, 0, target)
 			if !bytes.Equal(gk, wk) || !bytes.Equal(gv, wv) || (gv == nil) != (wv == nil) {
 				return fmt.Errorf("target %d %x: got %x (value %d bytes, nil %v), cursor %x (%d bytes, nil %v)",
 					i, target, gk, len(gv), gv == nil, wk, len(wv), wv == nil)
@@ -258,30 +258,50 @@ func fillParts(t testing.TB, db *bolt.DB, d *Index, hash func(int) []byte, from,
 }
 
 // TestLookup_BranchCacheAcrossRewrites: lookups keep finding every key from the pages while the
-// sweep rewrites every partition again and again (bbolt reusing the freed pages' ids), so no
-// branch page held from before a rewrite answers after it; and the cache does serve lookups in
-// between.
+// sweep rewrites partitions again and again (bbolt reusing the freed pages' ids), so no branch
+// page held from before a rewrite of its partition answers after it, whichever partitions the
+// other rewrites touched; and the cache does serve lookups in between.
 func TestLookup_BranchCacheAcrossRewrites(t *testing.T) {
 	t.Parallel()
 	const window = time.Hour
 	// 1 KiB pages and chunks of 4 records: partitions of a few dozen keys are trees of two
 	// levels, so that every round rewrites branch pages.
 	db, d := openTestFile(t, Config{Chunk: 16, PartChunk: 4}, &bolt.Options{PageSize: 1024})
-	hash := func(i int) []byte { return Hash(fmt.Appendf(nil, "id.%d", i)) }
-	const step = 25_000
+	// Round 0 fills every partition; each later round adds keys to the even ones only, so that
+	// the odd ones keep their branch pages held across the rounds, and the even ones reuse the
+	// ids of pages their own rewrite of the round before freed.
+	var keys [][]byte // hash(keys added so far), then as many not added
+	next := 0
+	newKeys := func(n int, evenOnly bool) [][]byte {
+		var out [][]byte
+		for len(out) < n {
+			h := Hash(fmt.Appendf(nil, "id.%d", next))
+			next++
+			if !evenOnly || partOf(h)%2 == 0 {
+				out = append(out, h)
+			}
+		}
+		return out
+	}
 	cutoff := t0.Add(-window / 2)
 	cached := 0
-	for round := range 6 {
-		fillParts(t, db, d, hash, round*step, (round+1)*step, window)
+	for round := range 8 {
+		add := newKeys(25_000, false)
+		if round > 0 {
+			add = newKeys(8_000, true)
+		}
+		fillParts(t, db, d, func(i int) []byte { return add[i] }, 0, len(add), window)
+		keys = append(keys, add...)
+		absent := newKeys(8_000, false)
 		for pass := range 2 { // the second pass of a round finds the branch pages in the cache
 			err := db.View(func(tx *bolt.Tx) error {
 				v := d.View(tx)
 				if v.pages == nil || !v.pages.cache {
 					return fmt.Errorf("round %d: the View does not read the pages through the cache", round)
 				}
-				for i := range (round + 2) * step { // the last step is absent
-					if seen, _ := v.Lookup(hash(i), cutoff); seen != (i < (round+1)*step) {
-						return fmt.Errorf("round %d pass %d: key %d seen %v", round, pass, i, seen)
+				for i, h := range slices.Concat(keys, absent) {
+					if seen, _ := v.Lookup(h, cutoff); seen != (i < len(keys)) {
+						return fmt.Errorf("round %d pass %d: key %d of %d seen %v", round, pass, i, len(keys), seen)
 					}
 				}
 				if v.pages.cursor != 0 {

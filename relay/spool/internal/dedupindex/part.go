@@ -140,7 +140,7 @@ func (d *Index) rewritePart(tx *bolt.Tx, p int, from []RunInfo, cutoff uint64) (
 			return 0, 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 		}
 		d.forgetPart(p)
-		d.partsChanged(tx)
+		d.partsChanged(tx, p)
 	}
 	n := len(out) / dedupRecord
 	if n > 0 {
@@ -153,7 +153,7 @@ func (d *Index) rewritePart(tx *bolt.Tx, p int, from []RunInfo, cutoff uint64) (
 
 // writePart stores recs as partition r.ID's base.
 func (d *Index) writePart(parts *bolt.Bucket, r RunInfo, recs []byte) error {
-	d.partsChanged(parts.Tx())
+	d.partsChanged(parts.Tx(), int(r.ID))
 	b, err := parts.CreateBucket(partKey(int(r.ID)))
 	if err != nil {
 		return fmt.Errorf("create dedup partition %d: %w", r.ID, err)
@@ -336,7 +336,7 @@ func (d *Index) expireParts(tx *bolt.Tx, cutoff uint64) (int, error) {
 				return 0, fmt.Errorf("delete dedup partition %d: %w", p, err)
 			}
 			d.forgetPart(p)
-			d.partsChanged(tx)
+			d.partsChanged(tx, p)
 			if err := addCount(meta, -int64(r.Count)); err != nil {
 				return 0, err
 			}
@@ -382,8 +382,9 @@ func searchPart(parts *bolt.Bucket, h []byte, pr *pageReader) (uint64, bool) {
 	if parts == nil {
 		return 0, false
 	}
+	p := partOf(h)
 	var k [2]byte
-	binary.BigEndian.PutUint16(k[:], uint16(partOf(h)))
+	binary.BigEndian.PutUint16(k[:], uint16(p))
 	b := parts.Bucket(k[:])
 	if b == nil {
 		return 0, false
@@ -391,7 +392,7 @@ func searchPart(parts *bolt.Bucket, h []byte, pr *pageReader) (uint64, bool) {
 	var ck [1 + hashLen]byte
 	ck[0] = chunkPrefix
 	copy(ck[1:], h)
-	key, v := pr.seekBucket(b, ck[:])
+	key, v := pr.seekBucket(b, p, ck[:])
 	if key == nil || key[0] != chunkPrefix {
 		return 0, false
 	}
