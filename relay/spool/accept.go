@@ -182,8 +182,9 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 	looked := 0
 	defer func() {
 		if looked > 0 {
-			// Each lookup of the index's final level faults in the 64 KiB around one leaf
-			// page: a group's lookups may map tens of MiB of the file (BoundMemory).
+			// The final level's pages are read with pread (dedupindex.SetPageFile), but L0's
+			// and the final runs' are read through the map, and each fault maps the 64 KiB
+			// around its page: a group's lookups may still map MiBs of the file (BoundMemory).
 			s.checkMemory()
 		}
 	}()

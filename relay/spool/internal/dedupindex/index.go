@@ -206,7 +206,7 @@ type runView struct {
 func (d *Index) View(tx *bolt.Tx) View {
 	v := View{l0: tx.Bucket(L0Bucket), parts: tx.Bucket(PartsBucket)}
 	if d.pages != nil && !tx.Writable() {
-		v.pages = &pageReader{pf: d.pages, limit: tx.Size(), txid: uint64(tx.ID()), cache: true}
+		v.pages = &pageReader{pf: d.pages, limit: tx.Size(), txid: uint64(tx.ID())}
 	}
 	rb := tx.Bucket(RunsBucket)
 	c := rb.Cursor()

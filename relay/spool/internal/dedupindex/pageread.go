@@ -180,7 +180,6 @@ type pageReader struct {
 	limit  int64        // the transaction's file size: no page of its tree lies beyond
 	txid   uint64       // the transaction's id, for the branch cache
 	part   int          // the partition of the seek in progress
-	cache  bool         // whether it uses the branch cache
 	wins   []pageWindow // per depth of the walk: the pages read last
 	visits int          // pages the seek in progress has looked at, read or held
 
@@ -301,22 +300,18 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 	if r.visits++; r.visits > maxPageWalk { // a damaged tree's cycle, or a walk gone wrong
 		return nil, nil, false, false
 	}
-	var p []byte
 	var flags uint16
 	var count int
-	if r.cache {
-		p = r.pf.branches.get(r.part, r.txid, id) // checked when it was read
-		if p != nil {
-			flags, count = branchPageFlag, int(binary.NativeEndian.Uint16(p[10:]))
-			r.cached++
-		}
-	}
-	if p == nil {
+	p := r.pf.branches.get(r.part, r.txid, id) // a branch page, checked when it was read
+	if p != nil {
+		flags, count = branchPageFlag, int(binary.NativeEndian.Uint16(p[10:]))
+		r.cached++
+	} else {
 		p, flags, count, ok = r.page(id, depth)
 		if !ok {
 			return nil, nil, false, false
 		}
-		if r.cache && flags == branchPageFlag {
+		if flags == branchPageFlag {
 			r.pf.branches.put(r.part, r.txid, id, p, count)
 		}
 	}
