@@ -42,13 +42,20 @@ type dedupScalePoint struct {
 	RSSFileRawMB  float64 `json:"rss_file_raw_mb"`  // file pages after the timed lookups, never released
 	LookupAbsent  float64 `json:"lookup_absent_ns"` // CPU time of one lookup of a key the index does not hold
 	LookupPresent float64 `json:"lookup_present_ns"`
+	// CPU time of one lookup (half present, half absent) in groups of 64 with serve's bound on
+	// the file's pages checked after each, as Accept's journal groups make them: the pages
+	// released now and then fault in again.
+	LookupBound   float64 `json:"lookup_bound_ns"`
 	AcceptPerSec  float64 `json:"accept_per_s"`   // 1-item Accepts, 64 callers, two sinks
 	AcceptCPUUS   float64 `json:"accept_cpu_us"`  // process CPU per accepted item
 	PrefillPerSec float64 `json:"prefill_per_s"`  // keys/s of the pre-fill (the index's Writer, prefillIndex)
 	AcceptMinflt  float64 `json:"accept_minflt"`  // minor page faults per accepted item
 	AcceptMajflt  float64 `json:"accept_majflt"`  // major page faults per accepted item
 	AcceptReadKB  float64 `json:"accept_read_kb"` // bytes read from storage (/proc/self/io read_bytes) per item, KiB
-	SpoolMB       float64 `json:"spool_mb"`       // size of spool.db
+	// Accepted items per journal frame: a faster journal group makes smaller groups, and
+	// more fsyncs per item.
+	AcceptPerFrame float64 `json:"accept_items_per_frame"`
+	SpoolMB        float64 `json:"spool_mb"` // size of spool.db
 }
 
 // BenchmarkDedupScale measures the dedup index against the number of keys in its window: it
@@ -59,7 +66,10 @@ type dedupScalePoint struct {
 // the rate of 1-item Accepts from 64 callers on top of it (accept-vs-empty: the empty index's
 // CPU per accepted item over this one's, which is robust to a loaded machine where items/s is
 // not). N comes from HUBRELAY_DEDUP_SCALE, a list of key counts (default "0 100000": the rest
-// is slow, run it by hand; 100M takes ~6 GB of disk). Each size runs once, whatever b.N.
+// is slow, run it by hand; 100M takes ~6 GB of disk). Each size runs once, whatever b.N. With
+// HUBRELAY_DEDUP_KEEP set to a directory, each size's pre-filled spool is kept there, and a
+// later run copies it instead of filling one again; HUBRELAY_DEDUP_ACCEPTS sets the Accepts
+// measured (default 30,000: a few flushes of L0, whose sweeps make single runs vary by ±25 %).
 func BenchmarkDedupScale(b *testing.B) {
 	sizes := []int{0, 100_000}
 	if env := os.Getenv("HUBRELAY_DEDUP_SCALE"); env != "" {
@@ -106,16 +116,32 @@ func measureDedupScale(b *testing.B, n int) dedupScalePoint {
 	prefix := randomKeyPrefix()
 	key := func(i int) string { return prefix + strconv.FormatUint(uint64(i)*0x9E3779B97F4A7C15, 36) }
 	p := dedupScalePoint{Keys: n}
-	began := time.Now()
-	prefillIndex(b, s, n, key)
-	if n > 0 {
-		p.PrefillPerSec = float64(n) / time.Since(began).Seconds()
+	kept := ""
+	if keep := os.Getenv("HUBRELAY_DEDUP_KEEP"); keep != "" {
+		kept = filepath.Join(keep, fmt.Sprintf("keys=%d", n))
 	}
-	if got, err := s.DedupLen(); err != nil || got != n {
-		b.Fatalf("DedupLen after the pre-fill: %d, %v; want %d", got, err, n)
-	}
-	if err := s.Close(); err != nil {
-		b.Fatal(err)
+	if pre, err := os.ReadFile(filepath.Join(kept, "prefix")); kept != "" && err == nil {
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		keptPrefill(b, kept, filepath.Dir(path))
+		prefix = string(pre)
+		b.Logf("pre-fill: copied from %s", kept)
+	} else {
+		began := time.Now()
+		prefillIndex(b, s, n, key)
+		if n > 0 {
+			p.PrefillPerSec = float64(n) / time.Since(began).Seconds()
+		}
+		if got, err := s.DedupLen(); err != nil || got != n {
+			b.Fatalf("DedupLen after the pre-fill: %d, %v; want %d", got, err, n)
+		}
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if kept != "" {
+			keepPrefill(b, filepath.Dir(path), kept, prefix)
+		}
 	}
 	if fi, err := os.Stat(path); err == nil {
 		p.SpoolMB = float64(fi.Size()) / (1 << 20)
@@ -159,9 +185,14 @@ func measureDedupScale(b *testing.B, n int) dedupScalePoint {
 		p.LookupPresent = timeLookups(b, s, present, true)
 	}
 	_, p.RSSFileRawMB = rssMB()
-	p.RSSMB, p.RSSFileMB = residentLookups(b, s, present, absent)
+	p.RSSMB, p.RSSFileMB, p.LookupBound = residentLookups(b, s, present, absent)
 
-	const accepts = 30_000
+	accepts := 30_000
+	if env := os.Getenv("HUBRELAY_DEDUP_ACCEPTS"); env != "" {
+		if a, err := strconv.Atoi(env); err == nil && a > 0 {
+			accepts = a
+		}
+	}
 	var next atomic.Int64
 	next.Store(int64(n + 1 + lookups))
 	data := make([]byte, 1024)
@@ -179,6 +210,7 @@ func measureDedupScale(b *testing.B, n int) dedupScalePoint {
 	var ru0 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	read0 := ioReadBytes()
+	lsn0 := s.jq.lastLSN // the journal loop is idle: every Accept before has returned
 	cpu0, t0 := cpuTime(), time.Now()
 	var wg sync.WaitGroup
 	for range 64 {
@@ -197,13 +229,14 @@ func measureDedupScale(b *testing.B, n int) dedupScalePoint {
 		})
 	}
 	wg.Wait()
-	p.AcceptPerSec = accepts / time.Since(t0).Seconds()
-	p.AcceptCPUUS = float64(cpuTime()-cpu0) / float64(time.Microsecond) / accepts
+	p.AcceptPerSec = float64(accepts) / time.Since(t0).Seconds()
+	p.AcceptCPUUS = float64(cpuTime()-cpu0) / float64(time.Microsecond) / float64(accepts)
 	var ru1 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	p.AcceptMinflt = float64(ru1.Minflt-ru0.Minflt) / accepts
-	p.AcceptMajflt = float64(ru1.Majflt-ru0.Majflt) / accepts
-	p.AcceptReadKB = float64(ioReadBytes()-read0) / 1024 / accepts
+	p.AcceptMinflt = float64(ru1.Minflt-ru0.Minflt) / float64(accepts)
+	p.AcceptMajflt = float64(ru1.Majflt-ru0.Majflt) / float64(accepts)
+	p.AcceptReadKB = float64(ioReadBytes()-read0) / 1024 / float64(accepts)
+	p.AcceptPerFrame = float64(accepts) / float64(max(1, s.jq.lastLSN-lsn0))
 	return p
 }
 
@@ -295,8 +328,10 @@ func prefillBulk(b *testing.B, s *Spool, n int, key func(int) string, now time.T
 
 // residentLookups looks up every hash again in groups of 64, checking the memory bound after
 // each as Accept does after each group's lookups (serve's bound: BoundMemory(16 MiB)), and
-// returns the resident set at the end and the file pages at their peak, in MiB.
-func residentLookups(b *testing.B, s *Spool, present, absent [][]byte) (rss, filePeak float64) {
+// returns the resident set at the end and the file pages at their peak, in MiB, and the CPU
+// time per lookup, with the checks and releases, in nanoseconds (the reads of /proc for the
+// peak are left out).
+func residentLookups(b *testing.B, s *Spool, present, absent [][]byte) (rss, filePeak, perLookup float64) {
 	if err := s.BoundMemory(16 << 20); err != nil {
 		b.Fatal(err)
 	}
@@ -307,32 +342,40 @@ func residentLookups(b *testing.B, s *Spool, present, absent [][]byte) (rss, fil
 		b.Logf("file pages: %.1f MiB after a release, %.1f MiB at the peak, %d releases", base, filePeak, releases)
 	}()
 	cutoff := time.Now().Add(-s.window)
+	var spent time.Duration
+	lookups := 0
 	for _, hashes := range [][][]byte{present, absent} {
 		for i := 0; i < len(hashes); i += 64 {
+			c0 := cpuTime()
 			err := s.view(func(tx *bolt.Tx) error {
 				dv := s.dedup.View(tx)
 				for _, h := range hashes[i:min(i+64, len(hashes))] {
 					if h != nil {
 						dv.Lookup(h, cutoff)
+						lookups++
 					}
 				}
+				dv.Release()
 				return nil
 			})
 			if err != nil {
 				b.Fatal(err)
 			}
+			c1 := cpuTime()
 			_, file := rssMB()
 			filePeak = max(filePeak, file)
 			if file > base+16 {
 				releases++
 			}
+			c2 := cpuTime()
 			if err := s.CheckMemory(); err != nil {
 				b.Fatal(err)
 			}
+			spent += c1 - c0 + cpuTime() - c2
 		}
 	}
 	rss, _ = rssMB()
-	return rss, filePeak
+	return rss, filePeak, float64(spent.Nanoseconds()) / float64(max(lookups, 1))
 }
 
 // timeLookups returns the mean CPU time of one lookup of each hash, all in one read
@@ -357,6 +400,31 @@ func timeLookups(b *testing.B, s *Spool, hashes [][]byte, want bool) float64 {
 		b.Fatal(err)
 	}
 	return float64(el.Nanoseconds()) / float64(len(hashes))
+}
+
+// keepPrefill copies the pre-filled spool directory dir to kept, with the key prefix its keys
+// were made with, for later runs of the benchmark (HUBRELAY_DEDUP_KEEP: a 100M pre-fill takes
+// ~5 minutes, a copy seconds, and every build then measures the same file).
+func keepPrefill(b *testing.B, dir, kept, prefix string) {
+	if err := os.MkdirAll(kept, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.CopyFS(filepath.Join(kept, "data"), os.DirFS(dir)); err != nil {
+		b.Fatalf("keep the pre-fill: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(kept, "prefix"), []byte(prefix), 0o644); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// keptPrefill replaces spool directory dir with the copy kept holds (keepPrefill).
+func keptPrefill(b *testing.B, kept, dir string) {
+	if err := os.RemoveAll(dir); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join(kept, "data"))); err != nil {
+		b.Fatalf("copy the kept pre-fill: %v", err)
+	}
 }
 
 func randomKeyPrefix() string {

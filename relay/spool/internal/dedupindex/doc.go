@@ -33,10 +33,12 @@
 // 100M keys: tens of runs, a few MiB of filters). A lookup then probes L0, the runs' filters
 // and one chunk of one partition (chunks are keyed by their last hash: one Seek, a branch page
 // and one or two 4 KiB leaves), so neither memory nor the lookup's cost grows with the keys in
-// the final level. In a read transaction the partition's pages are read from the file with
-// pread, not through bbolt's map (SetPageFile, pageread.go): a large index's pages would
-// otherwise fault into the process's resident memory one 64 KiB block at a time. Copies of
-// the partitions' branch pages are kept (at most 24 MiB), each partition's until it changes.
+// the final level. In a read transaction the pages of the partition, and of the runs of level
+// 2 and up (the final runs, whose chunks are split at partition bounds) that a filter lets a
+// lookup into, are read from the file with pread, not through bbolt's map (SetPageFile,
+// pageread.go): a large index's pages would otherwise fault into the process's resident memory
+// one 64 KiB block at a time. Copies of their branch pages are kept (at most 24 MiB), each
+// partition's until it changes, the runs' until any run changes.
 // The spool's format 5 introduced the partitions; its migration from format 4 only rewrites
 // runs whose chunks cross partition bounds (AlignRun).
 //

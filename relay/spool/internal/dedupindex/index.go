@@ -63,7 +63,7 @@ type Index struct {
 	cfg    Config
 	meta   []byte // the owner's bucket that holds the index's counters
 	mu     sync.RWMutex
-	blooms map[uint64]*bloom
+	blooms map[uint64]runFilter
 	// partMinT and partMaxT hold, per partition, the MinT and MaxT it was last read or written
 	// with (MaxUint64: it holds nothing; a MinT of 0: not known), so that Expire reads only the
 	// partitions it may drop or rewrite: reading the metadata of all Parts partitions at every
@@ -103,7 +103,7 @@ func (d *Index) released(tx *bolt.Tx, n int) {
 // New returns an index sized by cfg that keeps its counters (MetaCountKey and its own) in the
 // top-level bucket named meta, which its owner creates. Call Load before the first lookup.
 func New(cfg Config, meta []byte) *Index {
-	return &Index{cfg: cfg.withDefaults(), meta: meta, blooms: map[uint64]*bloom{}}
+	return &Index{cfg: cfg.withDefaults(), meta: meta, blooms: map[uint64]runFilter{}}
 }
 
 // MaxRun is the most records a merge writes (Config.MaxRun).
@@ -149,7 +149,7 @@ func (d *Index) Load(tx *bolt.Tx) error {
 				return err
 			}
 		}
-		d.setBloom(r.ID, f)
+		d.setBloom(r, f)
 	}
 	// The partitions' records stay on disk; their metadata is read so that a damaged one is
 	// found at Open rather than by the sweep, and to know their times (partMinT, partMaxT).
@@ -176,9 +176,18 @@ func (d *Index) notePart(p int, r RunInfo, ok bool) {
 // it again.
 func (d *Index) forgetPart(p int) { d.partMinT[p].Store(0) }
 
-func (d *Index) setBloom(id uint64, f *bloom) {
+// runFilter is what the Index holds of a run in memory: its filter, and whether its chunks
+// are split at partition bounds (runs of level 2 and up, those that become final: writeRun).
+// Lookups read such a run's pages from the file, as the partitions', where the View can: its
+// chunks hold one partition's records each, a page or two, where a lower level's are 48 KiB.
+type runFilter struct {
+	f       *bloom
+	aligned bool
+}
+
+func (d *Index) setBloom(r RunInfo, f *bloom) {
 	d.mu.Lock()
-	d.blooms[id] = f
+	d.blooms[r.ID] = runFilter{f: f, aligned: r.Level >= 2}
 	d.mu.Unlock()
 }
 
@@ -198,8 +207,9 @@ type View struct {
 }
 
 type runView struct {
-	b *bolt.Bucket
-	f *bloom // nil: search the run
+	b       *bolt.Bucket
+	f       *bloom // nil: search the run
+	aligned bool   // read its pages from the file (runFilter)
 }
 
 // View returns tx's view of the index.
@@ -219,7 +229,8 @@ func (d *Index) View(tx *bolt.Tx) View {
 	}
 	d.mu.RLock()
 	for i, id := range ids {
-		v.runs[i].f = d.blooms[id]
+		rf := d.blooms[id]
+		v.runs[i].f, v.runs[i].aligned = rf.f, rf.aligned
 	}
 	d.mu.RUnlock()
 	return v
@@ -243,7 +254,11 @@ func (v View) Lookup(h []byte, cutoffTime time.Time) (seen, known bool) {
 		if r.f != nil && !r.f.has(h) {
 			continue
 		}
-		if t, ok := searchRun(r.b, h); ok {
+		var pr *pageReader
+		if r.aligned {
+			pr = v.pages
+		}
+		if t, ok := searchRun(r.b, h, pr); ok {
 			if t > cutoff {
 				return true, true
 			}

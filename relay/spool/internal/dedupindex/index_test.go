@@ -425,7 +425,7 @@ func TestIndex_LoadBuildsMissingFilter(t *testing.T) {
 	if err := db.View(d2.Load); err != nil {
 		t.Fatal(err)
 	}
-	if f := d2.blooms[rs[0].ID]; f == nil || !f.has(Hash([]byte("k3"))) {
+	if f := d2.blooms[rs[0].ID].f; f == nil || !f.has(Hash([]byte("k3"))) {
 		t.Fatal("Load did not build the missing filter from the run's records")
 	}
 	for _, idx := range []*Index{d, d2} {

@@ -11,16 +11,18 @@ import (
 
 // A lookup of the final level reads one partition's tree: a branch page or two and one or two
 // leaves (chunks are keyed by their last hash, so the chunk that may hold a hash is usually the
-// first of the next leaf). Read through bbolt's map, each page of a large index is a page fault
-// that maps the 64 KiB around it, and the spool's bound on resident file pages then has to
-// release the whole map every few hundred lookups, after which every page faults again: on a
-// 2-vCPU VM a fault and its share of the releases cost 5–10 µs, a pread of the page from the
-// page cache about 2 µs, and it leaves nothing resident. So a read-only View reads partition
-// pages from the file (SetPageFile) and walks them itself, as bbolt's cursor would; anything it
-// does not recognise sends the lookup back to the cursor. The branch pages, few and read by
-// every lookup of their partition, are kept in memory between partition changes
-// (branchCache), and a leaf is read with its overflow page in one pread: a lookup makes one or
-// two.
+// first of the next leaf); a lookup that the filter of a final run (or of a level-2 run, which
+// becomes one: their chunks are split at partition bounds) lets through reads that run's tree
+// the same way (its chunks are keyed by their first hash: the last chunk at or before the
+// hash). Read through bbolt's map, each page of a large index is a page fault that maps the
+// 64 KiB around it, and the spool's bound on resident file pages then has to release the whole
+// map every few hundred lookups, after which every page faults again: on a 2-vCPU VM a fault
+// and its share of the releases cost 5–10 µs, a pread of the page from the page cache about
+// 2 µs, and it leaves nothing resident. So a read-only View reads the pages of partitions and
+// final runs from the file (SetPageFile) and walks them itself, as bbolt's cursor would;
+// anything it does not recognise sends the lookup back to the cursor. The branch pages, few and
+// read by every lookup of their tree, are kept in memory until the tree changes (branchCache),
+// and a leaf is read with its overflow page in one pread: a lookup makes one or two.
 //
 // The layout read is bbolt's on-disk page, unchanged since its first release (a file of 2014
 // opens today): a 16-byte header {id uint64, flags uint16, count uint16, overflow uint32} in
@@ -56,56 +58,72 @@ type pageFile struct {
 	wins     sync.Pool // *[]pageWindow of released Views
 }
 
-// branchCache holds copies of the partitions' branch pages (a few thousand at 100M keys, each
-// read by every lookup of its partition), so that a lookup reads only its leaves.
+// branchCache holds copies of the branch pages of the partitions (a few thousand at 100M keys,
+// each read by every lookup of its partition) and of the final runs, so that a lookup reads
+// only its leaves. Its owners are the Parts partitions and, as one more, all the runs
+// (runsOwner).
 //
 // A page's content is fixed while a transaction that reaches it is open, but bbolt reuses the
 // ids of freed pages. A partition's pages are freed only by a transaction that changes that
 // partition (writePart and the deletes of rewritePart and expireParts, which all call
-// partsChanged before they commit), so a copy of one of its pages holds for every transaction
-// that sees the partition as it was when the copy was read. partsChanged drops the
-// partition's copies and sets its since to the changing transaction's id, which is above that
-// of every transaction open then and at most that of every one that sees the change; a copy
-// is used or stored only by a transaction at least since. A transaction that rolls back
-// leaves since ahead of the file, which only keeps the partition's pages out until the next
-// commit has its id.
+// partsChanged before they commit), and a run's only by one that writes to or deletes a run
+// (writeRun, rewritePart's takeRange, merge marking runs final, dropRun: runsChanged), so a copy of one of an owner's
+// pages holds for every transaction that sees the owner as it was when the copy was read.
+// partsChanged drops the owner's copies and sets its since to the changing transaction's id,
+// which is above that of every transaction open then and at most that of every one that sees
+// the change; a copy is used or stored only by a transaction at least since. A transaction
+// that rolls back leaves since ahead of the file, which only keeps the owner's pages out until
+// the next commit has its id. The runs change together, at every flush of L0 and sweep step,
+// so they are one owner: the copies of the few tens of final runs are read again after each.
 type branchCache struct {
-	mu    sync.Mutex
-	parts [Parts]partPages
-	bytes int // held in all parts, at most maxBranchBytes
+	mu     sync.Mutex
+	owners [Parts + 1]partPages // the partitions, then runsOwner
+	bytes  int                  // held for all owners, at most maxBranchBytes
 }
 
-// partPages is what branchCache holds of one partition.
+// runsOwner is the branchCache owner of the runs' pages.
+const runsOwner = Parts
+
+// partPages is what branchCache holds of one owner.
 type partPages struct {
-	since uint64            // the id of the last transaction that changed the partition
+	since uint64            // the id of the last transaction that changed the owner's trees
 	pages map[uint64][]byte // page id -> copy; never changed once stored
 	bytes int
 }
 
 // maxBranchBytes bounds the branch pages held: the ~4100 pages of 4 KiB of 100M keys' 1024
-// partitions (a root and three below it each).
+// partitions (a root and three below it each), of which the part their elements use is held
+// (~10 MiB), and the final runs' (~1 MiB).
 const maxBranchBytes = 24 << 20
 
-// partsChanged is called by write transaction tx as it changes partition p, before it commits.
+// partsChanged is called by write transaction tx as it changes partition p (or, as
+// runsChanged, any run), before it commits.
 func (d *Index) partsChanged(tx *bolt.Tx, p int) {
-	if d.pages == nil {
+	if d.pages == nil || p < 0 || p > runsOwner {
 		return
 	}
 	c := &d.pages.branches
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pp := &c.parts[p%Parts]
+	pp := &c.owners[p]
 	pp.since = uint64(tx.ID())
 	clear(pp.pages)
 	c.bytes -= pp.bytes
 	pp.bytes = 0
 }
 
-// get returns the copy of partition p's page id held for read transaction txid, nil if none.
+// runsChanged is called by write transaction tx as it writes to or deletes a run, before it
+// commits.
+func (d *Index) runsChanged(tx *bolt.Tx) { d.partsChanged(tx, runsOwner) }
+
+// get returns the copy of owner p's page id held for read transaction txid, nil if none.
 func (c *branchCache) get(p int, txid, id uint64) []byte {
+	if p < 0 || p > runsOwner {
+		return nil
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pp := &c.parts[p%Parts]
+	pp := &c.owners[p]
 	if txid < pp.since {
 		return nil
 	}
@@ -114,8 +132,11 @@ func (c *branchCache) get(p int, txid, id uint64) []byte {
 
 // put stores a copy of the part of branch page pg that its count elements and their keys use
 // (a partition of a few chunks has a branch page of a few elements: ~100 bytes, not 4 KiB),
-// read as partition p's page id by read transaction txid.
+// read as owner p's page id by read transaction txid.
 func (c *branchCache) put(p int, txid, id uint64, pg []byte, count int) {
+	if p < 0 || p > runsOwner {
+		return
+	}
 	used := pageHeaderSize + count*pageElementSize
 	for i := range count {
 		e := pg[pageHeaderSize+i*pageElementSize:]
@@ -128,7 +149,7 @@ func (c *branchCache) put(p int, txid, id uint64, pg []byte, count int) {
 	pg = pg[:used]
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pp := &c.parts[p%Parts]
+	pp := &c.owners[p]
 	if txid < pp.since || c.bytes+len(pg) > maxBranchBytes {
 		return
 	}
@@ -142,8 +163,9 @@ func (c *branchCache) put(p int, txid, id uint64, pg []byte, count int) {
 	}
 }
 
-// SetPageFile has lookups in read-only transactions read the final level's pages from f, the
-// index's bbolt file with pages of pageSize bytes, instead of through bbolt's map (pageread.go).
+// SetPageFile has lookups in read-only transactions read the pages of the final level and of
+// final runs from f, the index's bbolt file with pages of pageSize bytes, instead of through
+// bbolt's map (pageread.go).
 // Call it before the index is shared between goroutines; f must stay open while the index is
 // used. Without it, or in a write transaction, lookups use bbolt's cursor.
 func (d *Index) SetPageFile(f io.ReaderAt, pageSize int) {
@@ -179,21 +201,24 @@ type pageReader struct {
 	pf     *pageFile
 	limit  int64        // the transaction's file size: no page of its tree lies beyond
 	txid   uint64       // the transaction's id, for the branch cache
-	part   int          // the partition of the seek in progress
+	owner  int          // the branchCache owner of the tree of the seek in progress
 	wins   []pageWindow // per depth of the walk: the pages read last
 	visits int          // pages the seek in progress has looked at, read or held
 
 	preads, cached int // preads made in all, branch pages taken from the cache (tests)
 
 	paged, cursor int // seeks answered from the file's pages, and sent back to the cursor
+	floors        int // of the paged, those of a run's tree (floorBucket)
 }
 
 // page returns page id, read into the window of walk level depth, with its flags and count,
 // ok false if it is not a sound branch or leaf page with id in its header. A read takes
 // readSpan pages from id: a partition's leaf holds two chunks of ~3.8 KiB (bbolt puts at least
-// two keys in a node), a page and its overflow. A page inside the window is served from it.
-// (Reading four pages to take the sibling leaf too, when it follows in the file, made fewer
-// preads but cost more: 16 KiB preads.)
+// two keys in a node), a page and its overflow. A page inside the window is served from it; a
+// page larger than the window (a final run's filter pieces, 64 KiB, can share a leaf with its
+// first chunks) is read whole into the window, grown to hold it. (Reading four pages to take
+// the sibling leaf too, when it follows in the file, made fewer preads but cost more: 16 KiB
+// preads.)
 func (r *pageReader) page(id uint64, depth int) (p []byte, flags uint16, count int, ok bool) {
 	ps := uint64(r.pf.pageSize)
 	total := uint64(r.limit) / ps
@@ -232,13 +257,17 @@ func (r *pageReader) page(id uint64, depth int) (p []byte, flags uint16, count i
 			return nil, 0, 0, false
 		case id+1+over <= w.start+w.n:
 			buf = w.buf[at : at+n]
-		default: // a page larger than the window: read whole into a buffer of its own
-			whole := make([]byte, n)
+		default: // a page larger than the window: read whole, into the window
+			if uint64(len(w.buf)) < n {
+				w.buf = make([]byte, n)
+			}
 			r.preads++
-			if m, _ := r.pf.f.ReadAt(whole, int64(id*ps)); uint64(m) != n {
+			w.n = 0
+			if m, _ := r.pf.f.ReadAt(w.buf[:n], int64(id*ps)); uint64(m) != n {
 				return nil, 0, 0, false
 			}
-			buf = whole
+			w.start, w.n = id, over+1
+			buf = w.buf[:n]
 		}
 	}
 	if (flags != branchPageFlag && flags != leafPageFlag) || pageHeaderSize+count*pageElementSize > len(buf) {
@@ -296,24 +325,28 @@ func (r *pageReader) seek(root uint64, target []byte) (key, val []byte, found, o
 	return r.seekIn(root, target, 0)
 }
 
-func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byte, found, ok bool) {
+// node returns page id of the tree of the seek in progress, for walk level depth: a branch
+// page's copy from the branch cache, else the page read (page), a branch page then stored in
+// the cache. ok is false if the seek has looked at maxPageWalk pages, or the page is unsound.
+func (r *pageReader) node(id uint64, depth int) (p []byte, flags uint16, count int, ok bool) {
 	if r.visits++; r.visits > maxPageWalk { // a damaged tree's cycle, or a walk gone wrong
-		return nil, nil, false, false
+		return nil, 0, 0, false
 	}
-	var flags uint16
-	var count int
-	p := r.pf.branches.get(r.part, r.txid, id) // a branch page, checked when it was read
-	if p != nil {
-		flags, count = branchPageFlag, int(binary.NativeEndian.Uint16(p[10:]))
+	if p := r.pf.branches.get(r.owner, r.txid, id); p != nil { // checked when it was read
 		r.cached++
-	} else {
-		p, flags, count, ok = r.page(id, depth)
-		if !ok {
-			return nil, nil, false, false
-		}
-		if flags == branchPageFlag {
-			r.pf.branches.put(r.part, r.txid, id, p, count)
-		}
+		return p, branchPageFlag, int(binary.NativeEndian.Uint16(p[10:])), true
+	}
+	p, flags, count, ok = r.page(id, depth)
+	if ok && flags == branchPageFlag {
+		r.pf.branches.put(r.owner, r.txid, id, p, count)
+	}
+	return p, flags, count, ok
+}
+
+func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byte, found, ok bool) {
+	p, flags, count, ok := r.node(id, depth)
+	if !ok {
+		return nil, nil, false, false
 	}
 	if flags == leafPageFlag {
 		lo, ok := search(p, flags, count, target, true)
@@ -355,11 +388,88 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 	return nil, nil, false, true
 }
 
+// floor returns the last key at or before target in the tree under page root and its value
+// (nil for a nested bucket): what bbolt's Cursor.Seek(target) finds if it is target, else what
+// the cursor's Prev from there finds (Last where Seek finds nothing). found is false when the
+// tree holds no such key; ok is false when the walk could not be made (then ask the cursor).
+func (r *pageReader) floor(root uint64, target []byte) (key, val []byte, found, ok bool) {
+	r.visits = 0
+	return r.floorIn(root, target, 0)
+}
+
+func (r *pageReader) floorIn(id uint64, target []byte, depth int) (key, val []byte, found, ok bool) {
+	p, flags, count, ok := r.node(id, depth)
+	if !ok {
+		return nil, nil, false, false
+	}
+	// The first element whose key is after target: the floor is the one before it, in a leaf;
+	// in a branch, in the subtree of the one before it (a branch element's key is its child's
+	// first), or, if that subtree holds nothing at or before target, in the one before that.
+	lo, ok := search(p, flags, count, target, false)
+	if !ok {
+		return nil, nil, false, false
+	}
+	if flags == leafPageFlag {
+		if lo == 0 {
+			return nil, nil, false, true
+		}
+		k, _, v, lf, ok := element(p, flags, lo-1)
+		if !ok {
+			return nil, nil, false, false
+		}
+		if lf&bucketLeafFlag != 0 {
+			v = nil
+		}
+		return k, v, true, true
+	}
+	if count == 0 {
+		return nil, nil, false, false
+	}
+	for i := lo - 1; i >= 0; i-- {
+		_, child, _, _, ok := element(p, flags, i)
+		if !ok {
+			return nil, nil, false, false
+		}
+		key, val, found, ok := r.floorIn(child, target, depth+1)
+		if !ok || found {
+			return key, val, found, ok
+		}
+	}
+	return nil, nil, false, true
+}
+
+// floorBucket is floor for the bucket b of one of the runs in the View's transaction, from the
+// file's pages where it can (r not nil and b not inline), else by the cursor.
+func (r *pageReader) floorBucket(b *bolt.Bucket, target []byte) (key, val []byte) {
+	if root := uint64(b.Root()); r != nil && root != 0 {
+		r.owner = runsOwner
+		key, val, found, ok := r.floor(root, target)
+		if ok {
+			r.paged++
+			r.floors++
+			if !found {
+				return nil, nil
+			}
+			return key, val
+		}
+		r.cursor++
+	}
+	c := b.Cursor()
+	k, v := c.Seek(target)
+	if k != nil && bytes.Equal(k, target) {
+		return k, v
+	}
+	if k == nil {
+		return c.Last()
+	}
+	return c.Prev()
+}
+
 // seekBucket is b.Cursor().Seek(target) for partition p's bucket b in the View's transaction:
 // from the file's pages where it can (r not nil and b not inline), else by the cursor.
 func (r *pageReader) seekBucket(b *bolt.Bucket, p int, target []byte) (key, val []byte) {
 	if root := uint64(b.Root()); r != nil && root != 0 {
-		r.part = p
+		r.owner = p
 		key, val, found, ok := r.seek(root, target)
 		if ok {
 			r.paged++

@@ -27,7 +27,8 @@ func pagedView(t testing.TB, db *bolt.DB, tx *bolt.Tx) *pageReader {
 
 // TestPageReader_SeekAsCursor: over a bucket of three levels, with keys of every length,
 // values from empty to overflowing their page and a nested bucket, the page walk finds for
-// every target what bbolt's Cursor.Seek finds, without once giving up on a page.
+// every target what bbolt's Cursor.Seek finds, and the floor walk what Seek and Prev find (the
+// last key at or before it), without once giving up on a page.
 func TestPageReader_SeekAsCursor(t *testing.T) {
 	t.Parallel()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "pages.db"), 0o600, nil)
@@ -75,17 +76,37 @@ func TestPageReader_SeekAsCursor(t *testing.T) {
 		for _, k := range keys {
 			targets = append(targets, k, append(slices.Clip(k), 0), k[:len(k)-1])
 		}
+		floors := 0
 		for i, target := range targets {
-			wk, wv := b.Cursor().Seek(target)
+			c := b.Cursor()
+			wk, wv := c.Seek(target)
 			gk, gv := r.seekBucket(b, 0, target)
 			if !bytes.Equal(gk, wk) || !bytes.Equal(gv, wv) || (gv == nil) != (wv == nil) {
 				return fmt.Errorf("target %d %x: got %x (value %d bytes, nil %v), cursor %x (%d bytes, nil %v)",
 					i, target, gk, len(gv), gv == nil, wk, len(wv), wv == nil)
 			}
+			switch {
+			case wk == nil:
+				wk, wv = c.Last()
+			case !bytes.Equal(wk, target):
+				wk, wv = c.Prev()
+			}
+			gk, gv = r.floorBucket(b, target)
+			if !bytes.Equal(gk, wk) || !bytes.Equal(gv, wv) || (gv == nil) != (wv == nil) {
+				return fmt.Errorf("floor of target %d %x: got %x (value %d bytes, nil %v), cursor %x (%d bytes, nil %v)",
+					i, target, gk, len(gv), gv == nil, wk, len(wv), wv == nil)
+			}
+			if wk != nil {
+				floors++
+			}
 		}
-		t.Logf("%d seeks, %d preads", r.paged, r.preads)
-		if r.cursor != 0 || r.paged != len(targets) {
-			return fmt.Errorf("%d seeks from the pages, %d sent to the cursor; want %d and 0", r.paged, r.cursor, len(targets))
+		t.Logf("%d seeks, %d preads, %d floors found", r.paged, r.preads, floors)
+		if r.cursor != 0 || r.paged != 2*len(targets) || r.floors != len(targets) {
+			return fmt.Errorf("%d seeks from the pages (%d floors), %d sent to the cursor; want %d, %d and 0",
+				r.paged, r.floors, r.cursor, 2*len(targets), len(targets))
+		}
+		if floors == len(targets) {
+			return fmt.Errorf("every target has a key at or before it: the tree's first key is not tested")
 		}
 		return nil
 	})
@@ -152,8 +173,12 @@ func FuzzPageReader(f *testing.F) {
 		// With the branch cache on: a branch page held must not let a damaged tree's cycle
 		// go round for ever.
 		r := &pageReader{pf: &pageFile{f: bytes.NewReader(file), pageSize: ps}, limit: int64(len(file))}
-		for range 2 { // the second seek finds the branch pages of the first held
-			k, v, found, ok := r.seek(root, target)
+		for i := range 4 { // the later seeks find the branch pages of the first held
+			seek := r.seek
+			if i%2 == 1 {
+				seek = r.floor
+			}
+			k, v, found, ok := seek(root, target)
 			if !ok && (k != nil || v != nil || found) {
 				t.Fatalf("gave up but returned %x %x %v", k, v, found)
 			}
@@ -318,4 +343,205 @@ func TestLookup_BranchCacheAcrossRewrites(t *testing.T) {
 	if cached == 0 {
 		t.Fatal("no lookup took a branch page from the cache")
 	}
+}
+
+// addFinalRuns writes the keys hash(from..to-1), accepted at t0, as final runs of at most
+// MaxRun keys each, left for the sweep.
+func addFinalRuns(t testing.TB, db *bolt.DB, d *Index, hash func(int) []byte, from, to int) {
+	t.Helper()
+	addFinalRunsAt(t, db, d, hash, from, to, t0)
+}
+
+// addFinalRunsAt is addFinalRuns with the keys accepted at when.
+func addFinalRunsAt(t testing.TB, db *bolt.DB, d *Index, hash func(int) []byte, from, to int, when time.Time) {
+	t.Helper()
+	at := binary.BigEndian.AppendUint64(nil, timeBits(when))
+	err := db.Update(func(tx *bolt.Tx) error {
+		for lo := from; lo < to; lo += d.MaxRun() {
+			var recs [][]byte
+			for i := lo; i < min(lo+d.MaxRun(), to); i++ {
+				recs = append(recs, append(hash(i), at...))
+			}
+			slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:hashLen], b[:hashLen]) })
+			if err := d.WriteFinalRun(tx, slices.Concat(recs...)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLookup_RunsFromPagesAcrossSweeps: lookups that the final runs' filters let through read
+// the runs' pages from the file, and keep finding every key, in the runs or in the partitions,
+// while the sweep takes the runs' chunks away a few partitions a round and new runs are written
+// (bbolt reusing the freed pages' ids): no branch page of a run held from before a change of the
+// runs answers after it; and the cache does serve run lookups in between.
+func TestLookup_RunsFromPagesAcrossSweeps(t *testing.T) {
+	t.Parallel()
+	const window = time.Hour
+	// 1 KiB pages and runs of 3000 keys, ~3 a partition, a chunk each: a run's tree has two
+	// levels of branch pages.
+	db, d := openTestFile(t, Config{Chunk: 16, PartChunk: 4, MaxRun: 3000}, &bolt.Options{PageSize: 1024})
+	hash := func(i int) []byte { return Hash(fmt.Appendf(nil, "run.%d", i)) }
+	fillParts(t, db, d, hash, 0, 10_000, window)
+	next := 10_000
+	addFinalRuns(t, db, d, hash, next, next+12_000)
+	next += 12_000
+	cutoff := t0.Add(-window / 2)
+	cached, floors := 0, 0
+	lookups := func(when string) {
+		t.Helper()
+		for pass := range 2 { // the second pass finds the runs' branch pages held
+			err := db.View(func(tx *bolt.Tx) error {
+				v := d.View(tx)
+				for i := range next + 5000 { // the last 5000 are absent
+					if seen, _ := v.Lookup(hash(i), cutoff); seen != (i < next) {
+						return fmt.Errorf("%s, pass %d: key %d of %d seen %v", when, pass, i, next, seen)
+					}
+				}
+				if v.pages.cursor != 0 {
+					return fmt.Errorf("%s: %d seeks sent back to the cursor", when, v.pages.cursor)
+				}
+				if v.pages.floors < 10_000 {
+					return fmt.Errorf("%s: %d lookups read a run's pages", when, v.pages.floors)
+				}
+				floors += v.pages.floors
+				if pass == 1 {
+					cached += v.pages.cached
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	lookups("before the sweep")
+	for round := 1; round < 10; round++ {
+		err := db.Update(func(tx *bolt.Tx) error {
+			_, err := d.Sweep(tx, t0.Add(-window), 40) // a few partitions
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lookups(fmt.Sprintf("round %d, after the sweep", round))
+		if round%3 == 0 { // new runs, in pages the sweep freed
+			addFinalRuns(t, db, d, hash, next, next+3000)
+			next += 3000
+			lookups(fmt.Sprintf("round %d, after new runs", round))
+		}
+	}
+	var final int
+	err := db.View(func(tx *bolt.Tx) error {
+		rs, err := d.Runs(tx)
+		final = len(rs)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d run lookups from the pages, %d branch pages from the cache, %d runs left", floors, cached, final)
+	if cached == 0 || final == 0 {
+		t.Fatalf("%d branch pages from the cache, %d runs left", cached, final)
+	}
+}
+
+// TestLookup_RunsFromPagesAsWritten: with keys added through the Writer (L0's flushes, the
+// merges, level-2 runs marked final in place, the sweep), a View after each write transaction
+// finds every key added and none other, reading the aligned runs' pages from the file.
+func TestLookup_RunsFromPagesAsWritten(t *testing.T) {
+	t.Parallel()
+	const window = time.Hour
+	// Runs of level 2 hold 4 flushes of L0 (256 keys); two would merge past MaxRun, so they are
+	// marked final: every 8 flushes.
+	cfg := Config{L0Max: 64, FanIn: 2, MaxRun: 300, Chunk: 16, PartChunk: 4, SweepRatio: 2}
+	db, d := openTestFile(t, cfg, &bolt.Options{PageSize: 1024})
+	hash := func(i int) []byte { return Hash(fmt.Appendf(nil, "w.%d", i)) }
+	cutoff := t0.Add(-window / 2)
+	floors, cached := 0, 0
+	const n = 64 * 80
+	for from := 0; from < n; from += 64 {
+		err := db.Update(func(tx *bolt.Tx) error {
+			w := d.Writer(tx)
+			for i := from; i < from+64; i++ {
+				if err := w.Add(hash(i), t0, t0.Add(-window), true); err != nil {
+					return err
+				}
+			}
+			return w.Finish(t0, window)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = db.View(func(tx *bolt.Tx) error {
+			v := d.View(tx)
+			for i := range from + 64 + 200 { // the last 200 are absent
+				if seen, _ := v.Lookup(hash(i), cutoff); seen != (i < from+64) {
+					return fmt.Errorf("after key %d: key %d seen %v", from+64, i, seen)
+				}
+			}
+			if v.pages.cursor != 0 {
+				return fmt.Errorf("%d seeks sent back to the cursor", v.pages.cursor)
+			}
+			floors += v.pages.floors
+			cached += v.pages.cached
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d run lookups from the pages, %d branch pages from the cache", floors, cached)
+	if floors == 0 || cached == 0 {
+		t.Fatalf("%d run lookups from the pages, %d branch pages from the cache", floors, cached)
+	}
+}
+
+// TestLookup_RunsFromPagesAfterExpire: runs whose pages lookups have read and held are expired
+// and dropped, and new runs written in the pages they freed; lookups then find the new runs'
+// keys, not the old ones'.
+func TestLookup_RunsFromPagesAfterExpire(t *testing.T) {
+	t.Parallel()
+	const window = time.Hour
+	db, d := openTestFile(t, Config{Chunk: 16, PartChunk: 4, MaxRun: 3000}, &bolt.Options{PageSize: 1024})
+	hash := func(i int) []byte { return Hash(fmt.Appendf(nil, "exp.%d", i)) }
+	cutoff := t0.Add(-window / 2)
+	check := func(when string, from, to int) {
+		t.Helper()
+		for pass := range 2 {
+			err := db.View(func(tx *bolt.Tx) error {
+				v := d.View(tx)
+				for i := range to + 3000 {
+					if seen, _ := v.Lookup(hash(i), cutoff); seen != (i >= from && i < to) {
+						return fmt.Errorf("%s, pass %d: key %d seen %v", when, pass, i, seen)
+					}
+				}
+				if v.pages.cursor != 0 || v.pages.floors == 0 {
+					return fmt.Errorf("%s: %d seeks sent back to the cursor, %d from the runs' pages", when, v.pages.cursor, v.pages.floors)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	addFinalRunsAt(t, db, d, hash, 0, 12_000, t0.Add(-3*window)) // known, not seen
+	check("old runs", 0, 0)
+	err := db.Update(func(tx *bolt.Tx) error {
+		n, err := d.Expire(tx, t0.Add(-window), 1<<30)
+		if err == nil && n != 12_000 {
+			err = fmt.Errorf("expired %d keys, want 12000", n)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addFinalRuns(t, db, d, hash, 12_000, 24_000)
+	check("new runs", 12_000, 24_000)
 }

@@ -106,6 +106,9 @@ func (d *Index) rewritePart(tx *bolt.Tx, p int, from []RunInfo, cutoff uint64) (
 	}
 	var moved []byte
 	rb := tx.Bucket(RunsBucket)
+	if len(from) > 0 {
+		d.runsChanged(tx) // takeRange deletes chunks from them
+	}
 	for i := range from {
 		r := &from[i]
 		b := rb.Bucket(encUint(r.ID))

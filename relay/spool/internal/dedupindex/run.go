@@ -49,26 +49,17 @@ func eachChunk(b *bolt.Bucket, fn func(recs []byte) error) error {
 	return nil
 }
 
-// searchRun returns the time run b records for hash h.
-func searchRun(b *bolt.Bucket, h []byte) (uint64, bool) {
+// searchRun returns the time run b records for hash h. The chunk that may hold h is the last
+// one starting at or below it; the keys below the chunks' are the filter's ('b'), so if the
+// key at or below h is not a chunk's, no chunk is. pr reads the run's pages from the file
+// (floorBucket); nil, through bbolt's map.
+func searchRun(b *bolt.Bucket, h []byte, pr *pageReader) (uint64, bool) {
 	var ck [17]byte
 	ck[0] = chunkPrefix
 	copy(ck[1:], h)
-	c := b.Cursor()
-	k, v := c.Seek(ck[:])
-	if k == nil || !bytes.Equal(k, ck[:]) {
-		// The chunk that may hold h is the last one starting below it.
-		if k == nil {
-			k, v = c.Last()
-		} else {
-			k, v = c.Prev()
-		}
-		for k != nil && k[0] != chunkPrefix {
-			k, v = c.Prev()
-		}
-		if k == nil {
-			return 0, false
-		}
+	k, v := pr.floorBucket(b, ck[:])
+	if k == nil || k[0] != chunkPrefix {
+		return 0, false
 	}
 	return searchChunk(v, h)
 }
@@ -89,6 +80,7 @@ const FinalLevel = 255
 
 // writeRun stores recs (sorted, distinct hashes) as a new run described by r, and its filter.
 func (d *Index) writeRun(tx *bolt.Tx, r RunInfo, recs []byte) error {
+	d.runsChanged(tx)
 	meta := tx.Bucket(d.meta)
 	r.ID = decUint(meta.Get(metaRunID)) + 1
 	if err := meta.Put(metaRunID, encUint(r.ID)); err != nil {
@@ -132,12 +124,13 @@ func (d *Index) writeRun(tx *bolt.Tx, r RunInfo, recs []byte) error {
 	if err := f.write(b); err != nil {
 		return fmt.Errorf("put dedup run filter: %w", err)
 	}
-	d.setBloom(r.ID, f)
+	d.setBloom(r, f)
 	return nil
 }
 
 // dropRun deletes run r.
 func (d *Index) dropRun(tx *bolt.Tx, r RunInfo) error {
+	d.runsChanged(tx)
 	if err := tx.Bucket(RunsBucket).DeleteBucket(encUint(r.ID)); err != nil {
 		return fmt.Errorf("delete dedup run %d: %w", r.ID, err)
 	}
@@ -174,6 +167,7 @@ func (d *Index) merge(tx *bolt.Tx, cutoff uint64) error {
 			total += r.Count
 		}
 		if total > d.cfg.MaxRun {
+			d.runsChanged(tx)
 			rb := tx.Bucket(RunsBucket)
 			for _, r := range in {
 				r.Level = FinalLevel
