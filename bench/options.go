@@ -3,6 +3,8 @@ package bench
 import (
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 )
@@ -93,6 +95,11 @@ type Options struct {
 	// PostgresURL is the database of the hubrelay-postgres target (each phase gets its own
 	// schema, dropped after it).
 	PostgresURL string
+	// SpoolSeed, when set, is a spool directory (spool.db and its journal) copied into each
+	// embedded hubrelay target's data directory before the target starts: a pre-filled dedup
+	// index, say (relay/spool's BenchmarkDedupScale keeps one with HUBRELAY_DEDUP_KEEP), to
+	// measure ingest against an index of that size. Its items, if any, are delivered too.
+	SpoolSeed string
 	// Progress receives one line per phase as the run goes; nil discards them.
 	Progress io.Writer
 }
@@ -134,6 +141,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if slices.Contains(o.Targets, TargetHubrelayPostgres) && o.PostgresURL == "" {
 		return o, fmt.Errorf("target %s needs a database: pass -postgres URL", TargetHubrelayPostgres)
+	}
+	if o.SpoolSeed != "" {
+		if _, err := os.Stat(filepath.Join(o.SpoolSeed, "spool.db")); err != nil {
+			return o, fmt.Errorf("spool seed: %w (give a directory holding spool.db)", err)
+		}
 	}
 	if len(o.Concurrency) == 0 {
 		o.Concurrency = []int{1, 8, 32}

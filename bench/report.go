@@ -52,13 +52,14 @@ type OptionsSummary struct {
 	Rounds          int      `json:"rounds,omitempty"`
 	Exe             string   `json:"exe,omitempty"`
 	CompareExe      string   `json:"compare_exe,omitempty"`
+	SpoolSeed       string   `json:"spool_seed,omitempty"`
 }
 
 func summarizeOptions(o Options) OptionsSummary {
 	s := OptionsSummary{Targets: o.Targets, Concurrency: o.Concurrency, PhaseSeconds: o.Duration.Seconds(),
 		ChangesPerPost: o.ChangesPerPost, BatchChanges: max(o.BatchChanges, 0), BodyBytes: o.BodyBytes, Rate: o.Rate,
 		BadSig: o.BadSig, SinkConcurrency: o.SinkConcurrency, RelayLogLevel: o.RelayLogLevel,
-		Rounds: o.Rounds, Exe: o.Exe, CompareExe: o.CompareExe}
+		Rounds: o.Rounds, Exe: o.Exe, CompareExe: o.CompareExe, SpoolSeed: o.SpoolSeed}
 	if o.Scenario == ScenarioOutage {
 		s.Changes = o.Changes
 	}
@@ -408,6 +409,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		r.Scenario, m.CPUs, orDash(m.CPU), m.GOOS, m.GOARCH, m.Go, r.Options.PhaseSeconds, r.Options.SinkConcurrency, r.Options.RelayLogLevel, r.Seconds)
 	if r.LoadBefore != "" {
 		fmt.Fprintf(ew, "load average before %s, after %s (the bench's own load included)\n", r.LoadBefore, r.LoadAfter)
+	}
+	if r.Options.SpoolSeed != "" {
+		fmt.Fprintf(ew, "every embedded hubrelay target started on a copy of the spool in %s\n", r.Options.SpoolSeed)
 	}
 	fmt.Fprintln(ew)
 	phases := slices.Clone(r.Phases)

@@ -442,6 +442,12 @@ func (r *runner) start(ctx context.Context, exe, target, dir string, sinksDown b
 			t.closeReceivers()
 			return nil, err
 		}
+		if r.opt.SpoolSeed != "" && pgSchema == "" {
+			if err := os.CopyFS(filepath.Join(dir, "data"), os.DirFS(r.opt.SpoolSeed)); err != nil {
+				t.closeReceivers()
+				return nil, fmt.Errorf("copy the spool seed: %w", err)
+			}
+		}
 		args = []string{"serve", "-config", cfg}
 		if r.opt.CPUProfile != "" {
 			env = append(env, "HUBRELAY_CPUPROFILE="+r.opt.CPUProfile+"."+filepath.Base(dir)+".pprof",

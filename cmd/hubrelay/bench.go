@@ -43,6 +43,7 @@ func runBench(ctx context.Context, args []string, e env) error {
 	svg := fs.String("svg", "", "also write a chart to this SVG `file`")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of each hubrelay child to `prefix`.<phase>.pprof and its allocations to prefix.<phase>.allocs.pprof (needs "+cpuProfileEnv+" support in serve)")
 	fs.StringVar(&o.Dir, "dir", "", "keep the targets' data and logs in this directory (default: a temporary one, removed)")
+	fs.StringVar(&o.SpoolSeed, "spool-seed", "", "copy the spool in this `directory` into every embedded hubrelay target's data directory before it starts (e.g. a pre-filled dedup index: HUBRELAY_DEDUP_KEEP of relay/spool's BenchmarkDedupScale)")
 	fs.StringVar(&o.PostgresURL, "postgres", "", "database `URL` of the hubrelay-postgres target (a schema per phase, dropped after it)")
 	dedupChart := fs.String("dedup-chart", "", "instead of a run, draw the dedup growth chart (-svg) from `name=file,...`: outputs of relay/spool's BenchmarkDedupScale")
 	fs.StringVar(&o.CompareExe, "compare", "", "also run every hubrelay target from this `binary` (e.g. the build before a change), next to this build's in every round; its checks are listed as [compare]")

@@ -122,7 +122,7 @@ type boltReader struct {
 	size     int64
 	pageSize int
 	hwm      uint64
-	seen     map[uint64]bool
+	seen     []uint64 // a bit per page below hwm: reached by the walk (readPage)
 	reached  []uint64
 	// tolerant: a page that does not check out is recorded in bad (with the bucket it
 	// belonged to) and skipped, and the walk goes on (Recover's salvage).
@@ -159,6 +159,11 @@ func (r *boltReader) pageErr(id uint64, n int64, format string, args ...any) err
 	return &errBoltPage{off: int64(id) * int64(r.pageSize), n: n, msg: fmt.Sprintf("page %d: ", id) + fmt.Sprintf(format, args...)}
 }
 
+// reachedPage reports whether readPage has read page id (below hwm), as a page or an overflow.
+func (r *boltReader) reachedPage(id uint64) bool {
+	return id/64 < uint64(len(r.seen)) && r.seen[id/64]&(1<<(id%64)) != 0
+}
+
 // readPage reads page id with its overflow pages and checks its header: its id, that it is a
 // page of one of the types in flags, and that it lies below the high water mark and within
 // the file.
@@ -185,10 +190,10 @@ func (r *boltReader) readPage(id uint64, flags uint16) ([]byte, error) {
 		return nil, r.pageErr(id, ps, "%d overflow pages run past the end of the file", over)
 	}
 	for i := uint64(0); i <= over; i++ {
-		if r.seen[id+i] {
+		if r.reachedPage(id + i) {
 			return nil, r.pageErr(id, ps, "page %d is reached twice", id+i)
 		}
-		r.seen[id+i] = true
+		r.seen[(id+i)/64] |= 1 << ((id + i) % 64)
 	}
 	r.reached = append(r.reached, id)
 	buf := make([]byte, int64(over+1)*ps)
@@ -437,9 +442,13 @@ func checkBolt(path string, f io.ReaderAt, size int64, visit boltVisitor, tolera
 			return c, nil
 		}
 	}
-	r := &boltReader{f: f, size: size, pageSize: c.pageSize, hwm: m.hwm, seen: map[uint64]bool{}, tolerant: tolerant}
+	// readPage reads no page past the file's end, whatever the high water mark says.
+	pages := min(m.hwm, uint64(size/ps)+1)
+	r := &boltReader{f: f, size: size, pageSize: c.pageSize, hwm: m.hwm, seen: make([]uint64, (pages+63)/64), tolerant: tolerant}
+	var free []uint64
 	if m.freelist != boltNoFreelist {
-		if err := r.checkFreelist(m.freelist); err != nil {
+		var err error
+		if free, err = r.checkFreelist(m.freelist); err != nil {
 			c.addPageErr(err)
 			if !tolerant {
 				return c, nil
@@ -457,6 +466,14 @@ func checkBolt(path string, f io.ReaderAt, size int64, visit boltVisitor, tolera
 	}
 	for _, b := range r.bad {
 		c.add(b.err.off, b.err.n, "%s (bucket %s): skipped", b.err.msg, bucketPath(b.path))
+	}
+	// bbolt hands out the pages of a persisted freelist for new writes: one the tree uses
+	// would be written over.
+	for _, id := range free {
+		if r.reachedPage(id) {
+			c.add(int64(m.freelist)*ps, ps, "page %d: the freelist (page %d) lists it, but the tree uses it", id, m.freelist)
+			break
+		}
 	}
 	c.reached = r.reached
 	return c, r.bad
@@ -507,30 +524,39 @@ func (c *boltCheck) addPageErr(err error) bool {
 	return true
 }
 
-// checkFreelist checks a persisted freelist page: every free page id below the high water
-// mark, none of the meta pages. (The spool does not persist its freelist; files written by
-// bbolt without NoFreelistSync, and new files, have one.)
-func (r *boltReader) checkFreelist(id uint64) error {
+// checkFreelist checks a persisted freelist page and returns the ids it lists: each below the
+// high water mark, none of the meta pages, none twice; the caller checks that the tree uses
+// none of them. (The spool persists its freelist only in the last commit of a clean Close, so
+// that the next Open need not rebuild it by reading every page of the file through bbolt's
+// map; files written by bbolt without NoFreelistSync, and new files, have one too.)
+func (r *boltReader) checkFreelist(id uint64) ([]uint64, error) {
 	b, err := r.readPage(id, boltFreelistFlag)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	n, start := uint64(ne.Uint16(b[10:])), boltPageHeader
 	if n == 0xFFFF {
 		if len(b) < boltPageHeader+8 {
-			return r.pageErr(id, int64(len(b)), "freelist count missing")
+			return nil, r.pageErr(id, int64(len(b)), "freelist count missing")
 		}
 		n, start = ne.Uint64(b[boltPageHeader:]), boltPageHeader+8
 	}
 	if n > uint64(len(b)-start)/8 {
-		return r.pageErr(id, int64(len(b)), "freelist of %d ids does not fit its pages", n)
+		return nil, r.pageErr(id, int64(len(b)), "freelist of %d ids does not fit its pages", n)
 	}
+	ids := make([]uint64, n)
 	for i := range n {
-		if fid := ne.Uint64(b[start+int(i)*8:]); fid < 2 || fid >= r.hwm {
-			return r.pageErr(id, int64(len(b)), "free page id %d out of range", fid)
+		if ids[i] = ne.Uint64(b[start+int(i)*8:]); ids[i] < 2 || ids[i] >= r.hwm {
+			return nil, r.pageErr(id, int64(len(b)), "free page id %d out of range", ids[i])
 		}
 	}
-	return nil
+	slices.Sort(ids)
+	for i := 1; i < len(ids); i++ {
+		if ids[i] == ids[i-1] {
+			return nil, r.pageErr(id, int64(len(b)), "free page id %d listed twice", ids[i])
+		}
+	}
+	return ids, nil
 }
 
 // bucketPath joins a bucket path for messages.

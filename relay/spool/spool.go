@@ -166,7 +166,7 @@ type probes struct {
 func Open(path string, opt Options) (*Spool, error) {
 	opt = opt.withDefaults()
 	log := opt.logger()
-	db, dedup, jlsn, err := openFile(path, opt, log)
+	db, dedup, pageFile, jlsn, err := openFile(path, opt, log)
 	if err != nil {
 		return nil, err
 	}
@@ -181,27 +181,19 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	if err != nil {
 		_ = db.Close()
+		closePageFile(pageFile)
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
 	log.Info("spool opened", "path", path, "seq", seq, "dedup_keys", dedupN,
 		"dedup_window", opt.DedupWindow, "max_batch_delay", opt.MaxBatchDelay)
 	s := &Spool{db: db, dedup: dedup, path: path, window: opt.DedupWindow, log: log,
-		promoteLimit: maxPromote}
+		promoteLimit: maxPromote, pageFile: pageFile}
 	s.jr = newJournal(journalDir(path), log, jlsn, opt.test)
 	s.jq = acceptQueue{delay: opt.MaxBatchDelay, maxBatch: opt.MaxBatchSize,
 		done: make(chan struct{}), lastLSN: jlsn, lastSeq: seq}
 	s.jq.cond = sync.NewCond(&s.jq.mu)
 	s.commits = newCommitter(db, opt.MaxBatchSize, opt.CommitInterval, &s.writeTxs, opt.test.commitFault, s.checkMemory)
 	dedup.SetRelease(s.checkMemoryIn)
-	// Accept's lookups read the dedup index's final level from the file rather than the map
-	// (dedupindex.SetPageFile): a second descriptor, read only (bbolt's and the spool's locks
-	// are flock's, which closing it leaves alone). Without it they read through the map.
-	if f, err := os.Open(path); err != nil {
-		log.Warn("dedup lookups read through the map", "path", path, "err", err)
-	} else {
-		s.pageFile = f
-		dedup.SetPageFile(f, db.Info().PageSize)
-	}
 	s.apply = newApplier(s, jlsn, opt.ApplyDelay, opt.test)
 	go s.journalLoop()
 	return s, nil
@@ -209,14 +201,25 @@ func Open(path string, opt Options) (*Spool, error) {
 
 // openFile opens the bbolt file of the spool at path, creating it if needed, migrates an
 // older format and loads the dedup index. It returns the last journal LSN the file records.
-func openFile(path string, opt Options, log *slog.Logger) (*bolt.DB, *dedupindex.Index, uint64, error) {
+func openFile(path string, opt Options, log *slog.Logger) (*bolt.DB, *dedupindex.Index, *os.File, uint64, error) {
 	db, err := openBolt(path, opt, log)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, nil, 0, err
 	}
 	dedup := dedupindex.New(opt.dedup, bucketMeta)
 	jlsn, err := prepareFile(db, dedup, log)
+	// The dedup index's lookups in read transactions, and its Load, read its partitions and
+	// final runs from the file rather than the map (dedupindex.SetPageFile): a second
+	// descriptor, read only (bbolt's and the spool's locks are flock's, which closing it
+	// leaves alone). Without it they read through the map.
+	var pageFile *os.File
 	if err == nil {
+		if pageFile, err = os.Open(path); err != nil {
+			log.Warn("dedup lookups read through the map", "path", path, "err", err)
+			pageFile, err = nil, nil
+		} else {
+			dedup.SetPageFile(pageFile, db.Info().PageSize)
+		}
 		err = db.View(dedup.Load)
 	}
 	if err == nil {
@@ -229,13 +232,21 @@ func openFile(path string, opt Options, log *slog.Logger) (*bolt.DB, *dedupindex
 	}
 	if err != nil {
 		_ = db.Close()
+		closePageFile(pageFile)
 		var de *DamageError
 		if errors.As(err, &de) {
-			return nil, nil, 0, err
+			return nil, nil, nil, 0, err
 		}
-		return nil, nil, 0, fmt.Errorf("open spool %s: %w", path, err)
+		return nil, nil, nil, 0, fmt.Errorf("open spool %s: %w", path, err)
 	}
-	return db, dedup, jlsn, nil
+	return db, dedup, pageFile, jlsn, nil
+}
+
+// closePageFile closes the dedup index's page file, if there is one (read only).
+func closePageFile(f *os.File) {
+	if f != nil {
+		_ = f.Close()
+	}
 }
 
 // openBolt opens (or creates) the bbolt file at path and its directory.
@@ -312,11 +323,12 @@ func (s *Spool) Close() error {
 					_ = os.Remove(p)
 				}
 			}
+			if err := persistFreelist(s.db); err != nil {
+				s.log.Warn("close spool: the freelist was not kept: the next open rebuilds it", "path", s.path, "err", err)
+			}
 		}
 		s.mem.close()
-		if s.pageFile != nil {
-			_ = s.pageFile.Close() // read only
-		}
+		closePageFile(s.pageFile)
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close spool: %w", err)
 			return

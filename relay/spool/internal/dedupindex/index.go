@@ -152,15 +152,28 @@ func (d *Index) Load(tx *bolt.Tx) error {
 		d.setBloom(r, f)
 	}
 	// The partitions' records stay on disk; their metadata is read so that a damaged one is
-	// found at Open rather than by the sweep, and to know their times (partMinT, partMaxT).
+	// found at Open rather than by the sweep, and to know their times (partMinT, partMaxT):
+	// from the file's pages where the index has them (SetPageFile), so that opening a large
+	// index does not fault the path to every partition's last key into resident memory.
+	pr := d.reader(tx)
+	defer pr.release()
 	for p := range Parts {
-		r, _, ok, err := partInfo(tx.Bucket(PartsBucket), p)
+		r, _, ok, err := partInfoFrom(tx.Bucket(PartsBucket), p, pr)
 		if err != nil {
 			return err
 		}
 		d.notePart(p, r, ok)
 	}
 	return nil
+}
+
+// reader returns a pageReader for the lookups of read transaction tx, nil when tx is writable
+// (its own changes are not in the file) or the index has no page file (SetPageFile).
+func (d *Index) reader(tx *bolt.Tx) *pageReader {
+	if d.pages == nil || tx.Writable() {
+		return nil
+	}
+	return &pageReader{pf: d.pages, limit: tx.Size(), txid: uint64(tx.ID())}
 }
 
 // notePart records partition p's MinT and MaxT as read or written (ok: it holds records).
@@ -214,10 +227,7 @@ type runView struct {
 
 // View returns tx's view of the index.
 func (d *Index) View(tx *bolt.Tx) View {
-	v := View{l0: tx.Bucket(L0Bucket), parts: tx.Bucket(PartsBucket)}
-	if d.pages != nil && !tx.Writable() {
-		v.pages = &pageReader{pf: d.pages, limit: tx.Size(), txid: uint64(tx.ID())}
-	}
+	v := View{l0: tx.Bucket(L0Bucket), parts: tx.Bucket(PartsBucket), pages: d.reader(tx)}
 	rb := tx.Bucket(RunsBucket)
 	c := rb.Cursor()
 	var ids []uint64

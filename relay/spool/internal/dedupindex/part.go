@@ -44,6 +44,13 @@ func prefix16(h []byte) uint32 { return uint32(binary.BigEndian.Uint16(h)) }
 
 // partInfo reads partition p's metadata in tx; ok is false when it holds nothing.
 func partInfo(parts *bolt.Bucket, p int) (RunInfo, *bolt.Bucket, bool, error) {
+	return partInfoFrom(parts, p, nil)
+}
+
+// partInfoFrom is partInfo reading the partition's pages with pr (seekBucket; nil: through
+// bbolt's map). The metadata is the partition's last key: through the map, reading it faults
+// in the 64 KiB around each page of the path to it, ~200 KiB a partition of a large index.
+func partInfoFrom(parts *bolt.Bucket, p int, pr *pageReader) (RunInfo, *bolt.Bucket, bool, error) {
 	if parts == nil {
 		return RunInfo{}, nil, false, nil
 	}
@@ -51,7 +58,11 @@ func partInfo(parts *bolt.Bucket, p int) (RunInfo, *bolt.Bucket, bool, error) {
 	if b == nil {
 		return RunInfo{}, nil, false, nil
 	}
-	r, err := decRunMeta(uint64(p), b.Get(runMetaKey))
+	var meta []byte
+	if k, v := pr.seekBucket(b, p, runMetaKey); bytes.Equal(k, runMetaKey) {
+		meta = v
+	}
+	r, err := decRunMeta(uint64(p), meta)
 	if err != nil {
 		return RunInfo{}, nil, false, fmt.Errorf("dedup partition: %w", err)
 	}
