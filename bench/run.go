@@ -443,7 +443,12 @@ func (r *runner) start(ctx context.Context, exe, target, dir string, sinksDown b
 			return nil, err
 		}
 		if r.opt.SpoolSeed != "" && pgSchema == "" {
-			if err := os.CopyFS(filepath.Join(dir, "data"), os.DirFS(r.opt.SpoolSeed)); err != nil {
+			data := filepath.Join(dir, "data")
+			err := os.CopyFS(data, os.DirFS(r.opt.SpoolSeed))
+			if err == nil {
+				err = os.Chmod(data, 0o700) // as the spool makes it
+			}
+			if err != nil {
 				t.closeReceivers()
 				return nil, fmt.Errorf("copy the spool seed: %w", err)
 			}

@@ -172,7 +172,9 @@ func (r *boltReader) readPage(id uint64, flags uint16) ([]byte, error) {
 	if id < 2 || id >= r.hwm {
 		return nil, r.pageErr(id, ps, "page id out of range [2, %d)", r.hwm)
 	}
-	if (int64(id)+1)*ps > r.size {
+	// Page counts, not byte offsets, are compared: a damaged id times the page size can wrap.
+	inFile := uint64(r.size) / uint64(ps) // pages wholly inside the file
+	if id >= inFile {
 		return nil, r.pageErr(id, ps, "beyond the end of the file (%d bytes)", r.size)
 	}
 	var hdr [boltPageHeader]byte
@@ -186,7 +188,7 @@ func (r *boltReader) readPage(id uint64, flags uint16) ([]byte, error) {
 		return nil, r.pageErr(id, ps, "unexpected page type %#x", f)
 	}
 	over := uint64(ne.Uint32(hdr[12:]))
-	if id+over >= r.hwm || (int64(id+over)+1)*ps > r.size {
+	if over >= r.hwm-id || over >= inFile-id {
 		return nil, r.pageErr(id, ps, "%d overflow pages run past the end of the file", over)
 	}
 	for i := uint64(0); i <= over; i++ {
@@ -435,7 +437,7 @@ func checkBolt(path string, f io.ReaderAt, size int64, visit boltVisitor, tolera
 	case m.hwm < 3 || m.root < 2 || m.root >= m.hwm:
 		c.add(int64(m.page)*ps, ps, "meta page %d: root page %d, high water mark %d", m.page, m.root, m.hwm)
 		return c, nil
-	case int64(m.hwm)*ps > size:
+	case m.hwm > uint64(size)/uint64(ps): // the file's pages, not its bytes: hwm*ps can wrap
 		c.cut("the file is %d bytes but its meta page (transaction %d) uses %d pages of %d bytes: it was truncated",
 			size, m.txid, m.hwm, ps)
 		if !tolerant {

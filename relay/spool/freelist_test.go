@@ -1,8 +1,10 @@
 package spool
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,5 +119,34 @@ func TestOpen_FreelistOverLivePages(t *testing.T) {
 				t.Fatalf("Open: %v; want ErrDamaged saying %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestCheckBolt_WrappingPageIDs: a meta page with a valid checksum whose high water mark and
+// root are so large that their byte offsets wrap round 2^64 onto real pages (whose header is
+// forged to match) is damage, in the check and in Recover's tolerant walk, never a panic.
+func TestCheckBolt_WrappingPageIDs(t *testing.T) {
+	t.Parallel()
+	path, m := freelistSpool(t)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := uint64(m.pageSize)
+	wrap := (1 << 63) / ps * 2 // (wrap+id)*ps == id*ps in uint64 (ps a power of two)
+	root := wrap + m.root
+	meta := raw[m.page*int(ps)+boltPageHeader:]
+	ne.PutUint64(meta[16:], root)
+	ne.PutUint64(meta[40:], 2*wrap)
+	h := fnv.New64a()
+	_, _ = h.Write(meta[:56])
+	ne.PutUint64(meta[56:], h.Sum64())
+	ne.PutUint64(raw[m.root*ps:], root) // the real root page says it is the wrapped id
+	for _, tolerant := range []bool{false, true} {
+		c, _ := checkBolt(path, bytes.NewReader(raw), int64(len(raw)), nil, tolerant)
+		if len(c.damage) == 0 {
+			t.Fatalf("tolerant %v: no damage found", tolerant)
+		}
+		t.Logf("tolerant %v: %s", tolerant, c.damage[0].What)
 	}
 }

@@ -193,6 +193,9 @@ func (d *Index) forgetPart(p int) { d.partMinT[p].Store(0) }
 // are split at partition bounds (runs of level 2 and up, those that become final: writeRun).
 // Lookups read such a run's pages from the file, as the partitions', where the View can: its
 // chunks hold one partition's records each, a page or two, where a lower level's are 48 KiB.
+// (A run of level 0 or 1 that a merge marks final, which the default sizes never make, is
+// taken for aligned after a restart, Load knowing only its level: its lookups then read its
+// larger chunks with pread, as correctly, a little slower.)
 type runFilter struct {
 	f       *bloom
 	aligned bool

@@ -298,6 +298,19 @@ func element(p []byte, flags uint16, i int) (key []byte, child uint64, val []byt
 	return p[k0 : k0+ksize], 0, p[k0+ksize : k0+ksize+vsize], lf, true
 }
 
+// leafElement returns element i of leaf page p as a seek's answer: its key and value (nil for
+// a nested bucket), found; ok false if they do not lie inside p.
+func leafElement(p []byte, i int) (key, val []byte, found, ok bool) {
+	k, _, v, lf, ok := element(p, leafPageFlag, i)
+	if !ok {
+		return nil, nil, false, false
+	}
+	if lf&bucketLeafFlag != 0 {
+		v = nil
+	}
+	return k, v, true, true
+}
+
 // search returns the first of page p's count elements whose key is at or after target (atOrAfter)
 // or after it, count if there is none; ok is false if a key it compared lies outside p.
 func search(p []byte, flags uint16, count int, target []byte, atOrAfter bool) (int, bool) {
@@ -356,14 +369,7 @@ func (r *pageReader) seekIn(id uint64, target []byte, depth int) (key, val []byt
 		if lo == count {
 			return nil, nil, false, true
 		}
-		k, _, v, lf, ok := element(p, flags, lo)
-		if !ok {
-			return nil, nil, false, false
-		}
-		if lf&bucketLeafFlag != 0 {
-			v = nil
-		}
-		return k, v, true, true
+		return leafElement(p, lo)
 	}
 	if count == 0 {
 		return nil, nil, false, false
@@ -413,14 +419,7 @@ func (r *pageReader) floorIn(id uint64, target []byte, depth int) (key, val []by
 		if lo == 0 {
 			return nil, nil, false, true
 		}
-		k, _, v, lf, ok := element(p, flags, lo-1)
-		if !ok {
-			return nil, nil, false, false
-		}
-		if lf&bucketLeafFlag != 0 {
-			v = nil
-		}
-		return k, v, true, true
+		return leafElement(p, lo-1)
 	}
 	if count == 0 {
 		return nil, nil, false, false

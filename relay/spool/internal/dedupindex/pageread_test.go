@@ -258,17 +258,9 @@ func TestLookup_PagesAsMap(t *testing.T) {
 // fillParts adds the keys hash(from..to-1) to the index's partitions: as final runs, swept in.
 func fillParts(t testing.TB, db *bolt.DB, d *Index, hash func(int) []byte, from, to int, window time.Duration) {
 	t.Helper()
-	at := binary.BigEndian.AppendUint64(nil, timeBits(t0))
 	err := db.Update(func(tx *bolt.Tx) error {
-		for lo := from; lo < to; lo += d.MaxRun() {
-			var recs [][]byte
-			for i := lo; i < min(lo+d.MaxRun(), to); i++ {
-				recs = append(recs, append(hash(i), at...))
-			}
-			slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:hashLen], b[:hashLen]) })
-			if err := d.WriteFinalRun(tx, slices.Concat(recs...)); err != nil {
-				return err
-			}
+		if err := writeFinalRuns(tx, d, hash, from, to, t0); err != nil {
+			return err
 		}
 		for {
 			written, err := d.Sweep(tx, t0.Add(-window), to)
@@ -355,23 +347,27 @@ func addFinalRuns(t testing.TB, db *bolt.DB, d *Index, hash func(int) []byte, fr
 // addFinalRunsAt is addFinalRuns with the keys accepted at when.
 func addFinalRunsAt(t testing.TB, db *bolt.DB, d *Index, hash func(int) []byte, from, to int, when time.Time) {
 	t.Helper()
-	at := binary.BigEndian.AppendUint64(nil, timeBits(when))
-	err := db.Update(func(tx *bolt.Tx) error {
-		for lo := from; lo < to; lo += d.MaxRun() {
-			var recs [][]byte
-			for i := lo; i < min(lo+d.MaxRun(), to); i++ {
-				recs = append(recs, append(hash(i), at...))
-			}
-			slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:hashLen], b[:hashLen]) })
-			if err := d.WriteFinalRun(tx, slices.Concat(recs...)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	err := db.Update(func(tx *bolt.Tx) error { return writeFinalRuns(tx, d, hash, from, to, when) })
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writeFinalRuns writes the keys hash(from..to-1), accepted at when, as final runs of at most
+// MaxRun keys each, in tx.
+func writeFinalRuns(tx *bolt.Tx, d *Index, hash func(int) []byte, from, to int, when time.Time) error {
+	at := binary.BigEndian.AppendUint64(nil, timeBits(when))
+	for lo := from; lo < to; lo += d.MaxRun() {
+		var recs [][]byte
+		for i := lo; i < min(lo+d.MaxRun(), to); i++ {
+			recs = append(recs, append(hash(i), at...))
+		}
+		slices.SortFunc(recs, func(a, b []byte) int { return bytes.Compare(a[:hashLen], b[:hashLen]) })
+		if err := d.WriteFinalRun(tx, slices.Concat(recs...)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // TestLookup_RunsFromPagesAcrossSweeps: lookups that the final runs' filters let through read
