@@ -1,10 +1,12 @@
 package spool
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -392,6 +394,12 @@ func (a *applier) waitItemApplied(seq uint64) error {
 	}
 }
 
+// keyedItem is an item of applyItems with a dedup key, and the key's hash.
+type keyedItem struct {
+	h  []byte
+	it *jItem
+}
+
 // applyItems stores journalled items in tx: dedup keys with their time, data, refs and one
 // ready delivery per sink, with the sequence numbers the journal gave them. It records lsn as
 // the last applied frame. It is also Open's replay of an unapplied journal, and Recover's of
@@ -409,17 +417,15 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 	var seqB [8]byte // bbolt copies keys, not values
 	var meta []byte  // the ready record of items accepted at metaAt
 	var metaAt int64
+	keyed := make([]keyedItem, 0, len(items))
 	for i := range items {
 		it := &items[i]
-		at := time.Unix(0, it.at)
 		if it.key != "" {
 			h := it.hash
 			if h == nil { // replayed from the journal
 				h = dedupindex.Hash([]byte(it.key))
 			}
-			if err := dw.Add(h, at, at.Add(-window), it.fresh); err != nil {
-				return err
-			}
+			keyed = append(keyed, keyedItem{h, it})
 			latest = max(latest, it.at)
 		}
 		maxSeq = max(maxSeq, it.seq)
@@ -441,7 +447,7 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 			return fmt.Errorf("put refs: %w", err)
 		}
 		if meta == nil || metaAt != it.at {
-			meta, metaAt = encMeta(vals.take(metaLen), 0, at, nil), it.at
+			meta, metaAt = encMeta(vals.take(metaLen), 0, time.Unix(0, it.at), nil), it.at
 		}
 		for _, sink := range sinks {
 			rb := readyBuckets[sink]
@@ -468,6 +474,16 @@ func applyItems(tx *bolt.Tx, dedup *dedupindex.Index, items []jItem, lsn uint64,
 	if maxSeq > b.items.Sequence() {
 		if err := b.items.SetSequence(maxSeq); err != nil {
 			return fmt.Errorf("set sequence: %w", err)
+		}
+	}
+	// The dedup keys go into L0 in hash order: each Put searches L0's tree from its root, and
+	// consecutive keys then walk the same pages (the items' keys are random hashes). A stable
+	// sort keeps the order of one key's entries.
+	slices.SortStableFunc(keyed, func(a, b keyedItem) int { return bytes.Compare(a.h, b.h) })
+	for _, k := range keyed {
+		at := time.Unix(0, k.it.at)
+		if err := dw.Add(k.h, at, at.Add(-window), k.it.fresh); err != nil {
+			return err
 		}
 	}
 	if err := dw.Finish(time.Unix(0, latest), window); err != nil {
