@@ -182,9 +182,10 @@ func (s *Spool) dedupGroup(group []*acceptCall) error {
 	looked := 0
 	defer func() {
 		if looked > 0 {
-			// The final level's pages are read with pread (dedupindex.SetPageFile), but L0's
-			// and the final runs' are read through the map, and each fault maps the 64 KiB
-			// around its page: a group's lookups may still map MiBs of the file (BoundMemory).
+			// The pages of the final level and of the final runs are read with pread
+			// (dedupindex.SetPageFile), but L0's and the lower runs' are read through the map,
+			// and each fault maps the 64 KiB around its page: a group's lookups may still map
+			// MiBs of the file (BoundMemory).
 			s.checkMemory()
 		}
 	}()

@@ -67,8 +67,9 @@ type pageFile struct {
 // ids of freed pages. A partition's pages are freed only by a transaction that changes that
 // partition (writePart and the deletes of rewritePart and expireParts, which all call
 // partsChanged before they commit), and a run's only by one that writes to or deletes a run
-// (writeRun, rewritePart's takeRange, merge marking runs final, dropRun: runsChanged), so a copy of one of an owner's
-// pages holds for every transaction that sees the owner as it was when the copy was read.
+// (writeRun, rewritePart's takeRange, merge marking runs final, dropRun: runsChanged), so a
+// copy of one of an owner's pages holds for every transaction that sees the owner as it was
+// when the copy was read.
 // partsChanged drops the owner's copies and sets its since to the changing transaction's id,
 // which is above that of every transaction open then and at most that of every one that sees
 // the change; a copy is used or stored only by a transaction at least since. A transaction
